@@ -1,0 +1,51 @@
+# kernelatlas: `make demo` and `make test` each set up everything first (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEMO_SOURCES ?= efficientnet_lite0 mobilenet_v2
+DEMO_OUT ?= atlas-report
+
+.PHONY: setup system venv weights demo test lint fuzz bench clean
+
+setup: system venv weights
+
+# Debian packages: headless Chromium (report test) and the real Fashion-MNIST data.
+system:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dataset-fashion-mnist >/dev/null; \
+	  else echo "note: run as root (or apt-get install chromium dataset-fashion-mnist) for the browser test and Fashion-MNIST"; fi; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q $(TORCH_PINS) 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q -e '.[all,test,fuzz]' 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import kernelatlas, torch, timm, onnx, tflite, h5py, dask.distributed"
+	touch $@
+
+# The real trained weights of the source registry, fetched once into $$KERNELATLAS_CACHE.
+weights: venv
+	$(VENV)/bin/kernelatlas fetch --all --quiet
+
+demo: setup
+	$(VENV)/bin/kernelatlas analyze $(DEMO_SOURCES) --out $(DEMO_OUT) --method both
+	@echo "Report: file://$$(readlink -f $(DEMO_OUT))/index.html"
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+test: setup lint
+	$(VENV)/bin/python -m pytest -q tests
+
+fuzz: setup
+	$(VENV)/bin/python -m tests.fuzz.run --seconds $${FUZZ_SECONDS:-60}
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

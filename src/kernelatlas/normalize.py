@@ -1,0 +1,86 @@
+"""Stage: normalisation as in the paper (centre each kernel, scale it to unit L2 norm)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import KernelAtlasError
+
+__all__ = ["Normalized", "normalize", "as_kernel_array"]
+
+# A kernel whose centred norm is below REL_TOL * its raw norm (or below ABS_TOL) is
+# numerically constant ("dead") and goes to the degenerate family.
+ABS_TOL = 1e-12
+REL_TOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """Unit kernels and what normalisation learned about each input kernel.
+
+    Attributes
+    ----------
+    unit : float32 array [N, kh, kw]; zero-mean, unit L2 norm (all zeros where degenerate).
+    norm : float32 array [N]; L2 norm of the centred kernel (0 where non-finite).
+    degenerate : bool array [N]; zero, constant, NaN/Inf or numerically dead kernels.
+    """
+
+    unit: np.ndarray
+    norm: np.ndarray
+    degenerate: np.ndarray
+
+
+def as_kernel_array(kernels: object) -> np.ndarray:
+    """Validate ``kernels`` as an array [N, kh, kw] (a single [kh, kw] kernel is allowed)."""
+    try:
+        arr = np.asarray(kernels)
+    except Exception as exc:  # e.g. ragged lists
+        raise KernelAtlasError(f"kernels must be an array [N,kh,kw]: {exc}") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        raise KernelAtlasError(
+            f"expected [N,kh,kw], got {list(arr.shape)}: squeeze the channel axis "
+            "(kernels[:, 0]) or harvest the model with kernelatlas.harvest"
+        )
+    if arr.ndim != 3:
+        raise KernelAtlasError(f"expected kernels of shape [N,kh,kw], got {list(arr.shape)}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise KernelAtlasError(f"kernels must be numeric, got dtype {arr.dtype}")
+    return arr
+
+
+def normalize(kernels: object) -> Normalized:
+    """Centre each kernel (subtract its mean) and scale it to unit L2 norm.
+
+    Vectorised over the batch; computed in float64 and returned as float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> n = normalize(np.arange(18, dtype=np.float32).reshape(2, 3, 3))
+    >>> bool(np.allclose((n.unit ** 2).sum((1, 2)), 1.0))
+    True
+    """
+    arr = as_kernel_array(kernels)
+    x = arr.reshape(arr.shape[0], -1).astype(np.float64, copy=False)
+    finite = np.isfinite(x).all(axis=1)
+    x = np.where(finite[:, None], x, 0.0)
+    # Scale by the max |w| first so huge and denormal weights neither overflow nor vanish.
+    peak = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0])
+    y = x / np.where(peak > 0, peak, 1.0)[:, None]
+    raw = np.sqrt(np.einsum("ij,ij->i", y, y))
+    yc = y - y.mean(axis=1, keepdims=True)
+    rel = np.sqrt(np.einsum("ij,ij->i", yc, yc))
+    with np.errstate(over="ignore"):
+        norm = rel * peak
+    ok = finite & (peak > 0) & (norm > ABS_TOL) & (rel > REL_TOL * raw)
+    unit = np.zeros_like(yc, dtype=np.float32)
+    unit[ok] = (yc[ok] / rel[ok, None]).astype(np.float32)
+    return Normalized(
+        unit=unit.reshape(arr.shape),
+        norm=np.minimum(norm, np.finfo(np.float32).max).astype(np.float32),
+        degenerate=~ok,
+    )
