@@ -29,7 +29,9 @@ def gaussian_null(n: int, kh: int, kw: int | None = None, *, seed: int = 0) -> n
     return rng.standard_normal((n, kh, kw), dtype=np.float32)
 
 
-def calibrate_threshold(null_scores: np.ndarray, fpr: float, *, higher_is_better: bool = True) -> float:
+def calibrate_threshold(
+    null_scores: np.ndarray, fpr: float, *, higher_is_better: bool = True
+) -> float:
     """The acceptance threshold that at most a fraction ``fpr`` of null scores pass.
 
     With ``higher_is_better`` a kernel is accepted when ``score > threshold``; otherwise

@@ -1,0 +1,356 @@
+"""The main job: sources -> kernel bank -> atlas / fits / autoencoder -> tables, figures, HTML.
+
+``analyze`` streams the bank one batch at a time (peak memory bounded by the batch size),
+merges exact per-batch counts into the coverage tables, and publishes the output
+directory atomically: the new state is built beside it and swapped in with renames, so a
+reader (or a crash) only ever sees the previous complete state or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .atomic import publish_dir, recover_dir, staging_path
+from .errors import KernelAtlasError
+from .null import DEFAULT_NULL_SIZE, NULL_KINDS, gaussian_null
+from .report.summary import MODEL_KEYS, build_summary, merge_counts, partial_counts
+from .taxonomy import DEFAULT_NULL_FPR
+
+__all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "OUTPUT_FILES"]
+
+METHODS = ("atlas", "autoencoder", "both")
+OUTPUT_FILES = ("kernels.parquet", "summary.json", "index.html", "figures")
+# Provenance columns carried from the bank into kernels.parquet (weights come last).
+_CARRY = [
+    "source", "model", "format", "layer", "layer_index", "depth", "channel",
+    "kh", "kw", "stride", "dilation", "bn_folded", "dtype", "nonfinite",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Options of one analysis (every field is recorded in summary.json)."""
+
+    method: Literal["atlas", "autoencoder", "both"] = "atlas"
+    fold_bn: bool = False
+    null: Literal["gaussian", "init"] = "gaussian"
+    null_fpr: float = DEFAULT_NULL_FPR
+    n_null: int = DEFAULT_NULL_SIZE
+    seed: int = 0
+    batch_size: int = 65_536
+    fit: bool = True
+    init_baseline: bool = True
+    ae_epochs: int | None = None
+    ae_max_train: int = 1_000_000
+    device: str | None = None
+    quiet: bool = False
+    figures: bool = True
+    command: str | None = None
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise KernelAtlasError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.null not in NULL_KINDS:
+            raise KernelAtlasError(f"null must be one of {NULL_KINDS}, got {self.null!r}")
+        if not 0.0 <= self.null_fpr < 1.0:
+            raise KernelAtlasError(f"null_fpr must be in [0, 1), got {self.null_fpr}")
+        if self.batch_size < 1 or self.n_null < 100:
+            raise KernelAtlasError("batch_size must be >= 1 and n_null >= 100")
+
+
+@dataclass
+class AnalysisResult:
+    """Where the outputs went and the summary document."""
+
+    out: Path
+    summary: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def kernels_path(self) -> Path:
+        return self.out / "kernels.parquet"
+
+
+# --------------------------------------------------------------------------- output dir
+def _prepare_staging(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(out)
+    if out.exists() and not out.is_dir():
+        raise KernelAtlasError(f"--out {out} exists and is not a directory: choose another path")
+    staging = staging_path(out)
+    # A staging dir left by a killed run keeps its completed bank parts (resume); the
+    # products in it are rebuilt from scratch.
+    if staging.exists():
+        for name in OUTPUT_FILES:
+            p = staging / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    staging.mkdir(exist_ok=True)
+    # Reuse the bank of the previous complete state (hard links: no copy, no mutation).
+    old_bank, new_bank = out / "bank", staging / "bank"
+    if old_bank.is_dir():
+        new_bank.mkdir(exist_ok=True)
+        for f in old_bank.iterdir():
+            dst = new_bank / f.name
+            if f.is_file() and not dst.exists():
+                try:
+                    os.link(f, dst)
+                except OSError:
+                    shutil.copy2(f, dst)
+    return staging
+
+
+# --------------------------------------------------------------------------- stages
+def _progress(total: int, quiet: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, disable=quiet, unit="kernel", desc=desc, file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def _init_counterpart(source: str) -> str | None:
+    """The freshly initialised twin of a source (same architecture), where one is known."""
+    if source.startswith("timm:"):
+        name = source[len("timm:") :].split("?")[0]
+        return None if name.endswith("@init") else f"timm:{name}@init"
+    try:
+        from .harvest.zoo import get_source
+
+        entry = get_source(source)
+    except (KernelAtlasError, ImportError, KeyError):
+        return None
+    return getattr(entry, "init_source", None)
+
+
+def _harvest_init(sources: Sequence[str], fold_bn: bool) -> dict[str, Any]:
+    """Harvest the fresh-init twin of every source that has one: source -> HarvestResult."""
+    from .harvest import harvest
+
+    twins = {}
+    for s in sources:
+        twin = _init_counterpart(str(s))
+        if twin is not None:
+            twins[str(s)] = harvest(twin, fold_bn=fold_bn)
+    return twins
+
+
+def _layer_kernels(res: Any, kh: int, kw: int) -> np.ndarray:
+    arrays = [layer.weights for layer in res.layers if layer.weights.shape[1:] == (kh, kw)]
+    return (
+        np.concatenate(arrays).astype(np.float32) if arrays else np.zeros((0, kh, kw), np.float32)
+    )
+
+
+def _bank_sample(bank: Any, kh: int, kw: int, limit: int, seed: int) -> np.ndarray:
+    """All kernels of one size, or a seeded uniform sample of ``limit`` of them (streamed)."""
+    from .bank import weights_array
+
+    total = int(bank.counts().query("kh == @kh and kw == @kw")["kernels"].sum())
+    keep = 1.0 if total <= limit else limit / total
+    rng = np.random.default_rng(seed)
+    parts = []
+    for batch in bank.iter_batches(kh=kh, kw=kw, columns=["weights"]):
+        k = weights_array(batch["weights"], kh, kw)
+        if keep < 1.0:
+            k = k[rng.random(len(k)) < keep]
+        parts.append(k)
+    return np.concatenate(parts) if parts else np.zeros((0, kh, kw), np.float32)
+
+
+def _analyse_batches(
+    bank: Any, shape: tuple[int, int], models: dict[str, Any], cfg: AnalysisConfig
+) -> Iterator[pd.DataFrame]:
+    """One analysed DataFrame per bank batch: provenance, atlas, fit and AE columns, weights."""
+    from .bank import weights_array
+
+    kh, kw = shape
+    for batch in bank.iter_batches(kh=kh, kw=kw, batch_size=cfg.batch_size):
+        k = weights_array(batch["weights"], kh, kw)
+        parts = [
+            batch[_CARRY].reset_index(drop=True),
+            models["atlas"].predict(k).reset_index(drop=True),
+        ]
+        if cfg.fit:
+            from .fit import fit_kernels
+
+            parts.append(fit_kernels(k, device=cfg.device, seed=cfg.seed).reset_index(drop=True))
+        if "ae" in models:
+            parts.append(models["ae"].predict(k).reset_index(drop=True))
+        df = pd.concat(parts, axis=1)
+        df["weights"] = batch["weights"].to_numpy()
+        yield df
+
+
+def analyze(
+    sources: Sequence[Any],
+    out: str | os.PathLike[str],
+    config: AnalysisConfig | None = None,
+    **overrides: Any,
+) -> AnalysisResult:
+    """Harvest ``sources``, name every kernel, and write kernels.parquet, summary.json,
+    figures/ and index.html under ``out``.
+
+    Parameters
+    ----------
+    sources : registry names (``kernelatlas sources``), ``timm:NAME[@init]``, file paths or
+        ``torch.nn.Module`` objects.
+    out : output directory; replaced atomically (its bank is reused: re-runs resume).
+    config : an :class:`AnalysisConfig`; keyword ``overrides`` replace its fields.
+
+    Examples
+    --------
+    >>> from kernelatlas import analyze
+    >>> res = analyze(["efficientnet_lite0"], "report", method="atlas")  # doctest: +SKIP
+    >>> res.summary["models"][0]["coverage"]  # doctest: +SKIP
+    """
+    from dataclasses import replace
+
+    from .atlas import Atlas
+    from .bank import KernelBank
+    from .harvest import harvest_to_bank
+
+    cfg = replace(config or AnalysisConfig(), **overrides)
+    cfg.validate()
+    if not sources:
+        raise KernelAtlasError("no sources given: name at least one (see `kernelatlas sources`)")
+    out = Path(out)
+    staging = _prepare_staging(out)
+    bank = KernelBank(staging / "bank")
+    harvest_to_bank(list(sources), bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet)
+    shapes = [s for s in bank.shapes() if s != (1, 1)]
+    if not shapes:
+        raise KernelAtlasError("the sources yielded no depthwise kernels: nothing to analyse")
+
+    names = [str(s) for s in sources if isinstance(s, str | os.PathLike)]
+    twins = _harvest_init(names, cfg.fold_bn) if (cfg.init_baseline or cfg.null == "init") else {}
+    thresholds: list[dict[str, Any]] = []
+    baselines: list[dict[str, Any]] = []
+    ae_by_size: list[dict[str, Any]] = []
+    spectra: dict[str, Any] = {}
+    heldout: dict[tuple[int, int], float] = {}
+    counts = []
+    total = int(bank.counts().query("not (kh == 1 and kw == 1)")["kernels"].sum())
+    writer = None
+    tmp_kernels = staging / "kernels.parquet.tmp"
+    bar = _progress(total, cfg.quiet, "analyse")
+    try:
+        for kh, kw in shapes:
+            init_k = [_layer_kernels(t, kh, kw) for t in twins.values()]
+            init_k = np.concatenate(init_k) if init_k else np.zeros((0, kh, kw), np.float32)
+            if cfg.null == "init":
+                if len(init_k) < 100:
+                    raise KernelAtlasError(
+                        f"--null init needs freshly initialised {kh}x{kw} kernels of the same "
+                        "architecture; none is known for these sources: use --null gaussian or "
+                        "analyse timm:NAME sources"
+                    )
+                null = init_k
+            else:
+                null = None
+            bar.set_description(f"calibrate {kh}x{kw}")
+            atlas = Atlas(
+                kernel_size=(kh, kw), null_fpr=cfg.null_fpr, n_null=cfg.n_null, seed=cfg.seed
+            ).fit(null=null)
+            held_out = gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919)
+            heldout[(kh, kw)] = float(atlas.predict(held_out)["classified"].mean())
+            for fam, thr in atlas.thresholds_.items():
+                thresholds.append(
+                    {"kh": kh, "kw": kw, "method": "atlas", "family": fam, "threshold": float(thr),
+                     "null_kind": cfg.null, "null_fpr": cfg.null_fpr, "null_rate": float(atlas.null_rate_)}
+                )  # fmt: skip
+            for src, twin in twins.items():
+                k = _layer_kernels(twin, kh, kw)
+                if len(k):
+                    pred = atlas.predict(k)
+                    live = pred["family"] != "degenerate"
+                    cov = float(pred["classified"][live].mean()) if live.any() else float("nan")
+                    baselines.append(
+                        {
+                            "source": src,
+                            "init_source": twin.source,
+                            "kh": kh,
+                            "kw": kw,
+                            "init_coverage": cov,
+                        }
+                    )
+            models: dict[str, Any] = {"atlas": atlas}
+            if cfg.method in ("autoencoder", "both"):
+                from .autoencoder import KernelAutoencoder
+
+                bar.set_description(f"autoencoder {kh}x{kw}")
+                train = _bank_sample(bank, kh, kw, cfg.ae_max_train, cfg.seed)
+                kwargs = {"epochs": cfg.ae_epochs} if cfg.ae_epochs else {}
+                ae = KernelAutoencoder(
+                    kernel_size=(kh, kw), seed=cfg.seed, device=cfg.device, **kwargs
+                ).fit(train)
+                models["ae"] = ae
+                ae_null = float(
+                    ae.null_coverage(gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919))
+                )
+                ae_by_size.append(
+                    {"kh": kh, "kw": kw, "threshold": float(ae.threshold_), "threshold_rule": str(ae.threshold_rule_),
+                     "null_coverage": ae_null, "trained_on": int(len(train)),
+                     "init_coverage": float(ae.null_coverage(init_k)) if len(init_k) else None}
+                )  # fmt: skip
+                spec = ae.spectrum()
+                spectra[f"{kh}x{kw}"] = {
+                    "spectrum": spec.to_dict(orient="list"),
+                    "decoded": ae.inverse_transform(spec["z"].to_numpy()).tolist(),
+                }
+            bar.set_description(f"classify {kh}x{kw}")
+            for df in _analyse_batches(bank, (kh, kw), models, cfg):
+                counts.append(partial_counts(df))
+                table = pa.Table.from_pandas(df, preserve_index=False)
+                if writer is None:
+                    meta = {b"kernelatlas_version": __version__.encode()}
+                    writer = pq.ParquetWriter(tmp_kernels, table.schema.with_metadata(meta))
+                writer.write_table(table.cast(writer.schema))
+                bar.update(len(df))
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    os.replace(tmp_kernels, staging / "kernels.parquet")
+
+    base = _baseline_frame(bank, baselines, heldout)
+    config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
+    autoencoder = {"by_size": ae_by_size, "spectra_sizes": sorted(spectra)} if ae_by_size else None
+    merged = merge_counts(counts)
+    summary = build_summary(
+        merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder
+    )
+    from .report import write_report
+
+    write_report(staging, summary, spectra=spectra, figures=cfg.figures)
+    publish_dir(staging, out)
+    from .report.summary import coverage_tables
+
+    return AnalysisResult(out=out, summary=summary, tables=coverage_tables(merged))
+
+
+def _baseline_frame(
+    bank: Any, baselines: list[dict[str, Any]], heldout: dict[tuple[int, int], float]
+) -> pd.DataFrame:
+    """Per (source, model, size): the rate on a held-out Gaussian null, and fresh-init coverage."""
+    counts = bank.counts()[MODEL_KEYS].drop_duplicates()
+    counts["null_coverage"] = [
+        heldout.get((kh, kw), np.nan) for kh, kw in zip(counts["kh"], counts["kw"])
+    ]
+    if baselines:
+        b = pd.DataFrame(baselines)[["source", "kh", "kw", "init_coverage"]]
+        counts = counts.merge(b, on=["source", "kh", "kw"], how="left")
+    else:
+        counts["init_coverage"] = np.nan
+    return counts

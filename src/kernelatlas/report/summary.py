@@ -1,0 +1,190 @@
+"""Coverage tables, merged exactly from per-batch partial counts.
+
+A batch of analysed kernels (one row per kernel, with the bank's provenance columns and the
+atlas columns) is reduced to integer counts per (model, size) and per layer; counts from any
+number of batches, processes or Dask partitions add up to the same tables as one pass over
+the whole bank. ``build_summary`` turns the counts into ``summary.json`` (schema:
+``summary.schema.json`` beside this file, documented in docs/summary.md).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..taxonomy import FAMILIES
+
+__all__ = [
+    "MODEL_KEYS",
+    "LAYER_KEYS",
+    "partial_counts",
+    "merge_counts",
+    "coverage_tables",
+    "build_summary",
+    "versions",
+]
+
+MODEL_KEYS = ["source", "model", "kh", "kw"]
+LAYER_KEYS = ["source", "model", "kh", "kw", "layer", "layer_index", "depth"]
+_COUNT_COLS = ["kernels", "classified", *[f"n_{f}" for f in FAMILIES]]
+_AE_COLS = ["ae_kernels", "ae_classified", "ae_agree"]
+
+
+def _count_frame(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    fam = pd.Categorical(df["family"], categories=list(FAMILIES))
+    onehot = pd.get_dummies(fam).astype(np.int64)
+    onehot.columns = [f"n_{c}" for c in onehot.columns]
+    parts = {k: df[k].to_numpy() for k in keys}
+    frame = pd.DataFrame(parts)
+    frame["kernels"] = 1
+    frame["classified"] = df["classified"].to_numpy(dtype=bool).astype(np.int64)
+    frame = pd.concat([frame, onehot.set_index(frame.index)], axis=1)
+    if "ae_classified" in df.columns:
+        valid = df["ae_family"].to_numpy() != "degenerate"
+        frame["ae_kernels"] = valid.astype(np.int64)
+        frame["ae_classified"] = df["ae_classified"].to_numpy(dtype=bool).astype(np.int64)
+        frame["ae_agree"] = (
+            valid & (df["ae_family"].to_numpy() == df["family"].to_numpy())
+        ).astype(np.int64)
+    return frame.groupby(keys, sort=False, observed=True).sum().reset_index()
+
+
+def partial_counts(batch: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Integer counts of one analysed batch, per (model, size) and per layer."""
+    return {"models": _count_frame(batch, MODEL_KEYS), "layers": _count_frame(batch, LAYER_KEYS)}
+
+
+def merge_counts(parts: Iterable[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Add up partial counts exactly (integer sums), in a deterministic row order."""
+    out: dict[str, list[pd.DataFrame]] = {"models": [], "layers": []}
+    for p in parts:
+        for key in out:
+            out[key].append(p[key])
+    merged = {}
+    for key, keys in (("models", MODEL_KEYS), ("layers", LAYER_KEYS)):
+        if not out[key]:
+            merged[key] = pd.DataFrame(columns=[*keys, *_COUNT_COLS])
+            continue
+        df = pd.concat(out[key], ignore_index=True)
+        df = df.groupby(keys, sort=True, observed=True).sum().reset_index()
+        merged[key] = df
+    return merged
+
+
+def coverage_tables(counts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Fractions from counts: coverage (classified / non-degenerate kernels) and family shares.
+
+    Coverage excludes degenerate kernels from the denominator (they are counted apart);
+    family shares are fractions of all kernels, so they sum to 1 across FAMILIES.
+    """
+    tables = {}
+    for key, df in counts.items():
+        df = df.copy()
+        n = df["kernels"].to_numpy(dtype=np.float64)
+        live = n - df["n_degenerate"].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            df["coverage"] = np.where(live > 0, df["classified"] / np.maximum(live, 1), np.nan)
+            for f in FAMILIES:
+                df[f"share_{f}"] = np.where(n > 0, df[f"n_{f}"] / np.maximum(n, 1), np.nan)
+            if "ae_kernels" in df.columns:
+                ae_n = df["ae_kernels"].to_numpy(dtype=np.float64)
+                df["ae_coverage"] = np.where(
+                    ae_n > 0, df["ae_classified"] / np.maximum(ae_n, 1), np.nan
+                )
+                df["agreement"] = np.where(ae_n > 0, df["ae_agree"] / np.maximum(ae_n, 1), np.nan)
+        tables[key] = df
+    return tables
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced an output (stamped into every file)."""
+    import pyarrow
+    import torch
+
+    return {
+        "kernelatlas": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "pyarrow": pyarrow.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float | np.floating):
+        return None if not np.isfinite(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def _records(df: pd.DataFrame, keys: list[str], extra: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for rec in df.to_dict(orient="records"):
+        row = {k: _nan_to_none(rec[k]) for k in keys}
+        row["kernels"] = int(rec["kernels"])
+        row["degenerate"] = int(rec["n_degenerate"])
+        row["classified"] = int(rec["classified"])
+        row["coverage"] = _nan_to_none(rec["coverage"])
+        row["family_shares"] = {f: _nan_to_none(rec[f"share_{f}"]) for f in FAMILIES}
+        for e in extra:
+            row[e] = _nan_to_none(rec.get(e, np.nan))
+        rows.append(row)
+    return rows
+
+
+def build_summary(
+    counts: dict[str, pd.DataFrame],
+    *,
+    config: dict[str, Any],
+    thresholds: list[dict[str, Any]],
+    baselines: pd.DataFrame | None = None,
+    autoencoder: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The summary.json document (see summary.schema.json).
+
+    ``baselines`` has one row per (source, model, kh, kw) with ``null_coverage`` (the
+    classifier's rate on a held-out null sample) and ``init_coverage`` (coverage of the same
+    architecture freshly initialised, NaN where unknown).
+    """
+    tables = coverage_tables(counts)
+    models = tables["models"]
+    base_cols = ["null_coverage", "init_coverage"]
+    if baselines is not None and len(baselines):
+        models = models.merge(baselines, on=MODEL_KEYS, how="left")
+    for c in base_cols:
+        if c not in models.columns:
+            models[c] = np.nan
+    ae_cols = ["ae_coverage", "ae_null_coverage", "agreement"] if autoencoder else []
+    if autoencoder:
+        nulls = pd.DataFrame(autoencoder.get("by_size", []))
+        if len(nulls):
+            models = models.merge(
+                nulls[["kh", "kw", "null_coverage"]].rename(
+                    columns={"null_coverage": "ae_null_coverage"}
+                ),
+                on=["kh", "kw"],
+                how="left",
+            )
+    return {
+        "schema_version": 1,
+        "kernelatlas_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "config": config,
+        "thresholds": thresholds,
+        "models": _records(models, MODEL_KEYS, base_cols + ae_cols),
+        "layers": _records(
+            tables["layers"], LAYER_KEYS, ["ae_coverage", "agreement"] if autoencoder else []
+        ),
+        "autoencoder": autoencoder,
+    }
