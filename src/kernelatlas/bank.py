@@ -1,0 +1,344 @@
+"""KernelBank: a Parquet dataset with one row per single-channel depthwise kernel.
+
+A bank is a directory. Each harvested source is one Parquet file in it, written to a
+hidden temporary name and renamed into place, so an interrupted harvest never leaves a
+partial file visible and a re-run simply harvests the sources that are not there yet.
+pandas, polars and DuckDB read the directory directly (``pd.read_parquet(path)``).
+
+Example
+-------
+>>> from kernelatlas.bank import KernelBank
+>>> bank = KernelBank("bank")                  # doctest: +SKIP
+>>> bank.add(harvest("efficientnet_lite0"))    # doctest: +SKIP
+>>> bank.kernels(5, 5).shape                   # doctest: +SKIP
+(6336, 5, 5)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import KernelAtlasError
+
+__all__ = ["KernelBank", "BANK_COLUMNS", "BANK_SCHEMA", "weights_array"]
+
+#: Columns of a kernel bank, in their fixed order.
+BANK_COLUMNS: tuple[str, ...] = (
+    "source",
+    "model",
+    "format",
+    "layer",
+    "layer_index",
+    "depth",
+    "channel",
+    "kh",
+    "kw",
+    "stride",
+    "dilation",
+    "bn_folded",
+    "dtype",
+    "nonfinite",
+    "weights",
+)
+
+#: Arrow schema of a kernel bank. ``depth`` = layer_index / (number of kept depthwise
+#: layers - 1) (0 for a single layer); ``stride``/``dilation`` are the larger spatial value
+#: (0 = unknown); ``dtype`` is the stored dtype; ``nonfinite`` flags NaN/Inf weights;
+#: ``weights`` is the kernel, float32, row-major ``kh*kw``.
+BANK_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("model", pa.string()),
+        ("format", pa.string()),
+        ("layer", pa.string()),
+        ("layer_index", pa.int32()),
+        ("depth", pa.float32()),
+        ("channel", pa.int32()),
+        ("kh", pa.int16()),
+        ("kw", pa.int16()),
+        ("stride", pa.int16()),
+        ("dilation", pa.int16()),
+        ("bn_folded", pa.bool_()),
+        ("dtype", pa.string()),
+        ("nonfinite", pa.bool_()),
+        ("weights", pa.list_(pa.float32())),
+    ]
+)
+assert tuple(BANK_SCHEMA.names) == BANK_COLUMNS
+
+_STRING_COLUMNS = ["source", "model", "format", "layer", "dtype"]
+_ROW_GROUP = 1 << 16
+_META_VERSION = b"kernelatlas_version"
+_META_SOURCE = b"kernelatlas_source"
+
+
+def _list_to_pandas(arrow_type: pa.DataType) -> Any:
+    # list columns stay Arrow-backed in pandas (no Python object per kernel)
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return pd.ArrowDtype(arrow_type)
+    return None
+
+
+def weights_array(list_column: Any, kh: int, kw: int) -> np.ndarray:
+    """Kernels ``[N, kh, kw]`` float32 from a ``weights`` list column, via its flat buffer.
+
+    Parameters
+    ----------
+    list_column : pyarrow ListArray / ChunkedArray, or a pandas Series (Arrow-backed, as
+        :meth:`KernelBank.read` returns it, or of numpy arrays).
+    kh, kw : kernel size; every row must hold ``kh*kw`` values.
+    """
+    k = int(kh) * int(kw)
+    if isinstance(list_column, pd.Series):
+        if isinstance(list_column.dtype, pd.ArrowDtype):
+            list_column = pa.chunked_array(list_column.array._pa_array)
+        else:
+            values = list_column.to_numpy()
+            if len(values) == 0:
+                return np.zeros((0, kh, kw), np.float32)
+            return np.stack(values).astype(np.float32, copy=False).reshape(-1, kh, kw)
+    chunks = list_column.chunks if isinstance(list_column, pa.ChunkedArray) else [list_column]
+    n = sum(len(c) for c in chunks)
+    out = np.empty((n, kh, kw), np.float32)
+    at = 0
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        if chunk.null_count:
+            raise KernelAtlasError("weights column has missing kernels: the bank is damaged")
+        lengths = pc.list_value_length(chunk)
+        if pc.min(lengths).as_py() != k or pc.max(lengths).as_py() != k:
+            raise KernelAtlasError(
+                f"weights rows are not all {kh}x{kw}={k} values: select one kernel size "
+                "(e.g. bank.read(kh=..., kw=...)) before stacking"
+            )
+        flat = chunk.flatten().to_numpy(zero_copy_only=False)
+        out[at : at + len(chunk)] = flat.reshape(-1, kh, kw)
+        at += len(chunk)
+    return out
+
+
+def _slug(source: str) -> str:
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("._")[-60:] or "source"
+    return f"{stem}-{digest}.parquet"
+
+
+class KernelBank:
+    """A directory holding a Parquet dataset of depthwise kernels (columns :data:`BANK_COLUMNS`).
+
+    Parameters
+    ----------
+    path : directory of the bank; created by the first :meth:`add`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise KernelAtlasError(
+                f"{self.path} is a file, not a kernel bank directory: pick another --out path"
+            )
+
+    def __repr__(self) -> str:
+        return f"KernelBank({str(self.path)!r})"
+
+    # -- files -------------------------------------------------------------------------
+    def files(self) -> list[Path]:
+        """The bank's visible Parquet files (one per source), sorted."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.glob("*.parquet") if not p.name.startswith("."))
+
+    def file_for(self, source: str) -> Path:
+        """The file that holds (or will hold) ``source``."""
+        return self.path / _slug(source)
+
+    def has_source(self, source: str) -> bool:
+        """Whether ``source`` (a source key as in the ``source`` column) is in the bank."""
+        return self.file_for(source).is_file()
+
+    def sources(self) -> list[str]:
+        """Source keys in the bank, read from each file's metadata."""
+        out = []
+        for f in self.files():
+            meta = pq.read_schema(f).metadata or {}
+            out.append(meta.get(_META_SOURCE, b"").decode())
+        return out
+
+    # -- writing -----------------------------------------------------------------------
+    def add(self, data: Any) -> int:
+        """Add a :class:`~kernelatlas.harvest.HarvestResult` or an Arrow table in the bank schema.
+
+        Sources already in the bank are skipped (no duplicate rows). Returns the number of
+        rows written.
+        """
+        table = data.to_table() if hasattr(data, "to_table") else data
+        if not isinstance(table, pa.Table):
+            raise KernelAtlasError(
+                f"KernelBank.add takes a HarvestResult or a pyarrow.Table, got {type(data).__name__}"
+            )
+        missing = [c for c in BANK_COLUMNS if c not in table.column_names]
+        if missing:
+            raise KernelAtlasError(
+                f"table lacks bank columns {missing}: build it with HarvestResult.to_table()"
+            )
+        table = table.select(list(BANK_COLUMNS)).cast(BANK_SCHEMA)
+        if table.num_rows == 0:
+            return 0
+        written = 0
+        for source in pc.unique(table.column("source")).to_pylist():
+            if self.has_source(source):
+                continue
+            part = table.filter(pc.equal(table.column("source"), source))
+            self._write(source, part)
+            written += part.num_rows
+        return written
+
+    def _write(self, source: str, table: pa.Table) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        final = self.file_for(source)
+        tmp = self.path / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        table = table.replace_schema_metadata(
+            {_META_VERSION: __version__.encode(), _META_SOURCE: source.encode()}
+        )
+        try:
+            pq.write_table(
+                table,
+                tmp,
+                row_group_size=_ROW_GROUP,
+                compression="zstd",
+                compression_level=1,
+                use_dictionary=_STRING_COLUMNS,
+            )
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # -- reading -----------------------------------------------------------------------
+    def _dataset(self) -> ds.Dataset | None:
+        files = self.files()
+        if not files:
+            return None
+        for f in files:
+            try:
+                names = pq.read_schema(f).names
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise KernelAtlasError(
+                    f"{f}: unreadable bank file ({exc}); delete it and harvest that source again"
+                ) from None
+            if tuple(names) != BANK_COLUMNS:
+                raise KernelAtlasError(
+                    f"{f} is not a kernel bank file (columns {names[:4]}...); move it out of "
+                    f"{self.path}"
+                )
+        return ds.dataset([str(f) for f in files], schema=BANK_SCHEMA, format="parquet")
+
+    @staticmethod
+    def _filter(kh: int | None, kw: int | None) -> ds.Expression | None:
+        expr = None
+        for name, value in (("kh", kh), ("kw", kw)):
+            if value is not None:
+                term = ds.field(name) == int(value)
+                expr = term if expr is None else expr & term
+        return expr
+
+    def _columns(self, columns: Sequence[str] | None) -> list[str]:
+        if columns is None:
+            return list(BANK_COLUMNS)
+        unknown = [c for c in columns if c not in BANK_COLUMNS]
+        if unknown:
+            raise KernelAtlasError(f"unknown bank columns {unknown}; bank columns: {BANK_COLUMNS}")
+        return list(columns)
+
+    def iter_batches(
+        self,
+        *,
+        kh: int | None = None,
+        kw: int | None = None,
+        columns: Sequence[str] | None = None,
+        batch_size: int = 65536,
+    ) -> Iterator[pd.DataFrame]:
+        """Stream the bank (optionally one kernel size) as DataFrames of <= ``batch_size`` rows.
+
+        The ``weights`` column stays Arrow-backed; turn it into ``[N, kh, kw]`` with
+        :func:`weights_array`.
+        """
+        dataset = self._dataset()
+        if dataset is None:
+            return
+        scanner = dataset.scanner(
+            columns=self._columns(columns), filter=self._filter(kh, kw), batch_size=batch_size
+        )
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                yield batch.to_pandas(types_mapper=_list_to_pandas)
+
+    def _table(self, kh: int | None, kw: int | None, columns: Sequence[str] | None) -> pa.Table:
+        cols = self._columns(columns)
+        dataset = self._dataset()
+        if dataset is None:
+            return BANK_SCHEMA.empty_table().select(cols)
+        return dataset.to_table(columns=cols, filter=self._filter(kh, kw))
+
+    def read(
+        self,
+        *,
+        kh: int | None = None,
+        kw: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """The selected rows as one DataFrame (``weights`` Arrow-backed)."""
+        return self._table(kh, kw, columns).to_pandas(types_mapper=_list_to_pandas)
+
+    def kernels(self, kh: int, kw: int) -> np.ndarray:
+        """All ``kh x kw`` kernels, float32 ``[N, kh, kw]``, in bank order."""
+        table = self._table(kh, kw, ["weights"])
+        return weights_array(table.column("weights"), kh, kw)
+
+    def __len__(self) -> int:
+        return int(sum(pq.ParquetFile(f).metadata.num_rows for f in self.files()))
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """Kernel sizes present, sorted."""
+        table = self._table(None, None, ["kh", "kw"])
+        if table.num_rows == 0:
+            return []
+        uniq = table.group_by(["kh", "kw"]).aggregate([])
+        return sorted(
+            zip(uniq.column("kh").to_pylist(), uniq.column("kw").to_pylist(), strict=True)
+        )
+
+    def counts(self) -> pd.DataFrame:
+        """Layers and kernels per source, model and kernel size.
+
+        Columns ``source, model, kh, kw, layers, kernels``.
+        """
+        cols = ["source", "model", "kh", "kw", "layers", "kernels"]
+        table = self._table(None, None, ["source", "model", "kh", "kw", "layer_index"])
+        if table.num_rows == 0:
+            return pd.DataFrame(
+                {c: pd.Series(dtype="int64" if c in cols[2:] else object) for c in cols}
+            )
+        agg = table.group_by(["source", "model", "kh", "kw"]).aggregate(
+            [("layer_index", "count_distinct"), ("layer_index", "count")]
+        )
+        df = agg.to_pandas().rename(
+            columns={"layer_index_count_distinct": "layers", "layer_index_count": "kernels"}
+        )
+        df = df[cols].astype({"kh": "int64", "kw": "int64", "layers": "int64", "kernels": "int64"})
+        return df.sort_values(["source", "kh", "kw"], ignore_index=True)

@@ -1,0 +1,258 @@
+"""``harvest`` (one source -> HarvestResult) and ``harvest_to_bank`` (many -> a KernelBank)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..bank import KernelBank
+from ..errors import FormatError, KernelAtlasError
+from .base import HarvestResult, LayerKernels
+
+__all__ = ["harvest", "harvest_to_bank", "detect_format", "source_key", "FORMATS"]
+
+#: format -> (module, reader function) ; each reader: (path, *, fold_bn) ->
+#: (layers, skipped_1x1) or (layers, skipped_1x1, notes)
+FORMATS: dict[str, tuple[str, str]] = {
+    "checkpoint": ("kernelatlas.harvest.checkpoint", "read_checkpoint"),
+    "safetensors": ("kernelatlas.harvest.safetensors_", "read_safetensors"),
+    "onnx": ("kernelatlas.harvest.onnx_", "read_onnx"),
+    "tflite": ("kernelatlas.harvest.tflite_", "read_tflite"),
+    "keras": ("kernelatlas.harvest.keras_h5", "read_keras"),
+    "numpy": ("kernelatlas.harvest.arrays", "read_arrays"),
+}
+
+_EXTENSIONS = {
+    ".pt": "checkpoint", ".pth": "checkpoint", ".bin": "checkpoint", ".ckpt": "checkpoint",
+    ".safetensors": "safetensors", ".onnx": "onnx", ".tflite": "tflite", ".h5": "keras",
+    ".hdf5": "keras", ".keras": "keras", ".npy": "numpy", ".npz": "numpy",
+}  # fmt: skip
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The reader format of a file, from its leading bytes (extension as a tie-break)."""
+    p = Path(path)
+    if not p.exists():
+        raise FormatError(
+            f"{p}: no such file or registered source (`kernelatlas sources` lists names)"
+        )
+    if p.is_dir():
+        raise FormatError(f"{p} is a directory; pass a weight file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise FormatError(f"{p}: cannot read ({exc.strerror}); check its permissions") from None
+    ext = p.suffix.lower()
+    if not head:
+        raise FormatError(f"{p}: empty file; download or export it again")
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "keras"
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head[:6] == b"\x93NUMPY":
+        return "numpy"
+    if head[:2] == b"PK":  # zip: torch checkpoint, .keras archive or .npz
+        return {".keras": "keras", ".npz": "numpy"}.get(ext, "checkpoint")
+    if head[:1] == b"\x80":  # a (legacy torch) pickle
+        return "checkpoint"
+    if len(head) >= 9 and head[8:9] == b"{" and ext in ("", ".safetensors"):
+        return "safetensors"
+    if ext in _EXTENSIONS:
+        return _EXTENSIONS[ext]
+    raise FormatError(
+        f"{p}: unknown weight format; supported: .pt/.pth/.bin, .safetensors, .onnx, .tflite, "
+        ".h5/.keras, .npy/.npz"
+    )
+
+
+def _read_file(path: Path, fmt: str, fold_bn: bool) -> tuple[list[LayerKernels], int, tuple]:
+    module, func = FORMATS[fmt]
+    try:
+        reader: Callable[..., Any] = getattr(importlib.import_module(module), func)
+    except ImportError as exc:
+        extra = {"onnx": "onnx", "tflite": "tflite", "keras": "keras"}.get(fmt, "all")
+        raise KernelAtlasError(
+            f"reading {fmt} needs {exc.name}: pip install 'kernelatlas[{extra}]'"
+        ) from None
+    out = reader(path, fold_bn=fold_bn)
+    return out if len(out) == 3 else (*out, ())
+
+
+def source_key(source: Any, *, fold_bn: bool = False) -> str | None:
+    """The bank key of a source (None for an nn.Module, known only after harvesting)."""
+    if not isinstance(source, str | os.PathLike):
+        return None
+    s = str(source)
+    if s.startswith("timm:") or _is_registry_name(s):
+        key = s
+    else:
+        key = str(Path(s).expanduser().resolve())
+    return key + "+fold_bn" if fold_bn else key
+
+
+def _is_registry_name(s: str) -> bool:
+    from .zoo import is_registered
+
+    return is_registered(s) and not Path(s).exists()
+
+
+def harvest(source: Any, *, fold_bn: bool = False) -> HarvestResult:
+    """Harvest every depthwise kernel of one source.
+
+    Parameters
+    ----------
+    source : a registry name (``efficientnet_lite0``, ``mediapipe/iris_landmark``...),
+        ``timm:NAME`` / ``timm:NAME?file=PATH`` / ``timm:NAME@init[:SEED]``, a path to a
+        weight file (.pt/.pth/.bin, .safetensors, .onnx, .tflite, .h5/.keras, .npy/.npz),
+        or an ``nn.Module``.
+    fold_bn : multiply each kernel by its following batch norm's scale (needs the
+        architecture: modules, timm, ``mobilenet_v2``, ONNX graphs).
+
+    Returns
+    -------
+    HarvestResult ; warns (and holds zero layers) when the model has no depthwise conv.
+
+    Examples
+    --------
+    >>> res = harvest("pp_lcnet_orientation")          # doctest: +SKIP
+    >>> res.counts()                                   # doctest: +SKIP
+    {(3, 3): (6, 432), (5, 5): (7, 2048)}
+    """
+    res = _harvest(source, fold_bn)
+    if not res.layers:
+        warnings.warn(
+            f"{res.source}: no depthwise convolution found (skipped 1x1: {res.skipped_1x1}); "
+            "zero kernels",
+            stacklevel=2,
+        )
+    return res
+
+
+def _harvest(source: Any, fold_bn: bool) -> HarvestResult:
+    import torch
+
+    from . import zoo
+    from .torch_module import read_module
+
+    suffix = "+fold_bn" if fold_bn else ""
+    if isinstance(source, torch.nn.Module):
+        layers, skipped = read_module(source, fold_bn=fold_bn)
+        key = f"module:{type(source).__name__}@{_digest(layers)}{suffix}"
+        return HarvestResult(key, type(source).__name__, "module", layers, skipped)
+    if not isinstance(source, str | os.PathLike):
+        raise KernelAtlasError(
+            f"cannot harvest a {type(source).__name__}: pass a source name, a path or an nn.Module"
+        )
+    s = str(source)
+    if s.startswith("timm:"):
+        spec = zoo.parse_timm(s)
+        layers, skipped = read_module(zoo.create_timm_model(spec), fold_bn=fold_bn)
+        return HarvestResult(s + suffix, spec.name, "module", layers, skipped)
+    if _is_registry_name(s):
+        from .cache import fetch
+
+        info = zoo.get_source(s)
+        path = fetch(info)
+        if info.arch:
+            layers, skipped = read_module(_build_arch(info, path), fold_bn=fold_bn)
+            notes: tuple = ()
+        else:
+            layers, skipped, notes = _read_file(path, info.format, fold_bn)
+        return HarvestResult(s + suffix, info.model, info.format, layers, skipped, notes)
+    path = Path(s).expanduser()
+    fmt = detect_format(path)
+    layers, skipped, notes = _read_file(path, fmt, fold_bn)
+    return HarvestResult(
+        str(path.resolve()) + suffix, _model_name(path), fmt, layers, skipped, notes
+    )
+
+
+def _model_name(path: Path) -> str:
+    name = path.name
+    for ext in (".weights.h5", *sorted(_EXTENSIONS, key=len, reverse=True)):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)] or name
+    return name
+
+
+def _digest(layers: list[LayerKernels]) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for lk in layers:
+        h.update(lk.layer.encode())
+        h.update(lk.weights.tobytes())
+    return h.hexdigest()[:12]
+
+
+def _build_arch(info: Any, path: Path) -> Any:
+    from .checkpoint import load_state_dict
+
+    mod_name, _, fn_name = info.arch.partition(":")
+    try:
+        builder = getattr(importlib.import_module(mod_name), fn_name)
+    except ImportError as exc:
+        raise KernelAtlasError(
+            f"{info.name} needs {exc.name} for its architecture: pip install 'kernelatlas[timm]'"
+        ) from None
+    model = builder()
+    state, _ = load_state_dict(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise KernelAtlasError(
+            f"{info.name}: weights do not fit {info.arch} ({str(exc).splitlines()[0][:120]})"
+        ) from None
+    return model.eval()
+
+
+def harvest_to_bank(
+    sources: Iterable[Any] | Any,
+    bank: KernelBank | str | os.PathLike[str],
+    *,
+    fold_bn: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Harvest each source into ``bank``, skipping sources already there (resumable).
+
+    Returns
+    -------
+    DataFrame ``source, model, kh, kw, layers, kernels`` for the given sources (read back
+    from the bank). Warns for a source with no depthwise conv; raises
+    :class:`KernelAtlasError` only when no source yielded any kernel.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(sources, str | os.PathLike) or not isinstance(sources, Iterable):
+        sources = [sources]
+    sources = list(sources)
+    if not sources:
+        raise KernelAtlasError("no sources given: name at least one (see `kernelatlas sources`)")
+    bank = bank if isinstance(bank, KernelBank) else KernelBank(bank)
+    keys: list[str] = []
+    bar = tqdm(sources, desc="harvest", unit="source", disable=not progress, leave=False)
+    for source in bar:
+        key = source_key(source, fold_bn=fold_bn)
+        bar.set_postfix_str(str(key or type(source).__name__)[-40:])
+        if key is not None and bank.has_source(key):
+            keys.append(key)
+            continue
+        res = harvest(source, fold_bn=fold_bn)
+        bank.add(res)
+        keys.append(res.source)
+    bar.close()
+    counts = bank.counts()
+    counts = counts[counts["source"].isin(keys)].reset_index(drop=True)
+    if counts.empty:
+        raise KernelAtlasError(
+            "no depthwise kernels in any source: check the models hold depthwise convolutions "
+            "(groups == in_channels)"
+        )
+    return counts

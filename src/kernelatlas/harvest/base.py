@@ -1,0 +1,165 @@
+"""The one interface every reader returns: depthwise layers with their provenance.
+
+A reader turns one model (a file or an ``nn.Module``) into a list of
+:class:`LayerKernels`; :class:`HarvestResult` adds the source and model names and turns
+the layers into one Arrow table in the bank schema (one row per single-channel kernel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from ..bank import BANK_COLUMNS, BANK_SCHEMA
+from ..errors import KernelAtlasError
+
+__all__ = ["LayerKernels", "HarvestResult", "split_kernels"]
+
+
+@dataclass(frozen=True)
+class LayerKernels:
+    """The kernels of one depthwise convolution layer.
+
+    Attributes
+    ----------
+    layer : str
+        Where the layer lives in its model (module path, tensor name, op name).
+    layer_index : int
+        Order among the kept (non-1x1) depthwise layers of the model, from 0.
+    weights : float32 array [C, kh, kw]
+        One single-channel kernel per output channel (``C = channels * multiplier``).
+    stride, dilation : int
+        The larger of the two spatial values; 0 when the format does not say (state dicts,
+        raw arrays).
+    bn_folded : bool
+        True when the kernels include a following batch-norm's scale: folded by kernelatlas
+        (``fold_bn=True``) or guaranteed by the format (TFLite has no batch-norm op).
+    dtype : str
+        The dtype the weights are stored in (``'float16'``, ``'int8'``, ...).
+    """
+
+    layer: str
+    layer_index: int
+    weights: np.ndarray
+    stride: int = 0
+    dilation: int = 0
+    bn_folded: bool = False
+    dtype: str = "float32"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Kernel size ``(kh, kw)``."""
+        return int(self.weights.shape[1]), int(self.weights.shape[2])
+
+
+@dataclass(frozen=True)
+class HarvestResult:
+    """Everything harvested from one source.
+
+    Attributes
+    ----------
+    source : str
+        The key of the source in a bank (registry name, resolved path, ``timm:NAME``...).
+    model : str
+        A readable model name.
+    format : str
+        The reader that read it (``module``, ``checkpoint``, ``safetensors``, ``onnx``,
+        ``tflite``, ``keras``, ``numpy``).
+    layers : list of LayerKernels
+        Kept depthwise layers, in model order.
+    skipped_1x1 : int
+        Depthwise layers with 1x1 kernels (nothing spatial to analyse), not kept.
+    notes : tuple of str
+        Caveats the reader met (e.g. a skipped grayscale stem conv).
+    """
+
+    source: str
+    model: str
+    format: str
+    layers: list[LayerKernels] = field(default_factory=list)
+    skipped_1x1: int = 0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def n_kernels(self) -> int:
+        """Number of single-channel kernels over all layers."""
+        return int(sum(lk.weights.shape[0] for lk in self.layers))
+
+    def counts(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """``{(kh, kw): (layers, kernels)}`` over the kept layers."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for lk in self.layers:
+            c = out.setdefault(lk.shape, [0, 0])
+            c[0] += 1
+            c[1] += int(lk.weights.shape[0])
+        return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+    def to_table(self) -> pa.Table:
+        """One row per single-channel kernel, columns :data:`BANK_COLUMNS`."""
+        n_layers = len(self.layers)
+        sizes = np.array([lk.weights.shape[0] for lk in self.layers], dtype=np.int64)
+        n = int(sizes.sum())
+        if n == 0:
+            return BANK_SCHEMA.empty_table()
+
+        def per_layer(values: list, dtype: object) -> np.ndarray:
+            return np.repeat(np.asarray(values, dtype=dtype), sizes)
+
+        idx = [lk.layer_index for lk in self.layers]
+        depth = [lk.layer_index / (n_layers - 1) if n_layers > 1 else 0.0 for lk in self.layers]
+        channel = np.arange(n, dtype=np.int32) - per_layer(
+            np.concatenate([[0], np.cumsum(sizes)[:-1]]), np.int32
+        )
+        flat = np.concatenate(
+            [np.ascontiguousarray(lk.weights, dtype=np.float32).reshape(-1) for lk in self.layers]
+        )
+        if flat.size >= 2**31:
+            raise KernelAtlasError(
+                f"{self.source}: {flat.size} weights in one source exceed a bank file's limit; "
+                "harvest it in parts (e.g. as .npy arrays per layer)"
+            )
+        ksz = per_layer([lk.shape[0] * lk.shape[1] for lk in self.layers], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(ksz)]).astype(np.int32)
+        nonfinite = np.concatenate(
+            [~np.isfinite(lk.weights.reshape(lk.weights.shape[0], -1)).all(1) for lk in self.layers]
+        )
+        weights = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32()))
+
+        def strings(values: list[str]) -> pa.Array:
+            # dictionary-encode per layer, then decode: avoids one Python str per kernel
+            dict_arr = pa.DictionaryArray.from_arrays(
+                pa.array(per_layer(list(range(len(values))), np.int32)), pa.array(values)
+            )
+            return dict_arr.cast(pa.string())
+
+        columns = {
+            "source": pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(n, np.int32)), pa.array([self.source])
+            ).cast(pa.string()),
+            "model": pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(n, np.int32)), pa.array([self.model])
+            ).cast(pa.string()),
+            "format": pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(n, np.int32)), pa.array([self.format])
+            ).cast(pa.string()),
+            "layer": strings([lk.layer for lk in self.layers]),
+            "layer_index": pa.array(per_layer(idx, np.int32)),
+            "depth": pa.array(per_layer(depth, np.float32)),
+            "channel": pa.array(channel),
+            "kh": pa.array(per_layer([lk.shape[0] for lk in self.layers], np.int16)),
+            "kw": pa.array(per_layer([lk.shape[1] for lk in self.layers], np.int16)),
+            "stride": pa.array(per_layer([lk.stride for lk in self.layers], np.int16)),
+            "dilation": pa.array(per_layer([lk.dilation for lk in self.layers], np.int16)),
+            "bn_folded": pa.array(per_layer([lk.bn_folded for lk in self.layers], bool)),
+            "dtype": strings([lk.dtype for lk in self.layers]),
+            "nonfinite": pa.array(np.asarray(nonfinite, dtype=bool)),
+            "weights": weights,
+        }
+        return pa.Table.from_arrays([columns[c] for c in BANK_COLUMNS], schema=BANK_SCHEMA)
+
+
+def split_kernels(weights: np.ndarray) -> np.ndarray:
+    """``[C, 1, kh, kw]`` (PyTorch/ONNX layout) -> contiguous float32 ``[C, kh, kw]``."""
+    return np.ascontiguousarray(weights.reshape(weights.shape[0], *weights.shape[-2:]), np.float32)

@@ -1,0 +1,147 @@
+"""Reader: ONNX graphs.
+
+Depthwise = a ``Conv`` node with ``group == C_in > 1`` (C_in = weight channels * group)
+and a weight of shape ``[C_in * mult, 1, kh, kw]``. The weight comes from an initializer
+or a ``Constant`` node, possibly through ``Identity``, ``Cast``, ``Mul`` by a constant and
+``DequantizeLinear`` (int8 weight-only models; per-tensor or per-channel scales). With
+``fold_bn=True`` a ``BatchNormalization`` node that is the conv's only consumer is folded in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError
+from .base import LayerKernels
+
+__all__ = ["read_onnx"]
+
+
+class _Graph:
+    def __init__(self, graph: Any) -> None:
+        from onnx import numpy_helper
+
+        self.nh = numpy_helper
+        self.inits = {i.name: i for i in graph.initializer}
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for n in graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.graph_outputs = {o.name for o in graph.output}
+
+    def const(self, name: str) -> tuple[np.ndarray, str] | None:
+        """Value of ``name`` if it is constant, with the dtype it is stored in."""
+        if name in self.inits:
+            arr = self.nh.to_array(self.inits[name])
+            return arr, str(arr.dtype)
+        node = self.producer.get(name)
+        if node is None:
+            return None
+        op = node.op_type
+        if op == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    arr = self.nh.to_array(a.t)
+                    return arr, str(arr.dtype)
+            return None
+        if op == "Identity":
+            return self.const(node.input[0])
+        if op == "Cast":
+            inner = self.const(node.input[0])
+            return None if inner is None else (inner[0].astype(np.float32), inner[1])
+        if op == "Mul":
+            a, b = self.const(node.input[0]), self.const(node.input[1])
+            if a is None or b is None:
+                return None
+            stored = a[1] if a[0].size >= b[0].size else b[1]
+            return (a[0].astype(np.float32) * b[0].astype(np.float32)), stored
+        if op == "DequantizeLinear":
+            x = self.const(node.input[0])
+            scale = self.const(node.input[1])
+            if x is None or scale is None:
+                return None
+            zero = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            q = x[0].astype(np.float32)
+            s = scale[0].astype(np.float32)
+            z = zero[0].astype(np.float32) if zero is not None else np.zeros_like(s)
+            if s.ndim == 1 and s.size > 1:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                s, z = s.reshape(shape), z.reshape(shape)
+            return (q - z) * s, x[1]
+        return None
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _bn_scale(g: _Graph, conv: Any) -> np.ndarray | None:
+    out = conv.output[0]
+    users = g.consumers.get(out, [])
+    if len(users) != 1 or out in g.graph_outputs or users[0].op_type != "BatchNormalization":
+        return None
+    bn = users[0]
+    vals = [g.const(i) for i in bn.input[1:5]]
+    if any(v is None for v in vals):
+        return None
+    gamma, _, _, var = (v[0].astype(np.float64) for v in vals)
+    eps = float(_attrs(bn).get("epsilon", 1e-5))
+    return (gamma / np.sqrt(var + eps)).astype(np.float32)
+
+
+def read_onnx(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
+    """Depthwise layers of an ONNX model, in graph (topological) order."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise FormatError(
+            f"{path}: truncated or corrupt ONNX file ({type(exc).__name__}); export it again"
+        ) from None
+    if not model.graph.node:
+        raise FormatError(f"{path}: not an ONNX model (empty graph); check the file")
+    g = _Graph(model.graph)
+    layers: list[LayerKernels] = []
+    skipped = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        attrs = _attrs(node)
+        group = int(attrs.get("group", 1))
+        if group < 2:
+            continue
+        got = g.const(node.input[1])
+        if got is None:
+            continue  # weight computed at run time: nothing to harvest
+        w, stored = got
+        if w.ndim != 4 or w.shape[1] != 1 or w.shape[0] % group:
+            continue  # grouped, not depthwise
+        c, _, kh, kw = w.shape
+        if (kh, kw) == (1, 1):
+            skipped += 1
+            continue
+        k = np.asarray(w, np.float32).reshape(c, kh, kw)
+        scale = _bn_scale(g, node) if fold_bn else None
+        if scale is not None:
+            k = k * scale[:, None, None]
+        layers.append(
+            LayerKernels(
+                layer=node.name or node.output[0],
+                layer_index=len(layers),
+                weights=np.ascontiguousarray(k, np.float32),
+                stride=int(max(attrs.get("strides", [1]))),
+                dilation=int(max(attrs.get("dilations", [1]))),
+                bn_folded=scale is not None,
+                dtype=stored,
+            )
+        )
+    return layers, skipped

@@ -1,0 +1,133 @@
+"""Reader: TFLite flatbuffers (parsed with the ``tflite`` package; nothing is executed).
+
+Depthwise = a ``DEPTHWISE_CONV_2D`` op; its input 1 is the kernel ``[1, kh, kw, C*mult]``,
+either a constant buffer (fp32, or int8/uint8 with per-tensor or per-channel scales and zero
+points) or the output of a ``DEQUANTIZE`` op over a constant (fp16 or int8). TFLite has no
+batch-norm op: converters fold it into the kernels, so ``bn_folded`` is True.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError
+from .base import LayerKernels
+
+__all__ = ["read_tflite"]
+
+_NP = {
+    0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16,
+    9: np.int8, 10: np.float64,
+}  # fmt: skip
+
+
+def _tensor_values(model: Any, tensor: Any) -> tuple[np.ndarray, str] | None:
+    dtype = _NP.get(tensor.Type())
+    buf = model.Buffers(tensor.Buffer())
+    if dtype is None or buf is None:
+        return None
+    if buf.DataLength() == 0:
+        off, size = (buf.Offset(), buf.Size()) if hasattr(buf, "Offset") else (0, 0)
+        if not size:
+            return None
+        raise FormatError("TFLite models with external (>2 GB) buffers are not supported")
+    raw = buf.DataAsNumpy()
+    arr = np.frombuffer(raw.tobytes(), dtype=dtype)
+    shape = tuple(int(s) for s in tensor.ShapeAsNumpy())
+    if arr.size != int(np.prod(shape)):
+        raise FormatError(f"tensor of shape {shape} has {arr.size} values: the file is corrupt")
+    arr = arr.reshape(shape)
+    q = tensor.Quantization()
+    if q is not None and q.ScaleLength() and np.issubdtype(arr.dtype, np.integer):
+        scale = q.ScaleAsNumpy().astype(np.float32)
+        zero = (
+            q.ZeroPointAsNumpy().astype(np.float32) if q.ZeroPointLength() else np.zeros_like(scale)
+        )
+        if scale.size > 1:
+            shp = [1] * arr.ndim
+            shp[q.QuantizedDimension()] = -1
+            scale, zero = scale.reshape(shp), zero.reshape(shp)
+        return (arr.astype(np.float32) - zero) * scale, np.dtype(dtype).name
+    return arr.astype(np.float32), np.dtype(dtype).name
+
+
+def read_tflite(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
+    """Depthwise layers of a TFLite model (all subgraphs, in op order)."""
+    import tflite
+    from tflite.BuiltinOperator import BuiltinOperator as Op
+
+    data = Path(path).read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise FormatError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
+    try:
+        model = tflite.Model.GetRootAsModel(data, 0)
+        codes = []
+        for i in range(model.OperatorCodesLength()):
+            oc = model.OperatorCodes(i)
+            codes.append(max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode())))
+        layers: list[LayerKernels] = []
+        skipped = 0
+        for s in range(model.SubgraphsLength()):
+            sg = model.Subgraphs(s)
+            ops = [sg.Operators(j) for j in range(sg.OperatorsLength())]
+            producer = {int(o): op for op in ops for o in op.OutputsAsNumpy()}
+            for j, op in enumerate(ops):
+                if codes[op.OpcodeIndex()] != Op.DEPTHWISE_CONV_2D:
+                    continue
+                widx = int(op.Inputs(1))
+                wt = sg.Tensors(widx)
+                src = producer.get(widx)
+                if src is not None and codes[src.OpcodeIndex()] == Op.DEQUANTIZE:
+                    got = _tensor_values(model, sg.Tensors(int(src.Inputs(0))))
+                elif src is None:
+                    got = _tensor_values(model, wt)
+                else:
+                    got = None
+                if got is None:
+                    continue
+                w, stored = got
+                if w.ndim != 4 or w.shape[0] != 1:
+                    raise FormatError(
+                        f"{path}: depthwise kernel of shape {w.shape}, expected [1,kh,kw,C]"
+                    )
+                _, kh, kw, c = w.shape
+                if (kh, kw) == (1, 1):
+                    skipped += 1
+                    continue
+                stride, dilation = _options(op)
+                name = wt.Name().decode(errors="replace") if wt.Name() else f"op{j}"
+                layers.append(
+                    LayerKernels(
+                        layer=f"{s}/{j}:{name}" if model.SubgraphsLength() > 1 else f"{j}:{name}",
+                        layer_index=len(layers),
+                        weights=np.ascontiguousarray(np.moveaxis(w[0], -1, 0), np.float32),
+                        stride=stride,
+                        dilation=dilation,
+                        bn_folded=True,
+                        dtype=stored,
+                    )
+                )
+    except FormatError:
+        raise
+    except Exception as exc:  # flatbuffer offsets out of range: truncated/corrupt
+        raise FormatError(
+            f"{path}: truncated or corrupt TFLite file ({type(exc).__name__}); get it again"
+        ) from None
+    return layers, skipped
+
+
+def _options(op: Any) -> tuple[int, int]:
+    from tflite.DepthwiseConv2DOptions import DepthwiseConv2DOptions
+
+    table = op.BuiltinOptions()
+    if table is None:
+        return 1, 1
+    opt = DepthwiseConv2DOptions()
+    opt.Init(table.Bytes, table.Pos)
+    return (
+        int(max(opt.StrideH(), opt.StrideW())),
+        int(max(opt.DilationHFactor(), opt.DilationWFactor())),
+    )

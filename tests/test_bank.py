@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import kernelatlas
+from kernelatlas.bank import BANK_COLUMNS, KernelBank, weights_array
+from kernelatlas.errors import KernelAtlasError
+from kernelatlas.harvest import HarvestResult, LayerKernels
+
+
+def _result(source: str = "syn", seed: int = 0) -> HarvestResult:
+    rng = np.random.default_rng(seed)
+    layers = [
+        LayerKernels("a", 0, rng.standard_normal((4, 3, 3)).astype(np.float32), 1, 1),
+        LayerKernels("b", 1, rng.standard_normal((6, 5, 5)).astype(np.float32), 2, 1),
+        LayerKernels("c", 2, rng.standard_normal((3, 1, 5)).astype(np.float32), 1, 2),
+    ]
+    return HarvestResult(source, "Syn", "numpy", layers)
+
+
+def test_to_table_schema_rows_and_depth():
+    res = _result()
+    t = res.to_table()
+    assert tuple(t.column_names) == BANK_COLUMNS
+    assert t.num_rows == 13
+    df = t.to_pandas()
+    assert df["depth"].tolist() == [0.0] * 4 + [0.5] * 6 + [1.0] * 3
+    assert df["channel"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 0, 1, 2]
+    assert df.loc[df.layer == "c", ["kh", "kw", "dilation"]].drop_duplicates().values.tolist() == [
+        [1, 5, 2]
+    ]
+    got = weights_array(t.filter(pa.compute.equal(t["layer"], "b"))["weights"], 5, 5)
+    np.testing.assert_array_equal(got, res.layers[1].weights)
+
+
+def test_single_layer_depth_is_zero_and_nonfinite_flagged():
+    w = np.ones((3, 3, 3), np.float32)
+    w[1, 0, 0] = np.nan
+    w[2, 2, 2] = np.inf
+    t = HarvestResult("x", "x", "numpy", [LayerKernels("l", 0, w)]).to_table()
+    assert t["depth"].to_pylist() == [0.0, 0.0, 0.0]
+    assert t["nonfinite"].to_pylist() == [False, True, True]
+    got = weights_array(t["weights"], 3, 3)
+    assert np.isnan(got[1, 0, 0]) and np.isinf(got[2, 2, 2])  # kept, not cleaned
+
+
+def test_add_read_roundtrip_no_duplicates_and_version(tmp_path):
+    bank = KernelBank(tmp_path / "bank")
+    assert len(bank) == 0 and bank.shapes() == [] and bank.counts().empty
+    res = _result()
+    assert bank.add(res) == 13
+    assert bank.add(res) == 0  # re-harvesting adds nothing
+    assert bank.add(_result("other", seed=1).to_table()) == 13
+    assert len(bank) == 26 and bank.has_source("syn") and not bank.has_source("nope")
+    assert sorted(bank.sources()) == ["other", "syn"]
+    assert bank.shapes() == [(1, 5), (3, 3), (5, 5)]
+    counts = bank.counts()
+    assert list(counts.columns) == ["source", "model", "kh", "kw", "layers", "kernels"]
+    row = counts[(counts.source == "syn") & (counts.kh == 5)].iloc[0]
+    assert (row.layers, row.kernels) == (1, 6)
+    k = bank.kernels(3, 3)
+    assert k.shape == (8, 3, 3) and k.dtype == np.float32
+    df = bank.read(kh=5, kw=5, columns=["source", "channel", "weights"])
+    assert list(df.columns) == ["source", "channel", "weights"] and len(df) == 12
+    syn = df[df.source == "syn"]
+    np.testing.assert_array_equal(weights_array(syn["weights"], 5, 5), res.layers[1].weights)
+    for f in bank.files():
+        meta = pq.read_schema(f).metadata
+        assert meta[b"kernelatlas_version"].decode() == kernelatlas.__version__
+    # pandas reads the directory directly
+    assert len(pd.read_parquet(bank.path)) == 26
+
+
+def test_iter_batches_streams_in_small_batches(tmp_path):
+    bank = KernelBank(tmp_path)
+    bank.add(_result())
+    batches = list(bank.iter_batches(kh=5, kw=5, batch_size=4))
+    assert [len(b) for b in batches] == [4, 2]
+    assert all(set(b["kh"]) == {5} for b in batches)
+    allb = list(bank.iter_batches(columns=["layer"]))
+    assert sum(len(b) for b in allb) == 13 and list(allb[0].columns) == ["layer"]
+    with pytest.raises(KernelAtlasError, match="unknown bank columns"):
+        list(bank.iter_batches(columns=["nope"]))
+
+
+def test_weights_array_rejects_mixed_sizes_and_handles_slices(tmp_path):
+    t = _result().to_table()
+    with pytest.raises(KernelAtlasError, match="select one kernel size"):
+        weights_array(t["weights"], 3, 3)
+    sliced = t["weights"].combine_chunks().slice(1, 2)
+    np.testing.assert_array_equal(weights_array(sliced, 3, 3), _result().layers[0].weights[1:3])
+    obj = pd.Series(list(_result().layers[0].weights.reshape(4, 9)))
+    np.testing.assert_array_equal(weights_array(obj, 3, 3), _result().layers[0].weights)
+
+
+def test_interrupted_write_leaves_nothing_visible(tmp_path, monkeypatch):
+    bank = KernelBank(tmp_path)
+
+    def boom(table, where, **kw):
+        with open(where, "wb") as f:
+            f.write(b"PAR1 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", boom)
+    with pytest.raises(KeyboardInterrupt):
+        bank.add(_result())
+    assert bank.files() == [] and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / ".leftover.parquet.123.tmp").write_bytes(b"junk")  # a killed writer's temp
+    assert bank.add(_result()) == 13 and len(bank) == 13
+
+
+def test_bad_bank_paths(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(KernelAtlasError, match="is a file"):
+        KernelBank(f)
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "foreign.parquet")
+    with pytest.raises(KernelAtlasError, match="not a kernel bank file"):
+        KernelBank(tmp_path).kernels(3, 3)
+    with pytest.raises(KernelAtlasError, match="HarvestResult or a pyarrow.Table"):
+        KernelBank(tmp_path / "b").add([1, 2])
+    with pytest.raises(KernelAtlasError, match="lacks bank columns"):
+        KernelBank(tmp_path / "b").add(pa.table({"source": ["s"]}))
