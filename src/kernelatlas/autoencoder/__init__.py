@@ -1,0 +1,31 @@
+"""Stage: the paper's method (Babaiee et al., ICLR 2024 and NeurIPS 2025), automated.
+
+- :class:`KernelAutoencoder`: one 1-D cosine autoencoder per kernel size, its spectrum
+  named by the atlas and cut into segments, the paper's "classified" rule.
+- :func:`discover_master_keys`: the follow-up's greedy master-key filter selection.
+- :func:`kmeans_unit_kernels`: the k-means baseline the paper used for MobileNetV3.
+
+See docs/autoencoder.md.
+"""
+
+from __future__ import annotations
+
+from .kmeans import KMeansResult, kmeans_unit_kernels
+from .master_keys import MasterKeys, discover_master_keys, explained_by, match_filters
+from .model import PREDICT_COLUMNS, KernelAutoencoder
+from .spectrum import SEGMENT_COLUMNS, SPECTRUM_COLUMNS, name_patterns, segment_spectrum
+
+__all__ = [
+    "KernelAutoencoder",
+    "PREDICT_COLUMNS",
+    "SPECTRUM_COLUMNS",
+    "SEGMENT_COLUMNS",
+    "discover_master_keys",
+    "MasterKeys",
+    "explained_by",
+    "match_filters",
+    "kmeans_unit_kernels",
+    "KMeansResult",
+    "name_patterns",
+    "segment_spectrum",
+]

@@ -1,0 +1,208 @@
+"""KernelAutoencoder: spectrum naming on known families, reproducibility, save/load, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kernelatlas.atlas import functional as F
+from kernelatlas.autoencoder import (
+    PREDICT_COLUMNS,
+    SEGMENT_COLUMNS,
+    SPECTRUM_COLUMNS,
+    KernelAutoencoder,
+    kmeans_unit_kernels,
+)
+from kernelatlas.errors import FormatError, KernelAtlasError
+from kernelatlas.null import gaussian_null
+from kernelatlas.taxonomy import DEGENERATE, PAPER_AE_THRESHOLDS
+
+FAST = dict(hidden=128, epochs=100, batch_size=128, lr=1e-2, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small nets train faster on one thread, and the machine is shared.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def synthetic_bank(k: int = 7, n: int = 300, seed: int = 0, noise: float = 0.05):
+    """Kernels drawn from four known patterns (+ noise) and their true family/label."""
+    rng = np.random.default_rng(seed)
+    sig = rng.uniform(0.9, 1.4, n)
+    parts = {
+        "center+": F.center_pattern(k, k, sig, polarity=1),
+        "center-": F.center_pattern(k, k, sig, polarity=-1),
+        "first_derivative": F.first_derivative_pattern(k, k, sig, rng.integers(0, 4, n) * 90.0),
+        "second_derivative+": F.second_derivative_pattern(
+            k, k, sig, rng.integers(0, 2, n) * 90.0, kind="bar", polarity=1
+        ),
+    }
+    labels = np.repeat(list(parts), n)
+    x = np.concatenate(list(parts.values()))
+    x = x + noise * rng.standard_normal(x.shape).astype(np.float32) / k
+    scale = rng.uniform(0.01, 3.0, (x.shape[0], 1, 1)).astype(np.float32)  # any scale
+    return (x * scale).astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def bank7():
+    return synthetic_bank()
+
+
+@pytest.fixture(scope="module")
+def ae7(bank7):
+    return KernelAutoencoder(7, seed=0, **FAST).fit(bank7[0])
+
+
+def test_segments_are_named_after_the_families(ae7, bank7):
+    x, labels = bank7
+    seg = ae7.segments_
+    assert list(seg.columns) == list(SEGMENT_COLUMNS)
+    assert np.isclose(seg["mass"].sum(), 1.0)
+    # Segments that hold the kernels carry exactly the families' names.
+    big = seg[seg["mass"] > 0.05]
+    assert set(big["label"]) == set(np.unique(labels)), seg
+    # Contiguous cover of [0, 1].
+    assert seg["z_start"].iloc[0] == 0.0 and seg["z_end"].iloc[-1] == 1.0
+    assert np.allclose(seg["z_start"].to_numpy()[1:], seg["z_end"].to_numpy()[:-1])
+    # Each kernel's segment is its own family's.
+    lab = seg["label"].to_numpy()[ae7.segment_of(x)]
+    assert (lab == labels).mean() > 0.95
+    pred = ae7.predict(x)
+    truth = np.array([s.rstrip("+-") for s in labels])
+    assert (pred["ae_family"].to_numpy() == truth).mean() > 0.95
+
+
+def test_spectrum_columns_and_grid(ae7):
+    sp = ae7.spectrum(n=64)
+    assert list(sp.columns) == list(SPECTRUM_COLUMNS)
+    assert len(sp) == 64 and sp["z"].iloc[0] == 0.0 and sp["z"].iloc[-1] == 1.0
+    assert set(sp["family"]) <= {"center", "first_derivative", "second_derivative", "unclassified"}
+
+
+def test_paper_threshold_coverage_and_null(ae7, bank7):
+    assert ae7.threshold_rule_ == "paper" and ae7.threshold_ == PAPER_AE_THRESHOLDS[7]
+    assert ae7.coverage(bank7[0]) > 0.95
+    # iid Gaussian kernels are far from the learnt curve: (almost) none classified.
+    assert ae7.null_coverage_ < 0.05
+    assert ae7.null_coverage(gaussian_null(2000, 7, seed=5)) < 0.05
+    d = ae7.reconstruction_distance(bank7[0])
+    assert d.dtype == np.float32 and np.nanmax(d) <= 2.0 and np.nanmin(d) >= 0.0
+
+
+def test_predict_columns_and_degenerate_rows(ae7, bank7):
+    x = bank7[0][:10].copy()
+    x[3] = 0.0
+    x[4] = np.nan
+    x[5] = 2.5  # constant
+    df = ae7.predict(x)
+    assert list(df.columns) == list(PREDICT_COLUMNS)
+    assert df["ae_latent"].dtype == np.float32 and df["ae_classified"].dtype == bool
+    assert list(df.loc[[3, 4, 5], "ae_family"]) == [DEGENERATE] * 3
+    assert df.loc[[3, 4, 5], "ae_latent"].isna().all()
+    assert not df.loc[[3, 4, 5], "ae_classified"].any()
+    assert df.drop(index=[3, 4, 5])["ae_latent"].between(0, 1).all()
+
+
+def test_inverse_transform_gives_unit_kernels(ae7):
+    rec = ae7.inverse_transform(np.array([0.0, 0.25, 1.0]))
+    assert rec.shape == (3, 7, 7) and rec.dtype == np.float32
+    assert np.allclose(rec.sum((1, 2)), 0.0, atol=1e-5)
+    assert np.allclose((rec**2).sum((1, 2)), 1.0, atol=1e-5)
+    with pytest.raises(KernelAtlasError, match=r"\[0, 1\]"):
+        ae7.inverse_transform([1.5])
+
+
+def test_save_load_round_trip_is_bit_identical(ae7, bank7, tmp_path):
+    ae7.save(tmp_path / "ae")
+    back = KernelAutoencoder.load(tmp_path / "ae", device="cpu")
+    x = bank7[0]
+    assert np.array_equal(back.transform(x), ae7.transform(x))
+    assert np.array_equal(back.reconstruction_distance(x), ae7.reconstruction_distance(x))
+    pd.testing.assert_frame_equal(back.predict(x), ae7.predict(x))
+    pd.testing.assert_frame_equal(back.segments_, ae7.segments_)
+    z = np.linspace(0, 1, 33)
+    assert np.array_equal(back.inverse_transform(z), ae7.inverse_transform(z))
+    assert (back.threshold_, back.threshold_rule_) == (ae7.threshold_, ae7.threshold_rule_)
+    assert not list((tmp_path / "ae").glob(".tmp-*"))
+
+
+def test_same_seed_same_latent_other_seed_differs(bank7):
+    x = bank7[0][::4]
+    kw = dict(FAST, epochs=3, name_spectrum=False)
+    a = KernelAutoencoder(7, seed=3, **kw).fit(x)
+    b = KernelAutoencoder(7, seed=3, **kw).fit(x)
+    c = KernelAutoencoder(7, seed=4, **kw).fit(x)
+    assert np.array_equal(a.transform(x), b.transform(x))
+    assert a.loss_history_ == b.loss_history_
+    assert not np.array_equal(a.transform(x), c.transform(x))
+
+
+def test_3x3_threshold_is_null_calibrated():
+    x, _ = synthetic_bank(k=3, n=150)
+    ae = KernelAutoencoder(3, seed=0, **dict(FAST, epochs=20), null_size=4000).fit(x)
+    assert 3 not in PAPER_AE_THRESHOLDS
+    assert ae.threshold_rule_ == "null"
+    # Calibrated on one null draw at 1%: a fresh draw passes at about that rate.
+    assert ae.null_coverage_ < 0.03
+    assert 0.0 < ae.threshold_ < 1.0
+
+
+def test_non_square_kernel_size():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3, 5)).astype(np.float32)
+    ae = KernelAutoencoder((3, 5), hidden=16, epochs=1, name_spectrum=False, null_size=500)
+    ae.fit(x)
+    assert ae.transform(x).shape == (64,) and ae.threshold_rule_ == "null"
+    assert ae.inverse_transform([0.5]).shape == (1, 3, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(kernel_size=0), "kernel_size"),
+        (dict(kernel_size="7"), "kernel_size"),
+        (dict(epochs=0), "epochs"),
+        (dict(lr=-1.0), "lr"),
+        (dict(null_fpr=1.5), "null_fpr"),
+    ],
+)
+def test_bad_parameters_are_refused_at_fit(kwargs, match):
+    ae = KernelAutoencoder(**{"kernel_size": 7, **kwargs})  # __init__ only stores
+    with pytest.raises(KernelAtlasError, match=match):
+        ae.fit(np.zeros((4, 7, 7), np.float32))
+
+
+def test_input_errors(ae7, tmp_path):
+    with pytest.raises(KernelAtlasError, match="not fitted"):
+        KernelAutoencoder(7).transform(np.zeros((2, 7, 7)))
+    with pytest.raises(KernelAtlasError, match="5x5"):
+        ae7.transform(np.zeros((2, 5, 5)))
+    with pytest.raises(KernelAtlasError, match="squeeze"):
+        ae7.transform(np.zeros((2, 1, 7, 7)))
+    with pytest.raises(KernelAtlasError, match="at least 2 non-degenerate"):
+        KernelAutoencoder(7, epochs=1).fit(np.zeros((5, 7, 7)))
+    with pytest.raises(FormatError, match="not a saved autoencoder"):
+        KernelAutoencoder.load(tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(KernelAtlasError, match="no CUDA"):
+            KernelAutoencoder(7, device="cuda").fit(np.ones((4, 7, 7)))
+
+
+def test_kmeans_baseline_recovers_clusters(bank7):
+    x, labels = bank7
+    res = kmeans_unit_kernels(x, k=8, seed=0, device="cpu")
+    again = kmeans_unit_kernels(x, k=8, seed=0, device="cpu")
+    assert np.array_equal(res.labels, again.labels)
+    assert res.centers.shape == (8, 7, 7)
+    # Every cluster is (nearly) pure in the true labels.
+    ct = pd.crosstab(res.labels, labels)
+    purity = ct.max(axis=1).sum() / ct.to_numpy().sum()
+    assert purity > 0.95
+    assert np.nanmedian(res.cosine_distance) < 0.1
