@@ -237,17 +237,19 @@ def harvest_to_bank(
         raise KernelAtlasError("no sources given: name at least one (see `kernelatlas sources`)")
     bank = bank if isinstance(bank, KernelBank) else KernelBank(bank)
     keys: list[str] = []
-    bar = tqdm(sources, desc="harvest", unit="source", disable=not progress, leave=False)
-    for source in bar:
-        key = source_key(source, fold_bn=fold_bn)
-        bar.set_postfix_str(str(key or type(source).__name__)[-40:])
-        if key is not None and bank.has_source(key):
-            keys.append(key)
-            continue
-        res = harvest(source, fold_bn=fold_bn)
-        bank.add(res)
-        keys.append(res.source)
-    bar.close()
+    # disable=None: a bar only on a terminal (logs and pipes stay clean)
+    with tqdm(
+        sources, desc="harvest", unit="source", disable=None if progress else True, leave=False
+    ) as bar:
+        for source in bar:
+            key = source_key(source, fold_bn=fold_bn)
+            bar.set_postfix_str(str(key or type(source).__name__)[-40:])
+            if key is not None and bank.has_source(key):
+                keys.append(key)
+                continue
+            res = harvest(source, fold_bn=fold_bn)
+            bank.add(res)
+            keys.append(res.source)
     counts = bank.counts()
     counts = counts[counts["source"].isin(keys)].reset_index(drop=True)
     if counts.empty:

@@ -1,0 +1,157 @@
+"""Bad input: a clear error (or warning) and nothing lost."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from kernelatlas.bank import KernelBank
+from kernelatlas.cli import main
+from kernelatlas.errors import FormatError, KernelAtlasError, UnsafeFileError
+from kernelatlas.harvest import harvest, harvest_to_bank
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(FormatError, match="no such file or registered source"):
+        harvest(tmp_path / "nope.pt")
+    with pytest.raises(FormatError, match="is a directory"):
+        harvest(tmp_path)
+    (tmp_path / "dangling.pt").symlink_to(tmp_path / "gone.pt")
+    with pytest.raises(FormatError, match="no such file"):
+        harvest(tmp_path / "dangling.pt")
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    p = tmp_path / "m.pt"
+    p.write_bytes(b"\x80\x02x")
+    real_open = open
+
+    def deny(path, *a, **k):
+        if str(path) == str(p):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)  # root can read anything: simulate EACCES
+    with pytest.raises(FormatError, match="cannot read"):
+        harvest(p)
+
+
+def test_unknown_and_empty_format(tmp_path):
+    (tmp_path / "m.xyz").write_bytes(b"hello world, not weights")
+    with pytest.raises(FormatError, match="unknown weight format"):
+        harvest(tmp_path / "m.xyz")
+    (tmp_path / "e.pt").write_bytes(b"")
+    with pytest.raises(FormatError, match="empty file"):
+        harvest(tmp_path / "e.pt")
+    with pytest.raises(KernelAtlasError, match="cannot harvest a int"):
+        harvest(3)
+
+
+def _truncate(path, frac=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * frac)])
+
+
+def test_truncated_files_of_every_format(tmp_path, tiny_dscnn, pp_lcnet_path, shipped):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    torch.save(tiny_dscnn.state_dict(), tmp_path / "a.pt")
+    save_file(tiny_dscnn.state_dict(), tmp_path / "a.safetensors")
+    np.save(tmp_path / "a.npy", np.zeros((4, 3, 3), np.float32))
+    np.savez(tmp_path / "a.npz", x=np.zeros((4, 3, 3), np.float32))
+    shutil.copy(pp_lcnet_path, tmp_path / "a.onnx")
+    shutil.copy(shipped("mediapipe/iris_landmark"), tmp_path / "a.tflite")
+    import h5py
+
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.attrs["layer_names"] = [b"dw"]
+        g = f.create_group("dw")
+        g.attrs["weight_names"] = [b"dw/depthwise_kernel:0"]
+        g.create_dataset("dw/depthwise_kernel:0", data=np.ones((3, 3, 64, 1), np.float32))
+    for name in ("a.pt", "a.safetensors", "a.npy", "a.npz", "a.onnx", "a.tflite", "a.h5"):
+        assert harvest(tmp_path / name).layers or name == "a.pt"
+        _truncate(tmp_path / name, 0.6)
+        with pytest.raises(FormatError, match="truncated or corrupt|corrupt|not a"):
+            harvest(tmp_path / name)
+
+
+def test_malicious_pickles_refused_never_executed(tmp_path):
+    marker = tmp_path / "PWNED"
+    torch.save({"model": _Evil(marker)}, tmp_path / "zip.pt")
+    with open(tmp_path / "legacy.pth", "wb") as f:
+        pickle.dump({"state_dict": _Evil(marker)}, f, protocol=2)
+    np.save(tmp_path / "obj.npy", np.array([_Evil(marker)], dtype=object), allow_pickle=True)
+    for name in ("zip.pt", "legacy.pth", "obj.npy"):
+        with pytest.raises(UnsafeFileError, match="refused"):
+            harvest(tmp_path / name)
+    assert not marker.exists()
+    # through the CLI too: one line, exit 2
+    assert main(["harvest", str(tmp_path / "zip.pt"), "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert not marker.exists()
+
+
+def test_no_depthwise_conv_warns_zero_kernels(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3, groups=2))
+    with pytest.warns(UserWarning, match="no depthwise convolution"):
+        res = harvest(model)
+    assert res.layers == [] and res.n_kernels == 0 and res.to_table().num_rows == 0
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    bank = KernelBank(tmp_path / "bank")
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(KernelAtlasError, match="no depthwise kernels in any"),
+    ):
+        harvest_to_bank([tmp_path / "plain.pt"], bank, progress=False)
+    # with one good source the run succeeds and only warns for the empty one
+    np.save(tmp_path / "k.npy", np.ones((5, 3, 3), np.float32))
+    with pytest.warns(UserWarning, match="no depthwise"):
+        counts = harvest_to_bank([tmp_path / "plain.pt", tmp_path / "k.npy"], bank, progress=False)
+    assert counts.kernels.tolist() == [5]
+
+
+def test_nan_inf_kept_and_flagged(tmp_path):
+    k = np.random.default_rng(0).standard_normal((6, 3, 3)).astype(np.float32)
+    k[2, 1, 1] = np.nan
+    k[4, 0, 2] = -np.inf
+    np.save(tmp_path / "bad.npy", k)
+    bank = KernelBank(tmp_path / "bank")
+    harvest_to_bank([tmp_path / "bad.npy"], bank, progress=False)
+    df = bank.read(columns=["channel", "nonfinite"])
+    assert df.loc[df.nonfinite, "channel"].tolist() == [2, 4]
+    got = bank.kernels(3, 3)
+    assert np.isnan(got[2, 1, 1]) and np.isneginf(got[4, 0, 2])
+
+
+def test_bad_array_shapes_say_the_fix(tmp_path):
+    np.save(tmp_path / "flat.npy", np.zeros((4, 9), np.float32))
+    with pytest.raises(FormatError, match=r"expected numeric kernels \[N,kh,kw\]"):
+        harvest(tmp_path / "flat.npy")
+
+
+def test_fold_bn_without_architecture_says_what_to_do(tmp_path, tiny_dscnn):
+    torch.save(tiny_dscnn.state_dict(), tmp_path / "a.pt")
+    with pytest.raises(KernelAtlasError, match="harvest the nn.Module"):
+        harvest(tmp_path / "a.pt", fold_bn=True)
+
+
+def test_cli_user_errors_one_line_exit_2(tmp_path, capsys):
+    assert main(["harvest", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kernelatlas: error:") and "missing.onnx" in err[0]
+    assert main(["harvest", "nosuch/*", "--out", str(tmp_path / "b")]) == 2
+    assert main(["fetch", "not_a_source"]) == 2
+    assert main(["sources", "zzz*"]) == 2

