@@ -202,10 +202,13 @@ def _build_arch(info: Any, path: Path) -> Any:
         raise KernelAtlasError(
             f"{info.name} needs {exc.name} for its architecture: pip install 'kernelatlas[timm]'"
         ) from None
-    model = builder()
+    import torch
+
+    with torch.device("meta"):  # no random init: the checkpoint replaces every tensor
+        model = builder()
     state, _ = load_state_dict(path)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise KernelAtlasError(
             f"{info.name}: weights do not fit {info.arch} ({str(exc).splitlines()[0][:120]})"

@@ -30,12 +30,11 @@ def _tensor_values(model: Any, tensor: Any) -> tuple[np.ndarray, str] | None:
     if dtype is None or buf is None:
         return None
     if buf.DataLength() == 0:
-        off, size = (buf.Offset(), buf.Size()) if hasattr(buf, "Offset") else (0, 0)
+        size = buf.Size() if hasattr(buf, "Size") else 0
         if not size:
             return None
         raise FormatError("TFLite models with external (>2 GB) buffers are not supported")
-    raw = buf.DataAsNumpy()
-    arr = np.frombuffer(raw.tobytes(), dtype=dtype)
+    arr = buf.DataAsNumpy().view(dtype)
     shape = tuple(int(s) for s in tensor.ShapeAsNumpy())
     if arr.size != int(np.prod(shape)):
         raise FormatError(f"tensor of shape {shape} has {arr.size} values: the file is corrupt")
@@ -72,20 +71,24 @@ def read_tflite(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels
         skipped = 0
         for s in range(model.SubgraphsLength()):
             sg = model.Subgraphs(s)
-            ops = [sg.Operators(j) for j in range(sg.OperatorsLength())]
-            producer = {int(o): op for op in ops for o in op.OutputsAsNumpy()}
-            for j, op in enumerate(ops):
-                if codes[op.OpcodeIndex()] != Op.DEPTHWISE_CONV_2D:
-                    continue
+            # one pass over the ops: the depthwise ones, and DEQUANTIZE outputs -> op
+            dequant: dict[int, Any] = {}
+            depthwise = []
+            for j in range(sg.OperatorsLength()):
+                op = sg.Operators(j)
+                code = codes[op.OpcodeIndex()]
+                if code == Op.DEPTHWISE_CONV_2D:
+                    depthwise.append((j, op))
+                elif code == Op.DEQUANTIZE:
+                    dequant[int(op.Outputs(0))] = op
+            for j, op in depthwise:
                 widx = int(op.Inputs(1))
                 wt = sg.Tensors(widx)
-                src = producer.get(widx)
-                if src is not None and codes[src.OpcodeIndex()] == Op.DEQUANTIZE:
+                src = dequant.get(widx)
+                if src is not None:
                     got = _tensor_values(model, sg.Tensors(int(src.Inputs(0))))
-                elif src is None:
+                else:  # a constant buffer (a weight computed at run time has no data)
                     got = _tensor_values(model, wt)
-                else:
-                    got = None
                 if got is None:
                     continue
                 w, stored = got
