@@ -1,0 +1,161 @@
+"""Atlas: calibration against the null, synthetic recovery, master-key filters, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kernelatlas.atlas import Atlas
+from kernelatlas.atlas import functional as F
+from kernelatlas.atlas.classifier import PREDICT_COLUMNS
+from kernelatlas.atlas.evaluation import recovery, synthetic_kernels
+from kernelatlas.errors import KernelAtlasError
+from kernelatlas.null import gaussian_null
+from kernelatlas.taxonomy import FAMILIES, PATTERN_FAMILIES
+
+
+@pytest.fixture(scope="module")
+def atlas7() -> Atlas:
+    return Atlas(kernel_size=7).fit()
+
+
+@pytest.fixture(scope="module")
+def atlas3() -> Atlas:
+    return Atlas(kernel_size=3).fit()
+
+
+def test_unfitted_and_param_errors():
+    with pytest.raises(KernelAtlasError, match=r"fit\(\)"):
+        Atlas(kernel_size=7).predict(np.zeros((1, 7, 7)))
+    with pytest.raises(KernelAtlasError, match="null_fpr"):
+        Atlas(null_fpr=1.5).fit()
+    with pytest.raises(KernelAtlasError, match="kernel_size"):
+        Atlas(kernel_size=(7,)).fit()
+    with pytest.raises(KernelAtlasError, match="same size"):
+        Atlas(kernel_size=7).fit(null=np.zeros((10, 5, 5)))
+    a = Atlas(kernel_size=7, null_fpr=0.05)  # sklearn: __init__ only stores
+    assert a.get_params()["null_fpr"] == 0.05 and not hasattr(a, "thresholds_")
+
+
+def test_input_validation(atlas7):
+    with pytest.raises(KernelAtlasError, match="squeeze the channel axis"):
+        atlas7.predict(np.zeros((3, 1, 7, 7)))
+    with pytest.raises(KernelAtlasError, match="one Atlas per kernel size"):
+        atlas7.predict(np.zeros((3, 5, 5)))
+
+
+@pytest.mark.parametrize("size", [3, 4, 7])
+def test_null_rate_is_calibrated(size, atlas3, atlas7):
+    atlas = {3: atlas3, 7: atlas7}.get(size) or Atlas(kernel_size=size).fit()
+    assert atlas.null_kind_ == "gaussian" and atlas.n_null_ == 20000
+    assert 0.0 < atlas.null_rate_ <= 0.01
+    assert set(atlas.thresholds_) == set(PATTERN_FAMILIES)
+    # a fresh null sample (other seed) is classified at about the same rate
+    fresh = atlas.predict(gaussian_null(20000, size, seed=123))
+    assert fresh["classified"].mean() < 0.016
+
+
+def test_thresholds_depend_on_kernel_size(atlas3, atlas7):
+    # the 3x3 trap: noise matches some pattern with a high cosine, so thresholds are high
+    for fam in PATTERN_FAMILIES:
+        assert atlas3.thresholds_[fam] > 0.9 > 0.7 > atlas7.thresholds_[fam]
+
+
+def test_user_null_and_determinism():
+    rng = np.random.default_rng(5)
+    null = rng.uniform(-1, 1, (3000, 5, 5))  # e.g. kaiming-uniform initialised kernels
+    a = Atlas(kernel_size=5, null_fpr=0.02).fit(null=null)
+    b = Atlas(kernel_size=5, null_fpr=0.02).fit(null=null)
+    assert a.null_kind_ == "init" and a.thresholds_ == b.thresholds_
+    assert a.null_rate_ <= 0.02
+    assert a.predict(null)["classified"].mean() == pytest.approx(a.null_rate_)
+
+
+def test_output_columns_and_dtypes(atlas7):
+    k = np.concatenate(
+        [
+            F.center_pattern(7, 7, 1.0, polarity=-1),
+            F.first_derivative_pattern(7, 7, 1.0, 30.0),
+            np.zeros((1, 7, 7), np.float32),
+        ]
+    )
+    df = atlas7.predict(k)
+    assert tuple(df.columns) == PREDICT_COLUMNS
+    assert df["polarity"].dtype == np.int8 and df["classified"].dtype == bool
+    assert df["orientation"].dtype == np.float64 and set(df["family"]) <= set(FAMILIES)
+    assert list(df["family"]) == ["center", "first_derivative", "degenerate"]
+    assert np.isnan(df["orientation"][0]) and df["polarity"][0] == -1
+    assert df["orientation"][1] == pytest.approx(30.0, abs=2.0) and df["polarity"][1] == 1
+    assert df["polarity"][2] == 0 and not df["classified"][2]
+    det = atlas7.predict(k, details=True)
+    assert tuple(det.columns[: len(PREDICT_COLUMNS)]) == PREDICT_COLUMNS
+    assert det["shape"][1] == "first"
+
+
+def test_degenerate_kernels(atlas3):
+    k = np.stack(
+        [
+            np.zeros((3, 3)),
+            np.full((3, 3), 2.5),
+            np.full((3, 3), np.nan),
+            np.where(np.eye(3) > 0, np.inf, 0.0),
+        ]
+    )
+    df = atlas3.predict(k)
+    assert (df["family"] == "degenerate").all() and not df["classified"].any()
+    assert df["score"].isna().all() and df["scale"].isna().all()
+
+
+def test_streaming_batches_give_identical_results(atlas7):
+    k, _ = synthetic_kernels(7, 7, 40, noise=0.3, seed=1)
+    small = Atlas(kernel_size=7).fit().set_params(batch_size=7)
+    pd.testing.assert_frame_equal(small.predict(k), atlas7.predict(k))
+
+
+@pytest.mark.parametrize(
+    "size,noise,min_diag",
+    [
+        (7, 0.0, 0.95),
+        (7, 0.3, 0.95),
+        (7, 0.6, 0.9),
+        (5, 0.3, 0.95),
+        (4, 0.0, 0.85),
+        (11, 0.3, 0.95),
+        (6, 0.3, 0.9),
+        (3, 0.0, 0.5),
+    ],
+)
+def test_synthetic_recovery_confusion(size, noise, min_diag, atlas3, atlas7):
+    atlas = {3: atlas3, 7: atlas7}.get(size) or Atlas(kernel_size=size, n_null=5000).fit()
+    kernels, truth = synthetic_kernels(size, size, 200, noise=noise, seed=size)
+    r = recovery(atlas, kernels, truth)
+    conf = r["confusion"]
+    for fam in PATTERN_FAMILIES:
+        assert conf.loc[fam, fam] >= min_diag, conf
+    # orientation error in degrees, for correctly named derivative kernels
+    limit = 3.0 + 12.0 * noise
+    assert np.median(r["orientation_error_first"]) < limit
+    assert np.median(r["orientation_error_second"]) < limit
+    assert r["polarity_agreement"] > 0.98
+
+
+def test_pure_noise_is_mostly_unclassified_at_3x3(atlas3):
+    # the trap from the issue: a rich bank matches 3x3 noise with median cosine ~0.9
+    df = atlas3.predict(gaussian_null(5000, 3, seed=9), details=True)
+    assert df["score"].median() > 0.8
+    assert df["classified"].mean() < 0.02
+
+
+def test_master_key_filters(atlas7):
+    df = atlas7.predict(F.master_key_filters())
+    assert df["classified"].all()
+    assert list(df["family"][:6]) == ["first_derivative"] * 6
+    assert list(df["family"][6:]) == ["center", "center"]
+    assert list(df["polarity"][6:]) == [1, 1]
+    gap = F.angular_difference(df["orientation"][4], df["orientation"][5], 360.0)
+    assert abs(gap - 90.0) < 10.0
+    # 1-4 are half-pixel-offset differences dy+, dx-, dy-, dx+ (the positive lobe
+    # points down, right, up, left in the published arrays)
+    expected = np.array([270.0, 0.0, 90.0, 180.0])
+    assert F.angular_difference(df["orientation"][:4], expected).max() < 10.0
