@@ -32,11 +32,36 @@ def test_every_entry_is_complete_and_its_cached_file_verifies(name, shipped):
     assert dataclasses.is_dataclass(info) and info.name == name
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.name = "x"  # type: ignore[misc]
-    assert "==" in info.package and info.licence and info.paper and info.url.startswith("https://")
+    assert "==" in info.package and info.licence and info.paper
     assert (
         len(info.sha256) == 64 and info.expected and info.format in {"checkpoint", "tflite", "onnx"}
     )
     assert cache.sha256_file(shipped(name)) == info.sha256
+
+
+_TWINS = [n for n in zoo.list_sources() if zoo.get_source(n).init_source]
+
+
+@pytest.mark.parametrize("name", _TWINS)
+def test_init_twin_has_the_same_architecture(name):
+    """The fresh-init baseline of an entry has exactly its depthwise layers and kernels."""
+    from kernelatlas.harvest import harvest
+
+    info = zoo.get_source(name)
+    twin = harvest(info.init_source)
+    got: dict[tuple[int, int], list[int]] = {}
+    for layer in twin.layers:
+        c = got.setdefault(layer.weights.shape[1:], [0, 0])
+        c[0] += 1
+        c[1] += len(layer.weights)
+    assert {k: tuple(v) for k, v in got.items()} == info.expected_counts
+
+
+def test_known_twins():
+    assert set(_TWINS) == {
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2",
+        "pp_lcnet_orientation",
+    }  # fmt: skip
 
 
 def _fake_wheel(dirpath, payload: bytes, name="kernelatlas_testsrc", version="0.0.1"):

