@@ -1,0 +1,109 @@
+"""``kernelatlas autoencoder train``: train and save one autoencoder per kernel size."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _kernel_size(text: str) -> tuple[int, int]:
+    """``7`` or ``3x5``."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or KHxKW, got {text!r}") from None
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise argparse.ArgumentTypeError(f"expected K or KHxKW, got {text!r}")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``autoencoder train``."""
+    p = subparsers.add_parser(
+        "autoencoder", help="the paper's 1-D cosine autoencoders (train, save, inspect)"
+    )
+    sub = p.add_subparsers(dest="ae_command", metavar="ACTION")
+    t = sub.add_parser(
+        "train",
+        help="train one autoencoder per kernel size in a bank and save each",
+        description="Train one 1-D cosine autoencoder per kernel size present in BANK (or "
+        "only --kernel-size) and save each under OUT/ae_KHxKW/ (model.safetensors + "
+        "config.json), with its atlas-named latent segments.",
+    )
+    t.add_argument("bank", metavar="BANK", help="kernel bank directory, or a .npy [N,kh,kw]")
+    t.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    t.add_argument(
+        "--kernel-size", type=_kernel_size, action="append", metavar="K", help="e.g. 7 or 3x5"
+    )
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=4096)
+    t.add_argument("--hidden", type=int, default=128)
+    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if any)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--min-kernels", type=int, default=100, help="skip sizes with fewer kernels")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..autoencoder import KernelAutoencoder
+    from ..autoencoder._data import bank_sizes, kernels_from
+    from ..errors import KernelAtlasError
+
+    is_array = str(args.bank).endswith(".npy")
+    if args.kernel_size:
+        sizes = list(dict.fromkeys(args.kernel_size))
+    elif is_array:
+        arr = kernels_from(args.bank)
+        sizes = [tuple(arr.shape[1:])]
+    else:
+        sizes = bank_sizes(args.bank)
+    if not sizes:
+        raise KernelAtlasError(f"{args.bank} holds no kernels: harvest some sources into it")
+    out = Path(args.out)
+    rows = []
+    for kh, kw in sizes:
+        kernels = kernels_from(args.bank, (kh, kw))
+        if kernels.shape[0] < args.min_kernels:
+            print(f"skip {kh}x{kw}: {kernels.shape[0]} kernels < --min-kernels {args.min_kernels}")
+            continue
+        ae = KernelAutoencoder(
+            (kh, kw),
+            hidden=args.hidden,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            seed=args.seed,
+            progress=not args.quiet,
+        ).fit(kernels)
+        target = ae.save(out / f"ae_{kh}x{kw}")
+        cov = ae.coverage(kernels)
+        seg = ae.segments_
+        named = seg[seg["mass"] > 0.01]
+        rows.append(
+            (
+                f"{kh}x{kw}",
+                kernels.shape[0],
+                f"{ae.threshold_:.3f} ({ae.threshold_rule_})",
+                f"{cov:.1%}",
+                f"{ae.null_coverage_:.1%}",
+                ", ".join(dict.fromkeys(named["label"])),
+                str(target),
+            )
+        )
+    if not rows:
+        raise KernelAtlasError("no kernel size had enough kernels: lower --min-kernels")
+    head = ("size", "kernels", "threshold", "coverage", "null", "segments", "saved")
+    width = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, width, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,64 @@
+"""``kernelatlas autoencoder train``: one autoencoder per kernel size of a real bank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernelatlas.autoencoder import KernelAutoencoder
+from kernelatlas.cli import main
+from kernelatlas.harvest import harvest_to_bank
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    d = tmp_path_factory.mktemp("aecli")
+    rng = np.random.default_rng(0)
+    np.save(d / "k7.npy", rng.standard_normal((300, 7, 7)).astype(np.float32))
+    np.save(d / "k3.npy", rng.standard_normal((200, 3, 3)).astype(np.float32))
+    harvest_to_bank([d / "k7.npy", d / "k3.npy"], d / "bank", progress=False)
+    return d
+
+
+ARGS = ["--epochs", "2", "--batch-size", "64", "--hidden", "16", "--device", "cpu", "--quiet"]
+
+
+def test_train_one_per_size_and_reload(bank, capsys):
+    out = bank / "models"
+    assert main(["autoencoder", "train", str(bank / "bank"), "--out", str(out), *ARGS]) == 0
+    table = capsys.readouterr().out
+    assert "7x7" in table and "3x3" in table and "(paper)" in table and "(null)" in table
+    ae7 = KernelAutoencoder.load(out / "ae_7x7", device="cpu")
+    ae3 = KernelAutoencoder.load(out / "ae_3x3", device="cpu")
+    assert ae7.threshold_rule_ == "paper" and ae3.threshold_rule_ == "null"
+    assert ae7.n_train_ == 300 and ae3.n_train_ == 200
+    assert ae7.segments_ is not None and len(ae7.segments_) >= 1
+
+
+def test_train_one_size_from_npy(bank, tmp_path):
+    out = tmp_path / "m"
+    rc = main(["autoencoder", "train", str(bank / "k3.npy"), "--out", str(out), *ARGS])
+    assert rc == 0 and (out / "ae_3x3" / "model.safetensors").is_file()
+    rc = main(
+        ["autoencoder", "train", str(bank / "bank"), "--kernel-size", "7", "--out", str(out)] + ARGS
+    )
+    assert rc == 0 and (out / "ae_7x7" / "config.json").is_file()
+
+
+def test_bad_bank_is_one_line_and_exit_2(tmp_path, capsys):
+    rc = main(["autoencoder", "train", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "kernel bank" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["autoencoder", "train", str(empty), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no kernels" in capsys.readouterr().err
