@@ -247,7 +247,7 @@ def fit_kernels(
     >>> from kernelatlas.atlas import functional as F
     >>> k = F.first_derivative_pattern(7, 7, 1.2, 40.0, offset=(0.3, -0.2))
     >>> df = fit_kernels(k, device="cpu")
-    >>> df.loc[0, "fit_family"], round(df.loc[0, "fit_orientation"]), df.loc[0, "fit_r2"] > 0.999
+    >>> df.loc[0, "fit_family"], round(df.loc[0, "fit_orientation"]), bool(df.loc[0, "fit_r2"] > 0.999)
     ('first_derivative', 40, True)
     """
     arr = as_kernel_array(kernels)
