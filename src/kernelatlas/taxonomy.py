@@ -61,7 +61,9 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
         CENTER,
         "Centre-surround: DoG, Laplacian-of-Gaussian, Gaussian and the near-delta kernel; "
         "on-centre (+1) or off-centre (-1).",
-        "p * (G(r; s1) - a * G(r; s2)), s2 > s1, 0 <= a <= 1, G(r; s) = exp(-r^2 / 2s^2)",
+        "p * (G(x - x0, y - y0; s1) - a * G(x - x0, y - y0; s2)), s2 = ratio * s1 > s1, "
+        "0 <= a <= 1, G(.; s) = exp(-r^2 / 2s^2) / (2 pi s^2) (integral 1), integrated over "
+        "each pixel; a = 0: Gaussian, ratio 1.6 and a = 1: LoG-like DoG, small s: near-delta",
         None,
         True,
     ),
@@ -69,14 +71,16 @@ FAMILY_INFO: dict[str, FamilyInfo] = {
         FIRST_DERIVATIVE,
         "Two opposite lobes (edge detector), any orientation, centred or half a pixel off "
         "centre (the master-key filters 1-4).",
-        "d/du G(x - x0, y - y0; s), u = (cos t, sin t)",
+        "-d/du G(x - x0, y - y0; s), u = (cos t, sin t), integrated over each pixel "
+        "(positive lobe towards t; tiny s and |x0| = 1/2: a forward difference)",
         360.0,
         False,
     ),
     SECOND_DERIVATIVE: FamilyInfo(
         SECOND_DERIVATIVE,
         "Bar/ridge detectors (d2/du2) and cross shapes (d2/dudv) of a Gaussian.",
-        "-p * d2/du2 G(x, y; s) (bar) or p * d2/dudv G(x, y; s) (cross)",
+        "-p * d2/du2 G(x - x0, y - y0; s) (bar) or p * d2/dudv G(x - x0, y - y0; s) (cross), "
+        "u = (cos t, sin t), v = (-sin t, cos t), integrated over each pixel",
         180.0,
         True,
     ),
