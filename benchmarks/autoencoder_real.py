@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kernelatlas import __version__
     from kernelatlas.atlas import Atlas
-    from kernelatlas.autoencoder import KernelAutoencoder
+    from kernelatlas.autoencoder import KernelAutoencoder, agreement
     from kernelatlas.harvest import harvest, list_sources
     from kernelatlas.null import DEFAULT_NULL_SIZE, gaussian_null
 
@@ -163,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             pred = ae.predict(d[size])
             at = atlas.predict(d[size])
             ok = pred["ae_family"].to_numpy() != "degenerate"
-            same = pred["ae_family"].to_numpy() == at["family"].to_numpy()
-            both = ok & pred["ae_classified"].to_numpy() & at["classified"].to_numpy()
+            agr = agreement(pred, at)
             report["models"].append(
                 {
                     "model": name,
@@ -175,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                     "null_gaussian": null_g,
                     "null_init": null_i,
                     "atlas_coverage": float(at["classified"].to_numpy()[ok].mean()),
-                    "agreement": float(same[ok].mean()),
-                    "agreement_both": float(same[both].mean()) if both.any() else float("nan"),
+                    "agreement": agr["agreement"],
+                    "agreement_both": agr["agreement_both_classified"],
                 }
             )
     _write_json(Path(args.out), report)

@@ -13,6 +13,7 @@ from kernelatlas.autoencoder import (
     SEGMENT_COLUMNS,
     SPECTRUM_COLUMNS,
     KernelAutoencoder,
+    agreement,
     kmeans_unit_kernels,
 )
 from kernelatlas.errors import FormatError, KernelAtlasError
@@ -206,3 +207,20 @@ def test_kmeans_baseline_recovers_clusters(bank7):
     purity = ct.max(axis=1).sum() / ct.to_numpy().sum()
     assert purity > 0.95
     assert np.nanmedian(res.cosine_distance) < 0.1
+
+
+def test_agreement_with_the_atlas(ae7, bank7):
+    from kernelatlas.atlas import Atlas
+
+    x = bank7[0].copy()
+    x[0] = 0.0  # degenerate: left out
+    pred = ae7.predict(x)
+    at = Atlas(kernel_size=7).fit().predict(x)
+    res = agreement(pred, at)
+    assert res["n"] == len(x) - 1
+    # On kernels drawn from the atlas's own families, the two namings agree.
+    assert res["agreement"] > 0.9 and res["agreement_both_classified"] > 0.95
+    flipped = pred.assign(ae_family=np.where(pred["ae_family"] == "center", "x", "center"))
+    assert agreement(flipped, at)["agreement"] < 0.5
+    with pytest.raises(KernelAtlasError, match="one row per kernel"):
+        agreement(pred.iloc[:3], at)

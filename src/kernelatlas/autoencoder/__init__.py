@@ -10,6 +10,7 @@ See docs/autoencoder.md.
 
 from __future__ import annotations
 
+from .agreement import agreement
 from .kmeans import KMeansResult, kmeans_unit_kernels
 from .master_keys import MasterKeys, discover_master_keys, explained_by, match_filters
 from .model import PREDICT_COLUMNS, KernelAutoencoder
@@ -17,6 +18,7 @@ from .spectrum import SEGMENT_COLUMNS, SPECTRUM_COLUMNS, name_patterns, segment_
 
 __all__ = [
     "KernelAutoencoder",
+    "agreement",
     "PREDICT_COLUMNS",
     "SPECTRUM_COLUMNS",
     "SEGMENT_COLUMNS",
