@@ -82,7 +82,9 @@ def test_partial_counts_merge_exactly(run_dir: Path) -> None:
     whole = merge_counts([partial_counts(df)])
     rng = np.random.default_rng(1)
     cuts = np.sort(rng.choice(np.arange(1, len(df)), 7, replace=False))
-    pieces = [partial_counts(p) for p in np.split(df.sample(frac=1, random_state=2), cuts)]
+    shuffled = df.sample(frac=1, random_state=2)
+    bounds = [0, *cuts.tolist(), len(df)]
+    pieces = [partial_counts(shuffled.iloc[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     merged = merge_counts(pieces)
     for key in ("models", "layers"):
         pd.testing.assert_frame_equal(whole[key], merged[key])

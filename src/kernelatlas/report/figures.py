@@ -57,8 +57,7 @@ def plot_kernels(ax: Axes, kernels: np.ndarray, *, ncols: int = 8, title: str = 
         return
     import matplotlib
 
-    cmap = matplotlib.colormaps[KERNEL_CMAP].copy()
-    cmap.set_bad("white")
+    cmap = matplotlib.colormaps[KERNEL_CMAP].with_extremes(bad="white")
     ax.imshow(mosaic(kernels, ncols), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     for s in ax.spines.values():
         s.set_visible(False)
