@@ -1,0 +1,428 @@
+"""Depthwise initialisers built from the atlas: DoG, atlas-sampled, master-key, covariance.
+
+The work is in pure functions that return unit-L2 kernel banks ``[n, kh, kw]``
+(:func:`dog_kernels`, :func:`master_key_kernels`, :func:`atlas_kernels`,
+:func:`covariance_kernels`); :func:`init_depthwise_` finds every depthwise convolution of a
+model, draws a bank for it and writes it in place, each kernel rescaled to the L2 norm of
+the kernel it replaces (the layer's default initialisation), so only the *shape* of the
+initial kernels changes, never their scale.
+
+``freeze=True`` is the master-key recipe of Babaiee et al. (NeurIPS 2025): trained kernels
+are mostly linear shifts ``a * F + b`` of a few filters ``F``; the kernels are frozen and a
+learnable per-channel scalar ``b`` is added to every tap of the channel's kernel (a
+``torch.nn.utils.parametrize`` parametrisation, so ``conv.weight`` stays the effective kernel
+and the frozen one is ``conv.parametrizations.weight.original``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import KernelAtlasError
+from ..taxonomy import CENTER, FIRST_DERIVATIVE, PATTERN_FAMILIES, SECOND_DERIVATIVE
+
+__all__ = [
+    "SCHEMES",
+    "DoGConfig",
+    "ChannelShift",
+    "depthwise_convs",
+    "dog_kernels",
+    "master_key_kernels",
+    "atlas_kernels",
+    "covariance_kernels",
+    "init_depthwise_",
+]
+
+# 'default' keeps the layer's current kernels (useful with freeze=True: frozen random).
+SCHEMES: tuple[str, ...] = ("dog", "atlas", "master_key", "covariance", "default")
+
+
+@dataclass(frozen=True)
+class DoGConfig:
+    """The mix drawn by the ``dog`` scheme.
+
+    Attributes
+    ----------
+    center_fraction : share of centre-surround (DoG) kernels; the rest are oriented first
+        derivatives of a Gaussian.
+    on_fraction : share of on-centre kernels among the DoGs (0.5: on/off alternating).
+    surround_ratios : surround sigma / centre sigma, cycled over the DoGs.
+    sigma_range : (min, max) Gaussian sigma in pixels; ``None`` scales it with the kernel
+        size: ``[0.6, 1.2] * sqrt(k / 7)``, at least 0.5 px.
+    """
+
+    center_fraction: float = 0.5
+    on_fraction: float = 0.5
+    surround_ratios: tuple[float, ...] = (1.6, 2.0, 2.5, 3.0)
+    sigma_range: tuple[float, float] | None = None
+
+    def validate(self) -> None:
+        for name in ("center_fraction", "on_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise KernelAtlasError(f"DoGConfig.{name} must be in [0, 1], got {v}")
+        if not self.surround_ratios or min(self.surround_ratios) <= 1.0:
+            raise KernelAtlasError(
+                "DoGConfig.surround_ratios must be a non-empty list of values > 1"
+            )
+        if self.sigma_range is not None:
+            lo, hi = self.sigma_range
+            if not 0 < lo <= hi:
+                raise KernelAtlasError(
+                    f"DoGConfig.sigma_range must be 0 < min <= max, got {lo}, {hi}"
+                )
+
+
+class ChannelShift(nn.Module):
+    """Parametrisation ``w -> w + b[c]``: a learnable scalar added to every tap of a channel."""
+
+    def __init__(self, channels: int, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(channels, 1, 1, 1, device=device, dtype=dtype))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.shift
+
+
+# --------------------------------------------------------------------------- finder
+
+
+def depthwise_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every spatial depthwise ``nn.Conv2d`` of ``model`` in module order.
+
+    Depthwise as :func:`kernelatlas.harvest.torch_module.is_depthwise` defines it
+    (``groups == in_channels > 1``, ``out_channels`` a multiple); 1x1 depthwise
+    convolutions carry no spatial pattern and are skipped, as the harvester skips them.
+    """
+    from ..harvest.torch_module import is_depthwise
+
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if is_depthwise(m) and tuple(m.kernel_size) != (1, 1)
+    ]
+
+
+# --------------------------------------------------------------------------- banks
+
+
+def _spread(n: int, fraction: float) -> np.ndarray:
+    """Boolean [n] with round(fraction * n) Trues spread evenly (0.5: alternating)."""
+    i = np.arange(n)
+    return (np.floor((i + 1) * fraction + 1e-9) - np.floor(i * fraction + 1e-9)) > 0
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return (flat / np.where(norm > 0, norm, 1.0)).reshape(x.shape).astype(np.float32)
+
+
+def _default_sigma_range(kh: int, kw: int) -> tuple[float, float]:
+    s = float(np.sqrt(min(kh, kw) / 7.0))
+    return max(0.5, 0.6 * s), max(0.5, 1.2 * s)
+
+
+def dog_kernels(
+    n: int, kh: int, kw: int, *, rng: np.random.Generator, config: DoGConfig | None = None
+) -> np.ndarray:
+    """``n`` unit kernels: on/off DoGs and oriented first derivatives, evenly interleaved.
+
+    DoGs alternate on/off centre (``config.on_fraction``) and cycle through the surround
+    ratios; first derivatives take evenly spaced orientations with a random phase. Sigmas
+    are drawn uniformly from ``config.sigma_range``.
+
+    Examples
+    --------
+    >>> k = dog_kernels(4, 7, 7, rng=np.random.default_rng(0))
+    >>> k.shape
+    (4, 7, 7)
+    """
+    from ..atlas import functional as F
+
+    config = config or DoGConfig()
+    config.validate()
+    lo, hi = config.sigma_range or _default_sigma_range(kh, kw)
+    is_center = _spread(n, config.center_fraction)
+    n_c, n_d = int(is_center.sum()), int((~is_center).sum())
+    out = np.empty((n, kh, kw), dtype=np.float32)
+    if n_c:
+        sig = rng.uniform(lo, hi, n_c)
+        ratios = np.resize(np.asarray(config.surround_ratios, dtype=np.float64), n_c)
+        pol = np.where(_spread(n_c, config.on_fraction), 1, -1)
+        out[is_center] = F.center_pattern(
+            kh, kw, sig, surround_ratio=ratios, surround_weight=1.0, polarity=pol
+        )
+    if n_d:
+        sig = rng.uniform(lo, hi, n_d)
+        theta = (rng.uniform(0, 360) + 360.0 * np.arange(n_d) / n_d) % 360.0
+        out[~is_center] = F.first_derivative_pattern(kh, kw, sig, theta)
+    return out
+
+
+def _fit_support(filters: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """Centre-crop (smaller) or pad with each filter's border mean (larger) to [.., kh, kw]."""
+    _, h, w = filters.shape
+    out = filters
+    if kh < h or kw < w:
+        top, left = (h - min(kh, h)) // 2, (w - min(kw, w)) // 2
+        out = out[:, top : top + min(kh, h), left : left + min(kw, w)]
+    _, h2, w2 = out.shape
+    if kh > h2 or kw > w2:
+        border = np.concatenate(
+            [filters[:, 0], filters[:, -1], filters[:, 1:-1, 0], filters[:, 1:-1, -1]], axis=1
+        ).mean(axis=1)
+        big = np.broadcast_to(border[:, None, None], (len(filters), kh, kw)).copy()
+        top, left = (kh - h2) // 2, (kw - w2) // 2
+        big[:, top : top + h2, left : left + w2] = out
+        out = big
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def master_key_kernels(n: int, kh: int, kw: int, *, rng: np.random.Generator) -> np.ndarray:
+    """``n`` unit kernels from the eight published master-key filters, in equal shares.
+
+    The 7x7 filters concentrate in their central 3x3 (Lindeberg et al. fit sigmas near one
+    pixel), so other sizes take their centre crop (smaller kernels) or are padded with the
+    filter's border level (larger ones), keeping the pixel scale the networks learned.
+    The filters are used as published (not re-centred); channels get a seeded, balanced
+    assignment.
+    """
+    from ..atlas import functional as F
+
+    bank = _unit_rows(_fit_support(F.master_key_filters(), kh, kw))
+    idx = rng.permutation(np.resize(np.arange(len(bank)), n))
+    return bank[idx]
+
+
+def _reference_frame(reference: object):
+    """An atlas DataFrame as given, or the atlas analysis of a kernel array [N, kh, kw]."""
+    import pandas as pd
+
+    if isinstance(reference, pd.DataFrame):
+        df = reference
+    else:
+        from ..atlas import Atlas
+        from ..normalize import as_kernel_array
+
+        arr = as_kernel_array(reference).astype(np.float32)
+        df = Atlas(kernel_size=(int(arr.shape[1]), int(arr.shape[2]))).fit().predict(arr)
+        df = df.assign(kh=int(arr.shape[1]), kw=int(arr.shape[2]))
+    if "family" not in df.columns:
+        raise KernelAtlasError(
+            "reference DataFrame needs a 'family' column: pass Atlas().predict(...) output"
+        )
+    return df
+
+
+def atlas_kernels(
+    n: int, kh: int, kw: int, *, rng: np.random.Generator, reference: object
+) -> np.ndarray:
+    """``n`` unit atlas patterns with the families and parameters of a reference bank.
+
+    Rows of the reference's atlas analysis (a DataFrame with ``family`` and, where present,
+    ``classified``, ``polarity``, ``orientation``, ``scale``, ``kh``/``kw``; or a kernel
+    array that is analysed with :class:`~kernelatlas.atlas.Atlas`) are resampled with
+    replacement among its classified pattern kernels, so the family shares *among
+    classified kernels* and the joint (orientation, polarity, scale) distribution are
+    reproduced; each row is rendered with :mod:`kernelatlas.atlas.functional` (second
+    derivatives as bars). Rows of the same kernel size are preferred; otherwise scales are
+    rescaled by the ratio of kernel sizes.
+    """
+    from ..atlas import functional as F
+
+    df = _reference_frame(reference)
+    keep = np.array(df["family"].isin(PATTERN_FAMILIES), dtype=bool)
+    if "classified" in df.columns:
+        keep &= np.array(df["classified"].fillna(False), dtype=bool)
+    ref = df.loc[keep]
+    if ref.empty:
+        raise KernelAtlasError(
+            "the atlas reference has no classified pattern kernels: pass a trained model's bank"
+        )
+    factor = 1.0
+    if "kh" in ref.columns and "kw" in ref.columns:
+        same = (ref["kh"].to_numpy() == kh) & (ref["kw"].to_numpy() == kw)
+        if same.any():
+            ref = ref.loc[same]
+        else:
+            factor = float(np.sqrt(kh * kw / (ref["kh"] * ref["kw"]).median()))
+    rows = ref.iloc[rng.integers(0, len(ref), n)]
+    fam = rows["family"].to_numpy()
+
+    def col(name: str, default: float) -> np.ndarray:
+        if name not in rows.columns:
+            return np.full(n, default)
+        v = pd_to_float(rows[name])
+        return np.where(np.isfinite(v), v, default)
+
+    lo, hi = _default_sigma_range(kh, kw)
+    scale = col("scale", np.nan)
+    scale = np.where(np.isfinite(scale), scale * factor, rng.uniform(lo, hi, n))
+    scale = np.clip(scale, 0.25, max(kh, kw) / 2.0)
+    orient = col("orientation", np.nan)
+    orient = np.where(np.isfinite(orient), orient, rng.uniform(0, 360, n))
+    pol = np.where(col("polarity", 1.0) < 0, -1, 1)
+    out = np.empty((n, kh, kw), dtype=np.float32)
+    for family in PATTERN_FAMILIES:  # three vectorised calls, not a loop over kernels
+        m = fam == family
+        if not m.any():
+            continue
+        if family == CENTER:
+            out[m] = F.center_pattern(kh, kw, scale[m], surround_ratio=1.6, polarity=pol[m])
+        elif family == FIRST_DERIVATIVE:
+            out[m] = F.first_derivative_pattern(kh, kw, scale[m], orient[m])
+        elif family == SECOND_DERIVATIVE:
+            out[m] = F.second_derivative_pattern(kh, kw, scale[m], orient[m], polarity=pol[m])
+    return out
+
+
+def pd_to_float(series) -> np.ndarray:
+    import pandas as pd
+
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _reference_array(reference: object, name: str, kh: int, kw: int) -> np.ndarray:
+    from ..normalize import as_kernel_array
+
+    if reference is None:
+        raise KernelAtlasError(
+            "scheme 'covariance' needs reference=: a trained bank [N,kh,kw] (or a dict per layer)"
+        )
+    ref = reference
+    if isinstance(reference, Mapping):
+        for key in (name, (kh, kw), kh):
+            if key in reference:
+                ref = reference[key]
+                break
+        else:
+            raise KernelAtlasError(f"reference has no entry for layer {name!r} nor size {kh}x{kw}")
+    arr = as_kernel_array(ref)
+    if arr.shape[1:] != (kh, kw):
+        raise KernelAtlasError(
+            f"reference kernels are {arr.shape[1]}x{arr.shape[2]} but layer {name!r} is "
+            f"{kh}x{kw}: pass a reference of that size (or a dict keyed by layer or size)"
+        )
+    return arr
+
+
+def covariance_kernels(
+    n: int, kh: int, kw: int, *, rng: np.random.Generator, reference: np.ndarray
+) -> np.ndarray:
+    """``n`` unit kernels from a multivariate Gaussian fitted to a reference bank.
+
+    Trockman, Willmott and Kolter (ICLR 2023): draw depthwise kernels from ``N(mu, S)``,
+    with the mean and covariance of (unit-normalised) trained kernels. ``S`` is shrunk by
+    1e-3 of its mean variance so that small references stay positive definite.
+    """
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    ref = ref[np.isfinite(ref).all(axis=1)]
+    norms = np.linalg.norm(ref, axis=1)
+    ref = ref[norms > 0] / norms[norms > 0, None]
+    if len(ref) < 2:
+        raise KernelAtlasError("the covariance reference needs at least 2 non-zero kernels")
+    mu = ref.mean(axis=0)
+    cov = np.cov(ref, rowvar=False)
+    d = cov.shape[0]
+    cov = cov + 1e-3 * np.trace(cov) / d * np.eye(d)
+    chol = np.linalg.cholesky(cov)
+    z = rng.standard_normal((n, d))
+    return _unit_rows((mu + z @ chol.T).reshape(n, kh, kw))
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def _layer_norms(weight: torch.Tensor, name: str) -> torch.Tensor:
+    """Per-kernel L2 norms [C] of the current weights, zeros replaced by the layer mean."""
+    w = weight.detach().double().reshape(weight.shape[0], -1)
+    norms = torch.linalg.vector_norm(w, dim=1)
+    positive = norms > 0
+    if not bool(positive.any()) or not bool(torch.isfinite(norms).all()):
+        raise KernelAtlasError(
+            f"depthwise layer {name!r} has all-zero or non-finite kernels: build the model "
+            "with its default initialisation before calling init_depthwise_"
+        )
+    return torch.where(positive, norms, norms[positive].mean())
+
+
+def init_depthwise_(
+    model: nn.Module,
+    scheme: str,
+    *,
+    freeze: bool = False,
+    seed: int | None = None,
+    reference: object = None,
+    config: DoGConfig | None = None,
+) -> nn.Module:
+    """Initialise every depthwise convolution of ``model`` in place.
+
+    Parameters
+    ----------
+    model : any ``nn.Module``; called right after construction, the current kernels are
+        the default initialisation whose per-kernel L2 norms every new kernel inherits.
+    scheme : ``'dog'``, ``'atlas'``, ``'master_key'``, ``'covariance'`` or ``'default'``
+        (keep the current kernels; with ``freeze=True``: frozen random kernels).
+    freeze : freeze the kernels and learn a per-channel additive scalar (master-key recipe).
+    seed : seed of every random choice; ``None`` draws one from torch's global generator,
+        so ``torch.manual_seed`` makes the call reproducible.
+    reference : for ``'atlas'``: an atlas DataFrame or a kernel array [N, kh, kw]; for
+        ``'covariance'``: a kernel array, or a dict keyed by layer name, ``(kh, kw)`` or
+        ``kh``.
+    config : :class:`DoGConfig` for ``'dog'``.
+
+    Returns
+    -------
+    The same ``model``.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Conv2d(8, 8, 7, padding=3, groups=8))
+    >>> _ = init_depthwise_(net, "dog", seed=0)
+    """
+    if scheme not in SCHEMES:
+        raise KernelAtlasError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    if scheme == "atlas" and reference is None:
+        raise KernelAtlasError(
+            "scheme 'atlas' needs reference=: an Atlas().predict DataFrame or a trained bank"
+        )
+    if config is not None and not isinstance(config, DoGConfig):
+        raise KernelAtlasError("config must be a kernelatlas.train.init.DoGConfig")
+    convs = depthwise_convs(model)
+    if not convs:
+        raise KernelAtlasError("the model has no depthwise convolutions (groups == in_channels)")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    rng = np.random.default_rng(seed)
+    atlas_ref = _reference_frame(reference) if scheme == "atlas" else None
+    for name, conv in convs:
+        if parametrize.is_parametrized(conv, "weight"):
+            parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+        weight = conv.weight
+        c, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+        if scheme != "default":
+            if scheme == "dog":
+                bank = dog_kernels(c, kh, kw, rng=rng, config=config)
+            elif scheme == "master_key":
+                bank = master_key_kernels(c, kh, kw, rng=rng)
+            elif scheme == "atlas":
+                bank = atlas_kernels(c, kh, kw, rng=rng, reference=atlas_ref)
+            else:
+                ref = _reference_array(reference, name, kh, kw)
+                bank = covariance_kernels(c, kh, kw, rng=rng, reference=ref)
+            norms = _layer_norms(weight, name)
+            new = torch.from_numpy(bank).double() * norms[:, None, None]
+            with torch.no_grad():
+                weight.copy_(new.reshape(weight.shape).to(weight.dtype))
+        weight.requires_grad_(not freeze)
+        if freeze:
+            shift = ChannelShift(c, device=weight.device, dtype=weight.dtype)
+            parametrize.register_parametrization(conv, "weight", shift)
+    return model

