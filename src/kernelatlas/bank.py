@@ -5,6 +5,11 @@ hidden temporary name and renamed into place, so an interrupted harvest never le
 partial file visible and a re-run simply harvests the sources that are not there yet.
 pandas, polars and DuckDB read the directory directly (``pd.read_parquet(path)``).
 
+The directory may be any fsspec URL (``s3://bucket/bank``, ``gs://...``, ``memory://``
+for tests; install ``kernelatlas[dask]`` plus ``s3fs``/``gcsfs``), so the workers of a
+cluster share one bank. On an object store a source file is written with a single put,
+which is atomic (the object appears complete or not at all).
+
 Example
 -------
 >>> from kernelatlas.bank import KernelBank
@@ -34,7 +39,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import KernelAtlasError
 
-__all__ = ["KernelBank", "BANK_COLUMNS", "BANK_SCHEMA", "weights_array"]
+__all__ = ["KernelBank", "BANK_COLUMNS", "BANK_SCHEMA", "weights_array", "open_parquet"]
 
 #: Columns of a kernel bank, in their fixed order.
 BANK_COLUMNS: tuple[str, ...] = (
@@ -84,6 +89,49 @@ _STRING_COLUMNS = ["source", "model", "format", "layer", "dtype"]
 _ROW_GROUP = 1 << 16
 _META_VERSION = b"kernelatlas_version"
 _META_SOURCE = b"kernelatlas_source"
+
+
+# fsspec protocols where one put is atomic and a rename would be a copy
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
+
+
+def _is_url(path: Any) -> bool:
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def _url_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) of a URL; a clear error when its extra is missing."""
+    try:
+        import fsspec
+    except ImportError:
+        raise KernelAtlasError(
+            f"{url}: a bank on a URL needs fsspec: pip install 'kernelatlas[dask]'"
+        ) from None
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:
+        raise KernelAtlasError(
+            f"{url}: this protocol needs {exc.name or 'its fsspec backend'} "
+            "(pip install s3fs / gcsfs / adlfs)"
+        ) from None
+    except ValueError as exc:
+        raise KernelAtlasError(f"{url}: not a usable fsspec URL ({exc})") from None
+
+
+def _arrow_fs(fs: Any) -> pa.fs.FileSystem:
+    import pyarrow.fs as pafs
+
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def open_parquet(
+    path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> pq.ParquetFile:
+    """A :class:`pyarrow.parquet.ParquetFile` for a local path or any fsspec URL."""
+    if _is_url(path):
+        fs, inner = _url_fs(str(path), storage_options)
+        return pq.ParquetFile(inner, filesystem=_arrow_fs(fs))
+    return pq.ParquetFile(str(path).removeprefix("file://"))
 
 
 def _list_to_pandas(arrow_type: pa.DataType) -> Any:
@@ -143,11 +191,40 @@ class KernelBank:
 
     Parameters
     ----------
-    path : directory of the bank; created by the first :meth:`add`.
+    path : directory of the bank (a local path or an fsspec URL such as
+        ``s3://bucket/bank``); created by the first :meth:`add`.
+    row_group_size : rows per Parquet row group (the unit of work of the analysis engines).
+    storage_options : passed to fsspec for a URL (credentials, endpoint...).
+
+    Attributes
+    ----------
+    path : ``pathlib.Path`` for a local bank, the URL string otherwise.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        row_group_size: int = _ROW_GROUP,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if int(row_group_size) < 1:
+            raise KernelAtlasError(f"row_group_size must be >= 1, got {row_group_size}")
+        self.row_group_size = int(row_group_size)
+        self.storage_options = storage_options
+        self._fs: Any = None
+        self._afs: pa.fs.FileSystem | None = None
+        if _is_url(path):
+            self._fs, root = _url_fs(str(path), storage_options)
+            self._root = root.rstrip("/")
+            self._afs = _arrow_fs(self._fs)
+            self.path: Path | str = str(path).rstrip("/")
+            if self._fs.isfile(self._root):
+                raise KernelAtlasError(
+                    f"{self.path} is a file, not a kernel bank directory: pick another path"
+                )
+            return
+        self.path = Path(str(path).removeprefix("file://"))
         if self.path.exists() and not self.path.is_dir():
             raise KernelAtlasError(
                 f"{self.path} is a file, not a kernel bank directory: pick another --out path"
@@ -157,25 +234,56 @@ class KernelBank:
         return f"KernelBank({str(self.path)!r})"
 
     # -- files -------------------------------------------------------------------------
-    def files(self) -> list[Path]:
-        """The bank's visible Parquet files (one per source), sorted."""
+    @property
+    def is_remote(self) -> bool:
+        """Whether the bank lives on an fsspec URL (not a local directory)."""
+        return self._fs is not None
+
+    def _url(self, inner: str) -> str:
+        return f"{self.path}/{inner.rsplit('/', 1)[-1]}"
+
+    def _inner(self, f: Path | str) -> str:
+        """A file's path as the bank's reader takes it (local path, or path inside the fs)."""
+        return f"{self._root}/{str(f).rsplit('/', 1)[-1]}" if self.is_remote else str(f)
+
+    def files(self) -> list[Path] | list[str]:
+        """The bank's visible Parquet files (one per source), sorted: paths, or URLs."""
+        if self.is_remote:
+            self._fs.invalidate_cache(self._root)
+            if not self._fs.isdir(self._root):
+                return []
+            names = sorted(p.rsplit("/", 1)[-1] for p in self._fs.ls(self._root, detail=False))
+            return [self._url(n) for n in names if n.endswith(".parquet") and not n.startswith(".")]
         if not self.path.is_dir():
             return []
         return sorted(p for p in self.path.glob("*.parquet") if not p.name.startswith("."))
 
-    def file_for(self, source: str) -> Path:
-        """The file that holds (or will hold) ``source``."""
+    def file_for(self, source: str) -> Path | str:
+        """The file that holds (or will hold) ``source`` (a path, or a URL)."""
+        if self.is_remote:
+            return self._url(_slug(source))
         return self.path / _slug(source)
 
     def has_source(self, source: str) -> bool:
         """Whether ``source`` (a source key as in the ``source`` column) is in the bank."""
+        if self.is_remote:
+            inner = self._inner(self.file_for(source))
+            self._fs.invalidate_cache(self._root)
+            return bool(self._fs.isfile(inner))
         return self.file_for(source).is_file()
+
+    def _read_schema(self, f: Path | str) -> pa.Schema:
+        return pq.read_schema(self._inner(f), filesystem=self._afs)
+
+    def parquet_file(self, f: Path | str) -> pq.ParquetFile:
+        """A :class:`pyarrow.parquet.ParquetFile` of one of :meth:`files`."""
+        return pq.ParquetFile(self._inner(f), filesystem=self._afs)
 
     def sources(self) -> list[str]:
         """Source keys in the bank, read from each file's metadata."""
         out = []
         for f in self.files():
-            meta = pq.read_schema(f).metadata or {}
+            meta = self._read_schema(f).metadata or {}
             out.append(meta.get(_META_SOURCE, b"").decode())
         return out
 
@@ -209,25 +317,49 @@ class KernelBank:
         return written
 
     def _write(self, source: str, table: pa.Table) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        final = self.file_for(source)
-        tmp = self.path / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         table = table.replace_schema_metadata(
             {_META_VERSION: __version__.encode(), _META_SOURCE: source.encode()}
         )
+        options = {
+            "row_group_size": self.row_group_size,
+            "compression": "zstd",
+            "compression_level": 1,
+            "use_dictionary": _STRING_COLUMNS,
+        }
+        if self.is_remote:
+            self._write_remote(source, table, options)
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        final = self.file_for(source)
+        tmp = self.path / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            pq.write_table(
-                table,
-                tmp,
-                row_group_size=_ROW_GROUP,
-                compression="zstd",
-                compression_level=1,
-                use_dictionary=_STRING_COLUMNS,
-            )
+            pq.write_table(table, tmp, **options)
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _write_remote(self, source: str, table: pa.Table, options: dict[str, Any]) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, **options)
+        data = sink.getvalue().to_pybytes()
+        final = self._inner(self.file_for(source))
+        protocols = self._fs.protocol
+        protocols = {protocols} if isinstance(protocols, str) else set(protocols)
+        self._fs.makedirs(self._root, exist_ok=True)
+        if protocols & _OBJECT_STORES:
+            self._fs.pipe_file(final, data)  # one put: atomic on an object store
+        else:
+            name = final.rsplit("/", 1)[-1]
+            tmp = f"{self._root}/.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                self._fs.pipe_file(tmp, data)
+                self._fs.mv(tmp, final)
+            except BaseException:
+                if self._fs.exists(tmp):
+                    self._fs.rm(tmp)
+                raise
+        self._fs.invalidate_cache(self._root)
 
     # -- reading -----------------------------------------------------------------------
     def _dataset(self) -> ds.Dataset | None:
@@ -236,7 +368,7 @@ class KernelBank:
             return None
         for f in files:
             try:
-                names = pq.read_schema(f).names
+                names = self._read_schema(f).names
             except (pa.ArrowInvalid, OSError) as exc:
                 raise KernelAtlasError(
                     f"{f}: unreadable bank file ({exc}); delete it and harvest that source again"
@@ -246,7 +378,12 @@ class KernelBank:
                     f"{f} is not a kernel bank file (columns {names[:4]}...); move it out of "
                     f"{self.path}"
                 )
-        return ds.dataset([str(f) for f in files], schema=BANK_SCHEMA, format="parquet")
+        return ds.dataset(
+            [self._inner(f) for f in files],
+            schema=BANK_SCHEMA,
+            format="parquet",
+            filesystem=self._afs,
+        )
 
     @staticmethod
     def _filter(kh: int | None, kw: int | None) -> ds.Expression | None:
@@ -311,14 +448,30 @@ class KernelBank:
         return weights_array(table.column("weights"), kh, kw)
 
     def __len__(self) -> int:
-        return int(sum(pq.ParquetFile(f).metadata.num_rows for f in self.files()))
+        return int(sum(self.parquet_file(f).metadata.num_rows for f in self.files()))
+
+    def _grouped(self, keys: list[str]) -> pa.Table | None:
+        """Row counts per distinct ``keys``, streamed batch by batch (memory ~ groups)."""
+        dataset = self._dataset()
+        if dataset is None:
+            return None
+        parts: list[pa.Table] = []
+        for batch in dataset.scanner(
+            columns=keys, batch_size=1 << 16, batch_readahead=1, fragment_readahead=1
+        ).to_batches():
+            if batch.num_rows:
+                parts.append(
+                    pa.Table.from_batches([batch]).group_by(keys).aggregate([([], "count_all")])
+                )
+            if len(parts) >= 64:
+                parts = [_regroup(parts, keys)]
+        return _regroup(parts, keys) if parts else None
 
     def shapes(self) -> list[tuple[int, int]]:
         """Kernel sizes present, sorted."""
-        table = self._table(None, None, ["kh", "kw"])
-        if table.num_rows == 0:
+        uniq = self._grouped(["kh", "kw"])
+        if uniq is None:
             return []
-        uniq = table.group_by(["kh", "kw"]).aggregate([])
         return sorted(
             zip(uniq.column("kh").to_pylist(), uniq.column("kw").to_pylist(), strict=True)
         )
@@ -329,16 +482,24 @@ class KernelBank:
         Columns ``source, model, kh, kw, layers, kernels``.
         """
         cols = ["source", "model", "kh", "kw", "layers", "kernels"]
-        table = self._table(None, None, ["source", "model", "kh", "kw", "layer_index"])
-        if table.num_rows == 0:
+        # streamed: kernels per layer first (memory ~ number of layers, not of kernels)
+        per_layer = self._grouped(["source", "model", "kh", "kw", "layer_index"])
+        if per_layer is None:
             return pd.DataFrame(
                 {c: pd.Series(dtype="int64" if c in cols[2:] else object) for c in cols}
             )
-        agg = table.group_by(["source", "model", "kh", "kw"]).aggregate(
-            [("layer_index", "count_distinct"), ("layer_index", "count")]
+        agg = per_layer.group_by(["source", "model", "kh", "kw"]).aggregate(
+            [("layer_index", "count"), ("count_all", "sum")]
         )
         df = agg.to_pandas().rename(
-            columns={"layer_index_count_distinct": "layers", "layer_index_count": "kernels"}
+            columns={"layer_index_count": "layers", "count_all_sum": "kernels"}
         )
         df = df[cols].astype({"kh": "int64", "kw": "int64", "layers": "int64", "kernels": "int64"})
         return df.sort_values(["source", "kh", "kw"], ignore_index=True)
+
+
+def _regroup(parts: list[pa.Table], keys: list[str]) -> pa.Table:
+    """Merge per-batch group counts (``count_all``) into one count per distinct key."""
+    table = pa.concat_tables(parts)
+    out = table.group_by(keys).aggregate([("count_all", "sum")])
+    return out.rename_columns([*keys, "count_all"])

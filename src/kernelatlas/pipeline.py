@@ -61,6 +61,9 @@ class AnalysisConfig:
     quiet: bool = False
     figures: bool = True
     command: str | None = None
+    engine: Literal["local", "dask"] = "local"
+    scheduler: str | None = None
+    n_workers: int | None = None
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -71,6 +74,14 @@ class AnalysisConfig:
             raise KernelAtlasError(f"null_fpr must be in [0, 1), got {self.null_fpr}")
         if self.batch_size < 1 or self.n_null < 100:
             raise KernelAtlasError("batch_size must be >= 1 and n_null >= 100")
+        if self.engine not in ("local", "dask"):
+            raise KernelAtlasError(f"engine must be 'local' or 'dask', got {self.engine!r}")
+        if self.engine == "local" and (self.scheduler or self.n_workers is not None):
+            raise KernelAtlasError("--scheduler and --workers need --engine dask")
+        if self.n_workers is not None and (self.scheduler or self.n_workers < 1):
+            raise KernelAtlasError(
+                "--workers must be >= 1 and sizes only a local cluster (not with --scheduler)"
+            )
 
 
 @dataclass
@@ -241,6 +252,10 @@ def run_engine(
     parts: Sequence[Partition], models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
 ) -> Iterator[pa.Table]:
     """Analysed tables of all partitions, in partition order, on the configured engine."""
+    if cfg.engine == "dask":
+        from .engine import run_dask
+
+        return run_dask(parts, models, cfg, scheduler=cfg.scheduler)
     return run_local(parts, models, cfg)
 
 
@@ -287,7 +302,13 @@ def analyze(
     out = Path(out)
     staging = _prepare_staging(out)
     bank = KernelBank(staging / "bank")
-    harvest_to_bank(list(sources), bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet)
+    if cfg.engine == "dask":
+        from .engine import harvest_dask
+
+        harvest_dask(list(sources), bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet,
+                     scheduler=cfg.scheduler, n_workers=cfg.n_workers)  # fmt: skip
+    else:
+        harvest_to_bank(list(sources), bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet)
     shapes = [s for s in bank.shapes() if s != (1, 1)]
     if not shapes:
         raise KernelAtlasError("the sources yielded no depthwise kernels: nothing to analyse")

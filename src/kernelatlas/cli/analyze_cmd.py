@@ -26,6 +26,9 @@ def _analyze(args: argparse.Namespace) -> int:
         ae_epochs=args.ae_epochs,
         device=args.device,
         quiet=args.quiet,
+        engine=args.engine,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
         command=shlex.join(["kernelatlas", *sys.argv[1:]]),
     )
     res = analyze(args.sources, args.out, cfg)
@@ -99,6 +102,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--device",
         default=None,
         help="torch device for fits/autoencoder (default: cuda if available)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "dask"],
+        default="local",
+        help="local: one process; dask: harvest and classify on dask.distributed",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Dask scheduler address (default: start a local cluster)",
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=None,
+        help="workers of the local Dask cluster (default: one per core)",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_analyze)

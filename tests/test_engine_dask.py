@@ -1,0 +1,135 @@
+"""The Dask engine gives the single-process results, row for row, on real shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kernelatlas.atlas import Atlas
+from kernelatlas.bank import KernelBank
+from kernelatlas.errors import KernelAtlasError
+from kernelatlas.harvest import harvest, harvest_to_bank
+from kernelatlas.pipeline import AnalysisConfig, analyze, bank_partitions, run_local
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+from kernelatlas.engine import dask_client, harvest_dask, run_dask  # noqa: E402
+
+SOURCES = ["pp_lcnet_orientation", "efficientnet_lite0"]  # 2,480 + 8,960 kernels
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A 2-worker LocalCluster (processes, one thread each) shared by the tests."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def small_bank(tmp_path_factory) -> KernelBank:
+    """pp_lcnet_orientation in row groups of 300 rows: 9 partitions, 3x3 and 5x5 mixed."""
+    bank = KernelBank(tmp_path_factory.mktemp("bank") / "bank", row_group_size=300)
+    bank.add(harvest("pp_lcnet_orientation"))
+    return bank
+
+
+@pytest.fixture(scope="module")
+def models(small_bank):
+    return {s: {"atlas": Atlas(kernel_size=s, n_null=2000).fit()} for s in small_bank.shapes()}
+
+
+def _concat(tables) -> pa.Table:
+    return pa.concat_tables(list(tables))
+
+
+def test_analyze_dask_matches_local_every_column(scheduler, tmp_path: Path) -> None:
+    base = {"fit": False, "figures": False, "init_baseline": False, "quiet": True,
+            "batch_size": 1000, "n_null": 5000}  # fmt: skip
+    local = analyze(SOURCES, tmp_path / "local", AnalysisConfig(**base))
+    dask = analyze(SOURCES, tmp_path / "dask", AnalysisConfig(**base, engine="dask",
+                                                             scheduler=scheduler))  # fmt: skip
+    a = pq.read_table(local.kernels_path)
+    b = pq.read_table(dask.kernels_path)
+    assert a.num_rows == 2480 + 8960 and a.column_names == b.column_names
+    assert "weights" in a.column_names and "family" in a.column_names
+    for name in a.column_names:
+        assert a.column(name).equals(b.column(name)), name
+    # a non-trivial result: the shipped kernels are not all one family
+    assert len(set(a.column("family").to_pylist())) >= 3
+    sa = json.loads((local.out / "summary.json").read_text())
+    sb = json.loads((dask.out / "summary.json").read_text())
+    for key in ("models", "layers", "thresholds"):
+        assert sa[key] == sb[key], key
+    assert sb["config"]["engine"] == "dask" and sa["config"]["engine"] == "local"
+    for key, table in local.tables.items():
+        assert table.equals(dask.tables[key]), key
+
+
+def test_run_dask_matches_local_in_partition_order(scheduler, small_bank, models) -> None:
+    cfg = AnalysisConfig(fit=False, batch_size=128)
+    parts = bank_partitions(small_bank)
+    assert len(parts) == 9
+    a = _concat(run_local(parts, models, cfg))
+    # a window of 2 partitions in flight over 2 workers: results must still come in order
+    tables = list(run_dask(parts, models, cfg, scheduler=scheduler, max_in_flight=2))
+    assert len(tables) == len(parts)  # one table per partition
+    b = _concat(tables)
+    assert a.num_rows == 2480 and a.equals(b)
+    assert b.column("channel").to_pylist() == small_bank.read()["channel"].tolist()
+
+
+def test_run_dask_with_fits_matches_local(scheduler, small_bank, models) -> None:
+    cfg = AnalysisConfig(fit=True, batch_size=256, seed=3)
+    parts = bank_partitions(small_bank)[4:6]  # 600 kernels, both sizes
+    a = _concat(run_local(parts, models, cfg))
+    b = _concat(run_dask(parts, models, cfg, scheduler=scheduler))
+    assert "fit_r2" in a.column_names and a.num_rows == 600
+    for name in a.column_names:
+        assert a.column(name).equals(b.column(name)), name
+
+
+def test_harvest_dask_writes_an_fsspec_bank_on_workers(tmp_path: Path) -> None:
+    local = KernelBank(tmp_path / "bank")
+    harvest_to_bank(SOURCES, local, progress=False)
+    url = f"memory://kernelatlas-test-{tmp_path.name}/bank"
+    # threads share the process's memory:// filesystem: workers write, the driver only reads
+    with distributed.Client(
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=":0"
+    ) as client:
+        counts = harvest_dask(SOURCES + SOURCES[:1], url, client=client, progress=False)
+    remote = KernelBank(url)
+    assert remote.is_remote and [str(f) for f in remote.files()][0].startswith("memory://")
+    assert counts.equals(harvest_to_bank(SOURCES, local, progress=False))
+    assert sorted(remote.sources()) == sorted(SOURCES)
+    got, want = remote.read(), local.read()
+    assert got.drop(columns="weights").equals(want.drop(columns="weights"))
+    for kh, kw in local.shapes():
+        np.testing.assert_array_equal(remote.kernels(kh, kw), local.kernels(kh, kw))
+    # resumable: everything is there, so nothing runs (and no cluster is needed)
+    assert harvest_dask(SOURCES, url, scheduler="tcp://127.0.0.1:9", progress=False).equals(counts)
+
+
+def test_config_and_cli_refuse_bad_engine_options(tmp_path: Path, capsys) -> None:
+    from kernelatlas.cli import main
+
+    for bad in ({"engine": "spark"}, {"scheduler": "tcp://x:8786"}, {"n_workers": 2},
+                {"engine": "dask", "n_workers": 0},
+                {"engine": "dask", "n_workers": 2, "scheduler": "tcp://x:8786"}):  # fmt: skip
+        with pytest.raises(KernelAtlasError):
+            AnalysisConfig(**bad).validate()
+    rc = main(["analyze", "pp_lcnet_orientation", "--out", str(tmp_path / "o"), "--workers", "2"])
+    assert rc == 2 and "--engine dask" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_scheduler_is_a_clear_error() -> None:
+    with pytest.raises(KernelAtlasError, match="cannot reach the Dask scheduler"):
+        with dask_client("tcp://127.0.0.1:9", timeout=2):
+            pass

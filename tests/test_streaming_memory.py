@@ -1,0 +1,96 @@
+"""Peak memory of ``analyze`` is bounded by the batch size, not by the bank size.
+
+The same analysis runs in a fresh subprocess on a bank of 50,000 and of 300,000 7x7
+kernels (batch 4,096). A pipeline that held all analysed rows (as kernels.parquet holds
+them: 347 bytes a row in Arrow, measured) would need 250,000 x 347 B ~= 83 MB more for
+the larger bank. The stated limit on the growth is 40 MB (measured: ~20 MB, allocator
+noise that stays flat over the batches); the peak of the larger run must stay under
+1.5 GiB (of which ~850 MB is importing torch, pyarrow and pandas).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernelatlas.bank import KernelBank
+from kernelatlas.harvest import HarvestResult, LayerKernels, source_key
+
+pytest.importorskip("psutil")
+
+ROWS_PER_SOURCE = 50_000
+GROWTH_LIMIT_MB = 40.0
+PEAK_LIMIT_MB = 1536.0
+
+_CHILD = r"""
+import json, resource, sys, threading, time
+import psutil
+from kernelatlas.pipeline import AnalysisConfig, analyze
+
+out, sources = sys.argv[1], json.loads(sys.argv[2])
+proc, peak, done = psutil.Process(), [0], threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        time.sleep(0.002)
+
+threading.Thread(target=sample, daemon=True).start()
+cfg = AnalysisConfig(fit=False, figures=False, init_baseline=False, quiet=True,
+                     batch_size=4096, n_null=2000)
+res = analyze(sources, out, cfg)
+done.set()
+print(json.dumps({"kernels": sum(m["kernels"] for m in res.summary["models"]),
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "sampled_peak_mb": peak[0] / 2**20}))
+"""
+
+
+def _bank(out: Path, n_sources: int) -> list[str]:
+    """``out/bank`` with ``n_sources`` files of random 7x7 kernels (20 layers each)."""
+    rng = np.random.default_rng(0)
+    bank = KernelBank(out / "bank")
+    sources = []
+    for i in range(n_sources):
+        path = str(out.parent / f"synthetic_{i}.npy")
+        key = source_key(path)
+        w = rng.standard_normal((ROWS_PER_SOURCE, 7, 7), dtype=np.float32)
+        layers = [
+            LayerKernels(f"block{j}.dw", j, chunk, 1, 1)
+            for j, chunk in enumerate(np.array_split(w, 20))
+        ]
+        bank.add(HarvestResult(key, "synthetic", "numpy", layers))
+        sources.append(path)
+    return sources
+
+
+def _run(out: Path, sources: list[str]) -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(out), json.dumps(sources)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_peak_rss_does_not_grow_with_the_bank(tmp_path: Path) -> None:
+    small = _run(tmp_path / "s" / "out", _bank(tmp_path / "s" / "out", 1))
+    large = _run(tmp_path / "l" / "out", _bank(tmp_path / "l" / "out", 6))
+    assert small["kernels"] == ROWS_PER_SOURCE and large["kernels"] == 6 * ROWS_PER_SOURCE
+    growth = large["maxrss_mb"] - small["maxrss_mb"]
+    print(f"peak RSS {small['maxrss_mb']:.0f} MB (50k) -> {large['maxrss_mb']:.0f} MB (300k)")
+    assert growth < GROWTH_LIMIT_MB, (small, large)
+    assert large["maxrss_mb"] < PEAK_LIMIT_MB, large
+    # the output really holds every kernel (the run was not cut short)
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(tmp_path / "l" / "out" / "kernels.parquet").metadata.num_rows == (
+        6 * ROWS_PER_SOURCE
+    )
