@@ -40,7 +40,7 @@ from ..normalize import as_kernel_array, normalize
 from ..null import DEFAULT_NULL_SIZE, calibrate_threshold, gaussian_null, null_rate
 from ..taxonomy import DEFAULT_NULL_FPR, DEGENERATE, PATTERN_FAMILIES, UNCLASSIFIED
 from .scoring import FamilyScores, score_unit_kernels
-from .templates import CENTER_SHAPES, TemplateBank, build_bank
+from .templates import CENTER_SHAPES, build_bank
 
 __all__ = ["Atlas", "PREDICT_COLUMNS", "DETAIL_COLUMNS"]
 
@@ -221,21 +221,36 @@ class Atlas:
         if not hasattr(self, "thresholds_"):
             raise KernelAtlasError("this Atlas is not fitted yet: call atlas.fit() first")
 
+    def _score_batch(self, batch: np.ndarray) -> tuple[FamilyScores, np.ndarray]:
+        nz = normalize(batch)
+        x = torch.from_numpy(nz.unit.reshape(nz.unit.shape[0], -1)).to(self._device)
+        return score_unit_kernels(self._bank, x, self._weights), nz.degenerate
+
     def _score_all(self, kernels: np.ndarray) -> tuple[FamilyScores, np.ndarray]:
+        """Stream ``kernels`` in batches; on CPU, batches run on ``n_jobs`` worker threads.
+
+        The per-kernel steering is many small tensor ops: running whole batches side by side
+        with one intra-op thread each scales much better than splitting every small op.
+        """
         n = kernels.shape[0]
-        parts: list[FamilyScores] = []
-        degen = np.empty(n, dtype=bool)
         bs = int(self.batch_size)
-        bank: TemplateBank = self._bank
-        for start in range(0, n, bs):
-            nz = normalize(kernels[start : start + bs])
-            degen[start : start + bs] = nz.degenerate
-            x = torch.from_numpy(nz.unit.reshape(nz.unit.shape[0], -1)).to(self._device)
-            parts.append(score_unit_kernels(bank, x, self._weights))
-        if not parts:
-            x = torch.zeros(0, bank.kh * bank.kw, dtype=torch.float32)
-            return score_unit_kernels(bank, x), degen
-        return _concat(parts), degen
+        batches = [kernels[s : s + bs] for s in range(0, n, bs)]
+        if not batches:
+            x = torch.zeros(0, self._bank.kh * self._bank.kw, dtype=torch.float32)
+            return score_unit_kernels(self._bank, x), np.zeros(0, dtype=bool)
+        jobs = torch.get_num_threads() if self._device.type == "cpu" else 1
+        if jobs > 1 and len(batches) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(max_workers=jobs) as pool:
+                    results = list(pool.map(self._score_batch, batches))
+            finally:
+                torch.set_num_threads(jobs)
+        else:
+            results = [self._score_batch(b) for b in batches]
+        return _concat([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
     def predict(self, kernels: np.ndarray, *, details: bool = False) -> pd.DataFrame:
         """Name each kernel.

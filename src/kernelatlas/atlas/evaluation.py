@@ -218,7 +218,7 @@ def _markdown(sizes: tuple[int, ...], noises: tuple[float, ...], n: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Synthetic recovery tables for docs/atlas.md")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 7, 11])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[3, 4, 5, 7, 11])
     ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 0.6])
     ap.add_argument("--n", type=int, default=1000, help="kernels per family")
     ap.add_argument("--real", action="store_true", help="coverage of the shipped models")
