@@ -220,7 +220,7 @@ def fit_kernels(
     device: str | torch.device | None = None,
     seed: int = 0,
     steps: int = 30,
-    batch_size: int = 32768,
+    batch_size: int = 8192,
 ) -> pd.DataFrame:
     """Least-squares fits of every kernel to the centre / first / second-derivative models.
 
@@ -274,8 +274,8 @@ def fit_kernels(
     ok = np.flatnonzero(~nz.degenerate)
     bank = build_bank(kh, kw)
     dtype = torch.float32
-    for start in range(0, ok.size, batch_size):
-        idx = ok[start : start + batch_size]
+
+    def run(idx: np.ndarray) -> None:
         unit = nz.unit[idx].reshape(idx.size, -1)
         sc = score_unit_kernels(bank, torch.from_numpy(unit))
         u = torch.from_numpy(unit).to(dev, dtype).reshape(-1, kh, kw)
@@ -286,7 +286,23 @@ def fit_kernels(
             res = _report(fam, model, p, u)
             res["amplitude"] = res["amplitude"] * nz.norm[idx]
             for k, v in res.items():
-                cols[f"fit_{k}_{fam}"][idx] = v
+                cols[f"fit_{k}_{fam}"][idx] = v  # disjoint rows per batch
+
+    batches = [ok[s : s + batch_size] for s in range(0, ok.size, batch_size)]
+    jobs = torch.get_num_threads() if dev.type == "cpu" else 1
+    if jobs > 1 and len(batches) > 1:
+        # many small ops per step: whole batches side by side, one intra-op thread each
+        from concurrent.futures import ThreadPoolExecutor
+
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                list(pool.map(run, batches))
+        finally:
+            torch.set_num_threads(jobs)
+    else:
+        for b in batches:
+            run(b)
 
     r2 = np.stack([cols[f"fit_r2_{f}"] for f in PATTERN_FAMILIES], axis=1)
     best = np.argmax(np.where(np.isnan(r2), -np.inf, r2), axis=1)
