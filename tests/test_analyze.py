@@ -185,3 +185,29 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
         assert (tmp_path / "report.png").stat().st_size > 20_000
     finally:
         driver.quit()
+
+
+def test_method_both_adds_autoencoder_columns_and_agreement(tmp_path: Path) -> None:
+    from kernelatlas.autoencoder.agreement import agreement
+
+    out = tmp_path / "both"
+    res = analyze(
+        ["pp_lcnet_orientation"],
+        out,
+        AnalysisConfig(quiet=True, method="both", ae_epochs=5, fit=False, init_baseline=False),
+    )
+    df = pd.read_parquet(out / "kernels.parquet", columns=None).drop(columns=["weights"])
+    for col in ("ae_latent", "ae_distance", "ae_classified", "ae_family"):
+        assert col in df.columns
+    doc = load_summary(out)
+    assert {r["threshold_rule"] for r in doc["autoencoder"]["by_size"]} == {"paper", "null"}
+    for m in doc["models"]:
+        sel = df[(df["kh"] == m["kh"]) & (df["kw"] == m["kw"])]
+        ref = agreement(sel[["ae_family", "ae_classified"]], sel[["family", "classified"]])
+        assert m["agreement"] == pytest.approx(ref["agreement"])
+        if ref["n_both_classified"]:
+            assert m["agreement_both_classified"] == pytest.approx(ref["agreement_both_classified"])
+    assert {"ae_spectrum_3x3.png", "ae_spectrum_5x5.png"} <= {
+        p.name for p in (out / "figures").iterdir()
+    }
+    assert res.summary["autoencoder"]["by_size"][0]["trained_on"] > 0

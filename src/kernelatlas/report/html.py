@@ -38,7 +38,7 @@ def _fig(name: str, caption: str) -> str:
 def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
     head = ["model", "source", "size", "kernels", "degenerate", "classified", "null", "fresh init"]
     if with_ae:
-        head += ["AE classified", "AE null", "AE/atlas agree"]
+        head += ["AE classified", "AE null", "AE/atlas agree", "agree (both classified)"]
     head += [f.replace("_", " ") for f in FAMILIES]
     rows = []
     for m in models:
@@ -55,7 +55,12 @@ def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
         if with_ae:
             cells += [
                 f"<td>{_pct(m.get(k))}</td>"
-                for k in ("ae_coverage", "ae_null_coverage", "agreement")
+                for k in (
+                    "ae_coverage",
+                    "ae_null_coverage",
+                    "agreement",
+                    "agreement_both_classified",
+                )
             ]
         cells += [f"<td>{_pct(m['family_shares'][f])}</td>" for f in FAMILIES]
         rows.append("<tr>" + "".join(cells) + "</tr>")

@@ -33,7 +33,6 @@ __all__ = [
 MODEL_KEYS = ["source", "model", "kh", "kw"]
 LAYER_KEYS = ["source", "model", "kh", "kw", "layer", "layer_index", "depth"]
 _COUNT_COLS = ["kernels", "classified", *[f"n_{f}" for f in FAMILIES]]
-_AE_COLS = ["ae_kernels", "ae_classified", "ae_agree"]
 
 
 def _count_frame(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -46,12 +45,16 @@ def _count_frame(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     frame["classified"] = df["classified"].to_numpy(dtype=bool).astype(np.int64)
     frame = pd.concat([frame, onehot.set_index(frame.index)], axis=1)
     if "ae_classified" in df.columns:
-        valid = df["ae_family"].to_numpy() != "degenerate"
+        # Same definition as kernelatlas.autoencoder.agreement (degenerate kernels left out).
+        fa, fb = df["ae_family"].to_numpy(object), df["family"].to_numpy(object)
+        valid = (fa != "degenerate") & (fb != "degenerate")
+        ae_cls = df["ae_classified"].to_numpy(dtype=bool)
+        both = valid & ae_cls & df["classified"].to_numpy(dtype=bool)
         frame["ae_kernels"] = valid.astype(np.int64)
-        frame["ae_classified"] = df["ae_classified"].to_numpy(dtype=bool).astype(np.int64)
-        frame["ae_agree"] = (
-            valid & (df["ae_family"].to_numpy() == df["family"].to_numpy())
-        ).astype(np.int64)
+        frame["ae_classified"] = (valid & ae_cls).astype(np.int64)
+        frame["ae_agree"] = (valid & (fa == fb)).astype(np.int64)
+        frame["ae_both"] = both.astype(np.int64)
+        frame["ae_both_agree"] = (both & (fa == fb)).astype(np.int64)
     return frame.groupby(keys, sort=False, observed=True).sum().reset_index()
 
 
@@ -98,6 +101,10 @@ def coverage_tables(counts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
                     ae_n > 0, df["ae_classified"] / np.maximum(ae_n, 1), np.nan
                 )
                 df["agreement"] = np.where(ae_n > 0, df["ae_agree"] / np.maximum(ae_n, 1), np.nan)
+                nb = df["ae_both"].to_numpy(dtype=np.float64)
+                df["agreement_both_classified"] = np.where(
+                    nb > 0, df["ae_both_agree"] / np.maximum(nb, 1), np.nan
+                )
         tables[key] = df
     return tables
 
@@ -164,7 +171,11 @@ def build_summary(
     for c in base_cols:
         if c not in models.columns:
             models[c] = np.nan
-    ae_cols = ["ae_coverage", "ae_null_coverage", "agreement"] if autoencoder else []
+    ae_cols = (
+        ["ae_coverage", "ae_null_coverage", "agreement", "agreement_both_classified"]
+        if autoencoder
+        else []
+    )
     if autoencoder:
         nulls = pd.DataFrame(autoencoder.get("by_size", []))
         if len(nulls):
