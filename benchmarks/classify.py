@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "classify.json")
     args = ap.parse_args(argv)
 
+    load_before = os.getloadavg()[0]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.n, 7, 7), dtype=np.float32)
     atlas = Atlas(kernel_size=7).fit()
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         "kernels_per_s": round(args.n / t_classify),
         "null_rate_on_gaussian_input": round(float(df["classified"].mean()), 5),
         "target_classify_s": 3.0,
-        "note": "best of --repeats runs; the machine is shared, so times are noisy",
+        "loadavg_1min_before": round(load_before, 2),
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
+        "note": "best of --repeats runs; the machine is shared (load average above), so "
+        "absolute times are noisy; the ratio to the floor, measured in the same run, less so",
     }
     print(
         f"classify {args.n} 7x7: {t_classify:.2f} s  (floor 1M x 49 @ 49 x 1024 + max: "

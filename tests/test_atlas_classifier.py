@@ -159,3 +159,10 @@ def test_master_key_filters(atlas7):
     # points down, right, up, left in the published arrays)
     expected = np.array([270.0, 0.0, 90.0, 180.0])
     assert F.angular_difference(df["orientation"][:4], expected).max() < 10.0
+
+
+def test_non_square_kernels():
+    atlas = Atlas(kernel_size=(5, 7), n_null=3000).fit()
+    df = atlas.predict(F.first_derivative_pattern(5, 7, 1.0, [10.0, 100.0]))
+    assert list(df["family"]) == ["first_derivative"] * 2
+    assert F.angular_difference(df["orientation"], [10.0, 100.0]).max() < 2.0
