@@ -60,13 +60,9 @@ DETAIL_COLUMNS: tuple[str, ...] = (
     "score_first_derivative",
     "score_second_derivative",
 )
-_SHAPE_NAMES = np.array(
-    [
-        "gaussian" if w == 0 else f"dog_{r:g}" for r, w in CENTER_SHAPES
-    ]  # center shapes, then first/bar/cross
-    + ["first", "bar", "cross", ""],
-    dtype=object,
-)
+# detail column "shape": the centre shapes, then the derivative kinds, then "" (none)
+_CENTER_NAMES = ["gaussian" if w == 0 else f"dog_{r:g}" for r, w in CENTER_SHAPES]
+_SHAPE_NAMES = np.array([*_CENTER_NAMES, "first", "bar", "cross", ""], dtype=object)
 _I_FIRST, _I_BAR, _I_CROSS, _I_NONE = (len(CENTER_SHAPES) + i for i in range(4))
 
 
