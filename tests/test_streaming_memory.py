@@ -1,10 +1,10 @@
 """Peak memory of ``analyze`` is bounded by the batch size, not by the bank size.
 
-The same analysis runs in a fresh subprocess on a bank of 50,000 and of 300,000 7x7
+The same analysis runs in a fresh subprocess on a bank of 50,000 and of 400,000 7x7
 kernels (batch 4,096). A pipeline that held all analysed rows (as kernels.parquet holds
-them: 347 bytes a row in Arrow, measured) would need 250,000 x 347 B ~= 83 MB more for
-the larger bank. The stated limit on the growth is 40 MB (measured: ~20 MB, allocator
-noise that stays flat over the batches); the peak of the larger run must stay under
+them: 347 bytes a row in Arrow, measured) would need 350,000 x 347 B ~= 121 MB more
+for the larger bank. The stated limit on the growth is 50 MB (measured: 20-37 MB,
+allocator and scanner-thread noise that stays flat over the batches); the peak of the larger run must stay under
 1.5 GiB (of which ~850 MB is importing torch, pyarrow and pandas).
 """
 
@@ -24,7 +24,7 @@ from kernelatlas.harvest import HarvestResult, LayerKernels, source_key
 pytest.importorskip("psutil")
 
 ROWS_PER_SOURCE = 50_000
-GROWTH_LIMIT_MB = 40.0
+GROWTH_LIMIT_MB = 50.0
 PEAK_LIMIT_MB = 1536.0
 
 _CHILD = r"""
@@ -82,15 +82,15 @@ def _run(out: Path, sources: list[str]) -> dict[str, float]:
 
 def test_peak_rss_does_not_grow_with_the_bank(tmp_path: Path) -> None:
     small = _run(tmp_path / "s" / "out", _bank(tmp_path / "s" / "out", 1))
-    large = _run(tmp_path / "l" / "out", _bank(tmp_path / "l" / "out", 6))
-    assert small["kernels"] == ROWS_PER_SOURCE and large["kernels"] == 6 * ROWS_PER_SOURCE
+    large = _run(tmp_path / "l" / "out", _bank(tmp_path / "l" / "out", 8))
+    assert small["kernels"] == ROWS_PER_SOURCE and large["kernels"] == 8 * ROWS_PER_SOURCE
     growth = large["maxrss_mb"] - small["maxrss_mb"]
-    print(f"peak RSS {small['maxrss_mb']:.0f} MB (50k) -> {large['maxrss_mb']:.0f} MB (300k)")
+    print(f"peak RSS {small['maxrss_mb']:.0f} MB (50k) -> {large['maxrss_mb']:.0f} MB (400k)")
     assert growth < GROWTH_LIMIT_MB, (small, large)
     assert large["maxrss_mb"] < PEAK_LIMIT_MB, large
     # the output really holds every kernel (the run was not cut short)
     import pyarrow.parquet as pq
 
     assert pq.ParquetFile(tmp_path / "l" / "out" / "kernels.parquet").metadata.num_rows == (
-        6 * ROWS_PER_SOURCE
+        8 * ROWS_PER_SOURCE
     )
