@@ -19,6 +19,15 @@ needs_fashion = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine oversubscription costs far more."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _run(scheme, seed, curve, total=100):
     return {
         "dataset": "d",
@@ -73,18 +82,17 @@ def _tiny(**kw) -> BenchConfig:
 
 
 @needs_fashion
-def test_tiny_benchmark_all_schemes(tmp_path):
+def test_tiny_benchmark_all_schemes(tmp_path, one_thread):
     cfg = _tiny(
         schemes=("default", "dog", "atlas", "covariance", "master_key_frozen", "default_frozen"),
-        seeds=2,
+        seeds=1,
     )
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     doc = run_benchmark(cfg, tmp_path, log=None)
     saved = json.loads((tmp_path / "bench-init.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(doc["summary"]))
     assert (tmp_path / "bench-init.png").stat().st_size > 10_000
     runs = doc["runs"]
-    assert len(runs) == 12 and len(doc["references"]) == 1
+    assert len(runs) == 6 and len(doc["references"]) == 1
     assert {r["total_steps"] for r in runs} == {10}
     default = [r for r in runs if r["scheme"] == "default"]
     frozen = [r for r in runs if r["scheme"] == "master_key_frozen"]
@@ -96,7 +104,7 @@ def test_tiny_benchmark_all_schemes(tmp_path):
 
 
 @needs_fashion
-def test_same_seed_same_run(tmp_path):
+def test_same_seed_same_run(tmp_path, one_thread):
     cfg = _tiny(schemes=("default",), seeds=1)
     a = run_benchmark(cfg, tmp_path / "a", log=None)["runs"][0]
     b = run_benchmark(cfg, tmp_path / "b", log=None)["runs"][0]
@@ -104,26 +112,18 @@ def test_same_seed_same_run(tmp_path):
 
 
 @needs_fashion
-def test_cli_smoke_subset(tmp_path, capsys):
+def test_cli_smoke_subset(tmp_path, capsys, one_thread):
     out = tmp_path / "o"
-    rc = main(
-        [
-            "bench-init",
-            "--smoke",
-            "--arch",
-            "convnext",
-            "--schemes",
-            "default,dog",
-            "--out",
-            str(out),
-        ]
-    )
+    args = ["--smoke", "--arch", "convnext", "--schemes", "default,dog", "--epochs-scale", "0.25"]
+    rc = main(["bench-init", *args, "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "fashion_mnist/convnext/dog" in text
     doc = json.loads((out / "bench-init.json").read_text())
     assert doc["config"]["name"] == "smoke" and doc["command"].startswith("kernelatlas")
     assert [r["scheme"] for r in doc["runs"]] == ["default", "dog"]
+    assert doc["runs"][0]["total_steps"] == 10
+    assert (out / "summary.md").read_text().startswith("| dataset | arch | scheme |")
 
 
 def test_config_errors(tmp_path):

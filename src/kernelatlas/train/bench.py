@@ -53,6 +53,7 @@ __all__ = [
     "preset",
     "run_benchmark",
     "summarize",
+    "summary_markdown",
     "plot_benchmark",
 ]
 
@@ -367,7 +368,8 @@ def run_benchmark(
     command: str = "",
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Run the benchmark, writing ``out/bench-init.json`` after every run and a plot at the end.
+    """Run the benchmark: ``out/bench-init.json`` after every run; at the end the summary,
+    ``out/summary.md`` (Markdown table and verdict) and the plot ``out/bench-init.png``.
 
     Returns the final JSON document (config, environment, runs, summary, verdict).
     """
@@ -499,6 +501,9 @@ def run_benchmark(
     doc["verdict"] = verdict(doc["summary"])
     doc["total_time_s"] = time.perf_counter() - started
     _write_json(out / "bench-init.json", doc)
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text(summary_markdown(doc["summary"]) + "\n" + "\n".join(doc["verdict"]) + "\n")
+    os.replace(tmp, out / "summary.md")
     plot_benchmark(doc, out / "bench-init.png")
     return doc
 
@@ -603,6 +608,26 @@ def verdict(summary: Sequence[dict[str, Any]]) -> list[str]:
         )
     )
     return lines
+
+
+def summary_markdown(summary: Sequence[dict[str, Any]]) -> str:
+    """The summary as a Markdown table (one row per dataset, arch, scheme)."""
+    head = (
+        "| dataset | arch | scheme | target | steps to target (per seed) | reached | speedup "
+        "| gain vs spread (steps) | final acc mean +- std [min, max] | acc @1/4, @1/2 | train s |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in summary:
+        st = ", ".join("-" if v is None else str(v) for v in r["steps_to_target"])
+        lines.append(
+            f"| {r['dataset']} | {r['arch']} | {r['scheme']} | {r['target']:.4f} | {st} "
+            f"| {r['reached']}/{r['seeds']} | {r['speedup']:.2f}x "
+            f"| {r['gain_steps']:+.0f} vs {r['spread_steps']:.0f} "
+            f"| {r['final_acc_mean']:.4f} +- {r['final_acc_std']:.4f} "
+            f"[{r['final_acc_min']:.4f}, {r['final_acc_max']:.4f}] "
+            f"| {r['acc_quarter_mean']:.3f}, {r['acc_half_mean']:.3f} | {r['train_time_s_mean']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot_benchmark(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:

