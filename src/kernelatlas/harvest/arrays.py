@@ -1,7 +1,9 @@
-"""Reader: raw kernel arrays (.npy / .npz), loaded with ``allow_pickle=False``.
+"""Reader: raw kernel arrays (.npy / .npz), never through pickle.
 
-An array of shape ``[N, kh, kw]`` (or ``[N, 1, kh, kw]``) is one layer; ``channel`` is the
-index along the first axis. A ``.npz`` holds one layer per array, in archive order, named
+Each .npy header is parsed and checked (declared shape vs the bytes present, and
+:mod:`kernelatlas.limits`) before any allocation; object arrays are refused. An array of
+shape ``[N, kh, kw]`` (or ``[N, 1, kh, kw]``) is one layer; ``channel`` is the index along
+the first axis. A ``.npz`` holds one layer per array, in archive order, named
 after the array. Stride and dilation are unknown (0).
 """
 
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import FormatError, UnsafeFileError
+from ..errors import FormatError, KernelAtlasError, UnsafeFileError
+from ..limits import check_tensor
 from .base import LayerKernels
 
 __all__ = ["read_arrays"]
@@ -40,22 +44,57 @@ def _layer(name: str, arr: np.ndarray, idx: int) -> LayerKernels | None:
     )
 
 
+def _read_npy(fp: BinaryIO, what: str, available: int) -> np.ndarray:
+    """One .npy stream, its header checked before any allocation (no pickle, ever)."""
+    fmt = np.lib.format
+    start = fp.tell()
+    version = fmt.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise UnsafeFileError(f"{what}: refused, the array needs pickle to load (object dtype)")
+    if dtype.kind not in "biuf" or dtype.itemsize == 0:
+        raise FormatError(
+            f"{what}: expected numeric kernels, got dtype {dtype}; save a float array"
+        )
+    numel = check_tensor(what, shape, dtype.itemsize, available=available - (fp.tell() - start))
+    data = fp.read(numel * dtype.itemsize)
+    if len(data) != numel * dtype.itemsize:
+        raise FormatError(f"{what}: truncated array data; save it again")
+    order = "F" if fortran else "C"
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
+
+
 def read_arrays(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
     """Kernels of a .npy (one layer) or .npz (one layer per array)."""
     path = Path(path)
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                items = [(k, loaded[k]) for k in loaded.files]
+        if zipfile.is_zipfile(path):
+            items = []
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if info.is_dir():
+                        continue
+                    what = f"{path}: member {info.filename!r}"
+                    if not info.filename.endswith(".npy"):
+                        raise FormatError(f"{what}: not a .npy member; a .npz holds only arrays")
+                    with zf.open(info) as fp:
+                        arr = _read_npy(fp, what, info.file_size)
+                    items.append((info.filename.removesuffix(".npy"), arr))
         else:
-            items = [(path.stem, loaded)]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise UnsafeFileError(f"{path}: refused, the array needs pickle to load") from None
-        raise FormatError(f"{path}: truncated or corrupt numpy file ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise FormatError(f"{path}: truncated or corrupt numpy file ({exc})") from None
+            with open(path, "rb") as fp:
+                items = [(path.stem, _read_npy(fp, str(path), path.stat().st_size))]
+    except KernelAtlasError:
+        raise
+    except Exception as exc:  # header syntax, zip structure, CRC, compression method...
+        raise FormatError(
+            f"{path}: truncated or corrupt numpy file ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:120]}); save it again"
+        ) from None
     layers: list[LayerKernels] = []
     skipped = 0
     for name, arr in items:

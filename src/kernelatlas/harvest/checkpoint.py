@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError, KernelAtlasError, UnsafeFileError
+from ..limits import check_tensor, max_tensor_bytes
 from .base import LayerKernels
 
 __all__ = ["load_state_dict", "read_checkpoint", "kernels_from_state_dict", "natural_key"]
@@ -67,28 +68,122 @@ def _find_state_dict(obj: Any, path: str = "", depth: int = 0) -> tuple[dict, st
 
 def load_state_dict(path: Path) -> tuple[dict[str, Any], str]:
     """Load a checkpoint safely; return its (possibly nested) state dict and where it was."""
+    zipped = _is_zip(path)
+    seen = [] if zipped else _check_legacy_sizes(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         found = re.search(r"GLOBAL\s+([\w.]+)", msg, re.IGNORECASE)
-        if found:
+        name = found.group(1) if found else _unsafe_global(seen)
+        if name:
             raise UnsafeFileError(
-                f"{path}: refused, loading it would run code ({found.group(1)}); if you trust "
+                f"{path}: refused, loading it would run code ({name}); if you trust "
                 "it, load it yourself and pass the nn.Module or its state_dict"
             ) from None
         raise FormatError(
             f"{path}: corrupt or not a PyTorch checkpoint ({_first_line(msg)})"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+    except (MemoryError, RecursionError):
         raise FormatError(
-            f"{path}: truncated or corrupt PyTorch checkpoint ({_first_line(str(exc))}); "
+            f"{path}: corrupt PyTorch checkpoint (its pickle declares absurd sizes or nesting); "
             "download it again"
+        ) from None
+    except Exception as exc:  # torch.load on a corrupt file raises anything (KeyError, ...)
+        raise FormatError(
+            f"{path}: truncated or corrupt PyTorch checkpoint ({type(exc).__name__}: "
+            f"{_first_line(str(exc))}); download it again"
         ) from None
     found = _find_state_dict(obj)
     if found is None:
         return {}, ""
     return found
+
+
+_ITEMSIZE = {
+    "Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
+    "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16,
+}  # fmt: skip
+
+
+class _Stub:
+    """Stands for every global of a scanned pickle: nothing real is ever looked up or run."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
+        return _Stub(self.name)
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _SizeScanner(pickle._Unpickler):  # pure Python: a dict memo (no huge memo index)
+    """Walks a legacy torch pickle and records the storage sizes it declares."""
+
+    def __init__(self, file: Any, seen: list[str]) -> None:
+        super().__init__(file)
+        self.size = len(file.getbuffer())
+        self.storages: list[tuple[str, int]] = []
+        self.seen = seen
+
+    def find_class(self, module: str, name: str) -> Any:
+        self.seen.append(f"{module}.{name}")
+        return _Stub(name)
+
+    def _load_bytearray8(self) -> None:
+        # the stock opcode allocates the declared length before reading: bound it first
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self.size:
+            raise pickle.UnpicklingError("BYTEARRAY8 longer than the file")
+        self.append(bytearray(self.read(n)))
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+            kind = getattr(pid[1], "name", "")
+            self.storages.append((kind, int(pid[4])))
+        return _Stub("storage")
+
+
+def _check_legacy_sizes(path: Path) -> list[str]:
+    """Refuse a legacy (non-zip) checkpoint whose pickle declares storages larger than the
+    file or than the per-tensor limit, before torch allocates them. Returns the globals the
+    pickle names (nothing is looked up or run)."""
+    import io
+
+    seen: list[str] = []
+    size = path.stat().st_size
+    if size > max_tensor_bytes() * 64:
+        return seen  # too big to scan in memory; torch reads it as it is
+    data = io.BytesIO(path.read_bytes())
+    try:
+        for _ in range(4):  # magic number, protocol, sys info, then the object
+            scanner = _SizeScanner(data, seen)
+            scanner.load()
+    except Exception:  # not a well-formed legacy checkpoint: torch.load says why
+        return seen
+    for kind, numel in scanner.storages:
+        item = _ITEMSIZE.get(kind.removesuffix("Storage"), 8)
+        check_tensor(f"{path}: storage of {numel} x {kind}", [numel], item, available=size)
+    return seen
+
+
+def _unsafe_global(names: list[str]) -> str | None:
+    """The first global outside torch / collections / numpy (those that could run code)."""
+    safe = ("torch.", "collections.", "numpy.", "_codecs.encode")
+    return next((n for n in names if not n.startswith(safe)), None)
 
 
 def _is_zip(path: Path) -> bool:
@@ -133,7 +228,18 @@ def kernels_from_state_dict(
             skipped += 1
             continue
         dtype = str(w.dtype).removeprefix("torch.")
-        arr = w.float().numpy() if isinstance(w, torch.Tensor) else np.asarray(w, np.float32)
+        itemsize = w.element_size() if isinstance(w, torch.Tensor) else w.dtype.itemsize
+        check_tensor(repr(name), w.shape, itemsize)
+        try:
+            if isinstance(w, torch.Tensor):
+                arr = (w if w.layout == torch.strided else w.to_dense()).float().numpy()
+            else:
+                arr = np.asarray(w, np.float32)
+        except Exception as exc:  # e.g. a tensor whose view runs past its storage
+            raise FormatError(
+                f"{name!r}: unreadable tensor ({type(exc).__name__}: {_first_line(str(exc))}); "
+                "the checkpoint is corrupt"
+            ) from None
         layers.append(
             LayerKernels(
                 layer=name.removesuffix(".weight"),

@@ -11,19 +11,30 @@ Depthwise kernels are ``[kh, kw, C, mult]``; channel ``c*mult + m`` holds ``[:, 
   ``DepthwiseConv2D`` / ``SeparableConv2D``) and ``model.weights.h5`` whose
   ``layers/<name>/vars/0`` is the depthwise kernel. A bare Keras 3 ``.weights.h5`` holds no
   layer types, so it is refused with a pointer to the ``.keras`` archive.
+
+Safety: libhdf5 is C and can crash on a corrupt file, so on POSIX the file is read in a
+forked child process that hands back plain arrays (no pickle); a crash there, or a read
+that does not finish in 60 s (+1 s per 10 MB), becomes a
+:class:`~kernelatlas.errors.FormatError`. Each dataset's declared shape is checked against
+:mod:`kernelatlas.limits` before it is read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, KernelAtlasError, UnsafeFileError
+from ..limits import TensorTooLargeError, check_tensor, max_tensor_bytes
 from .base import LayerKernels
 
 __all__ = ["read_keras", "DEPTHWISE_CLASSES"]
@@ -88,9 +99,9 @@ def _keras2(f: Any) -> tuple[list[LayerKernels], int]:
         for wname in (_as_str(n) for n in group.attrs.get("weight_names", [])):
             if wname.rsplit("/", 1)[-1].split(":")[0] != "depthwise_kernel":
                 continue
-            w = np.asarray(group[wname])
+            w = _dataset(group[wname], f"{lname + '/' + wname!r}")
             if w.ndim != 4:
-                raise FormatError(f"{lname}/{wname}: depthwise kernel of shape {w.shape}")
+                raise FormatError(f"{lname + '/' + wname!r}: depthwise kernel of shape {w.shape}")
             if w.shape[:2] == (1, 1):
                 skipped += 1
                 continue
@@ -112,9 +123,9 @@ def _keras3(config: dict, weights: Any) -> tuple[list[LayerKernels], int]:
         name = cfg.get("name", "")
         if name not in groups:
             raise FormatError(f"layer {name!r} of config.json has no weights in model.weights.h5")
-        w = np.asarray(groups[name]["0"])
+        w = _dataset(groups[name]["0"], f"{name + '/vars/0'!r}")
         if w.ndim != 4:
-            raise FormatError(f"{name}: depthwise kernel of shape {w.shape}")
+            raise FormatError(f"{name!r}: depthwise kernel of shape {w.shape}")
         if w.shape[:2] == (1, 1):
             skipped += 1
             continue
@@ -122,11 +133,21 @@ def _keras3(config: dict, weights: Any) -> tuple[list[LayerKernels], int]:
     return layers, skipped
 
 
-def read_keras(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
-    """Depthwise layers of a Keras .h5 / .keras file (batch norms stay separate layers)."""
+def _dataset(obj: Any, what: str) -> np.ndarray:
+    """A numeric HDF5 dataset as an array, its declared size checked first."""
     import h5py
 
-    path = Path(path)
+    if not isinstance(obj, h5py.Dataset):
+        raise FormatError(f"{what} is a {type(obj).__name__}, not a dataset; the file is corrupt")
+    if obj.dtype.kind not in "fiu":
+        raise FormatError(f"{what}: dtype {obj.dtype} is not numeric; the file is corrupt")
+    check_tensor(what, obj.shape, obj.dtype.itemsize)
+    return np.asarray(obj[()])
+
+
+def _read_keras(path: Path) -> tuple[list[LayerKernels], int]:
+    import h5py
+
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -135,6 +156,14 @@ def read_keras(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels]
                     raise FormatError(
                         f"{path}: a zip without config.json/model.weights.h5 is not a .keras archive"
                     )
+                caps = {"config.json": 256 * 2**20,
+                        "model.weights.h5": max(16 * 2**30, 8 * max_tensor_bytes())}  # fmt: skip
+                for member, cap in caps.items():
+                    size = zf.getinfo(member).file_size
+                    if size > cap:
+                        raise FormatError(
+                            f"{path}: {member} declares {size:,} bytes; corrupt or not a model"
+                        )
                 config = json.loads(zf.read("config.json"))
                 data = zf.read("model.weights.h5")
             with h5py.File(io.BytesIO(data), "r") as f:
@@ -148,10 +177,109 @@ def read_keras(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels]
                     "pass the .keras archive (model.save('m.keras')) instead"
                 )
             raise FormatError(f"{path}: an HDF5 file without Keras weights (no layer_names)")
-    except FormatError:
-        raise
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except KernelAtlasError as exc:
+        msg = str(exc)
+        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except (MemoryError, RecursionError) as exc:
+        raise FormatError(f"{path}: corrupt Keras file ({type(exc).__name__})") from None
+    except Exception as exc:  # libhdf5/h5py, zip and JSON errors of every kind
         raise FormatError(
             f"{path}: truncated or corrupt Keras file ({type(exc).__name__}: "
-            f"{str(exc)[:100]}); save it again"
+            f"{' '.join(str(exc).split())[:100]}); save it again"
         ) from None
+
+
+_ERRORS = {
+    "FormatError": FormatError,
+    "UnsafeFileError": UnsafeFileError,
+    "TensorTooLargeError": TensorTooLargeError,
+}
+
+
+def _time_limit(path: Path) -> float:
+    """Seconds a forked read may take: 60 s plus 1 s per 10 MB (libhdf5 reads >100 MB/s)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return 60.0 + size / 10e6
+
+
+def _wait(pid: int, limit: float) -> int | None:
+    """The child's wait status, or None after killing it at ``limit`` seconds."""
+    import time
+
+    deadline, pause = time.monotonic() + limit, 0.001
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _run_forked(path: Path) -> tuple[list[LayerKernels], int]:
+    """:func:`_read_keras` in a forked child; arrays come back in an .npz (no pickle)."""
+    fd, tmp = tempfile.mkstemp(prefix=".kernelatlas-h5-", suffix=".npz")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # child: never returns
+            code = 0
+            try:
+                import faulthandler
+
+                faulthandler.disable()  # a libhdf5 crash is reported by the parent
+                try:
+                    layers, skipped = _read_keras(path)
+                    meta = {"skipped": skipped, "layers": [
+                        {"layer": lk.layer, "layer_index": lk.layer_index, "stride": lk.stride,
+                         "dilation": lk.dilation, "bn_folded": lk.bn_folded, "dtype": lk.dtype}
+                        for lk in layers]}  # fmt: skip
+                    arrays = {f"w{i}": lk.weights for i, lk in enumerate(layers)}
+                except KernelAtlasError as exc:
+                    meta = {"error": type(exc).__name__, "message": str(exc)}
+                    arrays = {}
+                blob = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+                with open(tmp, "wb") as f:
+                    np.savez(f, meta=blob, **arrays)
+            except BaseException:
+                code = 3
+            finally:
+                os._exit(code)
+        status = _wait(pid, _time_limit(path))
+        if status is None:
+            raise FormatError(
+                f"{path}: the HDF5 library did not finish reading it in {_time_limit(path):.0f} s "
+                "(a corrupt file can make it loop); save it again"
+            )
+        if os.WIFSIGNALED(status):
+            sig = signal.Signals(os.WTERMSIG(status)).name
+            raise FormatError(
+                f"{path}: the HDF5 library crashed reading it ({sig}); the file is corrupt, "
+                "save it again"
+            )
+        if os.WEXITSTATUS(status) != 0:
+            raise FormatError(f"{path}: could not be read as a Keras file; save it again")
+        with np.load(tmp, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            if "error" in meta:
+                raise _ERRORS.get(meta["error"], KernelAtlasError)(meta["message"])
+            layers = [LayerKernels(weights=z[f"w{i}"], **m) for i, m in enumerate(meta["layers"])]
+        return layers, int(meta["skipped"])
+    finally:
+        os.unlink(tmp)
+
+
+def read_keras(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
+    """Depthwise layers of a Keras .h5 / .keras file (batch norms stay separate layers)."""
+    path = Path(path)
+    if hasattr(os, "fork"):
+        return _run_forked(path)
+    return _read_keras(path)

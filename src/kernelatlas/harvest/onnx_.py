@@ -5,6 +5,8 @@ and a weight of shape ``[C_in * mult, 1, kh, kw]``. The weight comes from an ini
 or a ``Constant`` node, possibly through ``Identity``, ``Cast``, ``Mul`` by a constant and
 ``DequantizeLinear`` (int8 weight-only models; per-tensor or per-channel scales). With
 ``fold_bn=True`` a ``BatchNormalization`` node that is the conv's only consumer is folded in.
+Every tensor's declared size is checked against its data and :mod:`kernelatlas.limits`
+before it is read; external data is read only from regular files beside the model.
 """
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, KernelAtlasError
+from ..limits import check_tensor
 from .base import LayerKernels
 
 __all__ = ["read_onnx"]
 
 
+_MAX_DEPTH = 64  # constant-folding chain length (guards against Identity cycles)
+
+
 class _Graph:
-    def __init__(self, graph: Any) -> None:
+    def __init__(self, graph: Any, path: Path) -> None:
         from onnx import numpy_helper
 
         self.nh = numpy_helper
+        self.path = path
         self.inits = {i.name: i for i in graph.initializer}
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers: dict[str, list[Any]] = {}
@@ -33,10 +40,54 @@ class _Graph:
                 self.consumers.setdefault(i, []).append(n)
         self.graph_outputs = {o.name for o in graph.output}
 
-    def const(self, name: str) -> tuple[np.ndarray, str] | None:
+    def to_array(self, t: Any) -> np.ndarray:
+        """A TensorProto as an array, its declared size checked before anything is read."""
+        from onnx import TensorProto, helper
+
+        what = f"{self.path}: tensor {t.name!r}"
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{what}: unknown element type {t.data_type}") from None
+        if t.data_location == TensorProto.EXTERNAL:
+            self._load_external(t, what)
+        if t.HasField("raw_data"):
+            available = len(t.raw_data)
+        else:
+            fields = (t.float_data, t.int32_data, t.int64_data, t.double_data, t.uint64_data)
+            available = max(len(f) for f in fields) * dtype.itemsize
+        check_tensor(what, t.dims, dtype.itemsize, available=available)
+        return self.nh.to_array(t)
+
+    def _load_external(self, t: Any, what: str) -> None:
+        """Read a tensor's external data, only from a regular file beside the model."""
+        info = {e.key: e.value for e in t.external_data}
+        base = self.path.resolve().parent
+        loc = info.get("location", "")
+        target = (base / loc).resolve()
+        if not loc or Path(loc).is_absolute() or base not in target.parents:
+            raise FormatError(
+                f"{what}: external data {loc!r} is not a file beside the model; refused"
+            )
+        if not target.is_file():
+            raise FormatError(f"{what}: external data file {loc!r} is missing; copy it too")
+        offset, size = int(info.get("offset", 0)), target.stat().st_size
+        length = int(info.get("length", size - offset))
+        if offset < 0 or length < 0 or offset + length > size:
+            raise FormatError(f"{what}: external data range runs past {loc!r}; file corrupt")
+        check_tensor(what, [length], 1)
+        with open(target, "rb") as f:
+            f.seek(offset)
+            t.raw_data = f.read(length)
+        del t.external_data[:]
+        t.data_location = 0
+
+    def const(self, name: str, depth: int = 0) -> tuple[np.ndarray, str] | None:
         """Value of ``name`` if it is constant, with the dtype it is stored in."""
+        if depth > _MAX_DEPTH:
+            return None
         if name in self.inits:
-            arr = self.nh.to_array(self.inits[name])
+            arr = self.to_array(self.inits[name])
             return arr, str(arr.dtype)
         node = self.producer.get(name)
         if node is None:
@@ -45,26 +96,30 @@ class _Graph:
         if op == "Constant":
             for a in node.attribute:
                 if a.name == "value":
-                    arr = self.nh.to_array(a.t)
+                    arr = self.to_array(a.t)
                     return arr, str(arr.dtype)
             return None
         if op == "Identity":
-            return self.const(node.input[0])
+            return self.const(node.input[0], depth + 1)
         if op == "Cast":
-            inner = self.const(node.input[0])
+            inner = self.const(node.input[0], depth + 1)
             return None if inner is None else (inner[0].astype(np.float32), inner[1])
         if op == "Mul":
-            a, b = self.const(node.input[0]), self.const(node.input[1])
+            a, b = self.const(node.input[0], depth + 1), self.const(node.input[1], depth + 1)
             if a is None or b is None:
                 return None
+            what = f"{self.path}: {node.name or name!r}"
+            check_tensor(what, _bcast(what, a[0], b[0]), 4)
             stored = a[1] if a[0].size >= b[0].size else b[1]
             return (a[0].astype(np.float32) * b[0].astype(np.float32)), stored
         if op == "DequantizeLinear":
-            x = self.const(node.input[0])
-            scale = self.const(node.input[1])
+            x = self.const(node.input[0], depth + 1)
+            scale = self.const(node.input[1], depth + 1)
             if x is None or scale is None:
                 return None
-            zero = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            zero = None
+            if len(node.input) > 2 and node.input[2]:
+                zero = self.const(node.input[2], depth + 1)
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             q = x[0].astype(np.float32)
             s = scale[0].astype(np.float32)
@@ -73,8 +128,19 @@ class _Graph:
                 shape = [1] * q.ndim
                 shape[axis] = -1
                 s, z = s.reshape(shape), z.reshape(shape)
+            what = f"{self.path}: {node.name or name!r}"
+            check_tensor(what, _bcast(what, q, s, z), 4)
             return (q - z) * s, x[1]
         return None
+
+
+def _bcast(what: str, *arrays: np.ndarray) -> tuple[int, ...]:
+    try:
+        return np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        raise FormatError(
+            f"{what}: constant operands of incompatible shapes; the file is corrupt"
+        ) from None
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -102,14 +168,29 @@ def read_onnx(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels],
     import onnx
 
     try:
-        model = onnx.load(str(path))
+        # external data is read by _Graph.to_array, only from files beside the model
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise FormatError(
             f"{path}: truncated or corrupt ONNX file ({type(exc).__name__}); export it again"
         ) from None
     if not model.graph.node:
         raise FormatError(f"{path}: not an ONNX model (empty graph); check the file")
-    g = _Graph(model.graph)
+    try:
+        return _read_graph(path, model, fold_bn)
+    except KernelAtlasError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise FormatError(f"{path}: corrupt ONNX graph ({type(exc).__name__})") from None
+    except Exception as exc:  # a well-formed protobuf whose contents make no sense
+        raise FormatError(
+            f"{path}: corrupt ONNX graph ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+            "export it again"
+        ) from None
+
+
+def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernels], int]:
+    g = _Graph(model.graph, Path(path))
     layers: list[LayerKernels] = []
     skipped = 0
     for node in model.graph.node:

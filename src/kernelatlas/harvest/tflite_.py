@@ -3,7 +3,8 @@
 Depthwise = a ``DEPTHWISE_CONV_2D`` op; its input 1 is the kernel ``[1, kh, kw, C*mult]``,
 either a constant buffer (fp32, or int8/uint8 with per-tensor or per-channel scales and zero
 points) or the output of a ``DEQUANTIZE`` op over a constant (fp16 or int8). TFLite has no
-batch-norm op: converters fold it into the kernels, so ``bn_folded`` is True.
+batch-norm op: converters fold it into the kernels, so ``bn_folded`` is True. A tensor's
+declared shape is checked against its buffer and :mod:`kernelatlas.limits` before use.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, KernelAtlasError
+from ..limits import check_tensor
 from .base import LayerKernels
 
 __all__ = ["read_tflite"]
@@ -34,9 +36,12 @@ def _tensor_values(model: Any, tensor: Any) -> tuple[np.ndarray, str] | None:
         if not size:
             return None
         raise FormatError("TFLite models with external (>2 GB) buffers are not supported")
+    shape = tuple(int(s) for s in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+    name = tensor.Name().decode(errors="replace") if tensor.Name() else "?"
+    numel = check_tensor(f"tensor {name!r}", shape, np.dtype(dtype).itemsize,
+                         available=buf.DataLength())  # fmt: skip
     arr = buf.DataAsNumpy().view(dtype)
-    shape = tuple(int(s) for s in tensor.ShapeAsNumpy())
-    if arr.size != int(np.prod(shape)):
+    if arr.size != numel:
         raise FormatError(f"tensor of shape {shape} has {arr.size} values: the file is corrupt")
     arr = arr.reshape(shape)
     q = tensor.Quantization()
@@ -113,8 +118,9 @@ def read_tflite(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels
                         dtype=stored,
                     )
                 )
-    except FormatError:
-        raise
+    except KernelAtlasError as exc:  # say which file
+        msg = str(exc)
+        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except Exception as exc:  # flatbuffer offsets out of range: truncated/corrupt
         raise FormatError(
             f"{path}: truncated or corrupt TFLite file ({type(exc).__name__}); get it again"

@@ -1,0 +1,101 @@
+"""Resource limits for reading untrusted model files.
+
+Every reader checks the size a file *declares* for a tensor before it allocates anything:
+a tensor larger than the per-tensor ceiling, or larger than the bytes the file actually
+holds, is refused with a one-line :class:`~kernelatlas.errors.KernelAtlasError`.
+
+The ceiling is ``KERNELATLAS_MAX_TENSOR_BYTES`` (bytes; suffixes ``K``, ``M``, ``G``, ``T``
+in powers of 1024 are accepted, e.g. ``512M``), default :data:`DEFAULT_MAX_TENSOR_BYTES`
+(2 GiB, far above any depthwise weight: EfficientNet-B7's largest is under 1 MiB). It
+bounds the float32 copy kernelatlas makes of one tensor, so peak memory per reader stays
+within a small multiple of it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable
+
+from .errors import FormatError, KernelAtlasError
+
+__all__ = [
+    "DEFAULT_MAX_TENSOR_BYTES",
+    "ENV_MAX_TENSOR_BYTES",
+    "TensorTooLargeError",
+    "max_tensor_bytes",
+    "check_tensor",
+]
+
+#: Default per-tensor ceiling (bytes).
+DEFAULT_MAX_TENSOR_BYTES = 2 * 1024**3
+#: Environment variable that overrides the ceiling.
+ENV_MAX_TENSOR_BYTES = "KERNELATLAS_MAX_TENSOR_BYTES"
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+class TensorTooLargeError(KernelAtlasError):
+    """A file declares a tensor larger than the per-tensor ceiling."""
+
+
+def max_tensor_bytes() -> int:
+    """The per-tensor ceiling in bytes (``KERNELATLAS_MAX_TENSOR_BYTES`` or the default)."""
+    raw = os.environ.get(ENV_MAX_TENSOR_BYTES, "").strip()
+    if not raw:
+        return DEFAULT_MAX_TENSOR_BYTES
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", raw, re.IGNORECASE)
+    if m is None or int(m.group(1)) <= 0:
+        raise KernelAtlasError(
+            f"{ENV_MAX_TENSOR_BYTES}={raw!r} is not a positive size: use bytes or e.g. 512M, 4G"
+        )
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def check_tensor(
+    what: str,
+    shape: Iterable[object],
+    itemsize: int,
+    *,
+    available: int | None = None,
+    out_itemsize: int = 4,
+) -> int:
+    """Validate a declared tensor before reading it; return its element count.
+
+    Parameters
+    ----------
+    what : where the tensor is (file and name), for the message.
+    shape : declared dimensions (must be non-negative integers).
+    itemsize : bytes per stored element.
+    available : bytes the file really holds for it (None: not known yet).
+    out_itemsize : bytes per element of the copy kernelatlas makes (float32: 4).
+
+    Raises
+    ------
+    FormatError : negative/non-integer dimensions, or more bytes declared than available.
+    TensorTooLargeError : the stored or the float32 size exceeds :func:`max_tensor_bytes`.
+    """
+    try:
+        dims = [int(d) for d in shape]  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        raise FormatError(
+            f"{what}: tensor shape is not a list of integers; the file is corrupt"
+        ) from None
+    if any(d < 0 for d in dims):
+        raise FormatError(f"{what}: negative dimension in shape {dims}; the file is corrupt")
+    numel = math.prod(dims)
+    nbytes = numel * int(itemsize)
+    limit = max_tensor_bytes()
+    if max(nbytes, numel * out_itemsize) > limit:
+        raise TensorTooLargeError(
+            f"{what}: declares a tensor of shape {dims} ({numel * out_itemsize:,} bytes as "
+            f"float32) over the {limit:,}-byte limit; raise {ENV_MAX_TENSOR_BYTES} if you "
+            "trust the file"
+        )
+    if available is not None and nbytes > available:
+        raise FormatError(
+            f"{what}: shape {dims} needs {nbytes:,} bytes but the file holds {max(available, 0):,}"
+            "; the file is truncated or corrupt"
+        )
+    return numel

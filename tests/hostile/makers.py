@@ -1,0 +1,321 @@
+"""Small, real seed files of every format, written from a torch DS-CNN (no TensorFlow needed).
+
+Used by the hostile battery (pytest) and by the fuzzer (``python -m tests.fuzz.run``).
+Every writer takes the model (``tests/conftest.py::build_tiny_dscnn``) and a path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+#: File name of each seed, by reader; ``write_seeds`` writes them all.
+SEED_NAMES = {
+    "checkpoint": "m.pt",
+    "checkpoint_legacy": "legacy.pth",
+    "safetensors": "m.safetensors",
+    "numpy": "k.npy",
+    "npz": "k.npz",
+    "onnx": "m.onnx",
+    "tflite": "m.tflite",
+    "keras": "m.h5",
+    "keras3": "m.keras",
+}
+
+
+def depthwise_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """The depthwise convolutions of ``model`` (module path, conv), in order."""
+    from kernelatlas.harvest.torch_module import is_depthwise
+
+    return [(n, m) for n, m in model.named_modules() if is_depthwise(m)]
+
+
+def keras_kernel(conv: nn.Conv2d) -> np.ndarray:
+    """PyTorch [C*mult,1,kh,kw] -> Keras [kh,kw,C,mult]."""
+    w = conv.weight.detach().numpy()
+    co, _, kh, kw = w.shape
+    mult = conv.out_channels // conv.in_channels
+    return w[:, 0].reshape(co // mult, mult, kh, kw).transpose(2, 3, 0, 1).copy()
+
+
+# ----------------------------------------------------------------------------- torch family
+def write_checkpoint(model: nn.Module, path: Path, *, legacy: bool = False) -> Path:
+    torch.save(
+        {"epoch": 1, "state_dict": model.state_dict()},
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
+    return path
+
+
+def write_safetensors(model: nn.Module, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def write_npy(model: nn.Module, path: Path) -> Path:
+    np.save(path, depthwise_convs(model)[1][1].weight.detach().numpy()[:, 0])
+    return path
+
+
+def write_npz(model: nn.Module, path: Path) -> Path:
+    arrays = {f"dw{n}": c.weight.detach().numpy()[:, 0] for n, c in depthwise_convs(model)}
+    np.savez(path, **arrays)
+    return path
+
+
+# ----------------------------------------------------------------------------- ONNX
+def onnx_model(model: nn.Sequential):
+    """An ONNX graph of a Sequential DS-CNN built with onnx.helper: Conv/BN/Relu nodes; the
+    first depthwise weight goes through fp16 + Cast, the second through int8
+    DequantizeLinear (per channel), the others are plain initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes = [], []
+    x = "x"
+    n_dw = 0
+    for name, m in model.named_children():
+        y = f"t{name}"
+        if isinstance(m, nn.Conv2d):
+            w = m.weight.detach().numpy()
+            wname = f"w{name}"
+            dw = m.groups > 1
+            if dw and n_dw == 0:
+                inits.append(numpy_helper.from_array(w.astype(np.float16), wname + "_h"))
+                nodes.append(helper.make_node("Cast", [wname + "_h"], [wname], to=1))
+            elif dw and n_dw == 1:
+                s = (np.abs(w).reshape(len(w), -1).max(1) / 127).astype(np.float32)
+                q = np.round(w / s[:, None, None, None]).astype(np.int8)
+                inits += [numpy_helper.from_array(q, wname + "_q"),
+                          numpy_helper.from_array(s, wname + "_s")]  # fmt: skip
+                nodes.append(
+                    helper.make_node(
+                        "DequantizeLinear", [wname + "_q", wname + "_s"], [wname], axis=0
+                    )
+                )
+            else:
+                inits.append(numpy_helper.from_array(w, wname))
+            n_dw += dw
+            ins = [x, wname]
+            if m.bias is not None:
+                inits.append(numpy_helper.from_array(m.bias.detach().numpy(), f"b{name}"))
+                ins.append(f"b{name}")
+            pads = [int(p) for p in m.padding] * 2
+            nodes.append(
+                helper.make_node(
+                    "Conv", ins, [y], name=f"conv{name}", group=m.groups, pads=pads,
+                    strides=list(m.stride), dilations=list(m.dilation),
+                )
+            )  # fmt: skip
+        elif isinstance(m, nn.BatchNorm2d):
+            ins = [x]
+            for a in ("weight", "bias", "running_mean", "running_var"):
+                inits.append(numpy_helper.from_array(getattr(m, a).detach().numpy(), f"{a}{name}"))
+                ins.append(f"{a}{name}")
+            nodes.append(helper.make_node("BatchNormalization", ins, [y], epsilon=m.eps))
+        elif isinstance(m, nn.ReLU):
+            nodes.append(helper.make_node("Relu", [x], [y]))
+        else:
+            break
+        x = y
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def write_onnx(model: nn.Sequential, path: Path) -> Path:
+    import onnx
+
+    onnx.save(onnx_model(model), str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- TFLite
+_DEPTHWISE_CONV_2D, _DEQUANTIZE = 4, 6
+_TFL_TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int8): 9}
+
+
+def tflite_bytes(layers: list[dict]) -> bytes:
+    """A TFLite flatbuffer with one DEPTHWISE_CONV_2D op per entry of ``layers``.
+
+    Each entry: ``w`` [1, kh, kw, C] (float32, float16 or int8), optional ``scale`` (and
+    ``zero``) per-channel quantisation of an int8 ``w``, ``dequant`` (True: the weight goes
+    through a DEQUANTIZE op), ``stride``, ``dilation``, and ``shape`` to declare a tensor
+    shape that differs from the data (hostile files).
+    """
+    import flatbuffers
+
+    b = flatbuffers.Builder(4096)
+
+    def ivec(values) -> int:
+        return b.CreateNumpyVector(np.asarray(values, np.int32))
+
+    def table(fields: list[tuple[str, int, object]]) -> int:
+        b.StartObject(max(s for _, s, _ in fields) + 1)
+        for kind, slot, v in fields:
+            getattr(b, f"Prepend{kind}Slot")(slot, v, 0 if kind != "UOffsetTRelative" else 0)
+        return b.EndObject()
+
+    def offsets(items: list[int]) -> int:
+        b.StartVector(4, len(items), 4)
+        for o in reversed(items):
+            b.PrependUOffsetTRelative(o)
+        return b.EndVector()
+
+    buffers = [table([("UOffsetTRelative", 0, b.CreateByteVector(b""))])]  # buffer 0: empty
+    tensors: list[int] = []
+    ops: list[int] = []
+
+    def tensor(shape, ttype: int, buf: int, name: str, quant: int | None = None) -> int:
+        sh, nm = ivec(shape), b.CreateString(name)
+        fields = [("UOffsetTRelative", 0, sh), ("Int8", 1, ttype), ("Uint32", 2, buf),
+                  ("UOffsetTRelative", 3, nm)]  # fmt: skip
+        if quant is not None:
+            fields.append(("UOffsetTRelative", 4, quant))
+        tensors.append(table(fields))
+        return len(tensors) - 1
+
+    for i, layer in enumerate(layers):
+        w = np.ascontiguousarray(layer["w"])
+        shape = layer.get("shape", w.shape)
+        data = b.CreateByteVector(w.tobytes())
+        buffers.append(table([("UOffsetTRelative", 0, data)]))
+        quant = None
+        if "scale" in layer:
+            sc = b.CreateNumpyVector(np.asarray(layer["scale"], np.float32))
+            zp = b.CreateNumpyVector(np.asarray(layer.get("zero", 0 * layer["scale"]), np.int64))
+            quant = table([("UOffsetTRelative", 2, sc), ("UOffsetTRelative", 3, zp),
+                           ("Int32", 6, layer.get("quant_dim", 3))])  # fmt: skip
+        x = tensor([1, 8, 8, shape[-1]], 0, 0, f"x{i}")
+        stored = tensor(shape, _TFL_TYPES[w.dtype], len(buffers) - 1, f"dw{i}/kernel", quant)
+        if layer.get("dequant"):
+            wt = tensor(shape, 0, 0, f"dw{i}/kernel_dequant")
+            ops.append(table([("Uint32", 0, 1), ("UOffsetTRelative", 1, ivec([stored])),
+                              ("UOffsetTRelative", 2, ivec([wt]))]))  # fmt: skip
+        else:
+            wt = stored
+        y = tensor([1, 8, 8, shape[-1]], 0, 0, f"y{i}")
+        s, d = layer.get("stride", 1), layer.get("dilation", 1)
+        opts = table([("Int32", 1, s), ("Int32", 2, s), ("Int32", 3, 1),
+                      ("Int32", 5, d), ("Int32", 6, d)])  # fmt: skip
+        ops.append(table([("Uint32", 0, 0), ("UOffsetTRelative", 1, ivec([x, wt])),
+                          ("UOffsetTRelative", 2, ivec([y])), ("Uint8", 3, 2),
+                          ("UOffsetTRelative", 4, opts)]))  # fmt: skip
+    codes = [table([("Int8", 0, c), ("Int32", 2, 1), ("Int32", 3, c)])
+             for c in (_DEPTHWISE_CONV_2D, _DEQUANTIZE)]  # fmt: skip
+    tv, ov = offsets(tensors), offsets(ops)
+    sg = table([("UOffsetTRelative", 0, tv), ("UOffsetTRelative", 3, ov)])
+    cv, sv, bv = offsets(codes), offsets([sg]), offsets(buffers)
+    model = table([("Uint32", 0, 3), ("UOffsetTRelative", 1, cv), ("UOffsetTRelative", 2, sv),
+                   ("UOffsetTRelative", 4, bv)])  # fmt: skip
+    b.Finish(model, file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def tflite_layers(model: nn.Module) -> list[dict]:
+    """The model's depthwise kernels as TFLite layers: fp32, fp16 via DEQUANTIZE, int8."""
+    out = []
+    for i, (_, conv) in enumerate(depthwise_convs(model)):
+        k = keras_kernel(conv)  # [kh, kw, C, mult]
+        kh, kw, c, mult = k.shape
+        w = k.reshape(1, kh, kw, c * mult)
+        layer: dict = {"stride": conv.stride[0], "dilation": conv.dilation[0]}
+        if i % 3 == 1:
+            layer.update(w=w.astype(np.float16), dequant=True)
+        elif i % 3 == 2:
+            scale = np.abs(w).reshape(-1, c * mult).max(0) / 127 + 1e-8
+            layer.update(w=np.round(w / scale).astype(np.int8), scale=scale)
+        else:
+            layer.update(w=w.astype(np.float32))
+        out.append(layer)
+    return out
+
+
+def write_tflite(model: nn.Module, path: Path) -> Path:
+    path.write_bytes(tflite_bytes(tflite_layers(model)))
+    return path
+
+
+# ----------------------------------------------------------------------------- Keras
+def _keras_config(model: nn.Module) -> dict:
+    return {"class_name": "Sequential", "config": {"name": "m", "layers": [
+        {"class_name": "DepthwiseConv2D",
+         "config": {"name": f"dw{n}", "strides": list(c.stride), "dilation_rate": list(c.dilation)}}
+        for n, c in depthwise_convs(model)]}}  # fmt: skip
+
+
+def write_h5(model: nn.Module, path: Path) -> Path:
+    """Keras 2 layout: model_weights/<layer>/<layer>/depthwise_kernel:0 + model_config."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(_keras_config(model))
+        mw = f.create_group("model_weights")
+        names = [f"dw{n}" for n, _ in depthwise_convs(model)]
+        mw.attrs["layer_names"] = [n.encode() for n in names]
+        for n, (_, conv) in zip(names, depthwise_convs(model), strict=True):
+            g = mw.create_group(n)
+            g.attrs["weight_names"] = [f"{n}/depthwise_kernel:0".encode()]
+            g.create_dataset(f"{n}/depthwise_kernel:0", data=keras_kernel(conv))
+    return path
+
+
+def write_keras3(model: nn.Module, path: Path) -> Path:
+    """Keras 3 ``.keras`` archive: config.json + model.weights.h5 (layers/<name>/vars/0)."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        for n, conv in depthwise_convs(model):
+            f.create_group(f"layers/dw{n}/vars").create_dataset("0", data=keras_kernel(conv))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps(_keras_config(model)))
+        zf.writestr("model.weights.h5", buf.getvalue())
+    return path
+
+
+def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
+    """Every seed file of :data:`SEED_NAMES` under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writers = {
+        "checkpoint": write_checkpoint,
+        "checkpoint_legacy": lambda m, p: write_checkpoint(m, p, legacy=True),
+        "safetensors": write_safetensors,
+        "numpy": write_npy,
+        "npz": write_npz,
+        "onnx": write_onnx,
+        "tflite": write_tflite,
+        "keras": write_h5,
+        "keras3": write_keras3,
+    }
+    return {k: writers[k](model, folder / name) for k, name in SEED_NAMES.items()}
+
+
+# ----------------------------------------------------------------------------- mutations
+def truncations(data: bytes, n_cuts: int = 40) -> list[tuple[str, bytes]]:
+    """``n_cuts`` prefixes of ``data``, every ``len // n_cuts`` bytes (plus the first 16)."""
+    step = max(1, len(data) // n_cuts)
+    cuts = sorted({*range(1, min(16, len(data))), *range(step, len(data), step)})
+    return [(f"cut{c}", data[:c]) for c in cuts]
+
+
+def bitflips(data: bytes, n: int, seed: int, flips: int = 4) -> list[tuple[str, bytes]]:
+    """``n`` copies of ``data`` with ``flips`` random bits flipped each (seeded)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        buf = bytearray(data)
+        for pos in rng.integers(0, len(buf), flips):
+            buf[pos] ^= 1 << int(rng.integers(0, 8))
+        out.append((f"flip{i}", bytes(buf)))
+    return out

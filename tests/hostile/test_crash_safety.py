@@ -1,0 +1,147 @@
+"""SIGKILL a running ``kernelatlas harvest`` / ``kernelatlas analyze`` at random (seeded)
+moments: what is visible afterwards is always a complete state (the previous one or the new
+one), never a partial Parquet file, and a re-run finishes with no duplicate rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from kernelatlas.bank import KernelBank
+
+pytestmark = pytest.mark.slow
+
+SOURCES = ["pp_lcnet_orientation", "efficientnet_lite0"]
+CLI = [sys.executable, "-m", "kernelatlas"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cached(shipped):
+    for name in SOURCES:
+        shipped(name)  # fetched once, so runs only read the cache
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, *args, "--quiet"], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def _run(args: list[str], cwd: Path) -> float:
+    t = time.perf_counter()
+    proc = _start(args, cwd)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return time.perf_counter() - t
+
+
+def _kill_after(args: list[str], cwd: Path, delay: float) -> bool:
+    """Start, SIGKILL after ``delay`` s; True if it was still running when killed."""
+    proc = _start(args, cwd)
+    try:
+        proc.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def _bank_state(bank_dir: Path) -> dict[str, int]:
+    """Rows per visible bank file; every visible file must be a complete Parquet file."""
+    out = {}
+    for f in KernelBank(bank_dir).files():
+        out[f.name] = pq.ParquetFile(f).metadata.num_rows  # raises on a partial file
+        assert pq.read_table(f).num_rows == out[f.name]
+    return out
+
+
+def test_killed_harvest_leaves_complete_files_and_resumes(tmp_path):
+    rng = np.random.default_rng(7)
+    args = ["harvest", *SOURCES, "--out", "bank"]
+    t_first = _run(["harvest", SOURCES[0], "--out", "bank"], tmp_path)  # the previous state
+    snapshots, killed = [_bank_state(tmp_path / "bank")], 0
+    for delay in sorted(rng.uniform(0.2 * t_first, 0.8 * t_first, size=2)):
+        killed += _kill_after(args, tmp_path, float(delay))
+        snapshots.append(_bank_state(tmp_path / "bank"))
+    _run(args, tmp_path)  # resumes
+    final = _bank_state(tmp_path / "bank")
+    assert len(final) == len(SOURCES)
+    for snap in snapshots:  # each file seen after a kill was already complete
+        assert all(final[name] == rows for name, rows in snap.items())
+    df = KernelBank(tmp_path / "bank").read(columns=["source", "layer", "channel"])
+    assert not df.duplicated().any() and len(df) == sum(final.values())
+    _run(args, tmp_path)  # a re-run over a complete bank adds nothing
+    assert _bank_state(tmp_path / "bank") == final
+    assert killed >= 1  # at least one kill landed mid-run (else the test proved nothing)
+
+
+def _analyze_state(out: Path) -> tuple[str, ...]:
+    """Check ``out`` is a complete analysis; return the sources it covers."""
+    summary = json.loads((out / "summary.json").read_text())
+    sources = tuple(summary["config"]["sources"])
+    kernels = pq.read_table(out / "kernels.parquet")
+    bank = _bank_state(out / "bank")
+    assert kernels.num_rows == sum(bank.values())
+    assert set(kernels.column("source").to_pylist()) == set(sources)
+    assert (out / "index.html").stat().st_size > 0
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    return sources
+
+
+def test_killed_analyze_shows_old_or_new_state_and_resumes(tmp_path):
+    rng = np.random.default_rng(11)
+    common = ["--out", "out", "--no-fit", "--no-init-baseline"]
+    t_first = _run(["analyze", SOURCES[0], *common], tmp_path)
+    assert _analyze_state(tmp_path / "out") == (SOURCES[0],)
+    seen, killed = set(), 0
+    for delay in sorted(rng.uniform(0.3 * t_first, 1.0 * t_first, size=2)):
+        killed += _kill_after(["analyze", *SOURCES, *common], tmp_path, float(delay))
+        assert (tmp_path / "out").is_dir(), "output directory missing after a kill"
+        seen.add(_analyze_state(tmp_path / "out"))
+    assert seen <= {(SOURCES[0],), tuple(SOURCES)}
+    _run(["analyze", *SOURCES, *common], tmp_path)
+    assert _analyze_state(tmp_path / "out") == tuple(SOURCES)
+    kernels = pq.read_table(
+        tmp_path / "out" / "kernels.parquet", columns=["source", "layer", "channel"]
+    )
+    assert not kernels.to_pandas().duplicated().any()
+    assert killed >= 1
+    assert not (tmp_path / ".out.staging").exists() and not (tmp_path / ".out.old").exists()
+
+
+def test_interrupted_swap_is_recovered(tmp_path, monkeypatch):
+    """A crash between the two renames of publish_dir: the previous state comes back."""
+    from kernelatlas import atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("old")
+    staging = atomic.staging_path(out)
+    staging.mkdir()
+    (staging / "summary.json").write_text("new")
+    real = os.replace
+    calls = []
+
+    def crash_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.publish_dir(staging, out)
+    monkeypatch.setattr(atomic.os, "replace", real)
+    assert not out.exists()  # the window: neither state at `out` until recovery runs
+    atomic.recover_dir(out)
+    assert (out / "summary.json").read_text() == "old"

@@ -1,0 +1,241 @@
+"""Absurd declared sizes are refused before allocation; KERNELATLAS_MAX_TENSOR_BYTES caps
+every reader; files whose declared shapes do not match their data are refused."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import time
+import tracemalloc
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from kernelatlas.errors import FormatError, KernelAtlasError
+from kernelatlas.harvest import harvest
+from kernelatlas.limits import (
+    DEFAULT_MAX_TENSOR_BYTES,
+    ENV_MAX_TENSOR_BYTES,
+    TensorTooLargeError,
+    max_tensor_bytes,
+)
+
+from .makers import SEED_NAMES, tflite_bytes
+
+HUGE = [10**6, 1, 1000, 1000]  # 10^12 elements: 4 TB as float32
+
+
+def _refused_cheaply(path, error, match):
+    """Harvest ``path``: ``error`` raised within 5 s and under 64 MB of traced allocation."""
+    tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        with pytest.raises(error, match=match) as info:
+            harvest(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t < 5
+    assert peak < 64 * 2**20, peak
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def _safetensors(path, shape, data_bytes, dtype="F32"):
+    header = {"w": {"dtype": dtype, "shape": shape, "data_offsets": [0, data_bytes]}}
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * min(data_bytes, 4096))
+    return path
+
+
+def test_safetensors_absurd_and_lying_headers(tmp_path):
+    _refused_cheaply(_safetensors(tmp_path / "a.safetensors", HUGE, 4 * 10**12), FormatError,
+                     "truncated or corrupt")  # fmt: skip
+    # shape larger than the data it points to
+    _refused_cheaply(_safetensors(tmp_path / "b.safetensors", [8, 1, 3, 3], 40), FormatError,
+                     "corrupt")  # fmt: skip
+
+
+def test_npy_header_lying_or_absurd(tmp_path):
+    def npy(path, shape, n_bytes):
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)}
+            )
+            f.write(b"\0" * n_bytes)
+        return path
+
+    _refused_cheaply(npy(tmp_path / "huge.npy", HUGE, 64), TensorTooLargeError, "over the")
+    _refused_cheaply(npy(tmp_path / "lie.npy", [8, 3, 3], 100), FormatError, "holds 100")
+    # an .npz member (valid zip, valid CRC) whose header lies
+    import zipfile
+
+    npy(tmp_path / "m.npy", [9, 9, 9], 288)
+    with zipfile.ZipFile(tmp_path / "lie.npz", "w") as zf:
+        zf.write(tmp_path / "m.npy", "a.npy")
+    _refused_cheaply(tmp_path / "lie.npz", FormatError, "needs 2,916 bytes but the file holds 288")
+    npy(tmp_path / "m.npy", HUGE, 288)
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(tmp_path / "m.npy", "a.npy")
+    _refused_cheaply(tmp_path / "huge.npz", TensorTooLargeError, "over the")
+
+
+def test_onnx_initializer_dims_vs_data(tmp_path, tiny_dscnn):
+    import onnx
+
+    from .makers import onnx_model
+
+    model = onnx_model(tiny_dscnn)
+    w = next(i for i in model.graph.initializer if i.name == "w12")
+    del w.dims[:]
+    w.dims.extend(HUGE)
+    onnx.save(model, tmp_path / "huge.onnx")
+    _refused_cheaply(tmp_path / "huge.onnx", TensorTooLargeError, "w12")
+    del w.dims[:]
+    w.dims.extend([32, 1, 3, 5])  # 480 values declared, 160 stored
+    onnx.save(model, tmp_path / "lie.onnx")
+    _refused_cheaply(tmp_path / "lie.onnx", FormatError, "needs 1,920 bytes but the file holds 640")
+
+
+def test_onnx_external_data_only_beside_the_model(tmp_path, tiny_dscnn):
+    import onnx
+
+    from .makers import onnx_model
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.ones(160, np.float32).tobytes())
+    sub = tmp_path / "models"
+    sub.mkdir()
+    for loc, match in (("../secret.bin", "not a file beside"), (str(secret), "not a file beside"),
+                       ("missing.bin", "is missing")):  # fmt: skip
+        model = onnx_model(tiny_dscnn)
+        w = next(i for i in model.graph.initializer if i.name == "w12")
+        w.ClearField("raw_data")
+        w.data_location = onnx.TensorProto.EXTERNAL
+        w.external_data.add(key="location", value=loc)
+        onnx.save(model, sub / "m.onnx")
+        _refused_cheaply(sub / "m.onnx", FormatError, match)
+    # a well-formed external file beside the model is read (a correct result)
+    (sub / "w12.bin").write_bytes(tiny_dscnn[12].weight.detach().numpy().tobytes())
+    w.external_data[0].value = "w12.bin"
+    onnx.save(model, sub / "m.onnx")
+    res = harvest(sub / "m.onnx")
+    np.testing.assert_array_equal(res.layers[2].weights, tiny_dscnn[12].weight.detach()[:, 0])
+
+
+def test_tflite_buffer_shorter_than_shape_and_absurd_shape(tmp_path):
+    w = np.ones((1, 3, 3, 8), np.float32)
+    (tmp_path / "short.tflite").write_bytes(tflite_bytes([{"w": w, "shape": [1, 3, 3, 16]}]))
+    _refused_cheaply(
+        tmp_path / "short.tflite", FormatError, "needs 576 bytes but the file holds 288"
+    )
+    (tmp_path / "huge.tflite").write_bytes(
+        tflite_bytes([{"w": w, "shape": [1, 10**4, 10**4, 10**3]}])
+    )
+    _refused_cheaply(tmp_path / "huge.tflite", TensorTooLargeError, "over the")
+    (tmp_path / "neg.tflite").write_bytes(tflite_bytes([{"w": w, "shape": [1, -3, -3, 8]}]))
+    _refused_cheaply(tmp_path / "neg.tflite", FormatError, "negative dimension")
+
+
+def test_h5_dataset_declaring_a_huge_shape(tmp_path):
+    import h5py
+
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as f:  # chunked, never written: tiny file, 4 TB declared
+        f.attrs["layer_names"] = [b"dw"]
+        g = f.create_group("dw")
+        g.attrs["weight_names"] = [b"dw/depthwise_kernel:0"]
+        g.create_dataset("dw/depthwise_kernel:0", shape=(1000, 1000, 10**6, 1), dtype="f4",
+                         chunks=(3, 3, 8, 1))  # fmt: skip
+    assert path.stat().st_size < 100_000
+    _refused_cheaply(path, TensorTooLargeError, "over the")
+    with h5py.File(path, "w") as f:  # a string dataset where a kernel should be
+        f.attrs["layer_names"] = [b"dw"]
+        g = f.create_group("dw")
+        g.attrs["weight_names"] = [b"dw/depthwise_kernel:0"]
+        g.create_dataset("dw/depthwise_kernel:0", data=np.array([b"abc"] * 9).reshape(3, 3, 1, 1))
+    _refused_cheaply(path, FormatError, "not numeric")
+
+
+def test_legacy_checkpoint_declaring_a_huge_storage(tmp_path):
+    """A legacy torch pickle whose storage claims 4 TB: refused before torch allocates it."""
+
+    class _Storage:
+        pass
+
+    class _Tensor:
+        def __init__(self, storage):
+            self.storage = storage
+
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2,
+                    (self.storage, 0, tuple(HUGE), (10**6, 10**6, 1000, 1), False, OrderedDict()))  # fmt: skip
+
+    storage = _Storage()
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if obj is storage:
+                return ("storage", torch.FloatStorage, "0", "cpu", 10**12)
+            return None
+
+    path = tmp_path / "huge.pth"
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001}):
+            pickle.dump(header, f, protocol=2)
+        _Pickler(f, protocol=2).dump({"state_dict": {"dw.weight": _Tensor(storage)}})
+        pickle.dump(["0"], f, protocol=2)
+        f.write(struct.pack("<q", 9) + b"\0" * 36)
+    _refused_cheaply(path, TensorTooLargeError, "storage of 1000000000000")
+
+
+@pytest.mark.parametrize("key", sorted(SEED_NAMES))
+def test_max_tensor_bytes_caps_every_reader(key, seeds, monkeypatch):
+    """The seeds' largest depthwise kernel is 32x5x5 float32 = 3,200 bytes."""
+    monkeypatch.setenv(ENV_MAX_TENSOR_BYTES, "3000")
+    with pytest.raises(TensorTooLargeError, match=ENV_MAX_TENSOR_BYTES) as info:
+        harvest(seeds[key])
+    assert "\n" not in str(info.value)
+    monkeypatch.setenv(ENV_MAX_TENSOR_BYTES, "4K")
+    assert harvest(seeds[key]).layers
+
+
+def test_max_tensor_bytes_parsing(monkeypatch):
+    monkeypatch.delenv(ENV_MAX_TENSOR_BYTES, raising=False)
+    assert max_tensor_bytes() == DEFAULT_MAX_TENSOR_BYTES == 2 * 1024**3
+    for raw, want in (("1024", 1024), ("512M", 512 * 2**20), ("4g", 4 * 2**30), ("2GiB", 2**31)):
+        monkeypatch.setenv(ENV_MAX_TENSOR_BYTES, raw)
+        assert max_tensor_bytes() == want
+    for raw in ("abc", "-5", "0", "1.5G"):
+        monkeypatch.setenv(ENV_MAX_TENSOR_BYTES, raw)
+        with pytest.raises(KernelAtlasError, match=ENV_MAX_TENSOR_BYTES):
+            max_tensor_bytes()
+
+
+def test_onnx_identity_cycle_and_bad_operands(tmp_path, tiny_dscnn):
+    """Constant folding through a cycle of Identity nodes ends; broadcasting errors are ours."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .makers import onnx_model
+
+    model = onnx_model(tiny_dscnn)
+    conv = next(n for n in model.graph.node if n.name == "conv12")
+    conv.input[1] = "loop_a"
+    model.graph.node.extend([helper.make_node("Identity", ["loop_b"], ["loop_a"]),
+                             helper.make_node("Identity", ["loop_a"], ["loop_b"])])  # fmt: skip
+    onnx.save(model, tmp_path / "cycle.onnx")
+    res = harvest(tmp_path / "cycle.onnx")  # the weight is not constant: layer not harvested
+    assert [lk.layer for lk in res.layers] == ["conv3", "conv9", "conv14"]
+    model = onnx_model(tiny_dscnn)
+    conv = next(n for n in model.graph.node if n.name == "conv12")
+    conv.input[1] = "prod"
+    model.graph.initializer.extend([numpy_helper.from_array(np.ones((3, 2), np.float32), "m1"),
+                                    numpy_helper.from_array(np.ones((4, 5), np.float32), "m2")])  # fmt: skip
+    model.graph.node.extend([helper.make_node("Mul", ["m1", "m2"], ["prod"])])
+    onnx.save(model, tmp_path / "mul.onnx")
+    _refused_cheaply(tmp_path / "mul.onnx", FormatError, "incompatible shapes")
