@@ -395,6 +395,8 @@ def run_benchmark(
             else platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "tf32": dev.type == "cuda",
+            "cudnn_benchmark": dev.type == "cuda",
         },
         "reference": (
             f"atlas/covariance references: the depthwise kernels of one default-init run with "
