@@ -15,3 +15,7 @@ class UnsafeFileError(KernelAtlasError):
 
 class FormatError(KernelAtlasError):
     """A file that is missing, unreadable, truncated, corrupt or of an unknown format."""
+
+
+class TensorTooLargeError(KernelAtlasError):
+    """A file declares a tensor larger than the per-tensor ceiling (see kernelatlas.limits)."""

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from .errors import FormatError, KernelAtlasError
+from .errors import FormatError, KernelAtlasError, TensorTooLargeError
 
 __all__ = [
     "DEFAULT_MAX_TENSOR_BYTES",
@@ -36,8 +36,6 @@ ENV_MAX_TENSOR_BYTES = "KERNELATLAS_MAX_TENSOR_BYTES"
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
-class TensorTooLargeError(KernelAtlasError):
-    """A file declares a tensor larger than the per-tensor ceiling."""
 
 
 def max_tensor_bytes() -> int:

@@ -65,7 +65,7 @@ def normalize(kernels: object) -> Normalized:
     True
     """
     arr = as_kernel_array(kernels)
-    x = arr.reshape(arr.shape[0], -1).astype(np.float64, copy=False)
+    x = arr.reshape(arr.shape[0], arr.shape[1] * arr.shape[2]).astype(np.float64, copy=False)
     finite = np.isfinite(x).all(axis=1)
     x = np.where(finite[:, None], x, 0.0)
     # Scale by the max |w| first so huge and denormal weights neither overflow nor vanish.

@@ -120,8 +120,11 @@ def test_killed_analyze_shows_old_or_new_state_and_resumes(tmp_path):
 
 
 def test_interrupted_swap_is_recovered(tmp_path, monkeypatch):
-    """A crash between the two renames of publish_dir: the previous state comes back."""
+    """Fallback path (no atomic exchange): a crash between the two renames of publish_dir,
+    then recovery brings the previous state back."""
     from kernelatlas import atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
 
     out = tmp_path / "out"
     out.mkdir()
@@ -145,3 +148,24 @@ def test_interrupted_swap_is_recovered(tmp_path, monkeypatch):
     assert not out.exists()  # the window: neither state at `out` until recovery runs
     atomic.recover_dir(out)
     assert (out / "summary.json").read_text() == "old"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux-only")
+def test_publish_swaps_in_one_step_on_linux(tmp_path, monkeypatch):
+    """With RENAME_EXCHANGE there is no window: no rename that could leave `out` missing."""
+    from kernelatlas import atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("old")
+    staging = atomic.staging_path(out)
+    staging.mkdir()
+    (staging / "summary.json").write_text("new")
+
+    def no_rename(src, dst):
+        raise AssertionError("publish_dir used a two-step rename")
+
+    monkeypatch.setattr(atomic.os, "replace", no_rename)
+    atomic.publish_dir(staging, out)
+    assert (out / "summary.json").read_text() == "new"
+    assert not staging.exists()

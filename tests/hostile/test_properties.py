@@ -104,11 +104,6 @@ def test_fit_kernels_properties(arr):
     assert np.isfinite(r2[~degen]).all() and (r2[~degen] <= 1 + 1e-4).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="normalize() does arr.reshape(0, -1) on an empty batch (ValueError); fix: "
-    "reshape(n, kh * kw) in kernelatlas/normalize.py (reported to the lead)",
-)
 def test_empty_batch(atlases):
     empty = np.zeros((0, 3, 3), np.float32)
     assert normalize(empty).unit.shape == (0, 3, 3)
