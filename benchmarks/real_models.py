@@ -42,7 +42,7 @@ def main() -> None:
         f"(calibrated per kernel size); wall time {wall:.0f} s on this 2-core machine (shared).",
         "",
         "Reproduce: `.venv/bin/python benchmarks/real_models.py` "
-        f"(= `kernelatlas analyze $(kernelatlas sources --names) --out {args.out} --method {args.method}`).",
+        f"(= `kernelatlas analyze` over every registered source, `--out {args.out} --method {args.method}`).",
         "",
         "*classified*: share of non-degenerate kernels the atlas explains better than the calibrated "
         "threshold; *null*: the same rule on a held-out sample of iid Gaussian kernels; *fresh init*: "
