@@ -18,7 +18,7 @@ table{border-collapse:collapse;font-size:12.5px;margin:.6em 0}th,td{border:1px s
 th{background:#f4f4f4}td.l,th.l{text-align:left}img{max-width:100%;height:auto;border:0}
 .meta{color:#666;font-size:12px}.sw{display:inline-block;width:.9em;height:.9em;vertical-align:middle;margin-right:.3em}
 figure{margin:.8em 0}figcaption{color:#555;font-size:12.5px}code,pre{background:#f6f6f6;padding:1px 4px}
-pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
+pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}.tw{overflow-x:auto}
 @media print{body{max-width:none}h2{page-break-after:avoid}figure{page-break-inside:avoid}}
 """
 
@@ -65,7 +65,7 @@ def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
         cells += [f"<td>{_pct(m['family_shares'][f])}</td>" for f in FAMILIES]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     th = "".join(f'<th class="{"l" if i < 2 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<div class='tw'><table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
 def _thresholds_table(thresholds: list[dict[str, Any]]) -> str:
