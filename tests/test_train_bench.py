@@ -64,6 +64,10 @@ def test_summary_metrics_on_known_curves():
     noisy += [_run("dog", 0, fast), _run("dog", 1, never), _run("dog", 2, fast)]
     row = {r["scheme"]: r for r in summarize(noisy)}["dog"]
     assert row["speedup"] > 1.2 and not row["clear_win"]
+    # too few seeds: no spread to beat, so no win either
+    two = [_run("default", i, slow) for i in range(2)] + [_run("dog", i, fast) for i in range(2)]
+    row = {r["scheme"]: r for r in summarize(two)}["dog"]
+    assert row["speedup"] == pytest.approx(2.0) and not row["clear_win"]
 
 
 def _tiny(**kw) -> BenchConfig:

@@ -579,10 +579,19 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             row["speedup"] = float(base.mean() / mine.mean())
             row["gain_steps"] = gain
             row["spread_steps"] = spread
+            # A spread needs seeds: with fewer than MIN_SEEDS_FOR_WIN on either side a
+            # "gain larger than the spread" means nothing, so no win is declared.
             row["clear_win"] = bool(
-                row["speedup"] >= 1.2 and gain > spread and row["reached"] == row["seeds"]
+                row["speedup"] >= 1.2
+                and gain > spread
+                and row["reached"] == row["seeds"]
+                and min(len(base), len(mine)) >= MIN_SEEDS_FOR_WIN
             )
     return rows
+
+
+#: Seeds each side needs before a speed-up can be called a win.
+MIN_SEEDS_FOR_WIN = 3
 
 
 def verdict(summary: Sequence[dict[str, Any]]) -> list[str]:
