@@ -31,6 +31,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _finite(x: object) -> object:
+    """The document with NaN/Inf as null (standard JSON)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
+        json.dump(_finite(doc), f, indent=1, allow_nan=False)
     os.replace(tmp, out)
 
     print(f"Fashion-MNIST test accuracy after {steps[-1]} steps: {acc:.1%} ({train_s:.0f} s)\n")
