@@ -36,8 +36,6 @@ ENV_MAX_TENSOR_BYTES = "KERNELATLAS_MAX_TENSOR_BYTES"
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
-
-
 def max_tensor_bytes() -> int:
     """The per-tensor ceiling in bytes (``KERNELATLAS_MAX_TENSOR_BYTES`` or the default)."""
     raw = os.environ.get(ENV_MAX_TENSOR_BYTES, "").strip()
