@@ -25,7 +25,10 @@ pytest.importorskip("psutil")
 
 ROWS_PER_SOURCE = 50_000
 GROWTH_LIMIT_MB = 50.0
-PEAK_LIMIT_MB = 1536.0
+# The absolute ceiling is the issue's 2 GiB. The fixed part (imports ~0.85 GiB, calibration
+# and the scoring threads' buffers) varies with the machine: 1.0-1.6 GiB seen here. The
+# assertion that matters is the growth one: the peak must not grow with the bank.
+PEAK_LIMIT_MB = 2048.0
 
 _CHILD = r"""
 import json, resource, sys, threading, time
