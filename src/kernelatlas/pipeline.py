@@ -221,7 +221,8 @@ def analyse_record_batch(
         if (kh, kw) not in models:
             continue
         idx = np.flatnonzero((kh_all == kh) & (kw_all == kw))
-        sub = batch.take(pa.array(idx))
+        # One kernel size in the batch (the usual case): no copy of the weights.
+        sub = batch if len(idx) == batch.num_rows else batch.take(pa.array(idx))
         k = weights_array(sub.column("weights"), kh, kw)
         cols = [sub.select(_CARRY).to_pandas(), models[(kh, kw)]["atlas"].predict(k)]
         if cfg.fit:
@@ -236,6 +237,8 @@ def analyse_record_batch(
         order.append(idx)
     if not pieces:
         return pa.table({})
+    if len(pieces) == 1 and len(order[0]) == batch.num_rows:
+        return pieces[0]  # rows already in bank order
     table = pa.concat_tables(pieces)
     return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 

@@ -35,32 +35,45 @@ LAYER_KEYS = ["source", "model", "kh", "kw", "layer", "layer_index", "depth"]
 _COUNT_COLS = ["kernels", "classified", *[f"n_{f}" for f in FAMILIES]]
 
 
-def _count_frame(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    fam = pd.Categorical(df["family"], categories=list(FAMILIES))
-    onehot = pd.get_dummies(fam).astype(np.int64)
-    onehot.columns = [f"n_{c}" for c in onehot.columns]
-    parts = {k: df[k].to_numpy() for k in keys}
-    frame = pd.DataFrame(parts)
-    frame["kernels"] = 1
-    frame["classified"] = df["classified"].to_numpy(dtype=bool).astype(np.int64)
-    frame = pd.concat([frame, onehot.set_index(frame.index)], axis=1)
+def _row_counts(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """Per-row 0/1 indicators [N, C] of every counted quantity, and their column names."""
+    fam = df["family"].to_numpy(object)
+    cls = df["classified"].to_numpy(dtype=bool)
+    cols = {"kernels": np.ones(len(df), bool), "classified": cls}
+    for f in FAMILIES:
+        cols[f"n_{f}"] = fam == f
     if "ae_classified" in df.columns:
         # Same definition as kernelatlas.autoencoder.agreement (degenerate kernels left out).
-        fa, fb = df["ae_family"].to_numpy(object), df["family"].to_numpy(object)
-        valid = (fa != "degenerate") & (fb != "degenerate")
+        fa = df["ae_family"].to_numpy(object)
+        valid = (fa != "degenerate") & (fam != "degenerate")
         ae_cls = df["ae_classified"].to_numpy(dtype=bool)
-        both = valid & ae_cls & df["classified"].to_numpy(dtype=bool)
-        frame["ae_kernels"] = valid.astype(np.int64)
-        frame["ae_classified"] = (valid & ae_cls).astype(np.int64)
-        frame["ae_agree"] = (valid & (fa == fb)).astype(np.int64)
-        frame["ae_both"] = both.astype(np.int64)
-        frame["ae_both_agree"] = (both & (fa == fb)).astype(np.int64)
-    return frame.groupby(keys, sort=False, observed=True).sum().reset_index()
+        both = valid & ae_cls & cls
+        cols["ae_kernels"] = valid
+        cols["ae_classified"] = valid & ae_cls
+        cols["ae_agree"] = valid & (fa == fam)
+        cols["ae_both"] = both
+        cols["ae_both_agree"] = both & (fa == fam)
+    return list(cols), np.stack(list(cols.values()), axis=1).astype(np.int64)
 
 
 def partial_counts(batch: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Integer counts of one analysed batch, per (model, size) and per layer."""
-    return {"models": _count_frame(batch, MODEL_KEYS), "layers": _count_frame(batch, LAYER_KEYS)}
+    """Integer counts of one analysed batch, per (model, size) and per layer.
+
+    One pass: the rows' indicator matrix is summed per layer with ``np.bincount``; the
+    model rows are sums of their layers.
+    """
+    names, rows = _row_counts(batch)
+    codes = batch.groupby(LAYER_KEYS, sort=False, observed=True).ngroup().to_numpy()
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    sums = np.zeros((n_groups, len(names)), np.int64)
+    for j in range(len(names)):  # a dozen count columns, not kernels
+        sums[:, j] = np.bincount(codes, weights=rows[:, j], minlength=n_groups)
+    first = np.unique(codes, return_index=True)[1]
+    layers = batch[LAYER_KEYS].iloc[first].reset_index(drop=True)
+    layers[names] = sums
+    models = layers.drop(columns=["layer", "layer_index", "depth"])
+    models = models.groupby(MODEL_KEYS, sort=False, observed=True).sum().reset_index()
+    return {"models": models, "layers": layers}
 
 
 def merge_counts(parts: Iterable[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
