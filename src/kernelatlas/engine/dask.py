@@ -242,6 +242,7 @@ def harvest_dask(
 
     from ..bank import KernelBank
     from ..harvest import source_key
+    from ..harvest.api import harvested_counts
 
     if isinstance(sources, str | os.PathLike) or not isinstance(sources, Iterable):
         sources = [sources]
@@ -280,11 +281,4 @@ def harvest_dask(
                     )
                 keys.append(key)
                 bar.update(1)
-    counts = bank.counts()
-    counts = counts[counts["source"].isin(keys)].reset_index(drop=True)
-    if counts.empty:
-        raise KernelAtlasError(
-            "no depthwise kernels in any source: check the models hold depthwise convolutions "
-            "(groups == in_channels)"
-        )
-    return counts
+    return harvested_counts(bank, keys)

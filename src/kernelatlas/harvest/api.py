@@ -253,6 +253,11 @@ def harvest_to_bank(
             res = harvest(source, fold_bn=fold_bn)
             bank.add(res)
             keys.append(res.source)
+    return harvested_counts(bank, keys)
+
+
+def harvested_counts(bank: Any, keys: list[str]) -> pd.DataFrame:
+    """The bank's counts for the sources ``keys``; an error when none yielded a kernel."""
     counts = bank.counts()
     counts = counts[counts["source"].isin(keys)].reset_index(drop=True)
     if counts.empty:
