@@ -240,16 +240,10 @@ def harvest_dask(
     """
     from tqdm.auto import tqdm
 
-    from ..bank import KernelBank
     from ..harvest import source_key
-    from ..harvest.api import harvested_counts
+    from ..harvest.api import harvest_arguments, harvested_counts
 
-    if isinstance(sources, str | os.PathLike) or not isinstance(sources, Iterable):
-        sources = [sources]
-    sources = list(sources)
-    if not sources:
-        raise KernelAtlasError("no sources given: name at least one (see `kernelatlas sources`)")
-    bank = bank if isinstance(bank, KernelBank) else KernelBank(bank)
+    sources, bank = harvest_arguments(sources, bank)
     keys: list[str] = []
     todo: list[Any] = []
     seen: set[str] = set()

@@ -233,12 +233,7 @@ def harvest_to_bank(
     """
     from tqdm.auto import tqdm
 
-    if isinstance(sources, str | os.PathLike) or not isinstance(sources, Iterable):
-        sources = [sources]
-    sources = list(sources)
-    if not sources:
-        raise KernelAtlasError("no sources given: name at least one (see `kernelatlas sources`)")
-    bank = bank if isinstance(bank, KernelBank) else KernelBank(bank)
+    sources, bank = harvest_arguments(sources, bank)
     keys: list[str] = []
     # disable=None: a bar only on a terminal (logs and pipes stay clean)
     with tqdm(
@@ -266,3 +261,13 @@ def harvested_counts(bank: Any, keys: list[str]) -> pd.DataFrame:
             "(groups == in_channels)"
         )
     return counts
+
+
+def harvest_arguments(sources: Iterable[Any] | Any, bank: Any) -> tuple[list[Any], KernelBank]:
+    """Validate the arguments of a harvest into a bank: a list of sources and a KernelBank."""
+    if isinstance(sources, str | os.PathLike) or not isinstance(sources, Iterable):
+        sources = [sources]
+    sources = list(sources)
+    if not sources:
+        raise KernelAtlasError("no sources given: name at least one (see `kernelatlas sources`)")
+    return sources, bank if isinstance(bank, KernelBank) else KernelBank(bank)
