@@ -81,3 +81,14 @@ def mobilenet_v2_path(shipped: Callable[[str], Path]) -> Path:
 @pytest.fixture(scope="session")
 def pp_lcnet_path(shipped: Callable[[str], Path]) -> Path:
     return shipped("pp_lcnet_orientation")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small networks train faster on one torch thread (and the machine has two cores)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

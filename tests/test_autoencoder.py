@@ -23,13 +23,7 @@ from kernelatlas.taxonomy import DEGENERATE, PAPER_AE_THRESHOLDS
 FAST = dict(hidden=128, epochs=100, batch_size=128, lr=1e-2, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small nets train faster on one thread, and the machine is shared.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_bank(k: int = 7, n: int = 300, seed: int = 0, noise: float = 0.05):

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from kernelatlas.autoencoder import KernelAutoencoder
 from kernelatlas.cli import main
 from kernelatlas.harvest import harvest_to_bank
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

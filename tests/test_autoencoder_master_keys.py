@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from kernelatlas.atlas.functional import master_key_filters
 from kernelatlas.autoencoder import KernelAutoencoder, discover_master_keys, explained_by
@@ -13,12 +12,7 @@ from kernelatlas.errors import KernelAtlasError
 FAST = dict(hidden=128, epochs=100, batch_size=128, lr=1e-2, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
