@@ -16,16 +16,23 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from .errors import FormatError, KernelAtlasError, TensorTooLargeError
 
 __all__ = [
     "DEFAULT_MAX_TENSOR_BYTES",
     "ENV_MAX_TENSOR_BYTES",
+    "DEFAULT_MAX_SOURCE_BYTES",
+    "ENV_MAX_SOURCE_BYTES",
     "TensorTooLargeError",
     "max_tensor_bytes",
+    "max_source_bytes",
     "check_tensor",
+    "source_budget",
+    "charge",
 ]
 
 #: Default per-tensor ceiling (bytes).
@@ -33,20 +40,81 @@ DEFAULT_MAX_TENSOR_BYTES = 2 * 1024**3
 #: Environment variable that overrides the ceiling.
 ENV_MAX_TENSOR_BYTES = "KERNELATLAS_MAX_TENSOR_BYTES"
 
+#: Default ceiling on everything one source makes kernelatlas materialise (bytes).
+DEFAULT_MAX_SOURCE_BYTES = 4 * 1024**3
+#: Environment variable that overrides the per-source ceiling.
+ENV_MAX_SOURCE_BYTES = "KERNELATLAS_MAX_SOURCE_BYTES"
+
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size_from_env(var: str, default: int) -> int:
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", raw, re.IGNORECASE)
+    if m is None or int(m.group(1)) <= 0:
+        raise KernelAtlasError(f"{var}={raw!r} is not a positive size: use bytes or e.g. 512M, 4G")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 def max_tensor_bytes() -> int:
     """The per-tensor ceiling in bytes (``KERNELATLAS_MAX_TENSOR_BYTES`` or the default)."""
-    raw = os.environ.get(ENV_MAX_TENSOR_BYTES, "").strip()
-    if not raw:
-        return DEFAULT_MAX_TENSOR_BYTES
-    m = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", raw, re.IGNORECASE)
-    if m is None or int(m.group(1)) <= 0:
-        raise KernelAtlasError(
-            f"{ENV_MAX_TENSOR_BYTES}={raw!r} is not a positive size: use bytes or e.g. 512M, 4G"
+    return _size_from_env(ENV_MAX_TENSOR_BYTES, DEFAULT_MAX_TENSOR_BYTES)
+
+
+def max_source_bytes() -> int:
+    """The per-source ceiling in bytes (``KERNELATLAS_MAX_SOURCE_BYTES`` or the default)."""
+    return _size_from_env(ENV_MAX_SOURCE_BYTES, DEFAULT_MAX_SOURCE_BYTES)
+
+
+class _Budget:
+    __slots__ = ("what", "limit", "used")
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what, self.limit, self.used = what, limit, 0
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("kernelatlas_source_budget", default=None)
+
+
+@contextmanager
+def source_budget(what: str) -> Iterator[None]:
+    """Bound the bytes that reading one source may materialise (see :func:`charge`).
+
+    Readers run inside it (``harvest.formats.read_file`` opens one per file); nested uses
+    share the outer budget.
+    """
+    if _BUDGET.get() is not None:
+        yield
+        return
+    token = _BUDGET.set(_Budget(what, max_source_bytes()))
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def charge(what: str, nbytes: int) -> None:
+    """Count ``nbytes`` that are about to be allocated against the active source budget.
+
+    Call it *before* allocating (decompressing, broadcasting, expanding a view, copying a
+    shared initialiser again). Outside :func:`source_budget` it does nothing.
+
+    Raises
+    ------
+    TensorTooLargeError : the source's total would exceed :func:`max_source_bytes`.
+    """
+    budget = _BUDGET.get()
+    if budget is None:
+        return
+    budget.used += max(int(nbytes), 0)
+    if budget.used > budget.limit:
+        raise TensorTooLargeError(
+            f"{budget.what}: {what} would bring the memory this source needs to "
+            f"{budget.used:,} bytes, over the {budget.limit:,}-byte limit; raise "
+            f"{ENV_MAX_SOURCE_BYTES} if you trust the file"
         )
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 def check_tensor(
@@ -94,4 +162,5 @@ def check_tensor(
             f"{what}: shape {dims} needs {nbytes:,} bytes but the file holds {max(available, 0):,}"
             "; the file is truncated or corrupt"
         )
+    charge(what, max(nbytes, numel * out_itemsize))
     return numel

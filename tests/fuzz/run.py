@@ -51,17 +51,13 @@ def _write_seeds(folder: Path) -> dict[str, Path]:
 
 
 def _read(target: str, path: Path) -> list:
-    from kernelatlas.harvest.api import FORMATS
+    from kernelatlas.harvest.formats import get_format
 
     if target == "keras":
         from kernelatlas.harvest.keras_h5 import _read_keras
 
         return _read_keras(path)[0]
-    import importlib
-
-    module, func = FORMATS[target]
-
-    return getattr(importlib.import_module(module), func)(path)[0]
+    return get_format(target).read(path).layers
 
 
 def _child(target: str, seconds: float, seed_dir: str, findings: str) -> None:

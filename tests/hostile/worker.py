@@ -37,7 +37,6 @@ class Outcome:
 
 def classify_one(path: str, fmt: str | None = None) -> dict:
     """Harvest ``path`` in this process and describe the outcome (JSON-able)."""
-    import importlib
     import warnings
 
     from kernelatlas.errors import KernelAtlasError
@@ -58,11 +57,9 @@ def classify_one(path: str, fmt: str | None = None) -> dict:
                 else:
                     layers = harvest(path).layers
             else:
-                from kernelatlas.harvest.api import FORMATS
+                from kernelatlas.harvest.formats import get_format
 
-                module, func = FORMATS[fmt]
-                out = getattr(importlib.import_module(module), func)(Path(path))
-                layers = out[0]
+                layers = get_format(fmt).read(Path(path)).layers
         return {"kind": "ok", "detail": digest(layers)}
     except KernelAtlasError as exc:
         msg = str(exc)

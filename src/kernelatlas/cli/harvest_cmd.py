@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_harvest)
 
+    p = subparsers.add_parser("formats", help="list the weight formats kernelatlas reads")
+    p.set_defaults(func=_formats)
+
     p = subparsers.add_parser("fetch", help="download registered sources into the cache")
     p.add_argument("names", nargs="*", metavar="NAME", help="registry names (or wildcards)")
     p.add_argument("--all", action="store_true", help="every registered source")
@@ -38,6 +41,22 @@ def register(subparsers: Any) -> None:
 
 def _fmt_counts(counts: dict[tuple[int, int], tuple[int, int]]) -> str:
     return ", ".join(f"{kh}x{kw}: {n_l} L / {n_k:,} k" for (kh, kw), (n_l, n_k) in counts.items())
+
+
+def _formats(args: argparse.Namespace) -> int:
+    from ..harvest.formats import list_formats
+
+    specs = list_formats()
+    rows = [
+        (s.name, " ".join(s.extensions), "yes" if s.can_fold_bn else "no", s.extra or "-",
+         s.description)
+        for s in specs
+    ]  # fmt: skip
+    head = ("format", "extensions", "fold-bn", "extra", "what")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    for r in [head, *rows]:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + "  " + r[4])
+    return 0
 
 
 def _sources(args: argparse.Namespace) -> int:

@@ -5,84 +5,18 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..bank import KernelBank
-from ..errors import FormatError, KernelAtlasError
+from ..errors import KernelAtlasError
 from .base import HarvestResult, LayerKernels
+from .formats import ReadResult, detect_format, list_formats, read_file
 
-__all__ = ["harvest", "harvest_to_bank", "detect_format", "source_key", "FORMATS"]
-
-#: format -> (module, reader function) ; each reader: (path, *, fold_bn) ->
-#: (layers, skipped_1x1) or (layers, skipped_1x1, notes)
-FORMATS: dict[str, tuple[str, str]] = {
-    "checkpoint": ("kernelatlas.harvest.checkpoint", "read_checkpoint"),
-    "safetensors": ("kernelatlas.harvest.safetensors_", "read_safetensors"),
-    "onnx": ("kernelatlas.harvest.onnx_", "read_onnx"),
-    "tflite": ("kernelatlas.harvest.tflite_", "read_tflite"),
-    "keras": ("kernelatlas.harvest.keras_h5", "read_keras"),
-    "numpy": ("kernelatlas.harvest.arrays", "read_arrays"),
-}
-
-_EXTENSIONS = {
-    ".pt": "checkpoint", ".pth": "checkpoint", ".bin": "checkpoint", ".ckpt": "checkpoint",
-    ".safetensors": "safetensors", ".onnx": "onnx", ".tflite": "tflite", ".h5": "keras",
-    ".hdf5": "keras", ".keras": "keras", ".npy": "numpy", ".npz": "numpy",
-}  # fmt: skip
-
-
-def detect_format(path: str | os.PathLike[str]) -> str:
-    """The reader format of a file, from its leading bytes (extension as a tie-break)."""
-    p = Path(path)
-    if not p.exists():
-        raise FormatError(
-            f"{p}: no such file or registered source (`kernelatlas sources` lists names)"
-        )
-    if p.is_dir():
-        raise FormatError(f"{p} is a directory; pass a weight file")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(16)
-    except OSError as exc:
-        raise FormatError(f"{p}: cannot read ({exc.strerror}); check its permissions") from None
-    ext = p.suffix.lower()
-    if not head:
-        raise FormatError(f"{p}: empty file; download or export it again")
-    if head[:8] == b"\x89HDF\r\n\x1a\n":
-        return "keras"
-    if head[4:8] == b"TFL3":
-        return "tflite"
-    if head[:6] == b"\x93NUMPY":
-        return "numpy"
-    if head[:2] == b"PK":  # zip: torch checkpoint, .keras archive or .npz
-        return {".keras": "keras", ".npz": "numpy"}.get(ext, "checkpoint")
-    if head[:1] == b"\x80":  # a (legacy torch) pickle
-        return "checkpoint"
-    if len(head) >= 9 and head[8:9] == b"{" and ext in ("", ".safetensors"):
-        return "safetensors"
-    if ext in _EXTENSIONS:
-        return _EXTENSIONS[ext]
-    raise FormatError(
-        f"{p}: unknown weight format; supported: .pt/.pth/.bin, .safetensors, .onnx, .tflite, "
-        ".h5/.keras, .npy/.npz"
-    )
-
-
-def _read_file(path: Path, fmt: str, fold_bn: bool) -> tuple[list[LayerKernels], int, tuple]:
-    module, func = FORMATS[fmt]
-    try:
-        reader: Callable[..., Any] = getattr(importlib.import_module(module), func)
-    except ImportError as exc:
-        extra = {"onnx": "onnx", "tflite": "tflite", "keras": "keras"}.get(fmt, "all")
-        raise KernelAtlasError(
-            f"reading {fmt} needs {exc.name}: pip install 'kernelatlas[{extra}]'"
-        ) from None
-    out = reader(path, fold_bn=fold_bn)
-    return out if len(out) == 3 else (*out, ())
+__all__ = ["harvest", "harvest_to_bank", "detect_format", "source_key"]
 
 
 def source_key(source: Any, *, fold_bn: bool = False) -> str | None:
@@ -143,9 +77,9 @@ def _harvest(source: Any, fold_bn: bool) -> HarvestResult:
 
     suffix = "+fold_bn" if fold_bn else ""
     if isinstance(source, torch.nn.Module):
-        layers, skipped = read_module(source, fold_bn=fold_bn)
-        key = f"module:{type(source).__name__}@{_digest(layers)}{suffix}"
-        return HarvestResult(key, type(source).__name__, "module", layers, skipped)
+        r = read_module(source, fold_bn=fold_bn)
+        key = f"module:{type(source).__name__}@{_digest(r.layers)}{suffix}"
+        return _result(key, type(source).__name__, "module", r)
     if not isinstance(source, str | os.PathLike):
         raise KernelAtlasError(
             f"cannot harvest a {type(source).__name__}: pass a source name, a path or an nn.Module"
@@ -153,30 +87,32 @@ def _harvest(source: Any, fold_bn: bool) -> HarvestResult:
     s = str(source)
     if s.startswith("timm:"):
         spec = zoo.parse_timm(s)
-        layers, skipped = read_module(zoo.create_timm_model(spec), fold_bn=fold_bn)
-        return HarvestResult(s + suffix, spec.name, "module", layers, skipped)
+        r = read_module(zoo.create_timm_model(spec), fold_bn=fold_bn)
+        return _result(s + suffix, spec.name, "module", r)
     if _is_registry_name(s):
         from .cache import fetch
 
         info = zoo.get_source(s)
         path = fetch(info)
         if info.arch:
-            layers, skipped = read_module(_build_arch(info, path), fold_bn=fold_bn)
-            notes: tuple = ()
+            r = read_module(_build_arch(info, path), fold_bn=fold_bn)
         else:
-            layers, skipped, notes = _read_file(path, info.format, fold_bn)
-        return HarvestResult(s + suffix, info.model, info.format, layers, skipped, notes)
+            r = read_file(path, info.format, fold_bn=fold_bn)
+        return _result(s + suffix, info.model, info.format, r)
     path = Path(s).expanduser()
     fmt = detect_format(path)
-    layers, skipped, notes = _read_file(path, fmt, fold_bn)
-    return HarvestResult(
-        str(path.resolve()) + suffix, _model_name(path), fmt, layers, skipped, notes
-    )
+    r = read_file(path, fmt, fold_bn=fold_bn)
+    return _result(str(path.resolve()) + suffix, _model_name(path), fmt, r)
+
+
+def _result(key: str, model: str, fmt: str, r: ReadResult) -> HarvestResult:
+    return HarvestResult(key, model, fmt, r.layers, dict(r.skipped), tuple(r.notes))
 
 
 def _model_name(path: Path) -> str:
     name = path.name
-    for ext in (".weights.h5", *sorted(_EXTENSIONS, key=len, reverse=True)):
+    exts = {e for spec in list_formats() for e in spec.extensions}
+    for ext in (".weights.h5", *sorted(exts, key=len, reverse=True)):
         if name.lower().endswith(ext):
             return name[: -len(ext)] or name
     return name

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import FormatError, KernelAtlasError, UnsafeFileError
 from ..limits import check_tensor
 from .base import LayerKernels
+from .formats import ReadResult, register_format
 
 __all__ = ["read_arrays"]
 
@@ -69,7 +70,13 @@ def _read_npy(fp: BinaryIO, what: str, available: int) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
 
 
-def read_arrays(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
+@register_format(
+    "numpy",
+    extensions=(".npy", ".npz"),
+    sniff=lambda head, ext: head[:6] == b"\x93NUMPY" or (head[:2] == b"PK" and ext == ".npz"),
+    description="NumPy .npy (one layer [C,kh,kw] or [C,1,kh,kw]) or .npz (one layer per array)",
+)
+def read_arrays(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Kernels of a .npy (one layer) or .npz (one layer per array)."""
     path = Path(path)
     try:
@@ -103,4 +110,4 @@ def read_arrays(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels
             skipped += 1
         else:
             layers.append(lk)
-    return layers, skipped
+    return ReadResult(layers, {"1x1": skipped} if skipped else {})

@@ -7,6 +7,7 @@ the layers into one Arrow table in the bank schema (one row per single-channel k
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,8 +70,9 @@ class HarvestResult:
         ``tflite``, ``keras``, ``numpy``).
     layers : list of LayerKernels
         Kept depthwise layers, in model order.
-    skipped_1x1 : int
-        Depthwise layers with 1x1 kernels (nothing spatial to analyse), not kept.
+    skipped : mapping of str to int
+        Depthwise layers not kept, by reason (``"1x1"``: nothing spatial to analyse;
+        ``"stem"``: a first conv with the depthwise shape...).
     notes : tuple of str
         Caveats the reader met (e.g. a skipped grayscale stem conv).
     """
@@ -79,8 +81,13 @@ class HarvestResult:
     model: str
     format: str
     layers: list[LayerKernels] = field(default_factory=list)
-    skipped_1x1: int = 0
+    skipped: Mapping[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+
+    @property
+    def skipped_1x1(self) -> int:
+        """Depthwise layers with 1x1 kernels, not kept."""
+        return int(self.skipped.get("1x1", 0))
 
     @property
     def n_kernels(self) -> int:

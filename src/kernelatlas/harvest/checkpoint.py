@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import FormatError, KernelAtlasError, UnsafeFileError
+from ..errors import FormatError, UnsafeFileError
 from ..limits import check_tensor, max_tensor_bytes
 from .base import LayerKernels
+from .formats import ReadResult, register_format
 
 __all__ = ["load_state_dict", "read_checkpoint", "kernels_from_state_dict", "natural_key"]
 
@@ -195,9 +196,7 @@ def _first_line(msg: str) -> str:
     return msg.strip().splitlines()[0][:160] if msg.strip() else "no detail"
 
 
-def kernels_from_state_dict(
-    state: Mapping[str, Any], *, order: str = "dict"
-) -> tuple[list[LayerKernels], int, tuple[str, ...]]:
+def kernels_from_state_dict(state: Mapping[str, Any], *, order: str = "dict") -> ReadResult:
     """Depthwise-shaped weights of a state dict (see the module docstring for the rule).
 
     Parameters
@@ -212,7 +211,7 @@ def kernels_from_state_dict(
     notes: list[str] = []
     four_d = [k for k in names if state[k].ndim == 4 and _floating(state[k])]
     layers: list[LayerKernels] = []
-    skipped = 0
+    skipped = {"1x1": 0, "stem": 0}
     for pos, name in enumerate(four_d):
         w = state[name]
         c, one, kh, kw = (int(s) for s in w.shape)
@@ -223,9 +222,10 @@ def kernels_from_state_dict(
                 f"skipped {name} {list(w.shape)}: the first convolution (a stem on a "
                 "1-channel image has the depthwise shape)"
             )
+            skipped["stem"] += 1
             continue
         if (kh, kw) == (1, 1):
-            skipped += 1
+            skipped["1x1"] += 1
             continue
         dtype = str(w.dtype).removeprefix("torch.")
         itemsize = w.element_size() if isinstance(w, torch.Tensor) else w.dtype.itemsize
@@ -248,7 +248,7 @@ def kernels_from_state_dict(
                 dtype=dtype,
             )
         )
-    return layers, skipped, tuple(notes)
+    return ReadResult(layers, {k: v for k, v in skipped.items() if v}, tuple(notes))
 
 
 def _floating(v: Any) -> bool:
@@ -257,17 +257,17 @@ def _floating(v: Any) -> bool:
     return np.issubdtype(v.dtype, np.floating)
 
 
-def read_checkpoint(
-    path: Path, *, fold_bn: bool = False
-) -> tuple[list[LayerKernels], int, tuple[str, ...]]:
+@register_format(
+    "checkpoint",
+    extensions=(".pt", ".pth", ".bin", ".ckpt"),
+    # a zip (torch.save) or a pickle (legacy torch.save); .keras/.npz zips are claimed earlier
+    sniff=lambda head, ext: head[:2] == b"PK" or head[:1] == b"\x80",
+    description="PyTorch checkpoint / state dict (torch.save, zip or legacy), read without pickle code",
+)
+def read_checkpoint(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a PyTorch checkpoint file."""
-    if fold_bn:
-        raise KernelAtlasError(
-            f"{path}: fold_bn needs the architecture, which a checkpoint does not hold; build "
-            "the model, load the weights and harvest the nn.Module (or drop --fold-bn)"
-        )
     state, where = load_state_dict(path)
-    layers, skipped, notes = kernels_from_state_dict(state)
+    res = kernels_from_state_dict(state)
     if where:
-        notes = (f"weights nested under {where!r}", *notes)
-    return layers, skipped, notes
+        return ReadResult(res.layers, res.skipped, (f"weights nested under {where!r}", *res.notes))
+    return res

@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import FormatError, KernelAtlasError, UnsafeFileError
 from ..limits import TensorTooLargeError, check_tensor, max_tensor_bytes
 from .base import LayerKernels
+from .formats import ReadResult, register_format
 
 __all__ = ["read_keras", "DEPTHWISE_CLASSES"]
 
@@ -277,9 +278,17 @@ def _run_forked(path: Path) -> tuple[list[LayerKernels], int]:
         os.unlink(tmp)
 
 
-def read_keras(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
+@register_format(
+    "keras",
+    extensions=(".h5", ".hdf5", ".keras"),
+    sniff=lambda head, ext: (
+        head[:8] == b"\x89HDF\r\n\x1a\n" or (head[:2] == b"PK" and ext == ".keras")
+    ),
+    extra="keras",
+    description="Keras 2/3 model or weights (.h5 HDF5, .keras zip), read in a forked child",
+)
+def read_keras(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a Keras .h5 / .keras file (batch norms stay separate layers)."""
     path = Path(path)
-    if hasattr(os, "fork"):
-        return _run_forked(path)
-    return _read_keras(path)
+    layers, skipped = _run_forked(path) if hasattr(os, "fork") else _read_keras(path)
+    return ReadResult(layers, {"1x1": skipped} if skipped else {})

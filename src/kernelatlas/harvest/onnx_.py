@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import FormatError, KernelAtlasError
 from ..limits import check_tensor
 from .base import LayerKernels
+from .formats import ReadResult, register_format
 
 __all__ = ["read_onnx"]
 
@@ -163,7 +164,15 @@ def _bn_scale(g: _Graph, conv: Any) -> np.ndarray | None:
     return (gamma / np.sqrt(var + eps)).astype(np.float32)
 
 
-def read_onnx(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
+@register_format(
+    "onnx",
+    extensions=(".onnx",),
+    sniff=lambda head, ext: ext == ".onnx",  # protobuf has no magic bytes
+    extra="onnx",
+    can_fold_bn=True,
+    description="ONNX graph (initializers, Constant nodes, Cast/Mul/DequantizeLinear, BN nodes)",
+)
+def read_onnx(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of an ONNX model, in graph (topological) order."""
     import onnx
 
@@ -177,7 +186,8 @@ def read_onnx(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels],
     if not model.graph.node:
         raise FormatError(f"{path}: not an ONNX model (empty graph); check the file")
     try:
-        return _read_graph(path, model, fold_bn)
+        layers, skipped = _read_graph(path, model, fold_bn)
+        return ReadResult(layers, {"1x1": skipped} if skipped else {})
     except KernelAtlasError:
         raise
     except (MemoryError, RecursionError) as exc:

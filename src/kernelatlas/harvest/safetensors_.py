@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import FormatError, KernelAtlasError
+from ..errors import FormatError
 from ..limits import check_tensor
-from .base import LayerKernels
 from .checkpoint import kernels_from_state_dict
+from .formats import ReadResult, register_format
 
 __all__ = ["read_safetensors"]
 
@@ -26,18 +26,17 @@ _ITEMSIZE = {
 _FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
-def read_safetensors(
-    path: Path, *, fold_bn: bool = False
-) -> tuple[list[LayerKernels], int, tuple[str, ...]]:
+@register_format(
+    "safetensors",
+    extensions=(".safetensors",),
+    sniff=lambda head, ext: len(head) >= 9 and head[8:9] == b"{" and ext in ("", ".safetensors"),
+    description="safetensors state dict (no architecture: depthwise decided from shapes)",
+)
+def read_safetensors(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a safetensors file."""
     import torch
     from safetensors import SafetensorError, safe_open
 
-    if fold_bn:
-        raise KernelAtlasError(
-            f"{path}: fold_bn needs the architecture, which a safetensors file does not hold; "
-            "load the weights into the model and harvest the nn.Module (or drop --fold-bn)"
-        )
     try:
         with safe_open(str(path), framework="pt") as f:
             state = {}

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import FormatError, KernelAtlasError
 from ..limits import check_tensor
 from .base import LayerKernels
+from .formats import ReadResult, register_format
 
 __all__ = ["read_tflite"]
 
@@ -58,7 +59,15 @@ def _tensor_values(model: Any, tensor: Any) -> tuple[np.ndarray, str] | None:
     return arr.astype(np.float32), np.dtype(dtype).name
 
 
-def read_tflite(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
+@register_format(
+    "tflite",
+    extensions=(".tflite",),
+    sniff=lambda head, ext: head[4:8] == b"TFL3",
+    extra="tflite",
+    can_fold_bn=True,  # TFLite has no batch-norm op: kernels are already folded
+    description="TensorFlow Lite flatbuffer (fp32, fp16 behind DEQUANTIZE, int8)",
+)
+def read_tflite(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a TFLite model (all subgraphs, in op order)."""
     import tflite
     from tflite.BuiltinOperator import BuiltinOperator as Op
@@ -125,7 +134,7 @@ def read_tflite(path: Path, *, fold_bn: bool = False) -> tuple[list[LayerKernels
         raise FormatError(
             f"{path}: truncated or corrupt TFLite file ({type(exc).__name__}); get it again"
         ) from None
-    return layers, skipped
+    return ReadResult(layers, {"1x1": skipped} if skipped else {})
 
 
 def _options(op: Any) -> tuple[int, int]:

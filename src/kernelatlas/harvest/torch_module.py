@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .base import LayerKernels
+from .formats import ReadResult
 
 __all__ = ["read_module", "is_depthwise", "following_batchnorms", "fold_bn_scale"]
 
@@ -78,8 +79,8 @@ def fold_bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> np.ndarray:
     return (gamma / torch.sqrt(var + bn.eps)).float().cpu().numpy()
 
 
-def read_module(model: nn.Module, *, fold_bn: bool = False) -> tuple[list[LayerKernels], int]:
-    """Depthwise layers of ``model`` in module order, and the number of 1x1 ones skipped."""
+def read_module(model: nn.Module, *, fold_bn: bool = False) -> ReadResult:
+    """Depthwise layers of ``model`` in module order (1x1 ones counted as skipped)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     convs = [(name, m) for name, m in model.named_modules() if is_depthwise(m)]
@@ -116,4 +117,4 @@ def read_module(model: nn.Module, *, fold_bn: bool = False) -> tuple[list[LayerK
                     dtype=dtype,
                 )
             )
-    return layers, skipped
+    return ReadResult(layers, {"1x1": skipped} if skipped else {})

@@ -1,0 +1,211 @@
+"""The format registry: one entry per weight format, each registered by its reader module.
+
+A reader module decorates its read function::
+
+    @register_format("onnx", extensions=(".onnx",), extra="onnx", can_fold_bn=True,
+                     sniff=lambda head, ext: ext == ".onnx", description="ONNX graph")
+    def read_onnx(path: Path, *, fold_bn: bool = False) -> ReadResult: ...
+
+and is listed in :data:`BUILTIN_MODULES` (imported on the first lookup, so reader modules
+must import their optional dependencies inside ``read``). Adding a format is one new module
+plus one line there. :func:`detect_format` picks the reader from the file's leading bytes
+(the extension breaks ties); the CLI's ``kernelatlas formats`` listing and the
+"unknown format" message are generated from the registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FormatError, KernelAtlasError
+from ..limits import source_budget
+from .base import LayerKernels
+
+__all__ = [
+    "ReadResult",
+    "FormatSpec",
+    "register_format",
+    "get_format",
+    "list_formats",
+    "detect_format",
+    "read_file",
+    "supported_text",
+    "BUILTIN_MODULES",
+    "HEAD_BYTES",
+]
+
+#: Reader modules that register the built-in formats, in priority order.
+BUILTIN_MODULES: tuple[str, ...] = (
+    "kernelatlas.harvest.keras_h5",
+    "kernelatlas.harvest.tflite_",
+    "kernelatlas.harvest.arrays",
+    "kernelatlas.harvest.checkpoint",
+    "kernelatlas.harvest.safetensors_",
+    "kernelatlas.harvest.onnx_",
+)
+#: How many leading bytes of a file ``sniff`` sees.
+HEAD_BYTES = 64
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What every reader returns.
+
+    Attributes
+    ----------
+    layers : kept depthwise layers, in model order.
+    skipped : layers not kept, by reason (``{"1x1": 3, "stem": 1}``): counted, never silent.
+    notes : caveats the reader met, one sentence each.
+    """
+
+    layers: list[LayerKernels]
+    skipped: Mapping[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+Reader = Callable[..., ReadResult]
+Sniffer = Callable[[bytes, str], bool]
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """One registered weight format.
+
+    Attributes
+    ----------
+    name : registry key (``checkpoint``, ``onnx``...), also the ``format`` column of a bank.
+    extensions : lower-case file suffixes, with the dot (``.pt``); the first is the usual one.
+    read : ``read(path, *, fold_bn=False) -> ReadResult``.
+    sniff : ``sniff(head, ext) -> bool``: does a file with these leading bytes
+        (:data:`HEAD_BYTES`) and lower-case suffix belong to this format?
+    extra : the pip extra that installs the reader's dependency (``kernelatlas[extra]``).
+    can_fold_bn : whether the reader can fold a following batch norm into the kernels.
+    description : one line for ``kernelatlas formats``.
+    """
+
+    name: str
+    extensions: tuple[str, ...]
+    read: Reader
+    sniff: Sniffer
+    extra: str | None = None
+    can_fold_bn: bool = False
+    description: str = ""
+
+
+_REGISTRY: dict[str, FormatSpec] = {}
+_loaded = False
+
+
+def register_format(
+    name: str,
+    *,
+    extensions: tuple[str, ...],
+    sniff: Sniffer,
+    extra: str | None = None,
+    can_fold_bn: bool = False,
+    description: str = "",
+) -> Callable[[Reader], Reader]:
+    """Register the decorated function as the reader of format ``name``.
+
+    Raises :class:`KernelAtlasError` when ``name`` is already registered (no silent
+    overwrite).
+    """
+
+    def deco(read: Reader) -> Reader:
+        if name in _REGISTRY:
+            raise KernelAtlasError(f"format {name!r} is already registered")
+        exts = tuple(e.lower() for e in extensions)
+        if not all(e.startswith(".") for e in exts):
+            raise KernelAtlasError(f"format {name!r}: extensions must start with '.', got {exts}")
+        _REGISTRY[name] = FormatSpec(name, exts, read, sniff, extra, can_fold_bn, description)
+        return read
+
+    return deco
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def list_formats() -> list[FormatSpec]:
+    """Every registered format, in priority order."""
+    _load_builtins()
+    return list(_REGISTRY.values())
+
+
+def get_format(name: str) -> FormatSpec:
+    """The format registered as ``name``."""
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KernelAtlasError(
+            f"unknown format {name!r}; registered: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def supported_text() -> str:
+    """``.pt/.pth/..., .onnx, ...``: the suffixes of every format, for messages."""
+    return ", ".join("/".join(spec.extensions) for spec in list_formats())
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format of a file: the first whose ``sniff`` accepts its leading bytes, else the
+    first that claims its extension.
+
+    Raises :class:`FormatError` (one line) for a missing, unreadable, empty or unknown file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FormatError(
+            f"{p}: no such file or registered source (`kernelatlas sources` lists names)"
+        )
+    if p.is_dir():
+        raise FormatError(f"{p} is a directory; pass a weight file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as exc:
+        raise FormatError(f"{p}: cannot read ({exc.strerror}); check its permissions") from None
+    if not head:
+        raise FormatError(f"{p}: empty file; download or export it again")
+    ext = _suffix(p)
+    specs = list_formats()
+    for spec in specs:
+        if spec.sniff(head, ext):
+            return spec.name
+    for spec in specs:
+        if ext in spec.extensions:
+            return spec.name
+    raise FormatError(f"{p}: unknown weight format; supported: {supported_text()}")
+
+
+def read_file(path: Path, fmt: str, *, fold_bn: bool = False) -> ReadResult:
+    """Read ``path`` with the reader of ``fmt``; a missing optional dependency is one line."""
+    spec = get_format(fmt)
+    if fold_bn and not spec.can_fold_bn:
+        raise KernelAtlasError(
+            f"{path}: --fold-bn needs the architecture, which a {fmt} file does not hold; build "
+            "the model, load the weights and harvest the nn.Module (or drop --fold-bn)"
+        )
+    try:
+        with source_budget(str(path)):
+            return spec.read(path, fold_bn=fold_bn)
+    except ImportError as exc:
+        if exc.name is None or exc.name.startswith("kernelatlas"):
+            raise
+        raise KernelAtlasError(
+            f"reading {fmt} needs {exc.name}: pip install 'kernelatlas[{spec.extra or 'all'}]'"
+        ) from None
