@@ -18,14 +18,19 @@ SOURCES_MD = {
     "mobilenet_v2": {(3, 3): (17, 7136)},
     "pp_lcnet_orientation": {(3, 3): (6, 432), (5, 5): (7, 2048)},
 }
+# found by the formats2 helper (rapidocr==3.10.0 wheel): real 7x7 and 1x7 depthwise kernels
+PPOCRV6 = {
+    "ppocrv6_det_small": {(3, 3): (13, 2160), (7, 7): (4, 384)},
+    "ppocrv6_rec_small": {(1, 7): (1, 120), (3, 3): (13, 2496)},
+}
 MEDIAPIPE_TOTALS = {(3, 3): (250, 29350), (5, 5): (97, 30000)}
 
 
-@pytest.mark.parametrize("name", sorted(SOURCES_MD))
+@pytest.mark.parametrize("name", sorted(SOURCES_MD | PPOCRV6))
 def test_counts_match_sources_md(name, shipped):
     shipped(name)
     res = harvest(name)
-    assert res.counts() == SOURCES_MD[name]
+    assert res.counts() == (SOURCES_MD | PPOCRV6)[name]
     assert res.counts() == get_source(name).expected_counts
     assert all(np.isfinite(lk.weights).all() for lk in res.layers)
 
@@ -86,3 +91,17 @@ def test_harvest_to_bank_real_and_resume(tmp_path, shipped):
     assert bank.file_for("pp_lcnet_orientation").stat().st_mtime_ns == mtime  # resumed, not redone
     assert len(bank) == 432 + 2048 + 1536 and int(counts.kernels.sum()) == len(bank)
     assert bank.kernels(5, 5).shape == (2048, 5, 5)
+
+
+def test_ppocrv6_real_7x7_and_1x7_kernels_keep_their_shape(shipped):
+    """The OCR recogniser's one 1x7 layer (its last, in the neck) follows 13 3x3 ones; the
+    detector's 7x7s are real."""
+    rec = harvest("ppocrv6_rec_small")
+    shapes = [lk.shape for lk in rec.layers]
+    assert shapes.count((1, 7)) == 1 and set(shapes) == {(1, 7), (3, 3)}
+    (one,) = (lk for lk in rec.layers if lk.shape == (1, 7))
+    assert one.weights.shape == (120, 1, 7) and one.layer_index == 13
+    det = harvest("ppocrv6_det_small")
+    k7 = np.concatenate([lk.weights for lk in det.layers if lk.shape == (7, 7)])
+    assert k7.shape == (384, 7, 7) and np.isfinite(k7).all()
+    assert (np.abs(k7).reshape(384, -1).max(1) > 0).all()  # trained, not zero-padded 3x3s

@@ -17,7 +17,7 @@ from kernelatlas.harvest import harvest as harvest_fn
 
 def test_registry_lists_with_wildcards_and_refuses_overwrites():
     names = zoo.list_sources()
-    assert len(names) == 19 and names == sorted(names)
+    assert len(names) == 21 and names == sorted(names)
     assert zoo.list_sources("efficientnet_lite?") == [f"efficientnet_lite{i}" for i in range(3)]
     assert len(zoo.list_sources("mediapipe/*")) == 14
     with pytest.raises(KernelAtlasError, match="already registered"):

@@ -245,6 +245,43 @@ def pp_lcnet_orientation() -> SourceInfo:
     )
 
 
+# PP-OCRv6 small, converted to ONNX and shipped by RapidOCR (see its MODEL_LICENSES.md:
+# Apache-2.0, weights (c) Baidu / PaddleOCR, sha256 listed there too). The detector holds
+# real trained 7x7 depthwise kernels; the recogniser one 1x7 layer among 3x3 ones.
+_PPOCRV6_PAPER = "PaddleOCR PP-OCRv6 (Baidu, 2026); converted to ONNX and packaged by RapidAI"
+_PPOCRV6_LICENCE = "Apache-2.0 (PaddleOCR weights, (c) Baidu; RapidOCR MODEL_LICENSES.md)"
+
+
+@register_source
+def ppocrv6_det_small() -> SourceInfo:
+    return SourceInfo(
+        name="ppocrv6_det_small",
+        model="PP-OCRv6 small text detector",
+        package="rapidocr==3.10.0",
+        member="rapidocr/models/PP-OCRv6_det_small.onnx",
+        sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+        licence=_PPOCRV6_LICENCE,
+        paper=_PPOCRV6_PAPER,
+        format="onnx",
+        expected=((3, 3, 13, 2160), (7, 7, 4, 384)),
+    )
+
+
+@register_source
+def ppocrv6_rec_small() -> SourceInfo:
+    return SourceInfo(
+        name="ppocrv6_rec_small",
+        model="PP-OCRv6 small text recogniser",
+        package="rapidocr==3.10.0",
+        member="rapidocr/models/PP-OCRv6_rec_small.onnx",
+        sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+        licence=_PPOCRV6_LICENCE,
+        paper=_PPOCRV6_PAPER,
+        format="onnx",
+        expected=((1, 7, 1, 120), (3, 3, 13, 2496)),
+    )
+
+
 # -- timm ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimmSpec:
