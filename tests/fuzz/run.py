@@ -56,7 +56,7 @@ def _read(target: str, path: Path) -> list:
     if target == "keras":
         from kernelatlas.harvest.keras_h5 import _read_keras
 
-        return _read_keras(path)[0]
+        return _read_keras(path).layers
     return get_format(target).read(path).layers
 
 

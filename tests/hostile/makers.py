@@ -26,6 +26,8 @@ SEED_NAMES = {
     "tflite": "m.tflite",
     "keras": "m.h5",
     "keras3": "m.keras",
+    "keras3_h5": "nested.h5",
+    "keras3_real": "nested.keras",
 }
 
 
@@ -284,6 +286,143 @@ def write_keras3(model: nn.Module, path: Path) -> Path:
     return path
 
 
+# Keras 3 as it really saves a transfer-learning model: a Functional backbone (with a
+# Functional neck inside it) nested in a Functional model, plus optimizer state.
+def _k3(cls: str, name: str, **cfg) -> dict:
+    return {"module": "keras.layers", "class_name": cls, "config": {"name": name, **cfg},
+            "registered_name": None}  # fmt: skip
+
+
+def keras3_nested(model: nn.Module) -> tuple[dict, list[tuple[str, str, str, dict]]]:
+    """The config of the nested Keras 3 model built around the depthwise convs of
+    ``model`` (3x3, 5x5 x2 stride 2, 1x5 as a SeparableConv2D, 1x1, 3x3 dilation 2), and its
+    variables: ``(scope/layer, class, var name, {h5 vars index: array})``."""
+    convs = [c for _, c in depthwise_convs(model)]
+    k = [keras_kernel(c) for c in convs]
+    stem = np.asarray(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight.detach())
+    stem_k = stem.transpose(2, 3, 1, 0).copy()  # [3, 3, 3, 8]: a "kernel", not depthwise
+    neck = _k3("Functional", "neck", layers=[
+        _k3("InputLayer", "neck_in"),
+        _k3("SeparableConv2D", "sep_1x5", strides=[1, 1], dilation_rate=[1, 1]),
+        _k3("DepthwiseConv2D", "dw_1x1", strides=[1, 1], dilation_rate=[1, 1]),
+    ])  # fmt: skip
+    backbone = _k3("Functional", "backbone", layers=[
+        _k3("InputLayer", "backbone_in"),
+        _k3("DepthwiseConv2D", "block_1_depthwise", strides=[1, 1], dilation_rate=[1, 1]),
+        _k3("BatchNormalization", "block_1_depthwise_BN"),
+        _k3("Conv2D", "block_1_project"),
+        _k3("DepthwiseConv2D", "block_2_depthwise", strides=[2, 2], dilation_rate=[1, 1],
+            depth_multiplier=2),
+        neck,
+    ])  # fmt: skip
+    config = _k3("Functional", "transfer", layers=[
+        _k3("InputLayer", "input_layer"), _k3("Conv2D", "stem"), backbone,
+        _k3("DepthwiseConv2D", "head_dw", strides=[1, 1], dilation_rate=[2, 2]),
+        _k3("GlobalAveragePooling2D", "gap"), _k3("Dense", "head"),
+    ])  # fmt: skip
+    f32 = np.float32
+    variables = [
+        ("stem", "Conv2D", [("kernel", stem_k)]),
+        ("backbone/block_1_depthwise", "DepthwiseConv2D",
+         [("kernel", k[0]), ("bias", np.zeros(8, f32))]),
+        ("backbone/block_1_depthwise_BN", "BatchNormalization", [("gamma", np.ones(8, f32))]),
+        ("backbone/block_1_project", "Conv2D", [("kernel", np.ones((1, 1, 8, 16), f32))]),
+        ("backbone/block_2_depthwise", "DepthwiseConv2D", [("kernel", k[1])]),
+        ("backbone/neck/sep_1x5", "SeparableConv2D",
+         [("depthwise_kernel", k[2]), ("pointwise_kernel", np.ones((1, 1, 32, 32), f32)),
+          ("bias", np.zeros(32, f32))]),
+        ("backbone/neck/dw_1x1", "DepthwiseConv2D", [("kernel", k[3])]),
+        ("head_dw", "DepthwiseConv2D", [("kernel", k[4])]),
+        ("head", "Dense", [("kernel", np.ones((32, 10), f32))]),
+    ]  # fmt: skip
+    return config, variables
+
+
+def _adam_moments(variables) -> dict[str, np.ndarray]:
+    """Depthwise-shaped optimizer state (Keras 3 names): must never be harvested."""
+    out = {"iteration": np.array(7, np.int64)}
+    for path, _, arrays in variables:
+        base = path.rsplit("/", 1)[-1]
+        for var, arr in arrays:
+            out[f"{base}_{var}_momentum"] = arr * 0.1 + 1.0
+            out[f"{base}_{var}_velocity"] = arr**2 + 2.0
+    return out
+
+
+def write_keras3_h5(model: nn.Module, path: Path) -> Path:
+    """Keras 3 legacy ``model.save('m.h5')``: ``model_weights/<top layer>`` groups whose
+    ``weight_names`` are Keras 3 variable paths (``block_1_depthwise/kernel``), the classes in
+    ``model_config``, and ``optimizer_weights/`` with depthwise-shaped Adam moments."""
+    import h5py
+
+    config, variables = keras3_nested(model)
+    top_names = [lay["config"]["name"] for lay in config["config"]["layers"]]
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = "3.6.0"
+        f.attrs["model_config"] = json.dumps(config)
+        f.attrs["training_config"] = json.dumps({"optimizer_config": {"class_name": "Adam"}})
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = [n.encode() for n in top_names]
+        groups = {n: mw.create_group(n) for n in top_names}
+        names: dict[str, list[bytes]] = {n: [] for n in top_names}
+        for vpath, _, arrays in variables:
+            top, layer = vpath.split("/", 1)[0], vpath.rsplit("/", 1)[-1]
+            for var, arr in arrays:
+                wname = f"{layer}/{var}"
+                groups[top].create_dataset(wname, data=arr)
+                names[top].append(wname.encode())
+        for n in top_names:
+            groups[n].attrs["weight_names"] = names[n]
+        mw.create_group("top_level_model_weights").attrs["weight_names"] = []
+        ow = f.create_group("optimizer_weights")
+        moments = _adam_moments(variables)
+        ow.attrs["weight_names"] = [f"adam/{n}".encode() for n in moments]
+        for n, arr in moments.items():
+            ow.create_dataset(f"adam/{n}", data=arr)
+    return path
+
+
+def write_keras3_real(model: nn.Module, path: Path) -> Path:
+    """Keras 3 ``model.save('m.keras')`` as Keras writes it: groups named by class and
+    position per container (``layers/functional/layers/depthwise_conv2d_1/vars``), tagged
+    with the layer name, and ``optimizer/vars`` with depthwise-shaped moments."""
+    import h5py
+
+    from kernelatlas.harvest.keras_h5 import _snake
+
+    config, variables = keras3_nested(model)
+    by_scope = {v[0]: v for v in variables}
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+
+        def container(layers: list, prefix: str, scope: str) -> None:
+            used: dict[str, int] = {}
+            for lay in layers:
+                snake = _snake(lay["class_name"])
+                n = used.get(snake)
+                used[snake] = 0 if n is None else n + 1
+                gpath = f"{prefix}/{snake}" if n is None else f"{prefix}/{snake}_{n + 1}"
+                name = lay["config"]["name"]
+                vars_ = f.create_group(f"{gpath}/vars")
+                vars_.attrs["name"] = name
+                key = f"{scope}/{name}" if scope else name
+                for i, (_, arr) in enumerate(by_scope.get(key, ("", "", []))[2]):
+                    vars_.create_dataset(str(i), data=arr)
+                if "layers" in lay["config"]:
+                    container(lay["config"]["layers"], f"{gpath}/layers", key)
+
+        container(config["config"]["layers"], "layers", "")
+        opt = f.create_group("optimizer/vars")
+        for i, arr in enumerate(_adam_moments(variables).values()):
+            opt.create_dataset(str(i), data=arr)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("metadata.json", json.dumps({"keras_version": "3.6.0"}))
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("model.weights.h5", buf.getvalue())
+    return path
+
+
 def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
     """Every seed file of :data:`SEED_NAMES` under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -297,6 +436,8 @@ def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
         "tflite": write_tflite,
         "keras": write_h5,
         "keras3": write_keras3,
+        "keras3_h5": write_keras3_h5,
+        "keras3_real": write_keras3_real,
     }
     return {k: writers[k](model, folder / name) for k, name in SEED_NAMES.items()}
 

@@ -53,7 +53,7 @@ def classify_one(path: str, fmt: str | None = None) -> dict:
                     # sees a crash here and checks the real reader contains it
                     from kernelatlas.harvest.keras_h5 import _read_keras
 
-                    layers = _read_keras(Path(path))[0]
+                    layers = _read_keras(Path(path)).layers
                 else:
                     layers = harvest(path).layers
             else:
