@@ -23,7 +23,8 @@ from tests.hostile.makers import write_seeds
 _SEED_FORMAT = {
     "checkpoint": "checkpoint", "checkpoint_legacy": "checkpoint", "safetensors": "safetensors",
     "numpy": "numpy", "npz": "numpy", "onnx": "onnx", "tflite": "tflite", "keras": "keras",
-    "keras3": "keras", "keras3_h5": "keras", "keras3_real": "keras",
+    "keras3": "keras", "keras3_h5": "keras", "keras3_real": "keras", "tfjs": "tfjs",
+    "tfjs_layers": "tfjs",
 }  # fmt: skip
 
 

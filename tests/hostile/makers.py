@@ -28,6 +28,8 @@ SEED_NAMES = {
     "keras3": "m.keras",
     "keras3_h5": "nested.h5",
     "keras3_real": "nested.keras",
+    "tfjs": "tfjs/model.json",
+    "tfjs_layers": "tfjs_layers/model.json",
 }
 
 
@@ -423,6 +425,121 @@ def write_keras3_real(model: nn.Module, path: Path) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- TF.js
+def _tfjs_quantise(w: np.ndarray, quant: str | None) -> tuple[bytes, dict | None]:
+    """``w`` stored as TF.js does: fp32, float16, or affine uint8/uint16 (min + scale*q)."""
+    if quant is None:
+        return w.astype("<f4").tobytes(), None
+    if quant == "float16":
+        return w.astype("<f2").tobytes(), {"dtype": "float16"}
+    levels = 255 if quant == "uint8" else 65535
+    lo, hi = float(w.min()), float(w.max())
+    scale = (hi - lo) / levels or 1.0
+    q = np.clip(np.round((w - lo) / scale), 0, levels).astype("u1" if levels == 255 else "<u2")
+    return q.tobytes(), {"dtype": quant, "scale": scale, "min": lo}
+
+
+def tfjs_dequantised(w: np.ndarray, quant: str | None) -> np.ndarray:
+    """What a reader must get back from :func:`_tfjs_quantise` (float32)."""
+    raw, q = _tfjs_quantise(w, quant)
+    if q is None:
+        return w.astype(np.float32)
+    if q["dtype"] == "float16":
+        return np.frombuffer(raw, "<f2").reshape(w.shape).astype(np.float32)
+    arr = np.frombuffer(raw, "u1" if q["dtype"] == "uint8" else "<u2").reshape(w.shape)
+    return arr.astype(np.float32) * np.float32(q["scale"]) + np.float32(q["min"])
+
+
+def _ilist(values) -> dict:
+    return {"list": {"i": [str(int(v)) for v in values]}}
+
+
+def write_tfjs(model: nn.Module, folder: Path, *, kind: str = "graph", quant: str | None = None,
+               shard_bytes: int = 1000, prefix: str = "group1") -> Path:  # fmt: skip
+    """A TF.js model of ``model``'s depthwise convs in ``folder`` (``model.json`` + shards of
+    ``shard_bytes``): ``kind`` is ``graph`` (DepthwiseConv2dNative / Fused... nodes, one
+    filter behind an Identity), ``layers`` (the nested Keras 3 config, optimizer weights in
+    group ``optimizer``) or ``weights`` (a bare face-api-style manifest list)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    convs = [(n, c) for n, c in depthwise_convs(model)]
+    stem = np.asarray(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight.detach())
+    entries: list[tuple[str, np.ndarray, str | None, str | None]] = []  # name, value, quant, group
+    topology: dict | None = None
+    if kind == "graph":
+        nodes = [{"name": "x", "op": "Placeholder", "attr": {"dtype": {"type": "DT_FLOAT"}}},
+                 {"name": "stem/w", "op": "Const"},
+                 {"name": "stem", "op": "Conv2D", "input": ["x", "stem/w"]}]  # fmt: skip
+        entries.append(("stem/w", stem.transpose(2, 3, 1, 0), quant, None))
+        prev = "stem"
+        for i, (_, conv) in enumerate(convs):
+            w = f"dw{i}/filter"
+            nodes.append({"name": w, "op": "Const"})
+            src = w
+            if i == 1:
+                nodes.append({"name": f"{w}/read", "op": "Identity", "input": [w]})
+                src = f"{w}/read:0"
+            op = "FusedDepthwiseConv2dNative" if i % 2 == 0 else "DepthwiseConv2dNative"
+            s, d = conv.stride[0], conv.dilation[0]
+            nodes.append({"name": f"dw{i}", "op": op, "input": [prev, src, "^x"],
+                          "attr": {"strides": _ilist([1, s, s, 1]),
+                                   "dilations": _ilist([1, d, d, 1])}})  # fmt: skip
+            entries.append((w, keras_kernel(conv), quant, None))
+            prev = f"dw{i}"
+        entries.append(("shape", np.array([1, 32], np.int32), None, None))
+        topology = {"node": nodes, "library": {}, "versions": {"producer": 1}}
+        doc: dict | list = {"format": "graph-model", "generatedBy": "kernelatlas tests",
+                            "convertedBy": "TensorFlow.js Converter v4", "modelTopology": topology}  # fmt: skip
+    elif kind == "layers":
+        config, variables = keras3_nested(model)
+        for vpath, _, arrays in variables:
+            layer = vpath.rsplit("/", 1)[-1]
+            for var, arr in arrays:
+                entries.append((f"{layer}/{var}", arr, quant, None))
+        for n, arr in _adam_moments(variables).items():  # optimizer state, same shapes
+            if arr.ndim == 4:
+                entries.insert(0, (n, arr, quant, "optimizer"))
+        decoy = np.full_like(keras_kernel(convs[-1][1]), 9.0)  # named like a kernel
+        entries.insert(0, ("head_dw/kernel", decoy, quant, "optimizer"))
+        doc = {"format": "layers-model", "generatedBy": "keras v3.6.0",
+               "modelTopology": {"keras_version": "3.6.0", "backend": "tensorflow",
+                                 "model_config": config}}  # fmt: skip
+    else:
+        for i, (_, conv) in enumerate(convs):
+            entries.append((f"conv{i}/depthwise_filter", keras_kernel(conv), quant, None))
+            entries.append((f"conv{i}/bias", np.zeros(conv.out_channels, np.float32), None, None))
+        doc = []
+    blob = bytearray()
+    specs = []
+    for name, arr, q, group in entries:
+        if arr.dtype == np.int32:
+            raw, qspec = arr.astype("<i4").tobytes(), None
+            spec = {"name": name, "shape": list(arr.shape), "dtype": "int32"}
+        else:
+            raw, qspec = _tfjs_quantise(np.asarray(arr, np.float32), q)
+            spec = {"name": name, "shape": list(arr.shape), "dtype": "float32"}
+            if qspec:
+                spec["quantization"] = qspec
+        if group:
+            spec["group"] = group
+        specs.append(spec)
+        blob += raw
+    n_shards = max(1, -(-len(blob) // shard_bytes))
+    paths = []
+    for j in range(n_shards):
+        name = f"{prefix}-shard{j + 1}of{n_shards}.bin"
+        (folder / name).write_bytes(bytes(blob[j * shard_bytes : (j + 1) * shard_bytes]))
+        paths.append(name)
+    manifest = [{"paths": paths, "weights": specs}]
+    if isinstance(doc, list):
+        path = folder / "weights_manifest.json"
+        path.write_text(json.dumps(manifest))
+    else:
+        doc["weightsManifest"] = manifest
+        path = folder / "model.json"
+        path.write_text(json.dumps(doc))
+    return path
+
+
 def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
     """Every seed file of :data:`SEED_NAMES` under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -438,6 +555,10 @@ def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
         "keras3": write_keras3,
         "keras3_h5": write_keras3_h5,
         "keras3_real": write_keras3_real,
+        "tfjs": lambda m, p: write_tfjs(m, p.parent, kind="graph", quant="uint8"),
+        "tfjs_layers": lambda m, p: write_tfjs(
+            m, p.parent, kind="layers", quant="float16", prefix="layers"
+        ),
     }
     return {k: writers[k](model, folder / name) for k, name in SEED_NAMES.items()}
 

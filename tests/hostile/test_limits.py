@@ -239,3 +239,78 @@ def test_onnx_identity_cycle_and_bad_operands(tmp_path, tiny_dscnn):
     model.graph.node.extend([helper.make_node("Mul", ["m1", "m2"], ["prod"])])
     onnx.save(model, tmp_path / "mul.onnx")
     _refused_cheaply(tmp_path / "mul.onnx", FormatError, "incompatible shapes")
+
+
+# ----------------------------------------------------------------------------- TF.js
+def _tfjs_variant(base, tmp_path, name, mutate):
+    """A copy of the TF.js model folder ``base`` with ``mutate(doc, folder)`` applied."""
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(base, folder, symlinks=True)
+    doc = json.loads((folder / "model.json").read_text())
+    mutate(doc, folder)
+    (folder / "model.json").write_text(json.dumps(doc))
+    return folder / "model.json"
+
+
+def test_tfjs_lying_manifests_and_escaping_shard_paths(tmp_path, tiny_dscnn):
+    """Sizes are checked against the shards before any weight is read; a shard must be a
+    regular file inside the model's folder; each refusal is one line."""
+    import os
+
+    from kernelatlas.errors import UnsafeFileError
+
+    from .makers import write_tfjs
+
+    base = write_tfjs(tiny_dscnn, tmp_path / "ok", kind="graph", quant="uint8").parent
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(256)) * 8)
+
+    def weight(doc, name):
+        return next(w for w in doc["weightsManifest"][0]["weights"] if w["name"] == name)
+
+    def shape(new):
+        return lambda d, f: weight(d, "dw1/filter").__setitem__("shape", new)
+
+    def path0(p):
+        return lambda d, f: d["weightsManifest"][0]["paths"].__setitem__(0, p)
+
+    def link_out(d, f):
+        (f / "evil.bin").symlink_to(secret)
+        d["weightsManifest"][0]["paths"][0] = "evil.bin"
+
+    def fifo(d, f):
+        os.mkfifo(f / "pipe.bin")
+        d["weightsManifest"][0]["paths"][0] = "pipe.bin"
+
+    def cut_shard(d, f):
+        p = f / d["weightsManifest"][0]["paths"][-1]
+        p.write_bytes(p.read_bytes()[:-5])
+
+    cases = [
+        ("bigger", shape([5, 5, 32, 2]), FormatError, "declares .* bytes but its shards hold"),
+        ("huge", shape(HUGE), FormatError, "declares .* bytes but its shards hold"),
+        ("negative", shape([5, -5, 16, 2]), FormatError, "not a tensor shape"),
+        ("cut", cut_shard, FormatError, "but its shards hold"),
+        ("dotdot", path0("../secret.bin"), UnsafeFileError, "outside the model's folder"),
+        ("absolute", path0(str(secret)), UnsafeFileError, "outside the model's folder"),
+        ("deep", path0("sub/../../secret.bin"), UnsafeFileError, "outside the model's folder"),
+        ("link", link_out, UnsafeFileError, "outside the model's folder"),
+        ("fifo", fifo, FormatError, "not a regular file"),
+        ("missing", path0("nope.bin"), FormatError, "is missing"),
+        ("noscale", lambda d, f: weight(d, "dw0/filter")["quantization"].pop("scale"),
+         FormatError, "without scale"),
+        ("dtype", lambda d, f: weight(d, "dw0/filter")["quantization"].update(dtype="int4"),
+         FormatError, "unknown quantization"),
+        ("nomanifest", lambda d, f: d.pop("weightsManifest"), FormatError, "without weightsManifest"),
+    ]  # fmt: skip
+    for name, mutate, error, match in cases:
+        msg = _refused_cheaply(_tfjs_variant(base, tmp_path, name, mutate), error, match)
+        assert "secret" not in name or "\\x00\\x01" not in msg
+    deep = tmp_path / "nested" / "model.json"
+    deep.parent.mkdir()
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    _refused_cheaply(deep, FormatError, "nested too deep|not valid JSON")
+    # the folder itself is accepted, and a manifest named otherwise is read by content
+    assert harvest(base).layers and harvest(base / "model.json").layers

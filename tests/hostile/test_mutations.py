@@ -37,6 +37,8 @@ def mutated(seeds, tmp_path_factory) -> dict[str, list[tuple[str, Path]]]:
         data = seed.read_bytes()
         folder = root / key
         folder.mkdir()
+        for shard in seed.parent.glob("*.bin") if key.startswith("tfjs") else ():
+            shutil.copy(shard, folder / shard.name)  # mutated manifests, intact shards
         cases = [("cut", *c) for c in truncations(data, N_CUTS)]
         cases += [("flip", *c) for c in bitflips(data, N_FLIPS, SEED + i)]
         cases.append(("empty", "empty", b""))

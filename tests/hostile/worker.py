@@ -115,7 +115,15 @@ def run_batch(
             stderr=subprocess.DEVNULL,
             text=True,
             cwd=str(Path(__file__).resolve().parents[2]),
-            env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={
+                **env,
+                "PYTHONPATH": os.pathsep.join(
+                    [
+                        str(Path(__file__).resolve().parents[1]),
+                        *filter(None, [env.get("PYTHONPATH")]),
+                    ]
+                ),
+            },  # fmt: skip
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("\n".join(todo) + "\n")

@@ -46,6 +46,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kernelatlas.harvest.checkpoint",
     "kernelatlas.harvest.safetensors_",
     "kernelatlas.harvest.onnx_",
+    "kernelatlas.harvest.tfjs",
 )
 #: How many leading bytes of a file ``sniff`` sees.
 HEAD_BYTES = 64
@@ -85,6 +86,8 @@ class FormatSpec:
     extra : the pip extra that installs the reader's dependency (``kernelatlas[extra]``).
     can_fold_bn : whether the reader can fold a following batch norm into the kernels.
     description : one line for ``kernelatlas formats``.
+    folder_file : a file name (``model.json``) that makes a folder holding it a model of this
+        format (multi-file formats); ``read`` then gets the folder.
     """
 
     name: str
@@ -94,6 +97,7 @@ class FormatSpec:
     extra: str | None = None
     can_fold_bn: bool = False
     description: str = ""
+    folder_file: str | None = None
 
 
 _REGISTRY: dict[str, FormatSpec] = {}
@@ -108,6 +112,7 @@ def register_format(
     extra: str | None = None,
     can_fold_bn: bool = False,
     description: str = "",
+    folder_file: str | None = None,
 ) -> Callable[[Reader], Reader]:
     """Register the decorated function as the reader of format ``name``.
 
@@ -121,7 +126,9 @@ def register_format(
         exts = tuple(e.lower() for e in extensions)
         if not all(e.startswith(".") for e in exts):
             raise KernelAtlasError(f"format {name!r}: extensions must start with '.', got {exts}")
-        _REGISTRY[name] = FormatSpec(name, exts, read, sniff, extra, can_fold_bn, description)
+        _REGISTRY[name] = FormatSpec(
+            name, exts, read, sniff, extra, can_fold_bn, description, folder_file
+        )
         return read
 
     return deco
@@ -173,6 +180,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
             f"{p}: no such file or registered source (`kernelatlas sources` lists names)"
         )
     if p.is_dir():
+        for spec in list_formats():
+            if spec.folder_file and (p / spec.folder_file).is_file():
+                return spec.name
         raise FormatError(f"{p} is a directory; pass a weight file")
     try:
         with open(p, "rb") as f:
