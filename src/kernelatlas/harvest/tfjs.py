@@ -192,7 +192,9 @@ def _confined(folder: Path, real: Path, rel: Any, where: str) -> tuple[Path, int
     try:
         resolved = target.resolve(strict=True)
     except (OSError, RuntimeError):
-        raise FormatError(f"{where}: shard {rel[:80]!r} is missing; copy it beside the manifest")
+        raise FormatError(
+            f"{where}: shard {rel[:80]!r} is missing; copy it beside the manifest"
+        ) from None
     if real != resolved and real not in resolved.parents:
         raise UnsafeFileError(
             f"{where}: shard {rel[:80]!r} is a link to {str(resolved)[:80]!r}, outside the "
