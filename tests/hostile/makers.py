@@ -144,6 +144,60 @@ def write_onnx(model: nn.Sequential, path: Path) -> Path:
     return path
 
 
+def onnx_graph(weights: list[tuple[str, list[str]]], inits: dict[str, np.ndarray],
+               extra_nodes: list | None = None, channels: int = 8):  # fmt: skip
+    """A chain of depthwise ``Conv`` nodes whose weights are the tensors named in
+    ``weights`` (``(weight name, [])``), made from the initializers ``inits`` and the nodes
+    ``extra_nodes`` (Mul chains, broadcasts...): small hostile graphs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = list(extra_nodes or [])
+    x = "x"
+    for i, (wname, _) in enumerate(weights):
+        nodes.append(helper.make_node("Conv", [x, wname], [f"y{i}"], group=channels,
+                                      name=f"dw{i}"))  # fmt: skip
+        x = f"y{i}"
+    graph = helper.make_graph(
+        nodes, "hostile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def onnx_mul_chain(depth: int = 60):
+    """Each Mul squares the previous output (``c{i+1} = c{i} * c{i}``): folding without
+    memoisation takes 2**depth steps. The result is all ones."""
+    from onnx import helper
+
+    chain = [helper.make_node("Mul", [f"c{i}", f"c{i}"], [f"c{i + 1}"]) for i in range(depth)]
+    return onnx_graph([(f"c{depth}", [])], {"c0": np.ones((8, 1, 3, 3), np.float32)}, chain)
+
+
+def onnx_broadcast(n_convs: int, channels: int, k: int, shared: bool = False):
+    """``n_convs`` depthwise convs whose ``[channels,1,k,k]`` weights are broadcast by a Mul
+    from two tiny initializers (one Mul each, or one shared Mul): a small file asking for
+    ``n_convs * channels * k * k * 4`` bytes."""
+    from onnx import helper
+
+    inits = {
+        "col": np.ones((channels, 1, 1, 1), np.float32),
+        "row": np.ones((1, 1, k, k), np.float32),
+    }
+    muls = [
+        helper.make_node("Mul", ["col", "row"], [f"w{i}"]) for i in range(1 if shared else n_convs)
+    ]
+    names = ["w0" if shared else f"w{i}" for i in range(n_convs)]
+    return onnx_graph([(n, []) for n in names], inits, muls, channels)
+
+
+def onnx_shared_initializer(n_convs: int, channels: int, k: int):
+    """``n_convs`` depthwise convs all using one ``[channels,1,k,k]`` initializer."""
+    inits = {"w": np.ones((channels, 1, k, k), np.float32)}
+    return onnx_graph([("w", [])] * n_convs, inits, None, channels)
+
+
 # ----------------------------------------------------------------------------- TFLite
 _DEPTHWISE_CONV_2D, _DEQUANTIZE = 4, 6
 _TFL_TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int8): 9}

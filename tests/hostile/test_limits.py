@@ -314,3 +314,45 @@ def test_tfjs_lying_manifests_and_escaping_shard_paths(tmp_path, tiny_dscnn):
     _refused_cheaply(deep, FormatError, "nested too deep|not valid JSON")
     # the folder itself is accepted, and a manifest named otherwise is read by content
     assert harvest(base).layers and harvest(base / "model.json").layers
+
+
+# ----------------------------------------------------------------------------- ONNX budget
+def test_onnx_mul_chain_is_folded_once_per_node(tmp_path, monkeypatch):
+    """A tiny graph whose Mul chain reuses each output twice: 2**60 steps without
+    memoisation; folded in 60 here, and a step bound stated in one line."""
+    import onnx
+
+    from kernelatlas.harvest import onnx_
+
+    from .makers import onnx_mul_chain
+
+    path = tmp_path / "chain.onnx"
+    onnx.save(onnx_mul_chain(60), path)
+    assert path.stat().st_size < 2000
+    t = time.perf_counter()
+    res = harvest(path)
+    assert time.perf_counter() - t < 5
+    assert res.counts() == {(3, 3): (1, 8)} and (res.layers[0].weights == 1).all()
+    monkeypatch.setattr(onnx_, "MAX_FOLD_STEPS", 10)
+    _refused_cheaply(path, FormatError, "more than 10 steps")
+
+
+def test_onnx_broadcasts_and_shared_initializers_are_charged(tmp_path, monkeypatch):
+    """Broadcasts are charged before they are computed, and every harvested layer is
+    charged (an initializer shared by 300 convs is 300 layers): KERNELATLAS_MAX_SOURCE_BYTES
+    refuses them with small peak memory."""
+    import onnx
+
+    from kernelatlas.limits import ENV_MAX_SOURCE_BYTES
+
+    from .makers import onnx_broadcast, onnx_shared_initializer
+
+    monkeypatch.setenv(ENV_MAX_SOURCE_BYTES, "24M")
+    for name, model in (("bcast", onnx_broadcast(100, 2048, 32)),  # 8 MiB per conv
+                        ("shared_bcast", onnx_broadcast(100, 2048, 32, shared=True)),
+                        ("shared", onnx_shared_initializer(300, 1024, 8))):  # fmt: skip
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        assert (tmp_path / f"{name}.onnx").stat().st_size < 400_000
+        _refused_cheaply(tmp_path / f"{name}.onnx", TensorTooLargeError, ENV_MAX_SOURCE_BYTES)
+    monkeypatch.setenv(ENV_MAX_SOURCE_BYTES, "128M")  # within budget: read, 300 layers
+    assert harvest(tmp_path / "shared.onnx").counts() == {(8, 8): (300, 300 * 1024)}

@@ -7,6 +7,10 @@ or a ``Constant`` node, possibly through ``Identity``, ``Cast``, ``Mul`` by a co
 ``fold_bn=True`` a ``BatchNormalization`` node that is the conv's only consumer is folded in.
 Every tensor's declared size is checked against its data and :mod:`kernelatlas.limits`
 before it is read; external data is read only from regular files beside the model.
+Constant folding is memoised (each node folded once, however often its output is reused)
+and bounded (:data:`MAX_FOLD_STEPS` nodes, chains of at most 64); every broadcast is charged
+to the source budget before it is computed, and so is every harvested layer (an initializer
+shared by hundreds of convs yields hundreds of layers, each charged).
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, KernelAtlasError
-from ..limits import check_tensor
+from ..limits import charge, check_tensor
 from .base import LayerKernels
 from .formats import ReadResult, register_format
 
-__all__ = ["read_onnx"]
+__all__ = ["read_onnx", "MAX_FOLD_STEPS"]
 
 
-_MAX_DEPTH = 64  # constant-folding chain length (guards against Identity cycles)
+_MAX_DEPTH = 64  # constant-folding chain length
+#: Most graph nodes constant folding may evaluate for one model.
+MAX_FOLD_STEPS = 100_000
+_PENDING = object()  # memo marker: being folded (a cycle reaching it is not constant)
 
 
 class _Graph:
@@ -40,6 +47,8 @@ class _Graph:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.graph_outputs = {o.name for o in graph.output}
+        self.memo: dict[str, Any] = {}
+        self.steps = 0
 
     def to_array(self, t: Any) -> np.ndarray:
         """A TensorProto as an array, its declared size checked before anything is read."""
@@ -84,9 +93,29 @@ class _Graph:
         t.data_location = 0
 
     def const(self, name: str, depth: int = 0) -> tuple[np.ndarray, str] | None:
-        """Value of ``name`` if it is constant, with the dtype it is stored in."""
+        """Value of ``name`` if it is constant, with the dtype it is stored in (memoised)."""
+        got = self.memo.get(name)
+        if got is _PENDING:
+            return None  # a cycle: not constant
+        if got is not None or name in self.memo:
+            return got
         if depth > _MAX_DEPTH:
             return None
+        self.steps += 1
+        if self.steps > MAX_FOLD_STEPS:
+            raise FormatError(
+                f"{self.path}: constant folding needs more than {MAX_FOLD_STEPS:,} steps; "
+                "refused (simplify the graph, e.g. onnxsim, and export it again)"
+            )
+        self.memo[name] = _PENDING
+        try:
+            value = self._fold(name, depth)
+        finally:
+            self.memo.pop(name, None)
+        self.memo[name] = value
+        return value
+
+    def _fold(self, name: str, depth: int) -> tuple[np.ndarray, str] | None:
         if name in self.inits:
             arr = self.to_array(self.inits[name])
             return arr, str(arr.dtype)
@@ -104,15 +133,18 @@ class _Graph:
             return self.const(node.input[0], depth + 1)
         if op == "Cast":
             inner = self.const(node.input[0], depth + 1)
-            return None if inner is None else (inner[0].astype(np.float32), inner[1])
+            if inner is None:
+                return None
+            charge(f"{node.name or name!r} (Cast)", 4 * inner[0].size)
+            return inner[0].astype(np.float32), inner[1]
         if op == "Mul":
             a, b = self.const(node.input[0], depth + 1), self.const(node.input[1], depth + 1)
             if a is None or b is None:
                 return None
             what = f"{self.path}: {node.name or name!r}"
-            check_tensor(what, _bcast(what, a[0], b[0]), 4)
+            check_tensor(what, _bcast(what, a[0], b[0]), 4)  # charged before it is computed
             stored = a[1] if a[0].size >= b[0].size else b[1]
-            return (a[0].astype(np.float32) * b[0].astype(np.float32)), stored
+            return np.multiply(a[0], b[0], dtype=np.float32), stored
         if op == "DequantizeLinear":
             x = self.const(node.input[0], depth + 1)
             scale = self.const(node.input[1], depth + 1)
@@ -122,7 +154,7 @@ class _Graph:
             if len(node.input) > 2 and node.input[2]:
                 zero = self.const(node.input[2], depth + 1)
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            q = x[0].astype(np.float32)
+            q = x[0]
             s = scale[0].astype(np.float32)
             z = zero[0].astype(np.float32) if zero is not None else np.zeros_like(s)
             if s.ndim == 1 and s.size > 1:
@@ -130,8 +162,9 @@ class _Graph:
                 shape[axis] = -1
                 s, z = s.reshape(shape), z.reshape(shape)
             what = f"{self.path}: {node.name or name!r}"
-            check_tensor(what, _bcast(what, q, s, z), 4)
-            return (q - z) * s, x[1]
+            numel = check_tensor(what, _bcast(what, q, s, z), 4)  # charged before computing
+            charge(f"{what} (temporary)", 4 * numel)
+            return np.subtract(q, z, dtype=np.float32) * s, x[1]
         return None
 
 
@@ -220,13 +253,15 @@ def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernel
         if (kh, kw) == (1, 1):
             skipped += 1
             continue
+        name = node.name or node.output[0]
+        charge(f"kernels of {name!r}", 4 * w.size)  # each layer is a copy in the bank
         k = np.asarray(w, np.float32).reshape(c, kh, kw)
         scale = _bn_scale(g, node) if fold_bn else None
         if scale is not None:
             k = k * scale[:, None, None]
         layers.append(
             LayerKernels(
-                layer=node.name or node.output[0],
+                layer=name,
                 layer_index=len(layers),
                 weights=np.ascontiguousarray(k, np.float32),
                 stride=int(max(attrs.get("strides", [1]))),
