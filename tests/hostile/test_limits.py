@@ -356,3 +356,12 @@ def test_onnx_broadcasts_and_shared_initializers_are_charged(tmp_path, monkeypat
         _refused_cheaply(tmp_path / f"{name}.onnx", TensorTooLargeError, ENV_MAX_SOURCE_BYTES)
     monkeypatch.setenv(ENV_MAX_SOURCE_BYTES, "128M")  # within budget: read, 300 layers
     assert harvest(tmp_path / "shared.onnx").counts() == {(8, 8): (300, 300 * 1024)}
+
+
+def test_npz_deflated_member_charged_before_inflating(tmp_path, monkeypatch):
+    from kernelatlas.limits import ENV_MAX_SOURCE_BYTES
+
+    np.savez_compressed(tmp_path / "zeros.npz", k=np.zeros((4096, 64, 64), np.float32))
+    assert (tmp_path / "zeros.npz").stat().st_size < 200_000  # 64 MiB inflated
+    monkeypatch.setenv(ENV_MAX_SOURCE_BYTES, "8M")
+    _refused_cheaply(tmp_path / "zeros.npz", TensorTooLargeError, r"'k.npy' \(uncompressed\)")

