@@ -2,7 +2,8 @@
 
 For each registered source: kernels/s of ``harvest(name)`` and the ratio of its time to
 the bare load of the same file (``torch.load`` for checkpoints, ``onnx.load`` for ONNX,
-reading the TFLite flatbuffer and materialising every buffer as numpy). Best of
+reading the TFLite flatbuffer and materialising every buffer as numpy, parsing a TF.js
+manifest and reading its shards). Best of
 ``--repeat`` runs, the file already in the OS cache. Then the time to read 1M 7x7 kernels
 back from a bank (``KernelBank.kernels(7, 7)``). Writes docs/benchmarks/harvest.{json,md}.
 
@@ -45,6 +46,14 @@ def bare_load(fmt: str, path: Path) -> Callable[[], object]:
             return [m.Buffers(i).DataAsNumpy() for i in range(m.BuffersLength())]
 
         return load
+    if fmt == "tfjs":
+
+        def load_tfjs() -> list:
+            doc = json.loads(path.read_bytes())
+            groups = doc if isinstance(doc, list) else doc["weightsManifest"]
+            return [(path.parent / p).read_bytes() for g in groups for p in g["paths"]]
+
+        return load_tfjs
     raise ValueError(fmt)
 
 

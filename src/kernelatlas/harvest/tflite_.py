@@ -1,16 +1,22 @@
-"""Reader: TFLite flatbuffers (parsed with the ``tflite`` package; nothing is executed).
+"""Reader: TFLite flatbuffers (parsed here with numpy and ``struct``; nothing is executed).
 
 Depthwise = a ``DEPTHWISE_CONV_2D`` op; its input 1 is the kernel ``[1, kh, kw, C*mult]``,
 either a constant buffer (fp32, or int8/uint8 with per-tensor or per-channel scales and zero
 points) or the output of a ``DEQUANTIZE`` op over a constant (fp16 or int8). TFLite has no
 batch-norm op: converters fold it into the kernels, so ``bn_folded`` is True. A tensor's
 declared shape is checked against its buffer and :mod:`kernelatlas.limits` before use.
+
+Speed: the operator list is scanned with numpy over the raw flatbuffer (one vectorised
+gather per field for all ops), and only depthwise ops and their weights are decoded field by
+field, so a harvest costs about as much as loading the file (docs/benchmarks/harvest.md).
+Field numbers follow TensorFlow's ``schema.fbs``. Every offset is bounds-checked: a corrupt
+file is a :class:`~kernelatlas.errors.FormatError`, never a read outside the buffer.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,37 +31,124 @@ _NP = {
     0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16,
     9: np.int8, 10: np.float64,
 }  # fmt: skip
+_DEPTHWISE_CONV_2D, _DEQUANTIZE = 4, 6
+_U16, _I32, _U32 = struct.Struct("<H"), struct.Struct("<i"), struct.Struct("<I")
 
 
-def _tensor_values(model: Any, tensor: Any) -> tuple[np.ndarray, str] | None:
-    dtype = _NP.get(tensor.Type())
-    buf = model.Buffers(tensor.Buffer())
-    if dtype is None or buf is None:
+class _Corrupt(Exception):
+    """An offset outside the buffer."""
+
+
+class _Table:
+    """One flatbuffer table at ``pos`` of ``buf`` (bounds-checked scalar access)."""
+
+    __slots__ = ("buf", "pos", "vt", "vtlen")
+
+    def __init__(self, buf: bytes, pos: int) -> None:
+        n = len(buf)
+        if not 0 <= pos <= n - 4:
+            raise _Corrupt
+        vt = pos - _I32.unpack_from(buf, pos)[0]
+        if not 0 <= vt <= n - 4:
+            raise _Corrupt
+        self.buf, self.pos, self.vt, self.vtlen = buf, pos, vt, _U16.unpack_from(buf, vt)[0]
+
+    def _field(self, i: int) -> int:
+        o = 4 + 2 * i
+        if o + 2 > self.vtlen or self.vt + o + 2 > len(self.buf):
+            return 0
+        return _U16.unpack_from(self.buf, self.vt + o)[0]  # struct.error past the end
+
+    def scalar(self, i: int, fmt: str, default: int | float = 0) -> int | float:
+        off = self._field(i)
+        return struct.unpack_from(fmt, self.buf, self.pos + off)[0] if off else default
+
+    def _ref(self, i: int) -> int | None:
+        off = self._field(i)
+        if not off:
+            return None
+        p = self.pos + off
+        target = p + _U32.unpack_from(self.buf, p)[0]
+        if target > len(self.buf) - 4:
+            raise _Corrupt
+        return target
+
+    def table(self, i: int) -> _Table | None:
+        p = self._ref(i)
+        return None if p is None else _Table(self.buf, p)
+
+    def vector(self, i: int, dtype: str) -> np.ndarray:
+        p = self._ref(i)
+        if p is None:
+            return np.zeros(0, dtype)
+        n = _U32.unpack_from(self.buf, p)[0]
+        if p + 4 + n * np.dtype(dtype).itemsize > len(self.buf):
+            raise _Corrupt
+        return np.frombuffer(self.buf, dtype, n, p + 4)
+
+    def tables(self, i: int) -> np.ndarray:
+        """Absolute positions of a vector of tables."""
+        p = self._ref(i)
+        if p is None:
+            return np.zeros(0, np.int64)
+        rel = self.vector(i, "<u4").astype(np.int64)
+        pos = p + 4 + 4 * np.arange(rel.size, dtype=np.int64) + rel
+        if rel.size and (pos.max() > len(self.buf) - 4):
+            raise _Corrupt
+        return pos
+
+    def string(self, i: int) -> str:
+        data = self.vector(i, "u1")
+        return data.tobytes().decode(errors="replace")
+
+
+def _gather(u8: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
+    """One little-endian scalar at each position (vectorised, bounds-checked)."""
+    width = np.dtype(dtype).itemsize
+    if pos.size and (pos.min() < 0 or pos.max() > u8.size - width):
+        raise _Corrupt
+    return u8[pos[:, None] + np.arange(width)].copy().view(dtype).ravel()
+
+
+def _field_pos(u8: np.ndarray, tables: np.ndarray, i: int) -> np.ndarray:
+    """For tables at ``tables``: where field ``i`` is (0 where absent), vectorised."""
+    vt = tables - _gather(u8, tables, "<i4").astype(np.int64)
+    vtlen = _gather(u8, vt, "<u2").astype(np.int64)
+    has = vtlen >= 4 + 2 * i + 2
+    off = np.zeros(tables.size, np.int64)
+    if has.any():
+        off[has] = _gather(u8, vt[has] + 4 + 2 * i, "<u2")
+    return np.where(off > 0, tables + off, 0)
+
+
+def _tensor_values(buf: bytes, buffers: np.ndarray, t: _Table, name: str) -> tuple | None:
+    dtype = _NP.get(int(t.scalar(1, "<b")))
+    bidx = int(t.scalar(2, "<I"))
+    if dtype is None or not 0 <= bidx < buffers.size:
         return None
-    if buf.DataLength() == 0:
-        size = buf.Size() if hasattr(buf, "Size") else 0
-        if not size:
+    b = _Table(buf, int(buffers[bidx]))
+    data = b.vector(0, "u1")
+    if data.size == 0:
+        if not (b.scalar(2, "<Q") or b.scalar(1, "<Q")):
             return None
         raise FormatError("TFLite models with external (>2 GB) buffers are not supported")
-    shape = tuple(int(s) for s in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
-    name = tensor.Name().decode(errors="replace") if tensor.Name() else "?"
+    shape = tuple(int(s) for s in t.vector(0, "<i4"))
     numel = check_tensor(f"tensor {name!r}", shape, np.dtype(dtype).itemsize,
-                         available=buf.DataLength())  # fmt: skip
-    arr = buf.DataAsNumpy().view(dtype)
-    if arr.size != numel:
-        raise FormatError(f"tensor of shape {shape} has {arr.size} values: the file is corrupt")
-    arr = arr.reshape(shape)
-    q = tensor.Quantization()
-    if q is not None and q.ScaleLength() and np.issubdtype(arr.dtype, np.integer):
-        scale = q.ScaleAsNumpy().astype(np.float32)
-        zero = (
-            q.ZeroPointAsNumpy().astype(np.float32) if q.ZeroPointLength() else np.zeros_like(scale)
-        )
-        if scale.size > 1:
-            shp = [1] * arr.ndim
-            shp[q.QuantizedDimension()] = -1
-            scale, zero = scale.reshape(shp), zero.reshape(shp)
-        return (arr.astype(np.float32) - zero) * scale, np.dtype(dtype).name
+                         available=data.size)  # fmt: skip
+    if numel * np.dtype(dtype).itemsize != data.size:
+        raise FormatError(f"tensor of shape {shape} has {data.size} bytes: the file is corrupt")
+    arr = data.view(dtype).reshape(shape)
+    q = t.table(4)
+    if q is not None and np.issubdtype(arr.dtype, np.integer):
+        scale = q.vector(2, "<f4").astype(np.float32)
+        if scale.size:
+            zero = q.vector(3, "<i8").astype(np.float32)
+            zero = zero if zero.size else np.zeros_like(scale)
+            if scale.size > 1:
+                shp = [1] * arr.ndim
+                shp[int(q.scalar(6, "<i"))] = -1
+                scale, zero = scale.reshape(shp), zero.reshape(shp)
+            return (arr.astype(np.float32) - zero) * scale, np.dtype(dtype).name
     return arr.astype(np.float32), np.dtype(dtype).name
 
 
@@ -69,83 +162,97 @@ def _tensor_values(model: Any, tensor: Any) -> tuple[np.ndarray, str] | None:
 )
 def read_tflite(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a TFLite model (all subgraphs, in op order)."""
-    import tflite
-    from tflite.BuiltinOperator import BuiltinOperator as Op
-
-    data = Path(path).read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
+    buf = Path(path).read_bytes()
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise FormatError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
     try:
-        model = tflite.Model.GetRootAsModel(data, 0)
-        codes = []
-        for i in range(model.OperatorCodesLength()):
-            oc = model.OperatorCodes(i)
-            codes.append(max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode())))
-        layers: list[LayerKernels] = []
-        skipped = 0
-        for s in range(model.SubgraphsLength()):
-            sg = model.Subgraphs(s)
-            # one pass over the ops: the depthwise ones, and DEQUANTIZE outputs -> op
-            dequant: dict[int, Any] = {}
-            depthwise = []
-            for j in range(sg.OperatorsLength()):
-                op = sg.Operators(j)
-                code = codes[op.OpcodeIndex()]
-                if code == Op.DEPTHWISE_CONV_2D:
-                    depthwise.append((j, op))
-                elif code == Op.DEQUANTIZE:
-                    dequant[int(op.Outputs(0))] = op
-            for j, op in depthwise:
-                widx = int(op.Inputs(1))
-                wt = sg.Tensors(widx)
-                src = dequant.get(widx)
-                if src is not None:
-                    got = _tensor_values(model, sg.Tensors(int(src.Inputs(0))))
-                else:  # a constant buffer (a weight computed at run time has no data)
-                    got = _tensor_values(model, wt)
-                if got is None:
-                    continue
-                w, stored = got
-                if w.ndim != 4 or w.shape[0] != 1:
-                    raise FormatError(
-                        f"{path}: depthwise kernel of shape {w.shape}, expected [1,kh,kw,C]"
-                    )
-                _, kh, kw, c = w.shape
-                if (kh, kw) == (1, 1):
-                    skipped += 1
-                    continue
-                stride, dilation = _options(op)
-                name = wt.Name().decode(errors="replace") if wt.Name() else f"op{j}"
-                layers.append(
-                    LayerKernels(
-                        layer=f"{s}/{j}:{name}" if model.SubgraphsLength() > 1 else f"{j}:{name}",
-                        layer_index=len(layers),
-                        weights=np.ascontiguousarray(np.moveaxis(w[0], -1, 0), np.float32),
-                        stride=stride,
-                        dilation=dilation,
-                        bn_folded=True,
-                        dtype=stored,
-                    )
-                )
+        layers, skipped = _read(buf, path)
     except KernelAtlasError as exc:  # say which file
         msg = str(exc)
         raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    except Exception as exc:  # flatbuffer offsets out of range: truncated/corrupt
+    except Exception as exc:  # offsets out of range, bad indices: truncated/corrupt
         raise FormatError(
             f"{path}: truncated or corrupt TFLite file ({type(exc).__name__}); get it again"
         ) from None
     return ReadResult(layers, {"1x1": skipped} if skipped else {})
 
 
-def _options(op: Any) -> tuple[int, int]:
-    from tflite.DepthwiseConv2DOptions import DepthwiseConv2DOptions
+def _read(buf: bytes, path: Path) -> tuple[list[LayerKernels], int]:
+    u8 = np.frombuffer(buf, np.uint8)
+    model = _Table(buf, _U32.unpack_from(buf, 0)[0])
+    codes = np.array(
+        [max(int(c.scalar(3, "<i")), int(c.scalar(0, "<b")))
+         for c in (_Table(buf, int(p)) for p in model.tables(1))], np.int64,
+    )  # fmt: skip
+    buffers = model.tables(4)
+    subgraphs = model.tables(2)
+    layers: list[LayerKernels] = []
+    skipped = 0
+    for s, sg_pos in enumerate(subgraphs):
+        sg = _Table(buf, int(sg_pos))
+        tensors = sg.tables(0)
+        ops = sg.tables(3)
+        if ops.size == 0:
+            continue
+        # opcode of every op at once; only depthwise and DEQUANTIZE ops are decoded further
+        op_field = _field_pos(u8, ops, 0)
+        opcode = np.where(op_field > 0, _gather(u8, np.maximum(op_field, 0), "<u4"), 0)
+        if opcode.size and opcode.max() >= codes.size:
+            raise _Corrupt
+        code = codes[opcode.astype(np.int64)]
+        dequant: dict[int, _Table] = {}
+        for j in np.flatnonzero(code == _DEQUANTIZE):
+            op = _Table(buf, int(ops[j]))
+            outs = op.vector(2, "<i4")
+            if outs.size:
+                dequant[int(outs[0])] = op
+        for j in np.flatnonzero(code == _DEPTHWISE_CONV_2D):
+            op = _Table(buf, int(ops[j]))
+            inputs = op.vector(1, "<i4")
+            if inputs.size < 2 or not 0 <= int(inputs[1]) < tensors.size:
+                raise _Corrupt
+            widx = int(inputs[1])
+            wt = _Table(buf, int(tensors[widx]))
+            name = wt.string(3) or f"op{j}"
+            src = dequant.get(widx)
+            if src is not None:
+                sin = src.vector(1, "<i4")
+                if sin.size < 1 or not 0 <= int(sin[0]) < tensors.size:
+                    raise _Corrupt
+                got = _tensor_values(buf, buffers, _Table(buf, int(tensors[int(sin[0])])), name)
+            else:  # a constant buffer (a weight computed at run time has no data)
+                got = _tensor_values(buf, buffers, wt, name)
+            if got is None:
+                continue
+            w, stored = got
+            if w.ndim != 4 or w.shape[0] != 1:
+                raise FormatError(
+                    f"{path}: depthwise kernel of shape {w.shape}, expected [1,kh,kw,C]"
+                )
+            _, kh, kw, c = w.shape
+            if (kh, kw) == (1, 1):
+                skipped += 1
+                continue
+            stride, dilation = _options(op)
+            layers.append(
+                LayerKernels(
+                    layer=f"{s}/{j}:{name}" if subgraphs.size > 1 else f"{j}:{name}",
+                    layer_index=len(layers),
+                    weights=np.ascontiguousarray(np.moveaxis(w[0], -1, 0), np.float32),
+                    stride=stride,
+                    dilation=dilation,
+                    bn_folded=True,
+                    dtype=stored,
+                )
+            )
+    return layers, skipped
 
-    table = op.BuiltinOptions()
-    if table is None:
+
+def _options(op: _Table) -> tuple[int, int]:
+    """Stride and dilation of a DEPTHWISE_CONV_2D op (DepthwiseConv2DOptions)."""
+    opt = op.table(4)
+    if opt is None:
         return 1, 1
-    opt = DepthwiseConv2DOptions()
-    opt.Init(table.Bytes, table.Pos)
-    return (
-        int(max(opt.StrideH(), opt.StrideW())),
-        int(max(opt.DilationHFactor(), opt.DilationWFactor())),
-    )
+    sw, sh = int(opt.scalar(1, "<i")), int(opt.scalar(2, "<i"))
+    dw, dh = int(opt.scalar(5, "<i", 1)), int(opt.scalar(6, "<i", 1))
+    return max(sw, sh), max(dw, dh)

@@ -1,0 +1,43 @@
+"""TFLite written by the tests with ``flatbuffers`` (no TensorFlow): int8 with per-channel
+scales and zero points, directly on the op and behind DEQUANTIZE; fp16; strides."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernelatlas.harvest import harvest
+from tests.hostile.makers import tflite_bytes
+
+
+def test_int8_per_channel_scales_and_zero_points(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1, 3, 5, 16)).astype(np.float32)  # [1, kh, kw, C]
+    scale = (np.abs(w).reshape(-1, 16).max(0) / 100).astype(np.float32)
+    zero = rng.integers(-20, 20, 16)
+    q = np.clip(np.round(w / scale) + zero, -128, 127).astype(np.int8)
+    layers = [
+        {"w": q, "scale": scale, "zero": zero, "stride": 2},  # int8 on the op itself
+        {"w": q, "scale": scale, "zero": zero, "dequant": True, "dilation": 3},  # weight-only
+        {"w": w.astype(np.float16), "dequant": True},
+        {"w": q[:, :1, :1], "scale": scale, "zero": zero},  # 1x1: skipped
+    ]
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(tflite_bytes(layers))
+    res = harvest(path)
+    assert res.counts() == {(3, 5): (3, 48)} and res.skipped_1x1 == 1
+    want = np.moveaxis(((q.astype(np.float32) - zero.astype(np.float32)) * scale)[0], -1, 0)
+    np.testing.assert_array_equal(res.layers[0].weights, want)
+    np.testing.assert_array_equal(res.layers[1].weights, want)
+    np.testing.assert_allclose(want, np.moveaxis(w[0], -1, 0), atol=float(scale.max()))
+    assert [lk.dtype for lk in res.layers] == ["int8", "int8", "float16"]
+    assert [lk.stride for lk in res.layers] == [2, 1, 1]
+    assert [lk.dilation for lk in res.layers] == [1, 3, 1]
+    assert all(lk.bn_folded for lk in res.layers)
+    # per-channel along another axis than the last would be wrong for a depthwise kernel:
+    # the quantized dimension is honoured as the file states it
+    other = [{"w": q, "scale": scale[:3], "zero": zero[:3], "quant_dim": 1}]
+    (tmp_path / "dim1.tflite").write_bytes(tflite_bytes(other))
+    got = harvest(tmp_path / "dim1.tflite").layers[0].weights
+    z3 = zero[:3].astype(np.float32).reshape(1, 3, 1, 1)
+    want1 = (q.astype(np.float32) - z3) * scale[:3].reshape(1, 3, 1, 1)
+    np.testing.assert_array_equal(got, np.moveaxis(want1[0], -1, 0))
