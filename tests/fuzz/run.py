@@ -35,7 +35,8 @@ MAX_SAVED = 256 * 1024  # findings larger than this are reported, not committed
 TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "onnx": (("onnx",), ".onnx"),
     "tflite": (("tflite",), ".tflite"),
-    "keras": (("keras", "keras3"), ".h5"),
+    "keras": (("keras", "keras3", "keras3_h5", "keras3_real"), ".h5"),
+    "tfjs": (("tfjs", "tfjs_layers"), ".json"),  # manifests fuzzed; their shards beside
     "safetensors": (("safetensors",), ".safetensors"),
     "checkpoint": (("checkpoint", "checkpoint_legacy"), ".pt"),
     "numpy": (("numpy", "npz"), ".npy"),
@@ -79,6 +80,7 @@ def _child(target: str, seconds: float, seed_dir: str, findings: str) -> None:
         import kernelatlas.harvest.keras_h5  # noqa: F401
         import kernelatlas.harvest.onnx_  # noqa: F401
         import kernelatlas.harvest.safetensors_  # noqa: F401
+        import kernelatlas.harvest.tfjs  # noqa: F401
         import kernelatlas.harvest.tflite_  # noqa: F401
         import kernelatlas.limits  # noqa: F401
     import warnings
@@ -91,6 +93,9 @@ def _child(target: str, seconds: float, seed_dir: str, findings: str) -> None:
     os.environ.setdefault("KERNELATLAS_MAX_TENSOR_BYTES", str(256 * 2**20))
     suffix = TARGETS[target][1]
     tmp = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-")) / f"input{suffix}"
+    shards = Path(seed_dir).parent / f"shards-{target}"
+    for shard in shards.glob("*") if shards.is_dir() else ():  # TF.js: shards beside
+        (tmp.parent / shard.name).write_bytes(shard.read_bytes())
 
     def one(data: bytes) -> None:
         tmp.write_bytes(data)
@@ -126,7 +131,11 @@ def _seed_dir(target: str, seeds: dict[str, Path], root: Path) -> Path:
     d.mkdir()
     keys, suffix = TARGETS[target]
     for k in keys:
-        (d / seeds[k].name).write_bytes(seeds[k].read_bytes())
+        (d / f"{k}-{seeds[k].name}").write_bytes(seeds[k].read_bytes())
+        if target == "tfjs":  # the manifests' shards go beside the fuzzed input
+            (root / f"shards-{target}").mkdir(exist_ok=True)
+            for shard in seeds[k].parent.glob("*.bin"):
+                (root / f"shards-{target}" / shard.name).write_bytes(shard.read_bytes())
     for f in CORPUS.glob(f"*{suffix}*"):  # earlier findings of this format
         if "segv" not in f.name and "hang" not in f.name:  # known libhdf5 crashers/hangs
             (d / f.name).write_bytes(f.read_bytes())

@@ -131,3 +131,34 @@ def test_regression_corpus(path, monkeypatch):
         assert msg.strip() and "\n" not in msg and str(path) in msg
     else:
         assert all(lk.weights.dtype.name == "float32" and lk.weights.ndim == 3 for lk in res.layers)
+
+
+@pytest.mark.parametrize("key", ["tfjs", "tfjs_layers"])
+def test_tfjs_truncated_and_flipped_shards(key, seeds, tmp_path):
+    """A TF.js model is several files: cut or flip its shards (the manifest intact). A cut
+    shard never matches the manifest's sizes (one-line refusal); a flipped one reads as
+    other numbers or a one-line error. Pure Python: read in process."""
+    seed = seeds[key]
+    shards = sorted(seed.parent.glob("*.bin"))
+    shards = sorted({shards[0], shards[len(shards) // 2], shards[-1]})  # first, middle, last
+    outcomes = collections.Counter()
+    for i, shard in enumerate(shards):
+        data = shard.read_bytes()
+        cases = [("cut", *c) for c in truncations(data, 8)]
+        cases += [("flip", *c) for c in bitflips(data, 8, SEED + i)]
+        for kind, tag, blob in cases:
+            folder = tmp_path / f"{shard.stem}-{tag}"
+            shutil.copytree(seed.parent, folder)
+            (folder / shard.name).write_bytes(blob)
+            try:
+                res = harvest(folder)
+            except KernelAtlasError as exc:
+                assert "\n" not in str(exc) and str(folder) in str(exc)
+                outcomes[f"{kind}:error"] += 1
+                if kind == "cut":
+                    assert "shards hold" in str(exc)
+            else:
+                assert kind == "flip", (shard.name, tag)
+                assert all(lk.weights.dtype == "float32" for lk in res.layers)
+                outcomes[f"{kind}:ok"] += 1
+    assert outcomes["cut:error"] > 0 and outcomes["flip:ok"] > 0
