@@ -365,3 +365,28 @@ def test_npz_deflated_member_charged_before_inflating(tmp_path, monkeypatch):
     assert (tmp_path / "zeros.npz").stat().st_size < 200_000  # 64 MiB inflated
     monkeypatch.setenv(ENV_MAX_SOURCE_BYTES, "8M")
     _refused_cheaply(tmp_path / "zeros.npz", TensorTooLargeError, r"'k.npy' \(uncompressed\)")
+
+
+def test_fifos_devices_and_zip_member_paths(tmp_path):
+    """FIFOs and devices (also behind a symlink) are refused before any read; zip members
+    named with ``..`` are never extracted (names only) or refused."""
+    import os
+    import zipfile
+
+    for name in ("pipe.h5", "pipe.npz", "pipe.json", "pipe.onnx"):
+        os.mkfifo(tmp_path / name)
+        _refused_cheaply(tmp_path / name, FormatError, "not a regular file")
+    (tmp_path / "zero.tflite").symlink_to("/dev/zero")
+    _refused_cheaply(tmp_path / "zero.tflite", FormatError, "not a regular file")
+    with zipfile.ZipFile(tmp_path / "evil.keras", "w") as zf:
+        zf.writestr("../config.json", "{}")
+        zf.writestr("../model.weights.h5", b"\x89HDF")
+    _refused_cheaply(tmp_path / "evil.keras", FormatError, "not a .keras archive")
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ones((4, 3, 3), np.float32))
+    with zipfile.ZipFile(tmp_path / "evil.npz", "w") as zf:
+        zf.writestr("../../escape.npy", buf.getvalue())
+    res = harvest(tmp_path / "evil.npz")  # the name is a label, nothing is written
+    assert res.layers[0].layer == "../../escape" and not (tmp_path.parent / "escape.npy").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,12 @@ def detect_format(path: str | os.PathLike[str]) -> str:
             if spec.folder_file and (p / spec.folder_file).is_file():
                 return spec.name
         raise FormatError(f"{p} is a directory; pass a weight file")
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        raise FormatError(f"{p}: cannot read ({exc.strerror}); check its permissions") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block the read, /dev/zero never end
+        raise FormatError(f"{p}: not a regular file (a device, FIFO or socket); pass a weight file")
     try:
         with open(p, "rb") as f:
             head = f.read(HEAD_BYTES)
