@@ -3,7 +3,7 @@
 For each registered source: kernels/s of ``harvest(name)`` and the ratio of its time to
 the bare load of the same file (``torch.load`` for checkpoints, ``onnx.load`` for ONNX,
 reading the TFLite flatbuffer and materialising every buffer as numpy, parsing a TF.js
-manifest and reading its shards). Best of
+manifest and reading its shards, h5py reading every dataset of a Keras file). Best of
 ``--repeat`` runs, the file already in the OS cache. Then the time to read 1M 7x7 kernels
 back from a bank (``KernelBank.kernels(7, 7)``). Writes docs/benchmarks/harvest.{json,md}.
 
@@ -54,6 +54,18 @@ def bare_load(fmt: str, path: Path) -> Callable[[], object]:
             return [(path.parent / p).read_bytes() for g in groups for p in g["paths"]]
 
         return load_tfjs
+    if fmt == "keras":
+        import h5py
+
+        def load_h5() -> list:
+            out: list = []
+            with h5py.File(path, "r") as f:
+                f.visititems(
+                    lambda n, o: out.append(o[()]) if isinstance(o, h5py.Dataset) else None
+                )
+            return out
+
+        return load_h5
     raise ValueError(fmt)
 
 
