@@ -536,8 +536,13 @@ def _time_limit(path: Path) -> float:
     return 60.0 + size / 10e6
 
 
-def _wait(pid: int, limit: float) -> int | None:
-    """The child's wait status, or None after killing it at ``limit`` seconds."""
+def _wait(pid: int, limit: float, done_fd: int | None = None) -> int | None:
+    """The child's wait status, or None after killing it at ``limit`` seconds.
+
+    ``done_fd`` is the read end of a pipe whose write end only the child holds: it becomes
+    readable (EOF) the moment the child exits, so the parent wakes at once instead of polling.
+    """
+    import select
     import time
 
     deadline, pause = time.monotonic() + limit, 0.001
@@ -545,11 +550,16 @@ def _wait(pid: int, limit: float) -> int | None:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return status
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return None
-        time.sleep(pause)
+        if done_fd is not None:
+            if select.select([done_fd], [], [], left)[0]:
+                return os.waitpid(pid, 0)[1]  # EOF: the child has exited
+            continue
+        time.sleep(min(pause, left))
         pause = min(pause * 2, 0.05)
 
 
@@ -584,12 +594,14 @@ def _run_forked(path: Path) -> _Layers:
     limit = _time_limit(path)
     parent = os.getpid()
     with tempfile.TemporaryFile(prefix=".kernelatlas-h5-") as tmp:  # unlinked: never left
+        done_r, done_w = os.pipe()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
             pid = os.fork()
         if pid == 0:  # child: never returns
             code = 0
             try:
+                os.close(done_r)  # done_w closes when this process ends, however it ends
                 _die_with_parent(parent)
                 _child_limits(limit)
                 import faulthandler
@@ -612,7 +624,11 @@ def _run_forked(path: Path) -> _Layers:
                 code = 3
             finally:
                 os._exit(code)
-        status = _wait(pid, limit)
+        os.close(done_w)
+        try:
+            status = _wait(pid, limit, done_r)
+        finally:
+            os.close(done_r)
         if status is None:
             raise FormatError(
                 f"{path}: the HDF5 library did not finish reading it in {limit:.0f} s; the file "
