@@ -209,7 +209,7 @@ def match_weights(layers: list[ConfigLayer], paths: Iterable[str]) -> list[tuple
 def hwcm_layer(name: str, idx: int, w: np.ndarray, cfg: dict | None, dtype: str) -> LayerKernels:
     """A ``[kh, kw, C, mult]`` kernel (Keras, TF.js, TF) as one layer of ``C*mult`` kernels."""
     kh, kw, c, mult = w.shape
-    k = np.moveaxis(np.asarray(w, np.float32).reshape(kh, kw, c * mult), -1, 0)
+    k = np.asarray(w, np.float32).reshape(kh, kw, c * mult).transpose(2, 0, 1)
     return LayerKernels(
         layer=name,
         layer_index=idx,

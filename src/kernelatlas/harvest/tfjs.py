@@ -158,18 +158,26 @@ class _Shards:
         for rel in paths:
             self.files.append(_confined(folder, real, rel, where))
         self.size = sum(s for _, s in self.files)
+        self._open: dict[int, Any] = {}
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
 
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray()
         start = 0
-        for path, size in self.files:
+        for k, (path, size) in enumerate(self.files):
             end = start + size
             if length and offset < end and offset + length > start:
                 lo = max(offset, start) - start
                 hi = min(offset + length, end) - start
-                with open(path, "rb") as f:
-                    f.seek(lo)
-                    chunk = f.read(hi - lo)
+                f = self._open.get(k)
+                if f is None:
+                    f = self._open[k] = open(path, "rb")  # noqa: SIM115 - closed by close()
+                f.seek(lo)
+                chunk = f.read(hi - lo)
                 if len(chunk) != hi - lo:
                     raise FormatError(f"{path}: shorter than when it was checked; read it again")
                 out += chunk
@@ -291,6 +299,17 @@ def _read(path: Path) -> ReadResult:
     weights = _weights(groups, where)
     folder = manifest_file.parent
     shards = [_Shards(folder, g.get("paths"), where, gi) for gi, g in enumerate(groups)]
+    try:
+        return _harvest(kind, topology, groups, weights, shards, where)
+    finally:
+        for sh in shards:
+            sh.close()
+
+
+def _harvest(
+    kind: str, topology: Any, groups: list, weights: list[_Weight], shards: list[_Shards],
+    where: str,
+) -> ReadResult:  # fmt: skip
     for gi, sh in enumerate(shards):  # every size checked before any weight is read
         ws = [w for w in weights if w.group == gi]
         fixed = sum(w.nbytes or 0 for w in ws)
