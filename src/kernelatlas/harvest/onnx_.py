@@ -42,13 +42,21 @@ class _Graph:
         self.path = path
         self.inits = {i.name: i for i in graph.initializer}
         self.producer = {o: n for n in graph.node for o in n.output}
-        self.consumers: dict[str, list[Any]] = {}
-        for n in graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
+        self._graph = graph
+        self._consumers: dict[str, list[Any]] | None = None
         self.graph_outputs = {o.name for o in graph.output}
         self.memo: dict[str, Any] = {}
         self.steps = 0
+
+    @property
+    def consumers(self) -> dict[str, list[Any]]:
+        """Nodes that read each tensor (built on first use: only batch-norm folding needs it)."""
+        if self._consumers is None:
+            self._consumers = {}
+            for n in self._graph.node:
+                for i in n.input:
+                    self._consumers.setdefault(i, []).append(n)
+        return self._consumers
 
     def to_array(self, t: Any) -> np.ndarray:
         """A TensorProto as an array, its declared size checked before anything is read."""
