@@ -124,6 +124,7 @@ def check_tensor(
     *,
     available: int | None = None,
     out_itemsize: int = 4,
+    budget: bool = True,
 ) -> int:
     """Validate a declared tensor before reading it; return its element count.
 
@@ -134,6 +135,8 @@ def check_tensor(
     itemsize : bytes per stored element.
     available : bytes the file really holds for it (None: not known yet).
     out_itemsize : bytes per element of the copy kernelatlas makes (float32: 4).
+    budget : charge the copy to the per-source budget (:func:`charge`); False for a
+        declaration that is checked but not read (yet).
 
     Raises
     ------
@@ -162,5 +165,6 @@ def check_tensor(
             f"{what}: shape {dims} needs {nbytes:,} bytes but the file holds {max(available, 0):,}"
             "; the file is truncated or corrupt"
         )
-    charge(what, max(nbytes, numel * out_itemsize))
+    if budget:
+        charge(what, max(nbytes, numel * out_itemsize))
     return numel

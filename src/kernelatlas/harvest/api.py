@@ -95,7 +95,7 @@ def _harvest(source: Any, fold_bn: bool) -> HarvestResult:
         info = zoo.get_source(s)
         path = fetch(info)
         if info.arch:
-            r = read_module(_build_arch(info, path), fold_bn=fold_bn)
+            r = read_module(_build_arch(info, path, fold_bn), fold_bn=fold_bn)
         else:
             r = read_file(path, info.format, fold_bn=fold_bn)
         return _result(s + suffix, info.model, info.format, r)
@@ -128,8 +128,8 @@ def _digest(layers: list[LayerKernels]) -> str:
     return h.hexdigest()[:12]
 
 
-def _build_arch(info: Any, path: Path) -> Any:
-    from .checkpoint import load_state_dict
+def _build_arch(info: Any, path: Path, fold_bn: bool = False) -> Any:
+    from .checkpoint import module_from_checkpoint
 
     mod_name, _, fn_name = info.arch.partition(":")
     try:
@@ -138,18 +138,9 @@ def _build_arch(info: Any, path: Path) -> Any:
         raise KernelAtlasError(
             f"{info.name} needs {exc.name} for its architecture: pip install 'kernelatlas[timm]'"
         ) from None
-    import torch
-
-    with torch.device("meta"):  # no random init: the checkpoint replaces every tensor
-        model = builder()
-    state, _ = load_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise KernelAtlasError(
-            f"{info.name}: weights do not fit {info.arch} ({str(exc).splitlines()[0][:120]})"
-        ) from None
-    return model.eval()
+    # built on the meta device without initialisers; only the depthwise and batch-norm
+    # tensors are read from the checkpoint (names and shapes of all checked, as strict)
+    return module_from_checkpoint(builder, path, name=info.name, fold_bn=fold_bn)
 
 
 def harvest_to_bank(

@@ -1,33 +1,65 @@
-"""Reader: PyTorch checkpoints (.pt / .pth / .bin), loaded with ``weights_only=True`` only.
+"""Reader: PyTorch files (.pt / .pth / .bin / .ckpt): state dicts, whole pickled models
+(``torch.save(model)``, Ultralytics YOLO checkpoints) and TorchScript archives, all read by
+the restricted unpickler of :mod:`kernelatlas.harvest.torch_pickle` (no code runs, no
+``torch.load``).
 
-Without the architecture, a depthwise weight is recognised by its shape: a 4-D floating
-tensor ``[C, 1, kh, kw]`` with ``C > 1``. Caveat: the first convolution of a model for
-grayscale images has the same shape. Rule: the first 4-D tensor of the state dict (in
-model order) is the stem convolution that sees the image, so when it has that shape it is
-skipped, and the skip is recorded in ``HarvestResult.notes``. A model that really starts
-with a depthwise convolution loses that one layer: harvest its ``nn.Module`` instead.
-Stride, dilation and the following batch norm are unknown here (stride = dilation = 0);
-``fold_bn`` needs the architecture.
+Which model: the checkpoint's object is searched breadth-first (nested under
+``state_dict``, ``model``, ``model_ema``... first, optimizer state never) for a pickled
+``nn.Module``, a TorchScript module or a state dict. The first one found is read; another
+holding the same tensors (an EMA copy) is named in the notes and not read twice.
+
+Which tensors are depthwise (:func:`select_depthwise`):
+
+- when the file records the layer (a pickled ``nn.Conv2d``'s ``groups``/``in_channels``,
+  a TorchScript class's constants): ``groups == in_channels > 1``, as for an
+  ``nn.Module``; stride and dilation come from it too;
+- otherwise from the whole set of 4-D shapes (state dicts, safetensors, traced
+  TorchScript): ``[C, 1, kh, kw]`` with ``C > 1``, except a grayscale stem, which has the
+  same shape. The stem is decided from the shapes, not the key order: an ordinary conv
+  that reads 2-4 channels no layer produces is the image's entry (RGB), so there is no
+  grayscale stem; otherwise the first convolution (names in numeric-aware order) is the
+  stem when its output feeds a spatial convolution rather than only a 1x1 (a depthwise
+  layer hands its channels to its pointwise 1x1). A lone depthwise layer is kept.
+
+Skipped layers are counted by reason in ``ReadResult.skipped`` (``1x1``, ``stem``,
+``expanded view``). ``fold_bn`` needs the architecture as a module: harvest the
+``nn.Module`` (or a registry source with ``arch``).
 """
 
 from __future__ import annotations
 
-import pickle
 import re
-import struct
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from ..errors import FormatError, UnsafeFileError
-from ..limits import check_tensor, max_tensor_bytes
+from ..errors import FormatError, KernelAtlasError
 from .base import LayerKernels
 from .formats import ReadResult, register_format
+from .torch_pickle import (
+    Opaque,
+    TensorRef,
+    TorchFile,
+    is_tensor,
+    open_torch_file,
+    overlapping,
+    script_constants,
+)
 
-__all__ = ["load_state_dict", "read_checkpoint", "kernels_from_state_dict", "natural_key"]
+__all__ = [
+    "ConvEntry",
+    "read_checkpoint",
+    "read_torch_file",
+    "select_depthwise",
+    "grayscale_stem",
+    "load_state_dict",
+    "natural_key",
+    "NEST_KEYS",
+]
 
 #: Keys under which training scripts nest the weights, in the order they are tried.
 NEST_KEYS: tuple[str, ...] = (
@@ -42,6 +74,12 @@ NEST_KEYS: tuple[str, ...] = (
     "state_dict_ema",
     "ema",
 )
+#: Keys of an optimizer's per-parameter state (never a model).
+_OPTIMIZER_KEYS = frozenset(
+    {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg",
+     "acc_delta", "sum", "ax", "eta", "mu", "prev", "step_size", "exp_inf"}
+)  # fmt: skip
+_MAX_DEPTH = 6
 
 
 def natural_key(name: str) -> list[Any]:
@@ -49,225 +87,403 @@ def natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _is_tensor(v: Any) -> bool:
-    return isinstance(v, torch.Tensor | np.ndarray)
+@dataclass(frozen=True)
+class ConvEntry:
+    """A 4-D tensor of a model, as a reader declares it (nothing read yet).
 
-
-def _find_state_dict(obj: Any, path: str = "", depth: int = 0) -> tuple[dict, str] | None:
-    if not isinstance(obj, Mapping) or depth > 4:
-        return None
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and _is_tensor(v)}
-    if any(v.ndim == 4 for v in tensors.values()):
-        return tensors, path
-    ordered = [k for k in NEST_KEYS if k in obj] + [k for k in obj if k not in NEST_KEYS]
-    for key in ordered:
-        found = _find_state_dict(obj[key], f"{path}/{key}" if path else str(key), depth + 1)
-        if found is not None:
-            return found
-    return None
-
-
-def load_state_dict(path: Path) -> tuple[dict[str, Any], str]:
-    """Load a checkpoint safely; return its (possibly nested) state dict and where it was."""
-    zipped = _is_zip(path)
-    seen = [] if zipped else _check_legacy_sizes(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        found = re.search(r"GLOBAL\s+([\w.]+)", msg, re.IGNORECASE)
-        name = found.group(1) if found else _unsafe_global(seen)
-        if name:
-            raise UnsafeFileError(
-                f"{path}: refused, loading it would run code ({name}); if you trust "
-                "it, load it yourself and pass the nn.Module or its state_dict"
-            ) from None
-        raise FormatError(
-            f"{path}: corrupt or not a PyTorch checkpoint ({_first_line(msg)})"
-        ) from None
-    except (MemoryError, RecursionError):
-        raise FormatError(
-            f"{path}: corrupt PyTorch checkpoint (its pickle declares absurd sizes or nesting); "
-            "download it again"
-        ) from None
-    except Exception as exc:  # torch.load on a corrupt file raises anything (KeyError, ...)
-        raise FormatError(
-            f"{path}: truncated or corrupt PyTorch checkpoint ({type(exc).__name__}: "
-            f"{_first_line(str(exc))}); download it again"
-        ) from None
-    found = _find_state_dict(obj)
-    if found is None:
-        return {}, ""
-    return found
-
-
-_ITEMSIZE = {
-    "Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
-    "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16,
-}  # fmt: skip
-
-
-class _Stub:
-    """Stands for every global of a scanned pickle: nothing real is ever looked up or run."""
-
-    def __init__(self, name: str = "") -> None:
-        self.name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
-        return _Stub(self.name)
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def append(self, value: Any) -> None:
-        pass
-
-    def extend(self, values: Any) -> None:
-        pass
-
-
-class _SizeScanner(pickle._Unpickler):  # pure Python: a dict memo (no huge memo index)
-    """Walks a legacy torch pickle and records the storage sizes it declares."""
-
-    def __init__(self, file: Any, seen: list[str]) -> None:
-        super().__init__(file)
-        self.size = len(file.getbuffer())
-        self.storages: list[tuple[str, int]] = []
-        self.seen = seen
-
-    def find_class(self, module: str, name: str) -> Any:
-        self.seen.append(f"{module}.{name}")
-        return _Stub(name)
-
-    def _load_bytearray8(self) -> None:
-        # the stock opcode allocates the declared length before reading: bound it first
-        (n,) = struct.unpack("<Q", self.read(8))
-        if n > self.size:
-            raise pickle.UnpicklingError("BYTEARRAY8 longer than the file")
-        self.append(bytearray(self.read(n)))
-
-    dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}
-
-    def persistent_load(self, pid: Any) -> Any:
-        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
-            kind = getattr(pid[1], "name", "")
-            self.storages.append((kind, int(pid[4])))
-        return _Stub("storage")
-
-
-def _check_legacy_sizes(path: Path) -> list[str]:
-    """Refuse a legacy (non-zip) checkpoint whose pickle declares storages larger than the
-    file or than the per-tensor limit, before torch allocates them. Returns the globals the
-    pickle names (nothing is looked up or run)."""
-    import io
-
-    seen: list[str] = []
-    size = path.stat().st_size
-    if size > max_tensor_bytes() * 64:
-        return seen  # too big to scan in memory; torch reads it as it is
-    data = io.BytesIO(path.read_bytes())
-    try:
-        for _ in range(4):  # magic number, protocol, sys info, then the object
-            scanner = _SizeScanner(data, seen)
-            scanner.load()
-    except Exception:  # not a well-formed legacy checkpoint: torch.load says why
-        return seen
-    for kind, numel in scanner.storages:
-        item = _ITEMSIZE.get(kind.removesuffix("Storage"), 8)
-        check_tensor(f"{path}: storage of {numel} x {kind}", [numel], item, available=size)
-    return seen
-
-
-def _unsafe_global(names: list[str]) -> str | None:
-    """The first global outside torch / collections / numpy (those that could run code)."""
-    safe = ("torch.", "collections.", "numpy.", "_codecs.encode")
-    return next((n for n in names if not n.startswith(safe)), None)
-
-
-def _is_zip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
-def _first_line(msg: str) -> str:
-    return msg.strip().splitlines()[0][:160] if msg.strip() else "no detail"
-
-
-def kernels_from_state_dict(state: Mapping[str, Any], *, order: str = "dict") -> ReadResult:
-    """Depthwise-shaped weights of a state dict (see the module docstring for the rule).
-
-    Parameters
+    Attributes
     ----------
-    state : name -> tensor or array.
-    order : ``'dict'`` (insertion order, as ``state_dict()`` writes it) or ``'natural'``
-        (numeric-aware sort of the names; for formats that sort their keys).
+    name : its path in the model (``model.22.cv3.0.0.conv.weight``).
+    shape : ``(out, in/groups, kh, kw)``.
+    floating : whether its dtype is floating point.
+    dtype : stored dtype name (``float16``...).
+    ref : what the reader needs to read it (see :func:`select_depthwise`'s ``load``).
+    meta : the layer's recorded attributes (``groups``, ``in_channels``, ``stride``...),
+        None where the file records none.
     """
-    names = [k for k, v in state.items() if _is_tensor(v)]
-    if order == "natural":
-        names.sort(key=natural_key)
-    notes: list[str] = []
-    four_d = [k for k in names if state[k].ndim == 4 and _floating(state[k])]
+
+    name: str
+    shape: tuple[int, ...]
+    floating: bool
+    dtype: str
+    ref: Any = None
+    meta: Mapping[str, Any] | None = None
+
+
+def _meta_decides(e: ConvEntry) -> bool:
+    m = e.meta
+    return m is not None and type(m.get("groups")) is int and type(m.get("in_channels")) is int
+
+
+def _meta_depthwise(e: ConvEntry) -> bool:
+    m = e.meta or {}
+    cin, groups = m["in_channels"], m["groups"]
+    return (
+        not m.get("transposed", False)
+        and cin > 1
+        and groups == cin
+        and e.shape[0] % cin == 0
+        and e.shape[1] == 1
+    )
+
+
+def grayscale_stem(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """The name of a grayscale stem among 4-D conv shapes, or None (see the module
+    docstring); decided from the set of shapes, so any key order gives the same answer."""
+    convs = {n: s for n, s in shapes.items() if len(s) == 4}
+    if not convs:
+        return None
+    produced = {s[0] for s in convs.values()}
+    if any(2 <= s[1] <= 4 and s[1] not in produced for s in convs.values()):
+        return None  # the image enters through an ordinary conv with 2-4 channels
+    first = min(convs, key=natural_key)
+    out, cin, kh, kw = convs[first]
+    if cin != 1 or out < 2 or (kh, kw) == (1, 1):
+        return None
+    spatial_consumer = any(
+        n != first and s[2:] != (1, 1) and (s[1] == out or (s[1] == 1 and s[0] == out))
+        for n, s in convs.items()
+    )
+    return first if spatial_consumer else None
+
+
+def select_depthwise(
+    entries: list[ConvEntry], load: Callable[[ConvEntry], np.ndarray]
+) -> ReadResult:
+    """Depthwise layers among ``entries`` (model order), read with ``load(entry)`` ->
+    float32 ``[C, 1, kh, kw]`` (or ``[C, kh, kw]``); skips counted by reason."""
+    convs = [e for e in entries if len(e.shape) == 4 and e.floating]
+    undecided = {e.name: e.shape for e in convs if not _meta_decides(e)}
+    stem = grayscale_stem({e.name: e.shape for e in convs}) if undecided else None
+    if stem is not None and stem not in undecided:
+        stem = None
     layers: list[LayerKernels] = []
-    skipped = {"1x1": 0, "stem": 0}
-    for pos, name in enumerate(four_d):
-        w = state[name]
-        c, one, kh, kw = (int(s) for s in w.shape)
-        if one != 1 or c < 2:
+    skipped: Counter[str] = Counter()
+    notes: list[str] = []
+    for e in convs:
+        c, one, kh, kw = (int(s) for s in e.shape)
+        if _meta_decides(e):
+            if not _meta_depthwise(e):
+                continue
+        elif one != 1 or c < 2:
             continue
-        if pos == 0:
-            notes.append(
-                f"skipped {name} {list(w.shape)}: the first convolution (a stem on a "
-                "1-channel image has the depthwise shape)"
-            )
+        elif e.name == stem:
             skipped["stem"] += 1
+            notes.append(
+                f"skipped {e.name} {list(e.shape)}: the grayscale stem (the first conv, on a "
+                "1-channel image, has the depthwise shape)"
+            )
             continue
         if (kh, kw) == (1, 1):
             skipped["1x1"] += 1
             continue
-        dtype = str(w.dtype).removeprefix("torch.")
-        itemsize = w.element_size() if isinstance(w, torch.Tensor) else w.dtype.itemsize
-        check_tensor(repr(name), w.shape, itemsize)
-        try:
-            if isinstance(w, torch.Tensor):
-                arr = (w if w.layout == torch.strided else w.to_dense()).float().numpy()
-            else:
-                arr = np.asarray(w, np.float32)
-        except Exception as exc:  # e.g. a tensor whose view runs past its storage
-            raise FormatError(
-                f"{name!r}: unreadable tensor ({type(exc).__name__}: {_first_line(str(exc))}); "
-                "the checkpoint is corrupt"
-            ) from None
+        if isinstance(e.ref, TensorRef) and overlapping(e.ref):
+            skipped["expanded view"] += 1
+            notes.append(f"skipped {e.name}: an expanded view (stride 0), not a trained weight")
+            continue
+        arr = load(e)
+        m = e.meta or {}
         layers.append(
             LayerKernels(
-                layer=name.removesuffix(".weight"),
+                layer=e.name.removesuffix(".weight"),
                 layer_index=len(layers),
                 weights=np.ascontiguousarray(arr.reshape(c, kh, kw), np.float32),
-                dtype=dtype,
+                stride=_spatial(m.get("stride")),
+                dilation=_spatial(m.get("dilation")),
+                dtype=e.dtype,
             )
         )
-    return ReadResult(layers, {k: v for k, v in skipped.items() if v}, tuple(notes))
+    return ReadResult(layers, dict(skipped), tuple(notes))
 
 
-def _floating(v: Any) -> bool:
-    if isinstance(v, torch.Tensor):
-        return v.is_floating_point()
-    return np.issubdtype(v.dtype, np.floating)
+def _spatial(v: Any) -> int:
+    if type(v) is int:
+        return v
+    if isinstance(v, tuple | list) and v and all(type(x) is int for x in v):
+        return int(max(v))
+    return 0
+
+
+# --------------------------------------------------------------- models in a pickle
+def _kind(o: Any) -> str | None:
+    """``module`` (a pickled nn.Module), ``script`` (a TorchScript module), ``state_dict``."""
+    if isinstance(o, Opaque) and isinstance(o.state, dict):
+        if "_modules" in o.state or "_parameters" in o.state:
+            return "module"
+        if o.qualname.startswith("__torch__."):
+            return "script"
+    if isinstance(o, dict):
+        tensors = [v for k, v in o.items() if type(k) is str and is_tensor(v)]
+        if any(t.ndim == 4 for t in tensors) and not set(o) <= _OPTIMIZER_KEYS:
+            return "state_dict"
+    return None
+
+
+def _roots(obj: Any) -> list[tuple[str, str, Any]]:
+    """Models in ``obj``, breadth first, preferred keys first: ``(path, kind, root)``."""
+    found: list[tuple[str, str, Any]] = []
+    queue: deque[tuple[str, Any, int]] = deque([("", obj, 0)])
+    seen: set[int] = set()
+    while queue and len(seen) < 100_000:
+        path, o, depth = queue.popleft()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        kind = _kind(o)
+        if kind is not None:
+            found.append((path, kind, o))
+            continue
+        if depth >= _MAX_DEPTH:
+            continue
+        if isinstance(o, dict):
+            keys = [k for k in NEST_KEYS if k in o] + [k for k in o if k not in NEST_KEYS]
+            children = [(str(k), o[k]) for k in keys if "optim" not in str(k).lower()]
+        elif isinstance(o, list | tuple):
+            children = [(str(i), v) for i, v in enumerate(o)]
+        elif isinstance(o, Opaque):  # a wrapper (e.g. an EMA object holding the module)
+            state = o.state if isinstance(o.state, dict) else {}
+            children = [(str(k), v) for k, v in state.items()]
+        else:
+            continue
+        for key, child in children:
+            queue.append((f"{path}/{key}" if path else key, child, depth + 1))
+    return found
+
+
+def _tensor_entry(name: str, ref: Any, meta: Mapping[str, Any] | None) -> ConvEntry:
+    dt = ref.dtype
+    return ConvEntry(name, tuple(ref.shape), bool(dt.floating), dt.name, ref, meta)
+
+
+_CONV_ATTRS = ("in_channels", "out_channels", "groups", "kernel_size", "stride", "dilation",
+               "transposed")  # fmt: skip
+
+
+def _module_meta(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    meta = {k: state[k] for k in _CONV_ATTRS if k in state}
+    return meta if "groups" in meta and "in_channels" in meta else None
+
+
+def _module_entries(root: Opaque) -> Iterator[ConvEntry]:
+    """Tensors of a pickled nn.Module in state_dict order, named by module path."""
+    stack: list[tuple[str, Any]] = [("", root)]
+    seen: set[int] = set()
+    while stack:
+        prefix, mod = stack.pop()
+        if id(mod) in seen or not isinstance(mod.state, dict):
+            continue
+        seen.add(id(mod))
+        st = mod.state
+        meta = _module_meta(st)
+        for group in ("_parameters", "_buffers"):
+            d = st.get(group)
+            if isinstance(d, dict):
+                for k, v in d.items():
+                    if type(k) is str and is_tensor(v):
+                        yield _tensor_entry(prefix + k, v, meta if k == "weight" else None)
+        children = st.get("_modules")
+        if isinstance(children, dict):
+            kids = [(k, c) for k, c in children.items() if type(k) is str and _kind(c)]
+            stack.extend((prefix + k + ".", c) for k, c in reversed(kids))
+
+
+def _script_entries(tf: TorchFile, root: Opaque) -> Iterator[ConvEntry]:
+    """Tensors of a TorchScript module: attributes in order; layer constants from its code."""
+    cache: dict[str, dict[str, Any]] = {}
+
+    def meta(mod: Opaque) -> dict[str, Any] | None:
+        q = mod.qualname
+        if q not in cache:
+            module, _, cls = q.rpartition(".")
+            src = tf.code(module)
+            cache[q] = script_constants(src, cls) if src else {}
+        found = cache[q]
+        return found if "groups" in found else None
+
+    stack: list[tuple[str, Any]] = [("", root)]
+    seen: set[int] = set()
+    while stack:
+        prefix, mod = stack.pop()
+        if id(mod) in seen or not isinstance(mod.state, dict):
+            continue
+        seen.add(id(mod))
+        kids = []
+        for k, v in mod.state.items():
+            if type(k) is not str:
+                continue
+            if is_tensor(v):
+                m = meta(mod) if k == "weight" and v.ndim == 4 else None
+                if m is not None and "in_channels" not in m:  # traced: groups only
+                    m = {**m, "in_channels": int(v.shape[1]) * int(m["groups"])}
+                yield _tensor_entry(prefix + k, v, m)
+            elif isinstance(v, Opaque) and _kind(v) == "script":
+                kids.append((k, v))
+        stack.extend((prefix + k + ".", c) for k, c in reversed(kids))
+
+
+def _state_entries(root: dict) -> Iterator[ConvEntry]:
+    for k, v in root.items():
+        if type(k) is str and is_tensor(v):
+            yield _tensor_entry(k, v, None)
+
+
+def _entries(tf: TorchFile, kind: str, root: Any) -> list[ConvEntry]:
+    if kind == "module":
+        return list(_module_entries(root))
+    if kind == "script":
+        return list(_script_entries(tf, root))
+    return list(_state_entries(root))
+
+
+def _signature(entries: list[ConvEntry]) -> tuple:
+    return tuple((e.name, e.shape) for e in entries if len(e.shape) == 4)
+
+
+def read_torch_file(tf: TorchFile) -> ReadResult:
+    """Depthwise layers of an opened torch file (see the module docstring)."""
+    roots = _roots(tf.obj)
+    notes: list[str] = []
+    if not roots and isinstance(tf.constants, tuple | list):  # a frozen TorchScript model
+        consts = {f"CONSTANTS.c{i}": c for i, c in enumerate(tf.constants) if is_tensor(c)}
+        if any(c.ndim == 4 for c in consts.values()):
+            roots = [("constants", "state_dict", consts)]
+            notes.append("weights read from a frozen TorchScript model's constants (no names)")
+    if not roots:
+        return ReadResult([], {}, ("no model or state dict with 4-D tensors in the file",))
+    path, kind, root = roots[0]
+    entries = _entries(tf, kind, root)
+    what = f"{kind} {root.qualname}" if isinstance(root, Opaque) else "weights"
+    if path:
+        notes.append(f"{what} nested under {path!r}")
+    elif isinstance(root, Opaque):
+        notes.append(f"read the pickled {what} (its code was not run)")
+    sig = _signature(entries)
+    for other_path, other_kind, other in roots[1:]:
+        other_entries = _entries(tf, other_kind, other)
+        if _signature(other_entries) == sig:
+            notes.append(f"{other_path!r} holds a copy of the same model (e.g. its EMA): not read")
+        else:
+            n = sum(1 for e in other_entries if len(e.shape) == 4)
+            notes.append(f"{other_path!r} holds another set of weights ({n} 4-D tensors): not read")
+
+    def load(e: ConvEntry) -> np.ndarray:
+        return tf.array(e.ref, f"{tf.path}: {e.name!r}")
+
+    res = select_depthwise(entries, load)
+    return ReadResult(res.layers, res.skipped, (*notes, *res.notes))
+
+
+def load_state_dict(path: Path) -> tuple[dict[str, Any], str]:
+    """The (possibly nested) state dict of a checkpoint as float32 numpy arrays, read
+    without pickle code; returns it and where it was nested (``''`` at the top)."""
+    with open_torch_file(path) as tf:
+        roots = _roots(tf.obj)
+        if not roots:
+            return {}, ""
+        where, kind, root = roots[0]
+        return {e.name: tf.array(e.ref, f"{path}: {e.name!r}") for e in
+                _entries(tf, kind, root)}, where  # fmt: skip
+
+
+def _sniff(head: bytes, ext: str) -> bool:
+    # a zip (torch.save) or a pickle (legacy torch.save, bare pickle); .keras/.npz zips
+    # and TorchScript archives are claimed earlier
+    return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
 @register_format(
     "checkpoint",
     extensions=(".pt", ".pth", ".bin", ".ckpt"),
-    # a zip (torch.save) or a pickle (legacy torch.save); .keras/.npz zips are claimed earlier
-    sniff=lambda head, ext: head[:2] == b"PK" or head[:1] == b"\x80",
-    description="PyTorch checkpoint / state dict (torch.save, zip or legacy), read without pickle code",
+    sniff=_sniff,
+    description="PyTorch checkpoint, state dict or pickled model (torch.save, zip or legacy), "
+    "read without running pickle code",
 )
 def read_checkpoint(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a PyTorch checkpoint file."""
-    state, where = load_state_dict(path)
-    res = kernels_from_state_dict(state)
-    if where:
-        return ReadResult(res.layers, res.skipped, (f"weights nested under {where!r}", *res.notes))
-    return res
+    try:
+        with open_torch_file(path) as tf:
+            return read_torch_file(tf)
+    except KernelAtlasError:
+        raise
+    except (MemoryError, RecursionError):
+        raise FormatError(f"{path}: corrupt PyTorch file (absurd sizes or nesting)") from None
+
+
+# --------------------------------------------------------- architecture + checkpoint
+class _MetaNoInit:
+    """Build modules on the meta device without running their weight initialisers (the
+    checkpoint replaces every tensor): a TorchFunctionMode, entered as a context."""
+
+    def __init__(self) -> None:
+        import torch
+        from torch.overrides import TorchFunctionMode
+
+        T = torch.Tensor
+        init = torch.nn.init
+        skip = {T.normal_, T.uniform_, T.zero_, T.fill_, T.fmod_, T.erfinv_, T.clamp_}
+        skip |= {getattr(init, n) for n in dir(init) if n.endswith("_") and not n.startswith("_")}
+        ctors = torch.utils._device._device_constructors()
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                if func in skip:
+                    return args[0] if args else (kwargs or {}).get("tensor")
+                kwargs = kwargs or {}
+                if func in ctors and kwargs.get("device") is None:
+                    kwargs["device"] = "meta"
+                return func(*args, **kwargs)
+
+        self._mode = Mode()
+
+    def __enter__(self) -> None:
+        self._mode.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
+
+
+def module_from_checkpoint(
+    builder: Callable[[], Any], path: Path, *, name: str, fold_bn: bool = False
+) -> Any:
+    """``builder()`` built on the meta device (no initialisation), checked against the
+    checkpoint's state dict (names and shapes, as a strict ``load_state_dict``), with the
+    tensors of its depthwise convolutions (and, for ``fold_bn``, its batch norms) read from
+    the file; nothing else is read. The result serves
+    :func:`~kernelatlas.harvest.torch_module.read_module`.
+    """
+    import torch
+    from torch import nn
+
+    from .torch_module import is_depthwise
+
+    with _MetaNoInit():
+        model = builder()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    with open_torch_file(path) as tf:
+        roots = _roots(tf.obj)
+        if not roots:
+            raise KernelAtlasError(f"{name}: {path} holds no state dict")
+        _, kind, root = roots[0]
+        found = {e.name: e for e in _entries(tf, kind, root)}
+        missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in found if k not in expected]
+        wrong = [k for k in expected if k in found and found[k].shape != expected[k]]
+        if missing or unexpected or wrong:
+            detail = (f"missing {missing[:3]}" if missing else
+                      f"unexpected {unexpected[:3]}" if unexpected else
+                      f"shape of {wrong[0]}: {list(found[wrong[0]].shape)} vs {list(expected[wrong[0]])}")  # fmt: skip
+            raise KernelAtlasError(f"{name}: weights do not fit the architecture ({detail})")
+        for mod_name, mod in model.named_modules():
+            bn = fold_bn and isinstance(mod, nn.modules.batchnorm._BatchNorm)
+            if not (is_depthwise(mod) or bn):
+                continue
+            prefix = f"{mod_name}." if mod_name else ""
+            for group in (mod._parameters, mod._buffers):
+                for key, t in list(group.items()):
+                    e = found.get(prefix + key)
+                    if t is None or e is None:
+                        continue
+                    arr = torch.from_numpy(tf.array(e.ref, f"{path}: {e.name!r}"))
+                    value = arr.to(t.dtype) if not t.dtype.is_floating_point else arr
+                    group[key] = nn.Parameter(value, False) if key in mod._parameters else value
+    return model.eval()

@@ -1,29 +1,85 @@
-"""Reader: safetensors files (no code execution by design).
+"""Reader: safetensors files, parsed by kernelatlas itself (an 8-byte header length, a JSON
+header, then the tensor bytes): no code, and no mmap, so a file truncated or rewritten
+while it is read is an error rather than a SIGBUS.
 
-safetensors stores its tensors sorted by name, so model order is rebuilt with a
-numeric-aware sort (``blocks.2`` before ``blocks.10``); the depthwise rule and its caveat
-are those of :mod:`kernelatlas.harvest.checkpoint`. Only depthwise-shaped tensors
-(``[C, 1, kh, kw]``) are read; the other 4-D tensors stand in as shape-only meta tensors
-(the stem rule needs their position, not their values). Each tensor read is checked
-against :func:`kernelatlas.limits.max_tensor_bytes` first.
+Every tensor's offsets, dtype and shape are checked against each other and the file before
+anything is read; only the depthwise tensors' bytes are read (with plain reads, copied to
+float32). Which tensors are depthwise is decided from the whole set of 4-D shapes, as for a
+state dict in a checkpoint (:func:`kernelatlas.harvest.checkpoint.select_depthwise`), so a
+``.pt`` and a ``.safetensors`` of one state dict give the same kernels. The file sorts its
+names; model order is rebuilt with a numeric-aware sort (``blocks.2`` before ``blocks.10``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import FormatError
-from ..limits import check_tensor
-from .checkpoint import kernels_from_state_dict
+from ..limits import charge, check_tensor
+from .checkpoint import ConvEntry, natural_key, select_depthwise
 from .formats import ReadResult, register_format
+from .torch_pickle import _DTYPES, _decode
 
-__all__ = ["read_safetensors"]
+__all__ = ["read_safetensors", "read_header"]
 
-_ITEMSIZE = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+_DTYPE = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
+    "U64": "uint64", "BOOL": "bool",
 }  # fmt: skip
-_FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+#: The format's own bound on the JSON header (100 MB).
+MAX_HEADER = 100_000_000
+
+
+def read_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], int]:
+    """``{name: (dtype, shape, begin, end)}`` (byte offsets into the data) and where the data
+    starts; every entry checked against the file's size. Raises FormatError (one line)."""
+
+    def bad(why: str) -> FormatError:
+        return FormatError(f"{path}: truncated or corrupt safetensors file ({why})")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise bad("shorter than its 8-byte header length")
+        n = int.from_bytes(raw, "little")
+        if n > min(size - 8, MAX_HEADER):
+            raise bad(f"header of {n:,} bytes in a file of {size:,}")
+        text = f.read(n)
+    try:
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_start, data_size = 8 + n, size - 8 - n
+    out: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise bad(f"entry {name[:60]!r} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in _DTYPE:
+            raise bad(f"{name[:60]!r} has an unknown dtype {str(dtype)[:20]!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise bad(f"{name[:60]!r} has a malformed shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets)):  # fmt: skip
+            raise bad(f"{name[:60]!r} has malformed data offsets")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise bad(f"{name[:60]!r} lies at bytes {begin:,}-{end:,} of {data_size:,}")
+        if math.prod(shape) * _DTYPES[_DTYPE[dtype]].itemsize != end - begin:
+            raise bad(f"{name[:60]!r}: shape {shape} does not fit its {end - begin:,} bytes")
+        out[name] = (_DTYPE[dtype], tuple(shape), begin, end)
+    return out, data_start
 
 
 @register_format(
@@ -34,23 +90,24 @@ _FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 )
 def read_safetensors(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a safetensors file."""
-    import torch
-    from safetensors import SafetensorError, safe_open
+    header, data_start = read_header(path)
+    entries = [
+        ConvEntry(name, shape, _DTYPES[dtype].floating, dtype, (dtype, begin, end))
+        for name, (dtype, shape, begin, end) in sorted(
+            header.items(), key=lambda kv: natural_key(kv[0])
+        )
+    ]
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            state = {}
-            for k in f.keys():
-                sl = f.get_slice(k)
-                shape, dtype = list(sl.get_shape()), str(sl.get_dtype())
-                if len(shape) != 4 or dtype not in _FLOATING:
-                    continue
-                if shape[1] == 1 and shape[0] > 1:
-                    check_tensor(f"{path}: {k!r}", shape, _ITEMSIZE.get(dtype, 8))
-                    state[k] = f.get_tensor(k)
-                else:  # only its place matters (stem rule): no data read
-                    state[k] = torch.empty(shape, dtype=torch.float32, device="meta")
-    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
-        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FormatError(f"{path}: truncated or corrupt safetensors file ({msg})") from None
-    return kernels_from_state_dict(state, order="natural")
+    def load(e: ConvEntry) -> np.ndarray:
+        dtype, begin, end = e.ref
+        check_tensor(f"{path}: {e.name!r}", e.shape, _DTYPES[dtype].itemsize)
+        charge(f"{e.name!r}", end - begin)
+        with open(path, "rb") as f:
+            f.seek(data_start + begin)
+            raw = f.read(end - begin)
+        if len(raw) != end - begin:
+            raise FormatError(f"{path}: {e.name!r} is truncated; the file changed while read")
+        arr = _decode(raw, _DTYPES[dtype], False, 0, math.prod(e.shape))
+        return np.asarray(arr, np.float32).reshape(e.shape)
+
+    return select_depthwise(entries, load)
