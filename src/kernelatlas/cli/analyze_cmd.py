@@ -31,7 +31,18 @@ def _analyze(args: argparse.Namespace) -> int:
         n_workers=args.workers,
         command=shlex.join(["kernelatlas", *sys.argv[1:]]),
     )
-    res = analyze(args.sources, args.out, cfg)
+    import warnings
+
+    from ..harvest.api import SkippedLayersWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedLayersWarning)
+        res = analyze(args.sources, args.out, cfg)
+    for w in caught:  # skipped layers, counted by reason (others go on as warnings)
+        if issubclass(w.category, SkippedLayersWarning):
+            print(f"kernelatlas: skipped: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not args.quiet:
         print(_coverage_table(res.summary))
         print(f"report: {(res.out / 'index.html').resolve()}")

@@ -113,8 +113,11 @@ def _harvest(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         counts = harvest_to_bank(sources, args.out, fold_bn=args.fold_bn, progress=not args.quiet)
-    for w in caught:
-        print(f"kernelatlas: warning: {w.message}", file=sys.stderr)
+    from ..harvest.api import SkippedLayersWarning
+
+    for w in caught:  # skipped layers are counted by reason, not a problem
+        kind = "skipped" if issubclass(w.category, SkippedLayersWarning) else "warning"
+        print(f"kernelatlas: {kind}: {w.message}", file=sys.stderr)
     table = counts.assign(size=counts["kh"].astype(str) + "x" + counts["kw"].astype(str))
     table = table[["source", "model", "size", "layers", "kernels"]]
     print(table.to_string(index=False))

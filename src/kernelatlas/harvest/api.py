@@ -16,7 +16,34 @@ from ..errors import KernelAtlasError
 from .base import HarvestResult, LayerKernels
 from .formats import ReadResult, detect_format, list_formats, read_file
 
-__all__ = ["harvest", "harvest_to_bank", "detect_format", "source_key"]
+__all__ = [
+    "harvest",
+    "harvest_to_bank",
+    "detect_format",
+    "source_key",
+    "SkippedLayersWarning",
+    "skipped_text",
+]
+
+#: What each skip reason means, for messages (a reader may add others).
+SKIP_REASONS: dict[str, str] = {
+    "1x1": "1x1 kernels, nothing spatial to analyse",
+    "stem": "the grayscale stem conv, which has the depthwise shape",
+    "expanded view": "expanded views (stride 0), not trained weights",
+}
+
+
+class SkippedLayersWarning(UserWarning):
+    """Depthwise-shaped layers a reader did not keep, counted by reason (the CLI prints it)."""
+
+
+def skipped_text(skipped: dict[str, int]) -> str:
+    """``"1 layer (1x1 kernels, ...); 2 layers (...)"`` for a ``skipped`` mapping."""
+    return "; ".join(
+        f"{n} layer{'s' if n != 1 else ''} ({SKIP_REASONS.get(reason, reason)})"
+        for reason, n in sorted(skipped.items())
+        if n
+    )
 
 
 def source_key(source: Any, *, fold_bn: bool = False) -> str | None:
@@ -60,6 +87,12 @@ def harvest(source: Any, *, fold_bn: bool = False) -> HarvestResult:
     {(3, 3): (6, 432), (5, 5): (7, 2048)}
     """
     res = _harvest(source, fold_bn)
+    if any(res.skipped.values()):
+        warnings.warn(
+            f"{res.source}: not harvested: {skipped_text(dict(res.skipped))}",
+            SkippedLayersWarning,
+            stacklevel=2,
+        )
     if not res.layers:
         warnings.warn(
             f"{res.source}: no depthwise convolution found (skipped 1x1: {res.skipped_1x1}); "

@@ -343,17 +343,18 @@ def read_torch_file(tf: TorchFile) -> ReadResult:
     """Depthwise layers of an opened torch file (see the module docstring)."""
     roots = _roots(tf.obj)
     notes: list[str] = []
-    if not roots and isinstance(tf.constants, tuple | list):  # a frozen TorchScript model
+    if isinstance(tf.constants, tuple | list):  # a frozen TorchScript model keeps them here
         consts = {f"CONSTANTS.c{i}": c for i, c in enumerate(tf.constants) if is_tensor(c)}
         if any(c.ndim == 4 for c in consts.values()):
-            roots = [("constants", "state_dict", consts)]
-            notes.append("weights read from a frozen TorchScript model's constants (no names)")
+            if not any(_signature(_entries(tf, k, r)) for _, k, r in roots):
+                roots = [("CONSTANTS", "state_dict", consts)]
+                notes.append("a frozen TorchScript model: weights read from its constants")
     if not roots:
         return ReadResult([], {}, ("no model or state dict with 4-D tensors in the file",))
     path, kind, root = roots[0]
     entries = _entries(tf, kind, root)
     what = f"{kind} {root.qualname}" if isinstance(root, Opaque) else "weights"
-    if path:
+    if path and path != "CONSTANTS":
         notes.append(f"{what} nested under {path!r}")
     elif isinstance(root, Opaque):
         notes.append(f"read the pickled {what} (its code was not run)")

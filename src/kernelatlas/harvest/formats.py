@@ -44,6 +44,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kernelatlas.harvest.keras_h5",
     "kernelatlas.harvest.tflite_",
     "kernelatlas.harvest.arrays",
+    "kernelatlas.harvest.torchscript",
     "kernelatlas.harvest.checkpoint",
     "kernelatlas.harvest.safetensors_",
     "kernelatlas.harvest.onnx_",
