@@ -1,7 +1,8 @@
 """Coverage-guided fuzzing (atheris) of every binary reader, for a fixed time.
 
 ``python -m tests.fuzz.run --seconds 60`` (``make fuzz``) splits the time between the
-targets (ONNX, TFLite, Keras .h5, safetensors, torch checkpoint, .npy/.npz). Each target
+targets (ONNX, TFLite, Keras .h5, safetensors, torch checkpoint and pickled model,
+TorchScript, .npy/.npz). Each target
 runs in its own child process, seeded with the real small files of
 ``tests/hostile/makers.py`` (the tiny DS-CNN exported to every format) plus the shipped
 files of the regression corpus. The property checked on every input: the reader returns
@@ -38,7 +39,8 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "keras": (("keras", "keras3", "keras3_h5", "keras3_real"), ".h5"),
     "tfjs": (("tfjs", "tfjs_layers"), ".json"),  # manifests fuzzed; their shards beside
     "safetensors": (("safetensors",), ".safetensors"),
-    "checkpoint": (("checkpoint", "checkpoint_legacy"), ".pt"),
+    "checkpoint": (("checkpoint", "checkpoint_legacy", "pickled_model"), ".pt"),
+    "torchscript": (("torchscript",), ".pt"),
     "numpy": (("numpy", "npz"), ".npy"),
 }
 
@@ -82,6 +84,8 @@ def _child(target: str, seconds: float, seed_dir: str, findings: str) -> None:
         import kernelatlas.harvest.safetensors_  # noqa: F401
         import kernelatlas.harvest.tfjs  # noqa: F401
         import kernelatlas.harvest.tflite_  # noqa: F401
+        import kernelatlas.harvest.torch_pickle  # noqa: F401
+        import kernelatlas.harvest.torchscript  # noqa: F401
         import kernelatlas.limits  # noqa: F401
     import warnings
 

@@ -30,6 +30,8 @@ SEED_NAMES = {
     "keras3_real": "nested.keras",
     "tfjs": "tfjs/model.json",
     "tfjs_layers": "tfjs_layers/model.json",
+    "torchscript": "script.pt",
+    "pickled_model": "model.pth",
 }
 
 
@@ -55,6 +57,24 @@ def write_checkpoint(model: nn.Module, path: Path, *, legacy: bool = False) -> P
         path,
         _use_new_zipfile_serialization=not legacy,
     )
+    return path
+
+
+def write_torchscript(model: nn.Module, path: Path) -> Path:
+    """``torch.jit.save`` of the scripted model (a TorchScript archive)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(model), path)
+    return path
+
+
+def write_pickled_model(model: nn.Module, path: Path) -> Path:
+    """``torch.save`` of the whole model and an EMA copy (as Ultralytics saves them)."""
+    import copy
+
+    torch.save({"epoch": 1, "model": model, "ema": copy.deepcopy(model)}, path)
     return path
 
 
@@ -613,6 +633,8 @@ def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
         "tfjs_layers": lambda m, p: write_tfjs(
             m, p.parent, kind="layers", quant="float16", prefix="layers"
         ),
+        "torchscript": write_torchscript,
+        "pickled_model": write_pickled_model,
     }
     return {k: writers[k](model, folder / name) for k, name in SEED_NAMES.items()}
 

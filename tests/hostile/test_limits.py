@@ -390,3 +390,107 @@ def test_fifos_devices_and_zip_member_paths(tmp_path):
         zf.writestr("../../escape.npy", buf.getvalue())
     res = harvest(tmp_path / "evil.npz")  # the name is a label, nothing is written
     assert res.layers[0].layer == "../../escape" and not (tmp_path.parent / "escape.npy").exists()
+
+
+# ------------------------------------------------------------------ torch files (#13)
+def _torch_zip(path, data_pkl: bytes, records: dict[str, bytes], root: str = "archive"):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{root}/data.pkl", data_pkl)
+        for key, raw in records.items():
+            zf.writestr(f"{root}/data/{key}", raw)
+    return path
+
+
+def _state_dict_pickle(shape, numel, key="0", stride=None) -> bytes:
+    """data.pkl of ``{"dw.weight": tensor}`` whose storage ``key`` declares ``numel``."""
+
+    class _Storage:
+        pass
+
+    storage = _Storage()
+    stride = stride or tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape)))
+
+    class _Tensor:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2,
+                    (storage, 0, tuple(shape), tuple(stride), False, OrderedDict()))  # fmt: skip
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, key, "cpu", numel) if obj is storage else None
+
+    import io
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=2).dump({"dw.weight": _Tensor()})
+    return buf.getvalue()
+
+
+def test_torch_zip_declaring_huge_or_lying_storages(tmp_path):
+    _refused_cheaply(_torch_zip(tmp_path / "huge.pt", _state_dict_pickle(HUGE, 10**12), {"0": b""}),
+                     TensorTooLargeError, "storage of 1000000000000")  # fmt: skip
+    # 8x3x3 floats declared, 10 bytes in the record
+    _refused_cheaply(_torch_zip(tmp_path / "lie.pt", _state_dict_pickle([8, 1, 3, 3], 72),
+                                {"0": b"\0" * 10}), FormatError, "its record holds 10")  # fmt: skip
+    # a view past the end of its storage
+    _refused_cheaply(_torch_zip(tmp_path / "past.pt", _state_dict_pickle([8, 1, 3, 3], 9),
+                                {"0": b"\0" * 36}), FormatError, "runs past its storage")  # fmt: skip
+
+
+def test_torch_member_paths_with_dotdot_are_refused(tmp_path):
+    _refused_cheaply(_torch_zip(tmp_path / "key.pt", _state_dict_pickle([8, 1, 3, 3], 72,
+                                key="../../etc/passwd"), {}), FormatError,
+                     "is not a record name")  # fmt: skip
+    _refused_cheaply(_torch_zip(tmp_path / "root.pt", _state_dict_pickle([8, 1, 3, 3], 72),
+                                {"0": b"\0" * 288}, root="../up"), FormatError,
+                     "points outside the archive")  # fmt: skip
+
+
+def test_expanded_views_are_never_materialised(tmp_path):
+    """A tiny .pt of stride-0 expand() views declaring GBs: skipped, nothing allocated."""
+    base = torch.ones(1)
+    sd = {"stem.weight": torch.ones(16, 3, 3, 3)}  # an RGB stem: no grayscale-stem rule
+    sd |= {f"l{i}.weight": base.expand(10**6, 1, 7, 7) for i in range(64)}  # 64 x 196 MB
+    torch.save(sd, tmp_path / "expand.pt")
+    assert (tmp_path / "expand.pt").stat().st_size < 32_000
+    tracemalloc.start()
+    try:
+        with pytest.warns(UserWarning, match="no depthwise"):
+            res = harvest(tmp_path / "expand.pt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res.skipped == {"expanded view": 64} and peak < 16 * 2**20, peak
+
+
+def test_views_sharing_a_storage_are_charged_to_the_source_budget(tmp_path, monkeypatch):
+    """Many distinct views of one storage: each copy is charged before it is made."""
+    from kernelatlas.limits import ENV_MAX_SOURCE_BYTES
+
+    flat = torch.randn(256 * 49 + 64)
+    sd = {"stem.weight": torch.ones(16, 3, 3, 3)}
+    sd |= {f"l{i}.weight": flat[i : i + 256 * 49].view(256, 1, 7, 7) for i in range(64)}
+    torch.save(sd, tmp_path / "shared.pt")  # one 50 kB storage, 64 views of 50 kB each
+    assert len(harvest(tmp_path / "shared.pt").layers) == 64
+    monkeypatch.setenv(ENV_MAX_SOURCE_BYTES, "1M")
+    _refused_cheaply(tmp_path / "shared.pt", TensorTooLargeError, ENV_MAX_SOURCE_BYTES)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_torch_file_truncated_while_read_is_an_error_not_a_crash(tmp_path, tiny_dscnn, legacy):
+    """Weights are copied out with plain reads (no mmap): a file cut after it was opened
+    gives a one-line FormatError, never SIGBUS."""
+    from kernelatlas.harvest.checkpoint import read_torch_file
+    from kernelatlas.harvest.torch_pickle import open_torch_file
+
+    path = tmp_path / "m.pt"
+    torch.save(tiny_dscnn.state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    size = path.stat().st_size
+    with open_torch_file(path) as tf:  # the pickle is parsed, no weight read yet
+        with open(path, "r+b") as f:
+            f.truncate(size // 3 if legacy else size - 2000)
+        with pytest.raises(FormatError, match="truncated|corrupt|damaged") as info:
+            read_torch_file(tf)
+    assert "\n" not in str(info.value)

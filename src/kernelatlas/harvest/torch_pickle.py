@@ -456,7 +456,8 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[misc,name-defined]
         module = self.readline()[:-1].decode("ascii")
         name = self.readline()[:-1].decode("ascii")
         cls = self.find_class(module, name)
-        self.append(self._call(cls, tuple(self.pop_mark())))
+        args = tuple(self.pop_mark())  # before self.append: pop_mark rebinds it
+        self.append(self._call(cls, args))
 
     def _load_obj(self) -> None:
         args = self.pop_mark()
