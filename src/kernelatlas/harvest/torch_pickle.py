@@ -39,6 +39,7 @@ import pickletools
 import re
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,11 @@ MAX_PICKLE_BYTES = 256 * 2**20
 #: Largest TorchScript code file read for layer constants.
 MAX_CODE_BYTES = 4 * 2**20
 _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+#: What zipfile raises on a damaged archive (zlib.error, struct.error... included).
+ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
+    NotImplementedError, RuntimeError, OverflowError, zlib.error, struct.error,
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ records
@@ -774,13 +780,11 @@ def _zip_member(zf: zipfile.ZipFile, name: str, what: str, *, limit: int | None 
     try:
         with zf.open(info) as src:
             data = src.read(info.file_size + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+    except ZIP_ERRORS as exc:
         raise FormatError(
-            f"{what}: member {name!r} is truncated or corrupt ({_first_line(str(exc))}); "
-            "the file is damaged"
+            f"{what}: member {name!r} is truncated or corrupt ({type(exc).__name__}: "
+            f"{_first_line(str(exc))}); the file is damaged"
         ) from None
-    except Exception as exc:  # zlib.error and friends
-        raise FormatError(f"{what}: member {name!r} is corrupt ({type(exc).__name__})") from None
     if len(data) != info.file_size:
         raise FormatError(f"{what}: member {name!r} is truncated")
     return data
@@ -795,7 +799,7 @@ def _safe_member_name(name: str, what: str) -> None:
 def _open_zip(path: Path, what: str) -> TorchFile:
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except ZIP_ERRORS as exc:
         raise FormatError(
             f"{what}: truncated or corrupt zip archive ({_first_line(str(exc))}); the file is "
             "damaged or not a PyTorch file"
@@ -829,17 +833,18 @@ def _open_zip(path: Path, what: str) -> TorchFile:
             )
     kind = "torchscript" if script else "zip"
 
+    records = _Records(path, prefix)
+
     def code(module: str) -> str | None:
         if not re.fullmatch(r"__torch__(\.[A-Za-z_]\w*)+", module):
             return None
         name = f"{prefix}code/{module.replace('.', '/')}.py"
-        with zipfile.ZipFile(path) as z:
-            if name not in z.NameToInfo:
-                return None
-            return _zip_member(z, name, what, limit=MAX_CODE_BYTES).decode("utf-8", "replace")
+        z = records.archive()
+        if name not in z.NameToInfo:
+            return None
+        return _zip_member(z, name, what, limit=MAX_CODE_BYTES).decode("utf-8", "replace")
 
-    return TorchFile(path, kind, obj, _Records(path, prefix), big_endian=big,
-                     constants=constants, code=code)  # fmt: skip
+    return TorchFile(path, kind, obj, records, big_endian=big, constants=constants, code=code)
 
 
 class _Records:
@@ -849,14 +854,20 @@ class _Records:
         self.path, self.prefix = path, prefix
         self._zf: zipfile.ZipFile | None = None
 
-    def __call__(self, st: _Storage) -> bytes:
+    def archive(self) -> zipfile.ZipFile:
         try:
             if self._zf is None:
                 self._zf = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise FormatError(f"{self.path}: cannot reopen the archive ({exc})") from None
+        except ZIP_ERRORS as exc:
+            raise FormatError(
+                f"{self.path}: cannot reopen the archive ({type(exc).__name__}); it changed "
+                "while being read or is damaged"
+            ) from None
+        return self._zf
+
+    def __call__(self, st: _Storage) -> bytes:
         name = f"{self.prefix}{st.archive}/{st.key}"
-        data = _zip_member(self._zf, name, str(self.path))
+        data = _zip_member(self.archive(), name, str(self.path))
         if len(data) < st.numel * st.dtype.itemsize:
             raise FormatError(
                 f"{self.path}: storage {st.key} declares {st.numel * st.dtype.itemsize:,} bytes "
