@@ -494,3 +494,33 @@ def test_torch_file_truncated_while_read_is_an_error_not_a_crash(tmp_path, tiny_
         with pytest.raises(FormatError, match="truncated|corrupt|damaged") as info:
             read_torch_file(tf)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("legacy_header", [False, True], ids=["bare", "legacy"])
+def test_pickle_opcodes_declaring_huge_lengths(tmp_path, legacy_header):
+    """FRAME, BINBYTES8, BINUNICODE8, BYTEARRAY8 and LONG4 declaring up to 2**60 bytes in a
+    few-byte pickle: nothing of that size is allocated, read from a file or from memory."""
+    head = b""
+    if legacy_header:
+        head = b"".join(pickle.dumps(h, protocol=2) for h in
+                        (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}))  # fmt: skip
+    bombs = {
+        "frame": b"\x80\x04\x95" + struct.pack("<Q", 2**60) + b"N.",
+        "bytes8": b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc.",
+        "unicode8": b"\x80\x04\x8d" + struct.pack("<Q", 2**40) + b"abc.",
+        "bytearray8": b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b"abc.",
+        "long4": b"\x80\x02\x8b" + struct.pack("<i", 2**31 - 1) + b"abc.",
+    }
+    for name, data in bombs.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(head + data)
+        tracemalloc.start()
+        try:
+            try:
+                harvest(path)
+            except KernelAtlasError as exc:
+                assert "\n" not in str(exc) and str(path) in str(exc)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 * 2**20, (name, peak)

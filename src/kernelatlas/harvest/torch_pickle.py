@@ -881,6 +881,30 @@ class _Records:
             self._zf = None
 
 
+class _Bounded:
+    """A file whose reads never ask for more than the file holds (a FRAME or BINBYTES8
+    opcode declaring 2**62 bytes must not make the read allocate them)."""
+
+    def __init__(self, f: Any, size: int) -> None:
+        self._f, self._size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self._size - self._f.tell(), 0)
+        return self._f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self._f.readline(max(self._size - self._f.tell(), 0))
+
+    def readinto(self, buf: Any) -> int:
+        return self._f.readinto(buf)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+
 def _open_pickle(path: Path, what: str) -> TorchFile:
     """A legacy ``torch.save`` file (magic number, protocol, sys info, object, storages) or
     a bare pickle (the first object is the content)."""
@@ -900,14 +924,14 @@ def _open_pickle(path: Path, what: str) -> TorchFile:
         def load(pers: Callable[[Any], Any] | None) -> Any:
             start = f.tell()
             try:
-                return _Unpickler(f, what, pers).load()
+                return _Unpickler(_Bounded(f, size), what, pers).load()
             except KernelAtlasError as exc:
                 raise _located(exc, what) from None
             except (MemoryError, RecursionError):
                 raise FormatError(f"{what}: corrupt pickle (absurd sizes or nesting)") from None
             except Exception as exc:  # noqa: BLE001 - corrupt pickles raise anything
                 f.seek(start)
-                bad = _unsafe_names(f.read(MAX_PICKLE_BYTES))
+                bad = _unsafe_names(f.read(max(min(MAX_PICKLE_BYTES, size - start), 0)))
                 if bad:
                     raise UnsafeFileError(
                         f"{what}: refused, its pickle calls {bad}, code that torch.load would "
