@@ -17,7 +17,7 @@ from kernelatlas.harvest import harvest as harvest_fn
 
 def test_registry_lists_with_wildcards_and_refuses_overwrites():
     names = zoo.list_sources()
-    assert len(names) == 28 and names == sorted(names)
+    assert len(names) == 29 and names == sorted(names)
     assert zoo.list_sources("efficientnet_lite?") == [f"efficientnet_lite{i}" for i in range(3)]
     assert len(zoo.list_sources("mediapipe/*")) == 14
     with pytest.raises(KernelAtlasError, match="already registered"):
@@ -61,7 +61,7 @@ def test_init_twin_has_the_same_architecture(name):
 def test_known_twins():
     assert set(_TWINS) == {
         "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2",
-        "pp_lcnet_orientation",
+        "pp_lcnet_orientation", "deep_sort_mobilenet_v2",
     }  # fmt: skip
 
 

