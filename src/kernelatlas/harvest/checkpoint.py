@@ -353,11 +353,13 @@ def read_torch_file(tf: TorchFile) -> ReadResult:
         return ReadResult([], {}, ("no model or state dict with 4-D tensors in the file",))
     path, kind, root = roots[0]
     entries = _entries(tf, kind, root)
-    what = f"{kind} {root.qualname}" if isinstance(root, Opaque) else "weights"
+    if isinstance(root, Opaque):
+        what = ("a pickled nn.Module" if kind == "module" else "a TorchScript module") + (
+            f" {root.qualname}"
+        )
+        notes.append(f"{what}, read as data: its code was not run")
     if path and path != "CONSTANTS":
-        notes.append(f"{what} nested under {path!r}")
-    elif isinstance(root, Opaque):
-        notes.append(f"read the pickled {what} (its code was not run)")
+        notes.append(f"the model is nested under {path!r}")
     sig = _signature(entries)
     for other_path, other_kind, other in roots[1:]:
         other_entries = _entries(tf, other_kind, other)
