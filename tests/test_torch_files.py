@@ -33,12 +33,18 @@ def mobilenet_v3():
     import torchvision
 
     torch.manual_seed(0)
-    return torchvision.models.mobilenet_v3_small().eval()
+    model = torchvision.models.mobilenet_v3_small().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    return model
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_torchscript_mobilenet_v3_gives_the_architecture_counts(mobilenet_v3, tmp_path):
     ref = harvest(mobilenet_v3)
+    ref_folded = harvest(mobilenet_v3, fold_bn=True)
     assert ref.counts() == {(3, 3): (3, 176), (5, 5): (8, 2280)}  # torchvision's layout
     scripted = tmp_path / "mnv3_script.pt"
     torch.jit.save(torch.jit.script(mobilenet_v3), scripted)
@@ -52,6 +58,10 @@ def test_torchscript_mobilenet_v3_gives_the_architecture_counts(mobilenet_v3, tm
         assert res.format == "torchscript" and res.counts() == ref.counts()
         _same(res, ref)  # names, kernels, and stride/dilation from the TorchScript code
         assert any("its code was not run" in n for n in res.notes)
+        folded = harvest(path, fold_bn=True)  # BN eps from the scripted/traced code
+        assert all(lk.bn_folded for lk in folded.layers)
+        for a, b in zip(folded.layers, ref_folded.layers, strict=True):
+            np.testing.assert_allclose(a.weights, b.weights, rtol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -114,6 +124,10 @@ def unimportable_checkpoint(tmp_path, monkeypatch):
     mod = importlib.import_module("pkg_gone.detector")
     torch.manual_seed(0)
     model = mod.TinyDetector().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # trained-looking statistics, so folding shows
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 2.0)
     opt = torch.optim.Adam(model.parameters())
     for p in model.parameters():
         p.grad = torch.randn_like(p)
@@ -150,6 +164,15 @@ def test_pickled_model_whose_classes_cannot_be_imported(unimportable_checkpoint)
     assert any("'ema' holds a copy of the same model" in n for n in res.notes)
     assert "pkg_gone.detector" not in sys.modules  # nothing was imported
     assert res.skipped == {}  # Conv(1, 4): in_channels 1, not depthwise, not a stem
+    # --fold-bn: the BN that follows each conv inside its Conv module (conv, bn, act)
+    folded = harvest(path, fold_bn=True)
+    assert [lk.bn_folded for lk in folded.layers] == [True, True, True]
+    mods = dict(model.named_modules())
+    for lk, raw in zip(folded.layers, res.layers, strict=True):
+        bn = mods[lk.layer.removesuffix(".conv") + ".bn"]
+        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy()
+        np.testing.assert_allclose(lk.weights, raw.weights * scale[:, None, None], rtol=1e-6)
+    assert not np.allclose(folded.layers[0].weights, res.layers[0].weights)
 
 
 def test_optimizer_state_is_never_a_model(tmp_path):

@@ -22,7 +22,9 @@ Which tensors are depthwise (:func:`select_depthwise`):
   layer hands its channels to its pointwise 1x1). A lone depthwise layer is kept.
 
 Skipped layers are counted by reason in ``ReadResult.skipped`` (``1x1``, ``stem``,
-``expanded view``). ``fold_bn`` needs the architecture as a module: harvest the
+``expanded view``). ``fold_bn`` works on pickled models and TorchScript (the batch norm
+that is the conv's next sibling module, as Ultralytics' ``Conv`` and torchvision's
+``Conv2dNormActivation`` are built); a state dict has no architecture: harvest the
 ``nn.Module`` (or a registry source with ``arch``).
 """
 
@@ -259,66 +261,90 @@ _CONV_ATTRS = ("in_channels", "out_channels", "groups", "kernel_size", "stride",
                "transposed")  # fmt: skip
 
 
-def _module_meta(state: Mapping[str, Any]) -> dict[str, Any] | None:
-    meta = {k: state[k] for k in _CONV_ATTRS if k in state}
-    return meta if "groups" in meta and "in_channels" in meta else None
+class _Tree:
+    """The module tree of a pickled nn.Module (``module``) or TorchScript module
+    (``script``): per module its tensors, child modules and attributes, in model order."""
 
+    def __init__(self, tf: TorchFile, kind: str, root: Opaque) -> None:
+        self.tf, self.kind, self.root = tf, kind, root
+        self._consts: dict[str, dict[str, Any]] = {}
 
-def _module_entries(root: Opaque) -> Iterator[ConvEntry]:
-    """Tensors of a pickled nn.Module in state_dict order, named by module path."""
-    stack: list[tuple[str, Any]] = [("", root)]
-    seen: set[int] = set()
-    while stack:
-        prefix, mod = stack.pop()
-        if id(mod) in seen or not isinstance(mod.state, dict):
-            continue
-        seen.add(id(mod))
+    def attrs(self, mod: Opaque) -> Mapping[str, Any]:
+        """Recorded attributes: the pickled ``__dict__``, or a TorchScript class's constants
+        (read from its code as literals)."""
+        if self.kind == "module":
+            return mod.state
+        q = mod.qualname
+        if q not in self._consts:
+            module, _, cls = q.rpartition(".")
+            src = self.tf.code(module)
+            self._consts[q] = script_constants(src, cls) if src else {}
+        return self._consts[q]
+
+    def parts(self, mod: Opaque) -> tuple[dict[str, Any], list[tuple[str, Opaque]]]:
         st = mod.state
-        meta = _module_meta(st)
-        for group in ("_parameters", "_buffers"):
-            d = st.get(group)
-            if isinstance(d, dict):
-                for k, v in d.items():
-                    if type(k) is str and is_tensor(v):
-                        yield _tensor_entry(prefix + k, v, meta if k == "weight" else None)
-        children = st.get("_modules")
-        if isinstance(children, dict):
-            kids = [(k, c) for k, c in children.items() if type(k) is str and _kind(c)]
+        if self.kind == "module":
+            tensors: dict[str, Any] = {}
+            for group in ("_parameters", "_buffers"):
+                d = st.get(group)
+                if isinstance(d, dict):
+                    tensors.update((k, v) for k, v in d.items() if type(k) is str and is_tensor(v))
+            children = st.get("_modules")
+            kids = (
+                [(k, c) for k, c in children.items() if type(k) is str and _kind(c)]
+                if isinstance(children, dict)
+                else []
+            )
+            return tensors, kids
+        tensors = {k: v for k, v in st.items() if type(k) is str and is_tensor(v)}
+        kids = [(k, v) for k, v in st.items() if type(k) is str and _kind(v) == "script"]
+        return tensors, kids
+
+    def modules(self) -> Iterator[tuple[str, Opaque, dict[str, Any], list[tuple[str, Opaque]]]]:
+        """``(prefix, module, tensors, children)`` depth first, in model order."""
+        stack: list[tuple[str, Any]] = [("", self.root)]
+        seen: set[int] = set()
+        while stack:
+            prefix, mod = stack.pop()
+            if id(mod) in seen or not isinstance(mod, Opaque) or not isinstance(mod.state, dict):
+                continue
+            seen.add(id(mod))
+            tensors, kids = self.parts(mod)
+            yield prefix, mod, tensors, kids
             stack.extend((prefix + k + ".", c) for k, c in reversed(kids))
 
+    def entries(self) -> Iterator[ConvEntry]:
+        for prefix, mod, tensors, _ in self.modules():
+            for k, v in tensors.items():
+                meta = None
+                if k == "weight" and v.ndim == 4:
+                    meta = _conv_meta(self.attrs(mod), v)
+                yield _tensor_entry(prefix + k, v, meta)
 
-def _script_entries(tf: TorchFile, root: Opaque) -> Iterator[ConvEntry]:
-    """Tensors of a TorchScript module: attributes in order; layer constants from its code."""
-    cache: dict[str, dict[str, Any]] = {}
+    def batch_norms(self) -> dict[str, tuple[Any, Any, float]]:
+        """conv weight name -> (gamma or None, running_var, eps) of the batch norm that is its
+        next sibling (Ultralytics ``Conv``: conv, bn, act; torchvision: 0 conv, 1 bn)."""
+        out: dict[str, tuple[Any, Any, float]] = {}
+        for prefix, _, _, kids in self.modules():
+            for (a_name, a), (_, b) in zip(kids, kids[1:], strict=False):
+                a_t, _ = self.parts(a)
+                b_t, _ = self.parts(b)
+                w, var = a_t.get("weight"), b_t.get("running_var")
+                eps = self.attrs(b).get("eps")
+                if w is None or var is None or w.ndim != 4 or var.ndim != 1:
+                    continue
+                if type(eps) is float and var.shape[0] == w.shape[0]:
+                    out[f"{prefix}{a_name}.weight"] = (b_t.get("weight"), var, eps)
+        return out
 
-    def meta(mod: Opaque) -> dict[str, Any] | None:
-        q = mod.qualname
-        if q not in cache:
-            module, _, cls = q.rpartition(".")
-            src = tf.code(module)
-            cache[q] = script_constants(src, cls) if src else {}
-        found = cache[q]
-        return found if "groups" in found else None
 
-    stack: list[tuple[str, Any]] = [("", root)]
-    seen: set[int] = set()
-    while stack:
-        prefix, mod = stack.pop()
-        if id(mod) in seen or not isinstance(mod.state, dict):
-            continue
-        seen.add(id(mod))
-        kids = []
-        for k, v in mod.state.items():
-            if type(k) is not str:
-                continue
-            if is_tensor(v):
-                m = meta(mod) if k == "weight" and v.ndim == 4 else None
-                if m is not None and "in_channels" not in m:  # traced: groups only
-                    m = {**m, "in_channels": int(v.shape[1]) * int(m["groups"])}
-                yield _tensor_entry(prefix + k, v, m)
-            elif isinstance(v, Opaque) and _kind(v) == "script":
-                kids.append((k, v))
-        stack.extend((prefix + k + ".", c) for k, c in reversed(kids))
+def _conv_meta(attrs: Mapping[str, Any], weight: Any) -> dict[str, Any] | None:
+    meta = {k: attrs[k] for k in _CONV_ATTRS if k in attrs}
+    if type(meta.get("groups")) is not int:
+        return None
+    if "in_channels" not in meta:  # a traced convolution records its groups only
+        meta["in_channels"] = int(weight.shape[1]) * meta["groups"]
+    return meta
 
 
 def _state_entries(root: dict) -> Iterator[ConvEntry]:
@@ -328,10 +354,8 @@ def _state_entries(root: dict) -> Iterator[ConvEntry]:
 
 
 def _entries(tf: TorchFile, kind: str, root: Any) -> list[ConvEntry]:
-    if kind == "module":
-        return list(_module_entries(root))
-    if kind == "script":
-        return list(_script_entries(tf, root))
+    if kind in ("module", "script"):
+        return list(_Tree(tf, kind, root).entries())
     return list(_state_entries(root))
 
 
@@ -339,8 +363,13 @@ def _signature(entries: list[ConvEntry]) -> tuple:
     return tuple((e.name, e.shape) for e in entries if len(e.shape) == 4)
 
 
-def read_torch_file(tf: TorchFile) -> ReadResult:
-    """Depthwise layers of an opened torch file (see the module docstring)."""
+def read_torch_file(tf: TorchFile, *, fold_bn: bool = False) -> ReadResult:
+    """Depthwise layers of an opened torch file (see the module docstring).
+
+    ``fold_bn`` multiplies each kernel by ``gamma / sqrt(running_var + eps)`` of the batch
+    norm that is the conv's next sibling module; it needs a module tree (a pickled model or
+    TorchScript), not a state dict.
+    """
     roots = _roots(tf.obj)
     notes: list[str] = []
     if isinstance(tf.constants, tuple | list):  # a frozen TorchScript model keeps them here
@@ -372,8 +401,46 @@ def read_torch_file(tf: TorchFile) -> ReadResult:
     def load(e: ConvEntry) -> np.ndarray:
         return tf.array(e.ref, f"{tf.path}: {e.name!r}")
 
+    if fold_bn and kind == "state_dict":
+        raise KernelAtlasError(
+            f"{tf.path}: --fold-bn needs the architecture, which a state dict does not hold; "
+            "build the model, load the weights and harvest the nn.Module (or drop --fold-bn)"
+        )
     res = select_depthwise(entries, load)
-    return ReadResult(res.layers, res.skipped, (*notes, *res.notes))
+    layers = res.layers
+    if fold_bn and layers:
+        layers = _fold(tf, _Tree(tf, kind, root).batch_norms(), layers)
+    return ReadResult(layers, res.skipped, (*notes, *res.notes))
+
+
+def _fold(tf: TorchFile, bns: Mapping[str, tuple[Any, Any, float]], layers: list[LayerKernels]
+          ) -> list[LayerKernels]:  # fmt: skip
+    import dataclasses
+    import warnings
+
+    out = []
+    for lk in layers:
+        bn = bns.get(lk.layer + ".weight")
+        if bn is None:
+            out.append(lk)
+            continue
+        gamma, var, eps = bn
+        v = tf.array(var, f"{tf.path}: running_var of {lk.layer}").astype(np.float64)
+        g = tf.array(gamma, f"{tf.path}: bn weight of {lk.layer}") if gamma is not None else 1.0
+        scale = (np.asarray(g, np.float64) / np.sqrt(v + eps)).astype(np.float32)
+        if scale.shape != (lk.weights.shape[0],):
+            out.append(lk)
+            continue
+        weights = lk.weights * scale[:, None, None]
+        out.append(dataclasses.replace(lk, weights=weights, bn_folded=True))
+    missing = sum(not lk.bn_folded for lk in out)
+    if missing:
+        warnings.warn(
+            f"fold_bn: {missing} of {len(out)} depthwise layers have no following BatchNorm; "
+            "kept unfolded (bn_folded=False)",
+            stacklevel=4,
+        )
+    return out
 
 
 def load_state_dict(path: Path) -> tuple[dict[str, Any], str]:
@@ -398,6 +465,7 @@ def _sniff(head: bytes, ext: str) -> bool:
     "checkpoint",
     extensions=(".pt", ".pth", ".bin", ".ckpt"),
     sniff=_sniff,
+    can_fold_bn=True,  # pickled models only; a state dict refuses it in read
     description="PyTorch checkpoint, state dict or pickled model (torch.save, zip or legacy), "
     "read without running pickle code",
 )
@@ -405,7 +473,7 @@ def read_checkpoint(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a PyTorch checkpoint file."""
     try:
         with open_torch_file(path) as tf:
-            return read_torch_file(tf)
+            return read_torch_file(tf, fold_bn=fold_bn)
     except KernelAtlasError:
         raise
     except (MemoryError, RecursionError):

@@ -1000,6 +1000,10 @@ def _no_records(what: str) -> Callable[[_Storage], bytes]:
 # ------------------------------------------------------------------ TorchScript code
 _FINAL = re.compile(r"^  (\w+) : Final\[[^\n=]*\] = ([^\n]{1,80})$", re.MULTILINE)
 _CLASS = re.compile(r"^class (\w+)\(", re.MULTILINE)
+_TRACED_BN = re.compile(
+    r"torch\.batch_norm\(\w+, [^,]+, [^,]+, [^,]+, [^,]+, (?:True|False), [-+.\deE]+, "
+    r"([-+.\deE]+),"
+)
 _TRACED_CONV = re.compile(
     r"torch\._convolution\(\w+, weight, [^,]+, \[(\d+), (\d+)\], \[[^\]]*\], "
     r"\[(\d+), (\d+)\], (True|False), \[[^\]]*\], (\d+),"
@@ -1007,9 +1011,10 @@ _TRACED_CONV = re.compile(
 
 
 def script_constants(source: str, cls: str) -> dict[str, Any]:
-    """The ``Final`` class constants (``groups``, ``in_channels``...) of class ``cls`` in a
-    TorchScript code file, read as literals (nothing is run), plus stride/dilation/groups of
-    a traced ``torch._convolution`` call on ``weight``."""
+    """The ``Final`` class constants (``groups``, ``in_channels``, ``eps``...) of class
+    ``cls`` in a TorchScript code file, read as literals (nothing is run), plus
+    stride/dilation/groups of a traced ``torch._convolution`` call on ``weight`` and the
+    ``eps`` of a traced ``torch.batch_norm`` call."""
     spans = [(m.group(1), m.start()) for m in _CLASS.finditer(source)]
     body = ""
     for i, (name, start) in enumerate(spans):
@@ -1023,6 +1028,12 @@ def script_constants(source: str, cls: str) -> dict[str, Any]:
             out[m.group(1)] = ast.literal_eval(m.group(2).strip())
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
+    bn = _TRACED_BN.search(body)
+    if bn and "eps" not in out:
+        try:
+            out["eps"] = float(bn.group(1))
+        except ValueError:
+            pass
     traced = _TRACED_CONV.search(body)
     if traced and "groups" not in out:
         sh, sw, dh, dw, transposed, groups = traced.groups()

@@ -43,6 +43,7 @@ def sniff_torchscript(head: bytes, ext: str = "") -> bool:
     "torchscript",
     extensions=(".pt", ".ptl", ".torchscript", ".jit"),
     sniff=sniff_torchscript,
+    can_fold_bn=True,
     description="TorchScript archive (torch.jit.save), read as data: none of its code runs",
 )
 def read_torchscript(path: Path, *, fold_bn: bool = False) -> ReadResult:
@@ -55,7 +56,7 @@ def read_torchscript(path: Path, *, fold_bn: bool = False) -> ReadResult:
                 raise FormatError(
                     f"{path}: a zip without TorchScript code: read it as a checkpoint"
                 )
-            return read_torch_file(tf)
+            return read_torch_file(tf, fold_bn=fold_bn)
     except KernelAtlasError:
         raise
     except (MemoryError, RecursionError):
