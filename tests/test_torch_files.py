@@ -132,8 +132,16 @@ def unimportable_checkpoint(tmp_path, monkeypatch):
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     opt.step()  # Adam state: exp_avg tensors with the depthwise shapes
-    ckpt = {
-        "epoch": -1, "optimizer": opt.state_dict(), "train_args": {"imgsz": 640},
+    import argparse
+    import datetime
+    import pathlib
+    import types
+
+    ckpt = {  # the data objects a training script saves beside the model: never unsafe
+        "epoch": -1, "optimizer": opt.state_dict(), "date": datetime.datetime(2024, 5, 1),
+        "train_args": types.SimpleNamespace(imgsz=640, save_dir=pathlib.PosixPath("runs/a")),
+        "opt": argparse.Namespace(lr=0.01), "metrics": {"mAP50": np.float64(0.5)},
+        "names": {0: "person"}, "tags": {"a", "b"},
         "model": copy.deepcopy(model).half(), "ema": copy.deepcopy(model).half(),
     }  # fmt: skip
     path = tmp_path / "best.pt"

@@ -357,22 +357,24 @@ _CODE_MODULES = (
     "_thread", "signal", "asyncio", "pdb", "bdb", "timeit", "trace", "cProfile", "profile",
     "pydoc", "ensurepip", "venv", "distutils", "setuptools", "pip", "site", "io", "_io",
     "codecs", "fileinput", "tempfile", "zipimport", "zipfile", "tarfile", "urllib", "http",
-    "ftplib", "smtplib", "telnetlib", "xmlrpc", "types", "inspect", "gc", "ast", "builtins",
-    "__builtin__", "dill", "joblib", "cloudpickle", "torch.hub", "torch.serialization",
-    "torch.jit", "torch.ops", "torch._C", "torch.utils.cpp_extension", "torch.package",
-    "torch.distributed", "torch._dynamo", "torch.compiler", "torch.library", "torch.classes",
-    "torch.storage", "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.lib.npyio",
-    "numpy.ctypeslib",
+    "ftplib", "smtplib", "telnetlib", "xmlrpc", "inspect", "gc", "ast", "dill", "joblib",
+    "cloudpickle", "torch.hub", "torch.serialization", "torch.jit", "torch.ops", "torch._C",
+    "torch.utils.cpp_extension", "torch.package", "torch.distributed", "torch._dynamo",
+    "torch.compiler", "torch.library", "torch.classes", "torch.storage", "numpy.testing",
+    "numpy.f2py", "numpy.distutils", "numpy.lib.npyio", "numpy.ctypeslib",
 )  # fmt: skip
+#: Code-running names in modules whose other globals only build data.
 _CODE_NAMES = {
+    "builtins": {"eval", "exec", "compile", "open", "__import__", "input", "breakpoint", "exit",
+                 "quit", "help", "globals", "locals", "vars", "setattr", "delattr",
+                 "__build_class__", "memoryview"},
+    "types": {"FunctionType", "LambdaType", "CodeType", "MethodType", "ModuleType",
+              "BuiltinFunctionType", "BuiltinMethodType", "new_class", "GeneratorType",
+              "CoroutineType", "FrameType", "TracebackType"},
     "torch": {"load", "save", "compile", "hub", "jit", "ops", "classes", "library", "_C"},
     "numpy": {"load", "save", "fromfile", "loadtxt", "genfromtxt", "tofile", "memmap"},
-}
-#: builtins that only build data (allowed as placeholders; every other builtin is refused).
-_DATA_BUILTINS = frozenset(
-    {"set", "frozenset", "bytearray", "bytes", "slice", "complex", "range", "list", "dict",
-     "tuple", "int", "float", "str", "bool", "object", "getattr", "NotImplemented", "Ellipsis"}
-)  # fmt: skip
+    "operator": {"methodcaller"},
+}  # fmt: skip
 
 
 def _py3_name(module: str, name: str) -> tuple[str, str]:
@@ -386,11 +388,9 @@ def _py3_name(module: str, name: str) -> tuple[str, str]:
 def code_running(module: str, name: str) -> bool:
     """Whether the global ``module.name`` could run code if a normal unpickler resolved it."""
     module, name = _py3_name(module, name)
-    if module in ("builtins", "__builtin__"):
-        return name not in _DATA_BUILTINS
-    if module.startswith("torch.jit._pickle"):
-        return False
-    if name in _CODE_NAMES.get(module, ()):
+    if (module, name) in SAFE_GLOBALS or module.startswith("torch.jit._pickle"):
+        return False  # kernelatlas's own records
+    if name in _CODE_NAMES.get("builtins" if module == "__builtin__" else module, ()):
         return True
     return any(module == m or module.startswith(m + ".") for m in _CODE_MODULES)
 
