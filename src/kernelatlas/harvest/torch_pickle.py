@@ -405,6 +405,7 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[misc,name-defined]
 
     def __init__(self, file: Any, what: str, persistent: Callable[[Any], Any] | None) -> None:
         super().__init__(file, encoding="utf-8")
+        self._file = file
         self._what = what
         self._persistent = persistent
         self._size = _remaining(file)
@@ -541,6 +542,29 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[misc,name-defined]
             raise FormatError(f"{self._what}: BYTEARRAY8 longer than the file")
         self.append(bytearray(self.read(n)))
 
+    def load(self) -> Any:
+        """Unpickle one object. Frames are a buffering hint (their bytes follow inline), so
+        the input is read directly, without the stock unframer's per-read indirection."""
+        self.read, self.readline = self._file_read, self._file_readline
+        self.readinto = self._file.readinto if hasattr(self._file, "readinto") else None
+        self.metastack, self.stack = [], []
+        self.append = self.stack.append
+        self.proto = 0
+        read, dispatch = self.read, self.dispatch
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError("pickle data ended before STOP")
+                dispatch[key[0]](self)
+        except pickle._Stop as stop:  # type: ignore[attr-defined]
+            return stop.value
+
+    def _load_frame(self) -> None:
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise FormatError(f"{self._what}: a pickle frame longer than the file")
+
     def _load_ext(self) -> None:
         raise FormatError(f"{self._what}: the pickle uses the copyreg extension registry")
 
@@ -558,6 +582,7 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[misc,name-defined]
         pickle.SETITEMS[0]: _load_setitems,
         pickle.ADDITEMS[0]: _load_additems,
         pickle.BYTEARRAY8[0]: _load_bytearray8,
+        pickle.FRAME[0]: _load_frame,
         pickle.EXT1[0]: _load_ext,
         pickle.EXT2[0]: _load_ext,
         pickle.EXT4[0]: _load_ext,
