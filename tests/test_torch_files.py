@@ -271,3 +271,19 @@ def test_real_deep_sort_mobilenet_v2_checkpoint(shipped):
     sd = torch.load(path, map_location="cpu", weights_only=True)
     for lk in res.layers:
         np.testing.assert_array_equal(lk.weights, sd[lk.layer + ".weight"][:, 0].numpy())
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_bare_pickle_of_numpy_arrays(tmp_path, protocol):
+    """A plain pickle of a numpy state dict (any protocol; string and object arrays beside
+    it stay inert records)."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    sd = {"stem.weight": np.zeros((8, 3, 3, 3), np.float32), "dw.weight": w,
+          "names": np.array(["a", "b"]), "meta": np.array([{"k": 1}], dtype=object)}  # fmt: skip
+    (tmp_path / "sd.bin").write_bytes(pickle.dumps(sd, protocol=protocol))
+    res = harvest(tmp_path / "sd.bin")
+    assert res.counts() == {(3, 3): (1, 8)}
+    np.testing.assert_array_equal(res.layers[0].weights, w[:, 0])

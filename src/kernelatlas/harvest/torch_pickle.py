@@ -283,7 +283,7 @@ class _NdArray:
         _, shape, dtype, fortran, raw = state
         dims = _ints(shape, "numpy array shape")
         if not isinstance(dtype, _NpDType) or not isinstance(raw, bytes | bytearray):
-            raise FormatError("a pickled numpy array holds objects, not numbers")
+            return  # an object or string array: stays an inert record, never a tensor
         kind = dtype.resolve()
         n = math.prod(dims)
         if n * kind.itemsize != len(raw):
@@ -293,11 +293,11 @@ class _NdArray:
 
 
 class _NpDType:
-    _OK = re.compile(r"[fiub?c]\d{0,2}")
+    """``numpy.dtype(code, ...)`` for a numeric code (others: :func:`_np_dtype`)."""
 
-    def __init__(self, code: Any, *_: Any) -> None:
-        if type(code) is not str or not self._OK.fullmatch(code):
-            raise FormatError(f"a pickled numpy dtype {code!r} is not numeric")
+    OK = re.compile(r"[fiub?c]\d{0,2}")
+
+    def __init__(self, code: str) -> None:
         self.code, self.order = code, "<"
 
     def build(self, state: Any) -> None:
@@ -311,6 +311,23 @@ class _NpDType:
 
 def _np_reconstruct(cls: Any, *_: Any) -> _NdArray:
     return _NdArray()
+
+
+def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C", *_: Any) -> Any:
+    """``numpy._core.numeric._frombuffer``: how protocol 5 pickles an array in band."""
+    if not (isinstance(dtype, _NpDType) and isinstance(buf, bytes | bytearray)):
+        return Opaque(Global("numpy", "ndarray"), (buf, dtype, shape, order))
+    holder = _NdArray()
+    holder.build((1, shape, dtype, order == "F", buf))
+    if holder.array is None:
+        raise FormatError("a pickled numpy array is malformed")
+    return _ArrayRef(holder.array)
+
+
+def _np_dtype(code: Any, *args: Any) -> Any:
+    if type(code) is str and _NpDType.OK.fullmatch(code):
+        return _NpDType(code)
+    return Opaque(Global("numpy", "dtype"), (code, *args))  # objects, strings: inert
 
 
 def _safe_globals() -> dict[tuple[str, str], Any]:
@@ -328,7 +345,9 @@ def _safe_globals() -> dict[tuple[str, str], Any]:
         ("_codecs", "encode"): _encode,
         ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy", "dtype"): _NpDType,
+        ("numpy", "dtype"): _np_dtype,
+        ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
     }
     for name in ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist",
                  "build_genlist", "restore_type_tag"):  # fmt: skip
@@ -480,8 +499,12 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[misc,name-defined]
             inst.state = state
         elif isinstance(inst, _NdArray | _NpDType):
             inst.build(state)
-            if isinstance(inst, _NdArray) and inst.array is not None:
-                self.stack[-1] = _ArrayRef(inst.array)
+            if isinstance(inst, _NdArray):
+                self.stack[-1] = (
+                    _ArrayRef(inst.array)
+                    if inst.array is not None
+                    else Opaque(Global("numpy", "ndarray"), state=state)
+                )
         elif not (is_tensor(inst) or type(inst) in (dict, list, set)):
             # the attributes of a tensor or an OrderedDict (its ``_metadata``) are dropped
             raise FormatError(f"{self._what}: BUILD on a {type(inst).__name__}")
