@@ -180,8 +180,10 @@ def select_depthwise(
             skipped["1x1"] += 1
             continue
         if isinstance(e.ref, TensorRef) and overlapping(e.ref):
+            if not skipped["expanded view"]:
+                notes.append(f"skipped {e.name} and any like it: an expanded view (stride 0), "
+                             "not a trained weight; never materialised")  # fmt: skip
             skipped["expanded view"] += 1
-            notes.append(f"skipped {e.name}: an expanded view (stride 0), not a trained weight")
             continue
         arr = load(e)
         m = e.meta or {}
