@@ -71,10 +71,11 @@ def harvest(source: Any, *, fold_bn: bool = False) -> HarvestResult:
     ----------
     source : a registry name (``efficientnet_lite0``, ``mediapipe/iris_landmark``...),
         ``timm:NAME`` / ``timm:NAME?file=PATH`` / ``timm:NAME@init[:SEED]``, a path to a
-        weight file (.pt/.pth/.bin, .safetensors, .onnx, .tflite, .h5/.keras, .npy/.npz),
+        weight file (.pt/.pth/.bin state dicts, pickled models and TorchScript archives,
+        .safetensors, .onnx, .tflite, .h5/.keras, .npy/.npz; `kernelatlas formats`),
         or an ``nn.Module``.
     fold_bn : multiply each kernel by its following batch norm's scale (needs the
-        architecture: modules, timm, ``mobilenet_v2``, ONNX graphs).
+        architecture: modules, timm, ``mobilenet_v2``, pickled models, TorchScript, ONNX).
 
     Returns
     -------

@@ -41,10 +41,12 @@ def sniff_torchscript(head: bytes, ext: str = "") -> bool:
 
 @register_format(
     "torchscript",
-    extensions=(".pt", ".ptl", ".torchscript", ".jit"),
+    # .pt TorchScript is recognised by content; the .pt fallback stays the checkpoint's
+    extensions=(".ptl", ".torchscript", ".jit"),
     sniff=sniff_torchscript,
     can_fold_bn=True,
-    description="TorchScript archive (torch.jit.save), read as data: none of its code runs",
+    description="TorchScript archive (torch.jit.save, also as .pt), read as data: none of its "
+    "code runs",
 )
 def read_torchscript(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a TorchScript archive."""
