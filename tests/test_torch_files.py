@@ -287,3 +287,15 @@ def test_bare_pickle_of_numpy_arrays(tmp_path, protocol):
     res = harvest(tmp_path / "sd.bin")
     assert res.counts() == {(3, 3): (1, 8)}
     np.testing.assert_array_equal(res.layers[0].weights, w[:, 0])
+
+
+def test_checkpoint_saved_without_crc32(tmp_path):
+    """torch.save with CRC32 disabled writes CRC 0 in every member: still read."""
+    sd = _two_layer_state_dict()
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(sd, tmp_path / "nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    torch.save(sd, tmp_path / "crc.pt")
+    _same(harvest(tmp_path / "nocrc.pt"), harvest(tmp_path / "crc.pt"))
