@@ -299,3 +299,13 @@ def test_checkpoint_saved_without_crc32(tmp_path):
         torch.serialization.set_crc32_options(True)
     torch.save(sd, tmp_path / "crc.pt")
     _same(harvest(tmp_path / "nocrc.pt"), harvest(tmp_path / "crc.pt"))
+
+
+def test_legacy_checkpoint_whose_pickle_is_longer_than_the_first_window(tmp_path):
+    """The legacy pickles are parsed from a prefix of the file (4 MiB first), grown when the
+    pickles run past it."""
+    sd = _two_layer_state_dict()
+    torch.save({"notes": "x" * (6 * 2**20), "state_dict": sd}, tmp_path / "big.pth",
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    torch.save(sd, tmp_path / "small.pth", _use_new_zipfile_serialization=False)
+    _same(harvest(tmp_path / "big.pth"), harvest(tmp_path / "small.pth"))

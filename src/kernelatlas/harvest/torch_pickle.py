@@ -422,12 +422,19 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[misc,name-defined]
     """Pure-Python unpickler (dict memo, no C allocations on declared sizes) whose
     globals are records and whose calls are never made (see the module docstring)."""
 
-    def __init__(self, file: Any, what: str, persistent: Callable[[Any], Any] | None) -> None:
+    def __init__(
+        self,
+        file: Any,
+        what: str,
+        persistent: Callable[[Any], Any] | None,
+        *,
+        limit: int | None = None,
+    ) -> None:
         super().__init__(file, encoding="utf-8")
         self._file = file
         self._what = what
         self._persistent = persistent
-        self._size = _remaining(file)
+        self._size = limit if limit is not None else _remaining(file)
         self.globals_seen: list[str] = []
 
     # globals and persistent ids ---------------------------------------------------
@@ -933,82 +940,81 @@ class _Records:
             self._zf = None
 
 
-class _Bounded:
-    """A file whose reads never ask for more than the file holds (a FRAME or BINBYTES8
-    opcode declaring 2**62 bytes must not make the read allocate them)."""
-
-    def __init__(self, f: Any, size: int) -> None:
-        self._f, self._size = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        left = max(self._size - self._f.tell(), 0)
-        return self._f.read(left if n is None or n < 0 else min(n, left))
-
-    def readline(self) -> bytes:
-        return self._f.readline(max(self._size - self._f.tell(), 0))
-
-    def readinto(self, buf: Any) -> int:
-        return self._f.readinto(buf)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self._f.seek(pos, whence)
+class _Window(Exception):
+    """The pickles run past the bytes read so far: read a larger prefix of the file."""
 
 
 def _open_pickle(path: Path, what: str) -> TorchFile:
-    """A legacy ``torch.save`` file (magic number, protocol, sys info, object, storages) or
-    a bare pickle (the first object is the content)."""
+    """A legacy ``torch.save`` file (magic number, protocol, sys info, object, storage keys,
+    then the storages) or a bare pickle (the first object is the content). The pickles are
+    parsed from a prefix of the file held in memory (grown if they are longer), so no read
+    can ask for more than the file holds; the storages are read later, only those asked for.
+    """
     size = path.stat().st_size
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise FormatError(f"{what}: cannot read ({exc.strerror})") from None
-    with f:
-        storages: dict[str, _Storage] = {}
-
-        def persistent(pid: Any) -> _Storage:
-            st = _storage_from_pid(pid, what, "data")
-            storages.setdefault(st.key, _Storage(st.key, st.dtype, st.numel))
-            return st
-
-        def load(pers: Callable[[Any], Any] | None) -> Any:
-            start = f.tell()
-            try:
-                return _Unpickler(_Bounded(f, size), what, pers).load()
-            except KernelAtlasError as exc:
-                raise _located(exc, what) from None
-            except (MemoryError, RecursionError):
-                raise FormatError(f"{what}: corrupt pickle (absurd sizes or nesting)") from None
-            except Exception as exc:  # noqa: BLE001 - corrupt pickles raise anything
-                f.seek(start)
-                bad = _unsafe_names(f.read(max(min(MAX_PICKLE_BYTES, size - start), 0)))
-                if bad:
-                    raise UnsafeFileError(
-                        f"{what}: refused, its pickle calls {bad}, code that torch.load would "
-                        "run (kernelatlas ran none of it); do not load this file"
-                    ) from None
+    window = min(size, 4 * 2**20)
+    while True:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(window)
+        except OSError as exc:
+            raise FormatError(f"{what}: cannot read ({exc.strerror})") from None
+        try:
+            return _legacy_from(path, what, data, size)
+        except _Window:
+            if window >= min(size, MAX_PICKLE_BYTES):
                 raise FormatError(
-                    f"{what}: truncated or corrupt PyTorch pickle ({type(exc).__name__}: "
-                    f"{_first_line(str(exc))})"
+                    f"{what}: truncated or corrupt PyTorch pickle (it runs past {window:,} bytes)"
                 ) from None
+            window = min(window * 8, size, MAX_PICKLE_BYTES)
 
-        first = load(None)
-        if not (type(first) is int and first == LEGACY_MAGIC):
-            return TorchFile(path, "pickle", first, _no_records(what))
-        protocol = load(None)
-        if protocol != 1001:
-            raise FormatError(f"{what}: legacy checkpoint of protocol {protocol!r} (expected 1001)")
-        sys_info = load(None)
-        big = isinstance(sys_info, dict) and sys_info.get("little_endian") is False
-        obj = load(persistent)
-        keys = load(None)
-        if not (isinstance(keys, list) and all(type(k) is str for k in keys)):
-            raise FormatError(f"{what}: malformed storage list; the file is corrupt")
-        offsets: dict[str, int] = {}
-        pos = f.tell()
-        fmt = ">q" if big else "<q"
+
+def _legacy_from(path: Path, what: str, data: bytes, size: int) -> TorchFile:
+    buf = io.BytesIO(data)
+    storages: dict[str, _Storage] = {}
+
+    def persistent(pid: Any) -> _Storage:
+        st = _storage_from_pid(pid, what, "data")
+        storages.setdefault(st.key, _Storage(st.key, st.dtype, st.numel))
+        return st
+
+    def load(pers: Callable[[Any], Any] | None) -> Any:
+        start = buf.tell()
+        try:
+            return _Unpickler(buf, what, pers, limit=size - start).load()
+        except KernelAtlasError as exc:
+            raise _located(exc, what) from None
+        except (MemoryError, RecursionError):
+            raise FormatError(f"{what}: corrupt pickle (absurd sizes or nesting)") from None
+        except Exception as exc:  # noqa: BLE001 - corrupt pickles raise anything
+            bad = _unsafe_names(data[start:])
+            if bad:
+                raise UnsafeFileError(
+                    f"{what}: refused, its pickle calls {bad}, code that torch.load would "
+                    "run (kernelatlas ran none of it); do not load this file"
+                ) from None
+            if buf.tell() >= len(data) and len(data) < size:
+                raise _Window from None
+            raise FormatError(
+                f"{what}: truncated or corrupt PyTorch pickle ({type(exc).__name__}: "
+                f"{_first_line(str(exc))})"
+            ) from None
+
+    first = load(None)
+    if not (type(first) is int and first == LEGACY_MAGIC):
+        return TorchFile(path, "pickle", first, _no_records(what))
+    protocol = load(None)
+    if protocol != 1001:
+        raise FormatError(f"{what}: legacy checkpoint of protocol {protocol!r} (expected 1001)")
+    sys_info = load(None)
+    big = isinstance(sys_info, dict) and sys_info.get("little_endian") is False
+    obj = load(persistent)
+    keys = load(None)
+    if not (isinstance(keys, list) and all(type(k) is str for k in keys)):
+        raise FormatError(f"{what}: malformed storage list; the file is corrupt")
+    offsets: dict[str, int] = {}
+    pos = buf.tell()
+    fmt = ">q" if big else "<q"
+    with open(path, "rb") as f:
         for key in keys:
             st = storages.get(key)
             f.seek(pos)
