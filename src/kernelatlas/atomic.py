@@ -1,31 +1,96 @@
-"""Atomic publication of files and directories: write aside, then rename into place."""
+"""Atomic publication of directories, and the marker that says a folder is kernelatlas's.
+
+Every folder kernelatlas creates holds a small marker file, :data:`MARKER`, stamped with
+the version and the kind of folder (``analysis``, ``bank``, ``figures``...). A folder is
+only ever replaced or deleted when it is kernelatlas's own: its marker is there (or it is
+an output of kernelatlas 0.1.0, recognised by its files; see :mod:`kernelatlas.outputs`).
+
+A new state of directory ``out`` is built in a hidden, namespaced sibling
+(``.NAME.kernelatlas-staging``) and swapped in; the previous state goes aside to
+``.NAME.kernelatlas-old`` only on systems without an atomic exchange. Recovery touches
+those siblings only when they carry the marker, so a user's own ``.NAME.old`` or
+``.NAME.staging`` is never moved or deleted.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["staging_path", "recover_dir", "publish_dir"]
+__all__ = [
+    "MARKER",
+    "write_marker",
+    "read_marker",
+    "staging_path",
+    "old_path",
+    "lock_path",
+    "recover_dir",
+    "publish_dir",
+    "remove_owned",
+]
+
+#: Name of the marker file in every folder kernelatlas creates.
+MARKER = ".kernelatlas"
+_SUFFIX = ".kernelatlas"
+
+
+def write_marker(folder: Path, kind: str) -> None:
+    """Stamp ``folder`` (which must exist) as a kernelatlas folder of ``kind``."""
+    from . import __version__
+
+    doc = {"kernelatlas_version": __version__, "kind": kind}
+    # written in place: a marker cut short does not parse, and the folder is not taken as ours
+    (folder / MARKER).write_text(json.dumps(doc) + "\n")
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The marker of ``folder`` (a dict with ``kind``), or None when it has none."""
+    try:
+        doc = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and "kind" in doc else None
 
 
 def staging_path(out: Path) -> Path:
-    """Where the next state of directory ``out`` is built (a hidden sibling)."""
-    return out.parent / f".{out.name}.staging"
+    """Where the next state of directory ``out`` is built (a hidden, namespaced sibling)."""
+    return out.parent / f".{out.name}{_SUFFIX}-staging"
 
 
-def _old_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.old"
+def old_path(out: Path) -> Path:
+    """Where the previous state of ``out`` waits during a two-rename swap."""
+    return out.parent / f".{out.name}{_SUFFIX}-old"
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of ``out`` (a hidden sibling; removed when the run ends)."""
+    return out.parent / f".{out.name}{_SUFFIX}-lock"
+
+
+def remove_owned(path: Path) -> bool:
+    """Delete folder ``path`` if it carries kernelatlas's marker; True if it did."""
+    if path.is_dir() and not path.is_symlink() and read_marker(path) is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    return False
 
 
 def recover_dir(out: Path) -> None:
-    """Finish a swap that a crash interrupted: ``out`` missing but its previous state aside."""
-    old = _old_path(out)
-    if old.exists() and not out.exists():
+    """Finish a swap that a crash interrupted: ``out`` missing but its previous state aside.
+
+    Only a sibling that carries the marker is restored or deleted.
+    """
+    old = old_path(out)
+    if not old.is_dir() or old.is_symlink() or read_marker(old) is None:
+        return
+    if not out.exists() and not out.is_symlink():
         os.replace(old, out)
-    elif old.exists():
+    else:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -46,13 +111,16 @@ def publish_dir(staging: Path, out: Path) -> None:
 
     On Linux the two directories are exchanged in one atomic step, so ``out`` always holds
     a complete state. Elsewhere (or on filesystems without the exchange) two renames are
-    used, and a crash between them leaves ``out`` missing until :func:`recover_dir` runs.
+    used, and a crash between them leaves ``out`` missing until :func:`recover_dir` runs
+    (the previous state waits, marked, in :func:`old_path`).
     """
-    old = _old_path(out)
+    old = old_path(out)
     if out.exists() and _exchange(staging, out):
         shutil.rmtree(staging, ignore_errors=True)  # now the previous state
         return
     if out.exists():
+        if read_marker(out) is None:  # replaced with --force: marked, so recovery restores it
+            write_marker(out, "replaced")
         os.replace(out, old)
     os.replace(staging, out)
     shutil.rmtree(old, ignore_errors=True)
