@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import kernelatlas
+from kernelatlas.atomic import MARKER
 from kernelatlas.bank import BANK_COLUMNS, KernelBank, weights_array
 from kernelatlas.errors import KernelAtlasError
 from kernelatlas.harvest import HarvestResult, LayerKernels
@@ -108,7 +109,7 @@ def test_interrupted_write_leaves_nothing_visible(tmp_path, monkeypatch):
     monkeypatch.setattr(pq, "write_table", boom)
     with pytest.raises(KeyboardInterrupt):
         bank.add(_result())
-    assert bank.files() == [] and list(tmp_path.iterdir()) == []
+    assert bank.files() == [] and [p.name for p in tmp_path.iterdir()] == [MARKER]
     monkeypatch.undo()
     (tmp_path / ".leftover.parquet.123.tmp").write_bytes(b"junk")  # a killed writer's temp
     assert bank.add(_result()) == 13 and len(bank) == 13

@@ -29,7 +29,7 @@ def test_missing_file_and_directory(tmp_path):
     with pytest.raises(FormatError, match="is a directory"):
         harvest(tmp_path)
     (tmp_path / "dangling.pt").symlink_to(tmp_path / "gone.pt")
-    with pytest.raises(FormatError, match="no such file"):
+    with pytest.raises(FormatError, match="dangling symlink"):
         harvest(tmp_path / "dangling.pt")
 
 

@@ -55,10 +55,10 @@ print(json.dumps({"kernels": sum(m["kernels"] for m in res.summary["models"]),
 
 
 def _bank(out: Path, n_sources: int) -> list[str]:
-    """``out/bank`` with ``n_sources`` files of random 7x7 kernels (20 layers each)."""
+    """A bank beside ``out`` with ``n_sources`` files of random 7x7 kernels (20 layers each);
+    returns the sources to analyse: that bank folder."""
     rng = np.random.default_rng(0)
-    bank = KernelBank(out / "bank")
-    sources = []
+    bank = KernelBank(out.parent / "bank")
     for i in range(n_sources):
         path = str(out.parent / f"synthetic_{i}.npy")
         key = source_key(path)
@@ -68,8 +68,7 @@ def _bank(out: Path, n_sources: int) -> list[str]:
             for j, chunk in enumerate(np.array_split(w, 20))
         ]
         bank.add(HarvestResult(key, "synthetic", "numpy", layers))
-        sources.append(path)
-    return sources
+    return [str(bank.path)]
 
 
 def _run(out: Path, sources: list[str]) -> dict[str, float]:

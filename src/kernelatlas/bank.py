@@ -22,6 +22,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import uuid
@@ -37,9 +38,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import __version__
+from .atomic import read_marker, write_marker
 from .errors import KernelAtlasError
 
-__all__ = ["KernelBank", "BANK_COLUMNS", "BANK_SCHEMA", "weights_array", "open_parquet"]
+__all__ = [
+    "KernelBank",
+    "BANK_COLUMNS",
+    "BANK_SCHEMA",
+    "weights_array",
+    "open_parquet",
+    "check_column_range",
+    "FINGERPRINT_KEY",
+]
 
 #: Columns of a kernel bank, in their fixed order.
 BANK_COLUMNS: tuple[str, ...] = (
@@ -89,6 +99,23 @@ _STRING_COLUMNS = ["source", "model", "format", "layer", "dtype"]
 _ROW_GROUP = 1 << 16
 _META_VERSION = b"kernelatlas_version"
 _META_SOURCE = b"kernelatlas_source"
+#: Schema-metadata key of a harvested table / bank file: JSON ``{source: fingerprint}``, where
+#: a fingerprint records what the kernels were read from (``size``, ``mtime_ns`` and
+#: ``sha256`` of a file; the registry ``sha256`` of a registered source...).
+FINGERPRINT_KEY = b"kernelatlas_fingerprint"
+
+
+def check_column_range(column: str, values: Sequence[int], where: str) -> None:
+    """Refuse integer ``values`` that the bank's ``column`` cannot hold (one line, naming
+    ``where`` they come from), before anything is cast or written."""
+    arrow_type = BANK_SCHEMA.field(column).type
+    info = np.iinfo(arrow_type.to_pandas_dtype())
+    bad = [int(v) for v in values if not info.min <= int(v) <= info.max]
+    if bad:
+        raise KernelAtlasError(
+            f"{where}: {column} {bad[0]} is outside what a kernel bank stores "
+            f"({info.min}..{info.max}); this is not a depthwise kernel kernelatlas can analyse"
+        )
 
 
 # fsspec protocols where one put is atomic and a rename would be a copy
@@ -288,11 +315,13 @@ class KernelBank:
         return out
 
     # -- writing -----------------------------------------------------------------------
-    def add(self, data: Any) -> int:
+    def add(self, data: Any, *, replace: bool = False) -> int:
         """Add a :class:`~kernelatlas.harvest.HarvestResult` or an Arrow table in the bank schema.
 
-        Sources already in the bank are skipped (no duplicate rows). Returns the number of
-        rows written.
+        Sources already in the bank are skipped (no duplicate rows), or, with ``replace``,
+        written again (their file is replaced atomically). A source's fingerprint (schema
+        metadata :data:`FINGERPRINT_KEY`, set by ``HarvestResult.to_table``) is kept in its
+        file. Returns the number of rows written.
         """
         table = data.to_table() if hasattr(data, "to_table") else data
         if not isinstance(table, pa.Table):
@@ -304,22 +333,44 @@ class KernelBank:
             raise KernelAtlasError(
                 f"table lacks bank columns {missing}: build it with HarvestResult.to_table()"
             )
+        prints = _fingerprints(table.schema)
         table = table.select(list(BANK_COLUMNS)).cast(BANK_SCHEMA)
         if table.num_rows == 0:
             return 0
         written = 0
         for source in pc.unique(table.column("source")).to_pylist():
-            if self.has_source(source):
+            if not replace and self.has_source(source):
                 continue
             part = table.filter(pc.equal(table.column("source"), source))
-            self._write(source, part)
+            self._write(source, part, prints.get(source))
             written += part.num_rows
         return written
 
-    def _write(self, source: str, table: pa.Table) -> None:
-        table = table.replace_schema_metadata(
-            {_META_VERSION: __version__.encode(), _META_SOURCE: source.encode()}
-        )
+    def keep_only(self, sources: Sequence[str] | dict[str, Any]) -> None:
+        """Delete the files of every source not in ``sources`` (a run's own bank: a reused
+        one may hold sources the run was not asked about)."""
+        wanted = set(sources)
+        for f, key in zip(self.files(), self.sources(), strict=True):
+            if key not in wanted:
+                if self.is_remote:
+                    self._fs.rm(self._inner(f))
+                else:
+                    Path(f).unlink()
+
+    def fingerprint(self, source: str) -> dict[str, Any] | None:
+        """The fingerprint recorded for ``source`` (None: not in the bank, or none recorded)."""
+        if not self.has_source(source):
+            return None
+        try:
+            return _fingerprints(self._read_schema(self.file_for(source))).get(source)
+        except (pa.ArrowInvalid, OSError):
+            return None
+
+    def _write(self, source: str, table: pa.Table, fingerprint: Any = None) -> None:
+        meta = {_META_VERSION: __version__.encode(), _META_SOURCE: source.encode()}
+        if fingerprint is not None:
+            meta[FINGERPRINT_KEY] = json.dumps({source: fingerprint}).encode()
+        table = table.replace_schema_metadata(meta)
         options = {
             "row_group_size": self.row_group_size,
             "compression": "zstd",
@@ -330,6 +381,8 @@ class KernelBank:
             self._write_remote(source, table, options)
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        if read_marker(self.path) is None:
+            write_marker(self.path, "bank")
         final = self.file_for(source)
         tmp = self.path / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
@@ -496,6 +549,15 @@ class KernelBank:
         )
         df = df[cols].astype({"kh": "int64", "kw": "int64", "layers": "int64", "kernels": "int64"})
         return df.sort_values(["source", "kh", "kw"], ignore_index=True)
+
+
+def _fingerprints(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(FINGERPRINT_KEY)
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _regroup(parts: list[pa.Table], keys: list[str]) -> pa.Table:

@@ -210,8 +210,8 @@ def _harvest_one(
         warnings.simplefilter("ignore")  # the driver warns for sources with no kernel
         res = harvest(source, fold_bn=fold_bn)
     table = res.to_table()
-    if bank_path is not None:
-        KernelBank(bank_path, row_group_size=row_group_size).add(table)
+    if bank_path is not None:  # the driver sends only sources to (re)harvest: replace
+        KernelBank(bank_path, row_group_size=row_group_size).add(table, replace=True)
         return res.source, table.num_rows, None
     return res.source, table.num_rows, table
 
@@ -240,20 +240,18 @@ def harvest_dask(
     """
     from tqdm.auto import tqdm
 
-    from ..harvest import source_key
-    from ..harvest.api import harvest_arguments, harvested_counts
+    from ..harvest.api import bank_status, harvest_arguments, harvested_counts
 
     sources, bank = harvest_arguments(sources, bank)
-    keys: list[str] = []
+    status: dict[str, str] = {}
     todo: list[Any] = []
-    seen: set[str] = set()
     for s in sources:
-        key = source_key(s, fold_bn=fold_bn)
-        if key is not None and (key in seen or bank.has_source(key)):
-            keys.append(key)
+        key, _, state = bank_status(bank, s, fold_bn=fold_bn)
+        if key is not None and (state == "reused" or key in status):
+            status.setdefault(key, state)
             continue
         if key is not None:
-            seen.add(key)
+            status[key] = state
         todo.append(s)
     if todo:
         if write_on_workers is None:
@@ -268,11 +266,11 @@ def harvest_dask(
             args = (fold_bn, target, bank.row_group_size)
             for key, rows, table in _ordered_window(c, _harvest_one, todo, args, window, "harvest"):
                 if table is not None:
-                    bank.add(table)
+                    bank.add(table, replace=status.get(key) == "changed")
                 if rows == 0:
                     warnings.warn(
                         f"{key}: no depthwise convolution found; zero kernels", stacklevel=2
                     )
-                keys.append(key)
+                status.setdefault(key, "harvested")
                 bar.update(1)
-    return harvested_counts(bank, keys)
+    return harvested_counts(bank, status)

@@ -23,7 +23,19 @@ __all__ = [
     "source_key",
     "SkippedLayersWarning",
     "skipped_text",
+    "source_paths",
+    "source_fingerprint",
+    "bank_status",
+    "is_bank_dir",
+    "link_bank",
+    "HARVEST_STATUSES",
 ]
+
+#: What harvesting into a bank did with each source (the ``status`` column of
+#: :func:`harvest_to_bank`): read for the first time; taken from the bank because its
+#: content is unchanged; read again because its content changed (or the bank entry
+#: records no fingerprint, as in banks of kernelatlas 0.1.0).
+HARVEST_STATUSES: tuple[str, ...] = ("harvested", "reused", "changed")
 
 #: What each skip reason means, for messages (a reader may add others).
 SKIP_REASONS: dict[str, str] = {
@@ -54,8 +66,167 @@ def source_key(source: Any, *, fold_bn: bool = False) -> str | None:
     if s.startswith("timm:") or _is_registry_name(s):
         key = s
     else:
-        key = str(Path(s).expanduser().resolve())
+        key = os.path.realpath(Path(s).expanduser())  # no RuntimeError on a symlink loop
     return key + "+fold_bn" if fold_bn else key
+
+
+def source_paths(source: Any) -> list[Path]:
+    """The local files or folders a source reads (for the output checks): a model file, a
+    bank folder, a registered source's cached file, the file of ``timm:NAME?file=PATH``."""
+    if not isinstance(source, str | os.PathLike):
+        return []
+    s = str(source)
+    if s.startswith("timm:"):
+        from .zoo import parse_timm
+
+        try:
+            file = parse_timm(s).file
+        except KernelAtlasError:
+            return []
+        return [Path(file).expanduser()] if file else []
+    if _is_registry_name(s):
+        from .cache import cached_path
+
+        return [cached_path(s)]
+    return [Path(s).expanduser()]
+
+
+def _file_fingerprint(path: Path) -> dict[str, Any]:
+    from ..errors import FormatError
+    from .cache import sha256_file
+    from .formats import check_regular_file
+
+    check_regular_file(path)  # never hash a FIFO or a device
+    try:
+        st = os.stat(path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
+
+
+def source_fingerprint(source: Any) -> dict[str, Any] | None:
+    """What identifies the content of a source, recorded in the bank beside its kernels.
+
+    A file: its ``size``, ``mtime_ns`` and ``sha256`` (streamed); a registered source: its
+    registry ``sha256`` (the cache checks it on download); ``timm:NAME@init``: the timm
+    and torch versions (the initialisation depends on them); ``timm:NAME?file=PATH``: that
+    file's fingerprint; an ``nn.Module``: None (its key is a digest of its weights).
+    """
+    if not isinstance(source, str | os.PathLike):
+        return None
+    s = str(source)
+    if s.startswith("timm:"):
+        from .zoo import parse_timm
+
+        spec = parse_timm(s)
+        if spec.file:
+            return _file_fingerprint(Path(spec.file).expanduser())
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            versions = {p: version(p) for p in ("timm", "torch")}
+        except PackageNotFoundError:
+            versions = {}
+        return {"timm_spec": s, **versions}
+    if _is_registry_name(s):
+        from .zoo import get_source
+
+        return {"registry": s, "sha256": get_source(s).sha256}
+    path = Path(s).expanduser()
+    return _folder_fingerprint(path) if path.is_dir() else _file_fingerprint(path)
+
+
+def _folder_fingerprint(folder: Path) -> dict[str, Any]:
+    """A multi-file model (a TF.js folder): every regular file in it, by name, size, sha256."""
+    import hashlib
+
+    h, size, n = hashlib.sha256(), 0, 0
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            fp = _file_fingerprint(f)
+            h.update(f"{f.name}\0{fp['size']}\0{fp['sha256']}\n".encode())
+            size, n = size + fp["size"], n + 1
+    st = os.stat(folder)
+    return {"files": n, "size": size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+def _same_content(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    if old is None or new is None:
+        return False
+    if "sha256" in new:  # files and registered sources: the content hash decides
+        return old.get("sha256") == new["sha256"] and old.get("size") == new.get("size")
+    return old == new
+
+
+def bank_status(
+    bank: KernelBank, source: Any, *, fold_bn: bool = False
+) -> tuple[str | None, dict[str, Any] | None, str]:
+    """``(key, fingerprint, status)`` of a source against ``bank``, before harvesting it.
+
+    ``status`` is ``"reused"`` when the bank holds the source with the same content,
+    ``"changed"`` when it holds it with other (or unrecorded) content, ``"harvested"``
+    when it does not hold it (see :data:`HARVEST_STATUSES`).
+    """
+    key = source_key(source, fold_bn=fold_bn)
+    if key is None or not bank.has_source(key):
+        return key, None, "harvested"
+    try:
+        fp = source_fingerprint(source)
+    except KernelAtlasError:  # unreadable now: harvesting it says why
+        return key, None, "changed"
+    return key, fp, "reused" if _same_content(bank.fingerprint(key), fp) else "changed"
+
+
+def is_bank_dir(source: Any) -> bool:
+    """Whether ``source`` is a kernel bank folder (``kernelatlas harvest --out``, or an
+    analysis's ``bank/``)."""
+    if not isinstance(source, str | os.PathLike) or str(source).startswith("timm:"):
+        return False
+    from ..outputs import is_kernelatlas_dir
+
+    return is_kernelatlas_dir(Path(source).expanduser(), "bank")
+
+
+def link_bank(src: Any, bank: KernelBank, *, fold_bn: bool = False) -> dict[str, str]:
+    """Put the sources of bank folder ``src`` into (local) ``bank`` by hard links (a copy
+    across file systems); returns {source key: ``"bank"``}.
+
+    Refuses a bank harvested with the other ``fold_bn``; warns when a file the bank was
+    harvested from has changed since (its kernels would describe the old weights).
+    """
+    import shutil
+
+    given = KernelBank(Path(src).expanduser())
+    keys: dict[str, str] = {}
+    for f, key in zip(given.files(), given.sources(), strict=True):
+        if key.endswith("+fold_bn") != fold_bn:
+            done, need = ("with", "with") if not fold_bn else ("without", "without")
+            raise KernelAtlasError(
+                f"{src} holds {key}, harvested {done} --fold-bn: analyse it {need} --fold-bn "
+                "too, or harvest it again"
+            )
+        path = key.removesuffix("+fold_bn")
+        if os.path.isabs(path) and os.path.isfile(path):
+            try:
+                now = source_fingerprint(path)
+            except KernelAtlasError:
+                now = None
+            if not _same_content(given.fingerprint(key), now):
+                warnings.warn(
+                    f"{src}: its kernels of {path} may be stale (the file changed since it was "
+                    "harvested, or the bank records no content hash): analyse the file itself "
+                    "to use its current weights",
+                    stacklevel=2,
+                )
+        bank.path.mkdir(parents=True, exist_ok=True)
+        dst = bank.path / Path(f).name
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(f, dst)
+        except OSError:
+            shutil.copy2(f, dst)
+        keys[key] = "bank"
+    return keys
 
 
 def _is_registry_name(s: str) -> bool:
@@ -87,7 +258,13 @@ def harvest(source: Any, *, fold_bn: bool = False) -> HarvestResult:
     >>> res.counts()                                   # doctest: +SKIP
     {(3, 3): (6, 432), (5, 5): (7, 2048)}
     """
-    res = _harvest(source, fold_bn)
+    from dataclasses import replace
+
+    try:  # before reading: a change during the read is seen next time
+        fingerprint = source_fingerprint(source)
+    except KernelAtlasError:
+        fingerprint = None  # the reader says what is wrong; unfingerprinted = re-read next time
+    res = replace(_harvest(source, fold_bn), fingerprint=fingerprint)
     if any(res.skipped.values()):
         warnings.warn(
             f"{res.source}: not harvested: {skipped_text(dict(res.skipped))}",
@@ -136,7 +313,7 @@ def _harvest(source: Any, fold_bn: bool) -> HarvestResult:
     path = Path(s).expanduser()
     fmt = detect_format(path)
     r = read_file(path, fmt, fold_bn=fold_bn)
-    return _result(str(path.resolve()) + suffix, _model_name(path), fmt, r)
+    return _result(os.path.realpath(path) + suffix, _model_name(path), fmt, r)
 
 
 def _result(key: str, model: str, fmt: str, r: ReadResult) -> HarvestResult:
@@ -184,38 +361,45 @@ def harvest_to_bank(
     fold_bn: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Harvest each source into ``bank``, skipping sources already there (resumable).
+    """Harvest each source into ``bank``; a source already there with the same content
+    (see :func:`source_fingerprint`) is reused, one whose file changed is harvested again.
 
     Returns
     -------
-    DataFrame ``source, model, kh, kw, layers, kernels`` for the given sources (read back
-    from the bank). Warns for a source with no depthwise conv; raises
-    :class:`KernelAtlasError` only when no source yielded any kernel.
+    DataFrame ``source, model, kh, kw, layers, kernels, status`` for the given sources
+    (read back from the bank; ``status`` in :data:`HARVEST_STATUSES`). Warns for a source
+    with no depthwise conv; raises :class:`KernelAtlasError` only when no source yielded
+    any kernel.
     """
     from tqdm.auto import tqdm
 
     sources, bank = harvest_arguments(sources, bank)
-    keys: list[str] = []
+    status: dict[str, str] = {}
     # disable=None: a bar only on a terminal (logs and pipes stay clean)
     with tqdm(
         sources, desc="harvest", unit="source", disable=None if progress else True, leave=False
     ) as bar:
         for source in bar:
-            key = source_key(source, fold_bn=fold_bn)
+            key, _, state = bank_status(bank, source, fold_bn=fold_bn)
             bar.set_postfix_str(str(key or type(source).__name__)[-40:])
-            if key is not None and bank.has_source(key):
-                keys.append(key)
+            if key is not None and (state == "reused" or key in status):
+                status.setdefault(key, state)
                 continue
             res = harvest(source, fold_bn=fold_bn)
-            bank.add(res)
-            keys.append(res.source)
-    return harvested_counts(bank, keys)
+            if key is None and bank.has_source(res.source):  # an nn.Module seen before
+                state = "reused"
+            bank.add(res, replace=state == "changed")
+            status.setdefault(res.source, state)
+    return harvested_counts(bank, status)
 
 
-def harvested_counts(bank: Any, keys: list[str]) -> pd.DataFrame:
-    """The bank's counts for the sources ``keys``; an error when none yielded a kernel."""
+def harvested_counts(bank: Any, keys: list[str] | dict[str, str]) -> pd.DataFrame:
+    """The bank's counts for the sources ``keys`` (with a ``status`` column when ``keys``
+    maps each key to its status); an error when none yielded a kernel."""
     counts = bank.counts()
-    counts = counts[counts["source"].isin(keys)].reset_index(drop=True)
+    counts = counts[counts["source"].isin(list(keys))].reset_index(drop=True)
+    if isinstance(keys, dict):
+        counts["status"] = counts["source"].map(keys)
     if counts.empty:
         raise KernelAtlasError(
             "no depthwise kernels in any source: check the models hold depthwise convolutions "

@@ -7,13 +7,15 @@ the layers into one Arrow table in the bank schema (one row per single-channel k
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..bank import BANK_COLUMNS, BANK_SCHEMA
+from ..bank import BANK_COLUMNS, BANK_SCHEMA, FINGERPRINT_KEY, check_column_range
 from ..errors import KernelAtlasError
 
 __all__ = ["LayerKernels", "HarvestResult", "split_kernels"]
@@ -75,6 +77,11 @@ class HarvestResult:
         ``"stem"``: a first conv with the depthwise shape...).
     notes : tuple of str
         Caveats the reader met (e.g. a skipped grayscale stem conv).
+    fingerprint : mapping or None
+        What the kernels were read from, recorded in the bank so that a changed file is
+        harvested again (``size``, ``mtime_ns``, ``sha256`` of a file; the registry
+        ``sha256`` of a registered source); None for an ``nn.Module`` (its key holds a
+        digest of its weights).
     """
 
     source: str
@@ -83,6 +90,7 @@ class HarvestResult:
     layers: list[LayerKernels] = field(default_factory=list)
     skipped: Mapping[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    fingerprint: Mapping[str, Any] | None = None
 
     @property
     def skipped_1x1(self) -> int:
@@ -103,8 +111,44 @@ class HarvestResult:
             c[1] += int(lk.weights.shape[0])
         return {k: (v[0], v[1]) for k, v in sorted(out.items())}
 
+    def kernels(self, size: int | tuple[int, int]) -> np.ndarray:
+        """All kernels of one size over the kept layers, float32 ``[N, kh, kw]`` in layer order.
+
+        Parameters
+        ----------
+        size : ``k`` for ``k x k``, or ``(kh, kw)``. A size the model does not have gives
+            an empty ``[0, kh, kw]`` array.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> res = HarvestResult("x", "x", "numpy", [LayerKernels("l", 0, np.ones((4, 3, 3)))])
+        >>> res.kernels(3).shape, res.kernels((5, 5)).shape
+        ((4, 3, 3), (0, 5, 5))
+        """
+        pair = (size, size) if isinstance(size, int | np.integer) else tuple(size)
+        if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v >= 1 for v in pair):
+            raise KernelAtlasError(f"size must be a positive int k or (kh, kw), got {size!r}")
+        kh, kw = (int(v) for v in pair)
+        parts = [lk.weights for lk in self.layers if lk.shape == (kh, kw)]
+        if not parts:
+            return np.zeros((0, kh, kw), np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
     def to_table(self) -> pa.Table:
-        """One row per single-channel kernel, columns :data:`BANK_COLUMNS`."""
+        """One row per single-channel kernel, columns :data:`BANK_COLUMNS`.
+
+        The fingerprint, if any, is in the schema metadata (``bank.FINGERPRINT_KEY``).
+        """
+        for column, values in (
+            ("kh", [lk.shape[0] for lk in self.layers]),
+            ("kw", [lk.shape[1] for lk in self.layers]),
+            ("stride", [lk.stride for lk in self.layers]),
+            ("dilation", [lk.dilation for lk in self.layers]),
+            ("channel", [lk.weights.shape[0] for lk in self.layers]),
+            ("layer_index", [lk.layer_index for lk in self.layers]),
+        ):
+            check_column_range(column, values, self.source)
         n_layers = len(self.layers)
         sizes = np.array([lk.weights.shape[0] for lk in self.layers], dtype=np.int64)
         n = int(sizes.sum())
@@ -164,7 +208,11 @@ class HarvestResult:
             "nonfinite": pa.array(np.asarray(nonfinite, dtype=bool)),
             "weights": weights,
         }
-        return pa.Table.from_arrays([columns[c] for c in BANK_COLUMNS], schema=BANK_SCHEMA)
+        table = pa.Table.from_arrays([columns[c] for c in BANK_COLUMNS], schema=BANK_SCHEMA)
+        if self.fingerprint is not None:
+            prints = {self.source: dict(self.fingerprint)}
+            table = table.replace_schema_metadata({FINGERPRINT_KEY: json.dumps(prints).encode()})
+        return table
 
 
 def split_kernels(weights: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ __all__ = [
     "detect_format",
     "read_file",
     "supported_text",
+    "check_regular_file",
     "BUILTIN_MODULES",
     "HEAD_BYTES",
 ]
@@ -170,28 +171,55 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> int:
+    """Refuse anything but a regular file of known size, before a byte of it is read;
+    return its size.
+
+    Checked on the file a symlink points to: a dangling symlink, a directory, a FIFO, a
+    socket or a device (``/dev/zero`` reads forever) is one :class:`FormatError` line.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise FormatError(
+                f"{p} is a dangling symlink (to {os.readlink(p)}): point it at a weight file"
+            ) from None
+        raise FormatError(
+            f"{p}: no such file or registered source (`kernelatlas sources` lists names)"
+        ) from None
+    except OSError as exc:  # ELOOP, ENAMETOOLONG, EACCES on a parent...
+        raise FormatError(f"{p}: cannot open ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FormatError(f"{p} is a directory; pass a weight file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
+        raise FormatError(f"{p} is {kind}, not a regular file: kernelatlas reads weight files only")
+    return int(st.st_size)
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """The format of a file: the first whose ``sniff`` accepts its leading bytes, else the
     first that claims its extension.
 
-    Raises :class:`FormatError` (one line) for a missing, unreadable, empty or unknown file.
+    Raises :class:`FormatError` (one line) for a missing, unreadable, empty or unknown file,
+    and for anything that is not a regular file (:func:`check_regular_file`).
     """
     p = Path(path)
-    if not p.exists():
-        raise FormatError(
-            f"{p}: no such file or registered source (`kernelatlas sources` lists names)"
-        )
-    if p.is_dir():
+    if p.is_dir():  # a multi-file format's folder (TF.js model.json + shards)
         for spec in list_formats():
             if spec.folder_file and (p / spec.folder_file).is_file():
                 return spec.name
-        raise FormatError(f"{p} is a directory; pass a weight file")
-    try:
-        mode = p.stat().st_mode
-    except OSError as exc:
-        raise FormatError(f"{p}: cannot read ({exc.strerror}); check its permissions") from None
-    if not stat.S_ISREG(mode):  # a FIFO would block the read, /dev/zero never end
-        raise FormatError(f"{p}: not a regular file (a device, FIFO or socket); pass a weight file")
+    check_regular_file(p)
     try:
         with open(p, "rb") as f:
             head = f.read(HEAD_BYTES)
@@ -213,6 +241,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 def read_file(path: Path, fmt: str, *, fold_bn: bool = False) -> ReadResult:
     """Read ``path`` with the reader of ``fmt``; a missing optional dependency is one line."""
     spec = get_format(fmt)
+    if not (spec.folder_file and Path(path).is_dir()):
+        check_regular_file(path)
     if fold_bn and not spec.can_fold_bn:
         raise KernelAtlasError(
             f"{path}: --fold-bn needs the architecture, which a {fmt} file does not hold; build "
