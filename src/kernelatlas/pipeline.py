@@ -3,13 +3,14 @@
 ``analyze`` streams the bank one batch at a time (peak memory bounded by the batch size),
 merges exact per-batch counts into the coverage tables, and publishes the output
 directory atomically: the new state is built beside it and swapped in with renames, so a
-reader (or a crash) only ever sees the previous complete state or the new one.
+reader (or a crash) only ever sees the previous complete state or the new one. What may be
+written where (never over a user's folder or an input, one run per output) is
+:mod:`kernelatlas.outputs`'s.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,16 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .atomic import publish_dir, recover_dir, staging_path
+from .checks import check_device, check_scheduler, check_workers
 from .errors import KernelAtlasError
 from .null import DEFAULT_NULL_SIZE, NULL_KINDS, gaussian_null
+from .outputs import ANALYSIS_FILES as OUTPUT_FILES
 from .report.summary import MODEL_KEYS, build_summary, merge_counts, partial_counts
 from .taxonomy import DEFAULT_NULL_FPR
 
 __all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "OUTPUT_FILES"]
 
 METHODS = ("atlas", "autoencoder", "both")
-OUTPUT_FILES = ("kernels.parquet", "summary.json", "index.html", "figures")
 # Provenance columns carried from the bank into kernels.parquet (weights come last).
 _CARRY = [
     "source", "model", "format", "layer", "layer_index", "depth", "channel",
@@ -68,14 +69,32 @@ class AnalysisConfig:
     n_workers: int | None = None
 
     def validate(self) -> None:
+        """Refuse invalid, contradictory and no-op options (one line each), before any work."""
         if self.method not in METHODS:
             raise KernelAtlasError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.null not in NULL_KINDS:
             raise KernelAtlasError(f"null must be one of {NULL_KINDS}, got {self.null!r}")
-        if not 0.0 <= self.null_fpr < 1.0:
-            raise KernelAtlasError(f"null_fpr must be in [0, 1), got {self.null_fpr}")
+        if not 0.0 < self.null_fpr < 1.0:
+            raise KernelAtlasError(
+                f"null_fpr (--null-fpr) must be in (0, 1), got {self.null_fpr}: at 0 the "
+                "threshold is the null's maximum and almost nothing is classified; e.g. 0.01"
+            )
         if self.batch_size < 1 or self.n_null < 100:
             raise KernelAtlasError("batch_size must be >= 1 and n_null >= 100")
+        if self.seed < 0:
+            raise KernelAtlasError(f"seed (--seed) must be >= 0, got {self.seed}")
+        if self.ae_epochs is not None and self.method == "atlas":
+            raise KernelAtlasError(
+                "ae_epochs (--ae-epochs) trains the autoencoder, which method 'atlas' does not "
+                "run: add --method autoencoder or both, or drop --ae-epochs"
+            )
+        if self.ae_epochs is not None and self.ae_epochs < 1:
+            raise KernelAtlasError(f"ae_epochs (--ae-epochs) must be >= 1, got {self.ae_epochs}")
+        if self.null == "init" and not self.init_baseline:
+            raise KernelAtlasError(
+                "--null init calibrates on the fresh-init kernels and reports their held-out "
+                "half as the baseline: it cannot go with --no-init-baseline"
+            )
         if self.engine not in ("local", "dask"):
             raise KernelAtlasError(f"engine must be 'local' or 'dask', got {self.engine!r}")
         if self.engine == "local" and (self.scheduler or self.n_workers is not None):
@@ -84,6 +103,12 @@ class AnalysisConfig:
             raise KernelAtlasError(
                 "--workers must be >= 1 and sizes only a local cluster (not with --scheduler)"
             )
+        if self.n_workers is not None:
+            check_workers(self.n_workers)
+        if self.scheduler is not None:
+            check_scheduler(self.scheduler)
+        if self.device is not None:
+            check_device(self.device)
 
 
 @dataclass
@@ -93,38 +118,11 @@ class AnalysisResult:
     out: Path
     summary: dict[str, Any]
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    harvest: pd.DataFrame | None = None  # counts per source and size, with a ``status``
 
     @property
     def kernels_path(self) -> Path:
         return self.out / "kernels.parquet"
-
-
-# --------------------------------------------------------------------------- output dir
-def _prepare_staging(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(out)
-    if out.exists() and not out.is_dir():
-        raise KernelAtlasError(f"--out {out} exists and is not a directory: choose another path")
-    staging = staging_path(out)
-    # A staging dir left by a killed run keeps its completed bank parts (resume); the
-    # products in it are rebuilt from scratch.
-    if staging.exists():
-        for name in OUTPUT_FILES:
-            p = staging / name
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    staging.mkdir(exist_ok=True)
-    # Reuse the bank of the previous complete state (hard links: no copy, no mutation).
-    old_bank, new_bank = out / "bank", staging / "bank"
-    if old_bank.is_dir():
-        new_bank.mkdir(exist_ok=True)
-        for f in old_bank.iterdir():
-            dst = new_bank / f.name
-            if f.is_file() and not dst.exists():
-                try:
-                    os.link(f, dst)
-                except OSError:
-                    shutil.copy2(f, dst)
-    return staging
 
 
 # --------------------------------------------------------------------------- stages
@@ -150,16 +148,31 @@ def _init_counterpart(source: str) -> str | None:
     return getattr(entry, "init_source", None)
 
 
-def _harvest_init(sources: Sequence[str], fold_bn: bool) -> dict[str, Any]:
-    """Harvest the fresh-init twin of every source that has one: source -> HarvestResult."""
+#: Why the fresh-init twins are never batch-norm folded (stated in summary.json).
+INIT_FOLD_NOTE = (
+    "fresh-init twins are harvested without --fold-bn: at initialisation a batch norm is the "
+    "identity (gamma 1, running variance 1), so folding it would change no normalised kernel"
+)
+
+
+def _harvest_init(keys: Sequence[str]) -> dict[str, Any]:
+    """Harvest the fresh-init twin of every source that has one (unfolded, see
+    :data:`INIT_FOLD_NOTE`): bank key of the source -> HarvestResult."""
     from .harvest import harvest
 
     twins = {}
-    for s in sources:
-        twin = _init_counterpart(str(s))
+    for key in keys:
+        twin = _init_counterpart(key.removesuffix("+fold_bn"))
         if twin is not None:
-            twins[str(s)] = harvest(twin, fold_bn=fold_bn)
+            twins[key] = harvest(twin)
     return twins
+
+
+def _init_halves(kernels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of fresh-init kernels into a calibration half and a held-out half."""
+    order = np.random.default_rng(seed).permutation(len(kernels))
+    half = (len(kernels) + 1) // 2
+    return kernels[order[:half]], kernels[order[half:]]
 
 
 def _layer_kernels(res: Any, kh: int, kw: int) -> np.ndarray:
@@ -280,6 +293,8 @@ def analyze(
     sources: Sequence[Any],
     out: str | os.PathLike[str],
     config: AnalysisConfig | None = None,
+    *,
+    force: bool = False,
     **overrides: Any,
 ) -> AnalysisResult:
     """Harvest ``sources``, name every kernel, and write kernels.parquet, summary.json,
@@ -287,10 +302,12 @@ def analyze(
 
     Parameters
     ----------
-    sources : registry names (``kernelatlas sources``), ``timm:NAME[@init]``, file paths or
-        ``torch.nn.Module`` objects.
-    out : output directory; replaced atomically (its bank is reused: re-runs resume).
+    sources : registry names (``kernelatlas sources``), ``timm:NAME[@init]``, file paths,
+        kernel bank folders (``kernelatlas harvest --out``) or ``torch.nn.Module`` objects.
+    out : output folder: absent, empty or an earlier analysis (see :mod:`kernelatlas.outputs`);
+        replaced atomically. Its bank is reused for sources whose content is unchanged.
     config : an :class:`AnalysisConfig`; keyword ``overrides`` replace its fields.
+    force : replace ``out`` even when it is a non-empty folder kernelatlas did not write.
 
     Examples
     --------
@@ -300,30 +317,60 @@ def analyze(
     """
     from dataclasses import replace
 
-    from .atlas import Atlas
-    from .bank import KernelBank
-    from .harvest import harvest_to_bank
+    from .harvest.api import source_paths
+    from .outputs import replacing
+    from .report.summary import coverage_tables
 
     cfg = replace(config or AnalysisConfig(), **overrides)
     cfg.validate()
+    sources = list(sources)
     if not sources:
         raise KernelAtlasError("no sources given: name at least one (see `kernelatlas sources`)")
-    out = Path(out)
-    staging = _prepare_staging(out)
-    bank = KernelBank(staging / "bank")
-    if cfg.engine == "dask":
-        from .engine import harvest_dask
+    inputs = [p for s in sources for p in source_paths(s)]
+    with replacing(out, kind="analysis", inputs=inputs, force=force, keep=("bank",)) as stage:
+        summary, merged, harvested = _analyze_into(stage.path, sources, cfg)
+        stage.publish()
+    return AnalysisResult(stage.out, summary, coverage_tables(merged), harvested)
 
-        harvest_dask(list(sources), bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet,
-                     scheduler=cfg.scheduler, n_workers=cfg.n_workers)  # fmt: skip
-    else:
-        harvest_to_bank(list(sources), bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet)
+
+def _fill_bank(bank: Any, sources: list[Any], cfg: AnalysisConfig) -> dict[str, str]:
+    """Harvest ``sources`` into ``bank`` and link the given bank folders into it; keep only
+    those sources. Returns {source key: status} (``harvest_to_bank``'s, or ``"bank"``)."""
+    from .harvest import harvest_to_bank
+    from .harvest.api import is_bank_dir, link_bank
+
+    status: dict[str, str] = {}
+    for src in sources:
+        if is_bank_dir(src):
+            status.update(link_bank(src, bank, fold_bn=cfg.fold_bn))
+    models = [s for s in sources if not is_bank_dir(s)]
+    if models:
+        if cfg.engine == "dask":
+            from .engine import harvest_dask
+
+            counts = harvest_dask(models, bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet,
+                                  scheduler=cfg.scheduler, n_workers=cfg.n_workers)  # fmt: skip
+        else:
+            counts = harvest_to_bank(models, bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet)
+        status.update(zip(counts["source"], counts["status"]))
+    bank.keep_only(status)  # a reused bank may hold sources this run was not asked about
+    return status
+
+
+def _analyze_into(
+    staging: Path, sources: list[Any], cfg: AnalysisConfig
+) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame]:
+    """The analysis, written into ``staging``: (summary, merged counts, harvest table)."""
+    from .atlas import Atlas
+    from .bank import KernelBank
+
+    bank = KernelBank(staging / "bank")
+    status = _fill_bank(bank, sources, cfg)
     shapes = [s for s in bank.shapes() if s != (1, 1)]
     if not shapes:
         raise KernelAtlasError("the sources yielded no depthwise kernels: nothing to analyse")
 
-    names = [str(s) for s in sources if isinstance(s, str | os.PathLike)]
-    twins = _harvest_init(names, cfg.fold_bn) if (cfg.init_baseline or cfg.null == "init") else {}
+    twins = _harvest_init(list(status)) if (cfg.init_baseline or cfg.null == "init") else {}
     thresholds: list[dict[str, Any]] = []
     baselines: list[dict[str, Any]] = []
     ae_by_size: list[dict[str, Any]] = []
@@ -337,44 +384,53 @@ def analyze(
     bar = _progress(total, cfg.quiet, "analyse")
     try:
         for kh, kw in shapes:
-            init_k = [_layer_kernels(t, kh, kw) for t in twins.values()]
-            init_k = np.concatenate(init_k) if init_k else np.zeros((0, kh, kw), np.float32)
+            twin_k = {src: _layer_kernels(t, kh, kw) for src, t in twins.items()}
+            twin_k = {src: k for src, k in twin_k.items() if len(k)}
+            init_k = (
+                np.concatenate(list(twin_k.values()))
+                if twin_k
+                else np.zeros((0, kh, kw), np.float32)
+            )
             if cfg.null == "init":
-                if len(init_k) < 100:
+                # calibrate on one half of the fresh-init kernels; the other half is the
+                # independent check (the null rate and the init coverage reported)
+                halves = {src: _init_halves(k, cfg.seed) for src, k in twin_k.items()}
+                null = np.concatenate([c for c, _ in halves.values()]) if halves else init_k
+                if len(null) < 100:
                     raise KernelAtlasError(
-                        f"--null init needs freshly initialised {kh}x{kw} kernels of the same "
-                        "architecture; none is known for these sources: use --null gaussian or "
-                        "analyse timm:NAME sources"
+                        f"--null init needs at least 200 freshly initialised {kh}x{kw} kernels of "
+                        "the same architecture (half to calibrate, half held out); none is known "
+                        "for these sources: use --null gaussian or analyse timm:NAME sources"
                     )
-                null = init_k
+                held_out = np.concatenate([h for _, h in halves.values()])
+                judged = {src: h for src, (_, h) in halves.items()}
             else:
                 null = None
+                held_out = gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919)
+                judged = twin_k
             bar.set_description(f"calibrate {kh}x{kw}")
             atlas = Atlas(
                 kernel_size=(kh, kw), null_fpr=cfg.null_fpr, n_null=cfg.n_null, seed=cfg.seed
             ).fit(null=null)
-            held_out = gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919)
             heldout[(kh, kw)] = float(atlas.predict(held_out)["classified"].mean())
             for fam, thr in atlas.thresholds_.items():
                 thresholds.append(
                     {"kh": kh, "kw": kw, "method": "atlas", "family": fam, "threshold": float(thr),
                      "null_kind": cfg.null, "null_fpr": cfg.null_fpr, "null_rate": float(atlas.null_rate_)}
                 )  # fmt: skip
-            for src, twin in twins.items():
-                k = _layer_kernels(twin, kh, kw)
-                if len(k):
-                    pred = atlas.predict(k)
-                    live = pred["family"] != "degenerate"
-                    cov = float(pred["classified"][live].mean()) if live.any() else float("nan")
-                    baselines.append(
-                        {
-                            "source": src,
-                            "init_source": twin.source,
-                            "kh": kh,
-                            "kw": kw,
-                            "init_coverage": cov,
-                        }
-                    )
+            for src, k in judged.items():
+                pred = atlas.predict(k)
+                live = pred["family"] != "degenerate"
+                cov = float(pred["classified"][live].mean()) if live.any() else float("nan")
+                baselines.append(
+                    {
+                        "source": src,
+                        "init_source": twins[src].source,
+                        "kh": kh,
+                        "kw": kw,
+                        "init_coverage": cov,
+                    }
+                )
             models: dict[str, Any] = {"atlas": atlas}
             all_models[(kh, kw)] = models
             if cfg.method in ("autoencoder", "both"):
@@ -419,6 +475,8 @@ def analyze(
 
     base = _baseline_frame(bank, baselines, heldout)
     config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
+    if twins and cfg.fold_bn:
+        config_doc["notes"] = [INIT_FOLD_NOTE]
     autoencoder = {"by_size": ae_by_size, "spectra_sizes": sorted(spectra)} if ae_by_size else None
     merged = merge_counts(counts)
     summary = build_summary(
@@ -427,10 +485,9 @@ def analyze(
     from .report import write_report
 
     write_report(staging, summary, spectra=spectra, figures=cfg.figures)
-    publish_dir(staging, out)
-    from .report.summary import coverage_tables
-
-    return AnalysisResult(out=out, summary=summary, tables=coverage_tables(merged))
+    harvested = bank.counts()
+    harvested["status"] = harvested["source"].map(status)
+    return summary, merged, harvested
 
 
 def _baseline_frame(

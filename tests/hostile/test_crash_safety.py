@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from kernelatlas.atomic import MARKER
 from kernelatlas.bank import KernelBank
 
 pytestmark = pytest.mark.slow
@@ -94,7 +95,7 @@ def _analyze_state(out: Path) -> tuple[str, ...]:
     assert kernels.num_rows == sum(bank.values())
     assert set(kernels.column("source").to_pylist()) == set(sources)
     assert (out / "index.html").stat().st_size > 0
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [MARKER]
     return sources
 
 
@@ -116,7 +117,7 @@ def test_killed_analyze_shows_old_or_new_state_and_resumes(tmp_path):
     )
     assert not kernels.to_pandas().duplicated().any()
     assert killed >= 1
-    assert not (tmp_path / ".out.staging").exists() and not (tmp_path / ".out.old").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging, old or lock sibling
 
 
 def test_interrupted_swap_is_recovered(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import sys
 
 from ..null import NULL_KINDS
 from ..taxonomy import DEFAULT_NULL_FPR
+from .harvest_cmd import FOLD_BN_HELP, SOURCE_HELP, expand_sources, report_status, skipped_lines
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -31,21 +32,16 @@ def _analyze(args: argparse.Namespace) -> int:
         n_workers=args.workers,
         command=shlex.join(["kernelatlas", *sys.argv[1:]]),
     )
-    import warnings
-
-    from ..harvest.api import SkippedLayersWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedLayersWarning)
-        res = analyze(args.sources, args.out, cfg)
-    for w in caught:  # skipped layers, counted by reason (others go on as warnings)
-        if issubclass(w.category, SkippedLayersWarning):
-            print(f"kernelatlas: skipped: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    cfg.validate()  # options first: no source is expanded or read for a bad command line
+    with skipped_lines():  # skipped layers, counted by reason
+        res = analyze(expand_sources(args.sources), args.out, cfg, force=args.force)
     if not args.quiet:
+        if res.harvest is not None:
+            report_status(res.harvest)
+        for note in res.summary["config"].get("notes", []):
+            print(f"kernelatlas: note: {note}", file=sys.stderr)
         print(_coverage_table(res.summary))
-        print(f"report: {(res.out / 'index.html').resolve()}")
+        print(f"report: {res.out / 'index.html'}")
     return 0
 
 
@@ -53,7 +49,8 @@ def _coverage_table(summary: dict) -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:5.1f}%"
 
-    head = f"{'model':28s} {'size':>5s} {'kernels':>8s} {'classified':>10s} {'null':>7s} {'init':>7s}  top family"
+    null = "null" if summary["config"]["null"] == "gaussian" else "null*"
+    head = f"{'model':28s} {'size':>5s} {'kernels':>8s} {'classified':>10s} {null:>7s} {'init':>7s}  top family"
     lines = [head, "-" * len(head)]
     for m in summary["models"]:
         shares = {
@@ -64,14 +61,19 @@ def _coverage_table(summary: dict) -> str:
             f"{m['model'][:28]:28s} {m['kh']}x{m['kw']:<3d} {m['kernels']:8d} {pct(m['coverage']):>10s} "
             f"{pct(m.get('null_coverage')):>7s} {pct(m.get('init_coverage')):>7s}  {top} {pct(shares[top])}"
         )
+    if summary["config"]["null"] == "init":
+        lines.append(
+            "null*: calibrated on half of the fresh-init kernels; null and init are rates on "
+            "the other half"
+        )
     return "\n".join(lines)
 
 
 def _compare(args: argparse.Namespace) -> int:
     from ..report.compare import compare
 
-    out = compare(args.runs, args.out, labels=args.labels)
-    print(f"report: {(out / 'index.html').resolve()}")
+    out = compare(args.runs, args.out, labels=args.labels, force=args.force)
+    print(f"report: {out / 'index.html'}")
     return 0
 
 
@@ -79,40 +81,77 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "analyze",
         help="harvest, classify and fit kernels; write tables, figures and an HTML report",
+        description="Harvest the sources (or take a bank folder), calibrate the atlas on a "
+        "null per kernel size, classify and fit every kernel, and write kernels.parquet, "
+        "summary.json, figures/ and index.html into --out (replaced atomically).",
     )
     p.add_argument(
         "sources",
         nargs="+",
         metavar="SOURCE",
-        help="registry name, timm:NAME[@init], or a model file",
+        help=SOURCE_HELP + ", or a bank folder (`kernelatlas harvest --out`)",
     )
-    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--method", choices=["atlas", "autoencoder", "both"], default="atlas")
     p.add_argument(
-        "--fold-bn",
-        action="store_true",
-        help="fold the following batch-norm scale into each kernel",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: new, empty, or an earlier analysis (replaced atomically; its "
+        "bank is reused for unchanged sources). Never a folder holding an input",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it is a non-empty folder kernelatlas did not write",
+    )
+    p.add_argument(
+        "--method",
+        choices=["atlas", "autoencoder", "both"],
+        default="atlas",
+        help="atlas: the calibrated classifier; autoencoder: the paper's 1-D cosine "
+        "autoencoder; both: each, and their agreement (default atlas)",
+    )
+    p.add_argument("--fold-bn", action="store_true", help=FOLD_BN_HELP)
     p.add_argument(
         "--null",
         choices=NULL_KINDS,
         default="gaussian",
-        help="null to calibrate against (default gaussian)",
+        help="null to calibrate against: gaussian (iid Gaussian kernels) or init (half of the "
+        "fresh-init kernels of the same architecture; the other half is held out for the "
+        "reported null and init rates). Default gaussian",
     )
     p.add_argument(
-        "--null-fpr", type=float, default=DEFAULT_NULL_FPR, help="false-positive rate on the null"
+        "--null-fpr",
+        type=float,
+        default=DEFAULT_NULL_FPR,
+        metavar="RATE",
+        help=f"share of null kernels allowed to be classified, in (0, 1) (default {DEFAULT_NULL_FPR})",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=65_536)
+    p.add_argument("--seed", type=int, default=0, help="seed of the null, fits and autoencoder")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=65_536,
+        metavar="N",
+        help="kernels classified at a time; bounds memory (default 65536)",
+    )
     p.add_argument("--no-fit", action="store_true", help="skip the parametric fits")
     p.add_argument(
-        "--no-init-baseline", action="store_true", help="skip the fresh-init coverage baseline"
+        "--no-init-baseline",
+        action="store_true",
+        help="skip the fresh-init coverage baseline (not with --null init)",
     )
-    p.add_argument("--ae-epochs", type=int, default=None)
+    p.add_argument(
+        "--ae-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="autoencoder training epochs (only with --method autoencoder or both)",
+    )
     p.add_argument(
         "--device",
         default=None,
-        help="torch device for fits/autoencoder (default: cuda if available)",
+        help="torch device for fits and the autoencoder: cpu, cuda, cuda:N (default: cuda if "
+        "available); checked before any work",
     )
     p.add_argument(
         "--engine",
@@ -124,20 +163,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--scheduler",
         metavar="ADDRESS",
         default=None,
-        help="Dask scheduler address (default: start a local cluster)",
+        help="Dask scheduler address, [tcp|tls|inproc|ucx|ws|wss://]HOST[:PORT] (default: "
+        "start a local cluster); needs --engine dask",
     )
     p.add_argument(
         "--workers",
         metavar="N",
         type=int,
         default=None,
-        help="workers of the local Dask cluster (default: one per core)",
+        help="workers of the local Dask cluster (default: one per core; at most 4 per core); "
+        "needs --engine dask",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.set_defaults(func=_analyze)
 
-    c = sub.add_parser("compare", help="one report across earlier analyses")
-    c.add_argument("runs", nargs="+", metavar="DIR")
-    c.add_argument("--out", required=True)
-    c.add_argument("--labels", nargs="+", default=None)
+    c = sub.add_parser(
+        "compare",
+        help="one report across earlier analyses",
+        description="One HTML report (coverage, layers, families) across earlier analyses.",
+    )
+    c.add_argument("runs", nargs="+", metavar="DIR", help="analysis folders (`analyze --out`)")
+    c.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: new, empty or an earlier comparison (replaced atomically); never "
+        "one of the runs, a folder holding them, or a file",
+    )
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even when it is a non-empty folder kernelatlas did not write",
+    )
+    c.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="one name per run (default: folder names)",
+    )
     c.set_defaults(func=_compare)

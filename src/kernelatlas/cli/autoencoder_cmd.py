@@ -24,7 +24,7 @@ def _kernel_size(text: str) -> tuple[int, int]:
 def register(subparsers: Any) -> None:
     """Add ``autoencoder train``."""
     p = subparsers.add_parser(
-        "autoencoder", help="the paper's 1-D cosine autoencoders (train, save, inspect)"
+        "autoencoder", help="the paper's 1-D cosine autoencoders (train: fit and save per size)"
     )
     sub = p.add_subparsers(dest="ae_command", metavar="ACTION")
     t = sub.add_parser(
@@ -35,16 +35,25 @@ def register(subparsers: Any) -> None:
         "config.json), with its atlas-named latent segments.",
     )
     t.add_argument("bank", metavar="BANK", help="kernel bank directory, or a .npy [N,kh,kw]")
-    t.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     t.add_argument(
-        "--kernel-size", type=_kernel_size, action="append", metavar="K", help="e.g. 7 or 3x5"
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: new, empty or earlier autoencoders (ae_KHxKW/ are replaced)",
     )
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=4096)
-    t.add_argument("--hidden", type=int, default=128)
-    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument(
+        "--kernel-size",
+        type=_kernel_size,
+        action="append",
+        metavar="K",
+        help="train only this size, e.g. 7 or 3x5 (repeatable; default: every size in BANK)",
+    )
+    t.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    t.add_argument("--batch-size", type=int, default=4096, help="kernels per step (default 4096)")
+    t.add_argument("--hidden", type=int, default=128, help="hidden units of the MLPs (default 128)")
+    t.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: GPU if any)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batches")
     t.add_argument("--min-kernels", type=int, default=100, help="skip sizes with fewer kernels")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
@@ -52,8 +61,19 @@ def register(subparsers: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from ..outputs import check_out, output_lock
 
+    if args.device is not None:
+        from ..checks import check_device
+
+        check_device(args.device)
+    out = check_out(args.out, kind="autoencoders", inputs=[args.bank], replace=False)
+    with output_lock(out):
+        return _train_into(args, out)
+
+
+def _train_into(args: argparse.Namespace, out: Any) -> int:
+    from ..atomic import write_marker
     from ..autoencoder import KernelAutoencoder
     from ..autoencoder._data import bank_sizes, kernels_from
     from ..errors import KernelAtlasError
@@ -68,7 +88,6 @@ def _train(args: argparse.Namespace) -> int:
         sizes = bank_sizes(args.bank)
     if not sizes:
         raise KernelAtlasError(f"{args.bank} holds no kernels: harvest some sources into it")
-    out = Path(args.out)
     rows = []
     for kh, kw in sizes:
         kernels = kernels_from(args.bank, (kh, kw))
@@ -85,7 +104,10 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.quiet,
         ).fit(kernels)
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "autoencoders")
         target = ae.save(out / f"ae_{kh}x{kw}")
+        write_marker(target, "autoencoder")
         cov = ae.coverage(kernels)
         seg = ae.segments_
         named = seg[seg["mass"] > 0.01]

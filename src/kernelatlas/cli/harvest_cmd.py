@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["register", "expand_sources", "report_status", "FOLD_BN_HELP", "SOURCE_HELP"]
+
+#: One meaning of --fold-bn for `harvest` and `analyze`.
+FOLD_BN_HELP = (
+    "multiply each kernel by the scale of the batch norm that follows it; needs the "
+    "architecture (timm:, registry sources with one, pickled models, TorchScript, ONNX; "
+    "TFLite kernels come folded), other formats are refused. Folded kernels are kept apart in a bank (key '+fold_bn')"
+)
+SOURCE_HELP = (
+    "registry name or pattern ('mediapipe/*'), timm:NAME[@init], a model file or a file glob "
+    "('models/*.onnx')"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -21,11 +34,15 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "harvest", help="harvest depthwise kernels of sources into a kernel bank"
     )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument(
-        "sources", nargs="+", metavar="SOURCE", help="registry name, timm:NAME[@init], or a path"
+        "--out",
+        required=True,
+        metavar="BANK",
+        help="bank folder: new, empty or an earlier bank (sources already in it with the same "
+        "content are reused, changed files are harvested again)",
     )
-    p.add_argument("--out", required=True, metavar="BANK", help="bank directory (created)")
-    p.add_argument("--fold-bn", action="store_true", help="fold following batch norms")
+    p.add_argument("--fold-bn", action="store_true", help=FOLD_BN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_harvest)
 
@@ -83,8 +100,10 @@ def _sources(args: argparse.Namespace) -> int:
     return 0
 
 
-def _expand(sources: list[str]) -> list[str]:
-    """Expand registry wildcards (``'mediapipe/*'``); paths and names pass through."""
+def expand_sources(sources: list[str]) -> list[str]:
+    """Expand wildcards: file globs (``'models/*.onnx'``) and registry patterns
+    (``'mediapipe/*'``); existing paths, ``timm:`` names and plain names pass through."""
+    import glob
     from pathlib import Path
 
     from ..errors import KernelAtlasError
@@ -93,33 +112,70 @@ def _expand(sources: list[str]) -> list[str]:
     out: list[str] = []
     for s in sources:
         if any(ch in s for ch in "*?[") and not s.startswith("timm:") and not Path(s).exists():
-            found = list_sources(s)
+            found = sorted(glob.glob(str(Path(s).expanduser()))) + list_sources(s)
             if not found:
                 raise KernelAtlasError(
-                    f"no registered source matches {s!r} (see `kernelatlas sources`)"
+                    f"nothing matches {s!r}: no file, and no registered source "
+                    "(see `kernelatlas sources`)"
                 )
-            out += found
+            out += [f for f in found if f not in out]
         else:
             out.append(s)
     return out
 
 
-def _harvest(args: argparse.Namespace) -> int:
+def report_status(counts: Any) -> None:
+    """One stderr line per source that was reused or harvested again (``status`` column)."""
+    text = {
+        "reused": "unchanged since it was harvested (same size and sha256): reused from the bank",
+        "changed": "changed since it was harvested (or no content hash was recorded): "
+        "harvested again",
+        "bank": "taken from the given bank",
+    }
+    for source, status in counts.drop_duplicates("source")[["source", "status"]].itertuples(
+        index=False
+    ):
+        if status in text:
+            print(f"kernelatlas: {source}: {text[status]}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def skipped_lines() -> Iterator[None]:
+    """Print the readers' skipped-layer counts as ``kernelatlas: skipped: ...`` lines when
+    the block ends; other warnings go on (``cli.main`` prints kernelatlas's, one line each)."""
     import warnings
 
-    from ..harvest import harvest_to_bank
-
-    sources = _expand(args.sources)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        counts = harvest_to_bank(sources, args.out, fold_bn=args.fold_bn, progress=not args.quiet)
     from ..harvest.api import SkippedLayersWarning
 
-    for w in caught:  # skipped layers are counted by reason, not a problem
-        kind = "skipped" if issubclass(w.category, SkippedLayersWarning) else "warning"
-        print(f"kernelatlas: {kind}: {w.message}", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedLayersWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, SkippedLayersWarning):
+            print(f"kernelatlas: skipped: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _harvest(args: argparse.Namespace) -> int:
+    from ..harvest import harvest_to_bank
+    from ..harvest.api import source_paths
+    from ..outputs import appending
+
+    sources = expand_sources(args.sources)
+    inputs = [p for s in sources for p in source_paths(s)]
+    target = args.out.removeprefix("file://")
+    with skipped_lines():
+        if "://" in target:  # a bank on an fsspec URL (s3://...): no local folder to check
+            counts = harvest_to_bank(sources, target, fold_bn=args.fold_bn, progress=not args.quiet)
+        else:
+            with appending(target, kind="bank", inputs=inputs) as out:
+                counts = harvest_to_bank(
+                    sources, out, fold_bn=args.fold_bn, progress=not args.quiet
+                )
+    report_status(counts)
     table = counts.assign(size=counts["kh"].astype(str) + "x" + counts["kw"].astype(str))
-    table = table[["source", "model", "size", "layers", "kernels"]]
+    table = table[["source", "model", "size", "layers", "kernels", "status"]]
     print(table.to_string(index=False))
     print(f"total: {int(counts['kernels'].sum()):,} kernels -> {args.out}")
     return 0

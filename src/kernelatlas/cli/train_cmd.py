@@ -97,6 +97,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-dir", help="folder with the Fashion-MNIST *-ubyte.gz / mnist_5k.csv.gz files"
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress log")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_bench_init)

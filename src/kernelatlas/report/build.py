@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
+from ..atomic import write_marker
 from ..normalize import normalize
 from ..taxonomy import CENTER, FIRST_DERIVATIVE, PATTERN_FAMILIES, SECOND_DERIVATIVE, UNCLASSIFIED
 from . import figures as F
@@ -123,6 +124,7 @@ def _exemplars(
     return out
 
 
+@F.plain_text
 def make_figures(
     run_dir: Path, summary: dict[str, Any], *, spectra: dict[str, Any] | None = None, seed: int = 0
 ) -> dict[str, list[str]]:
@@ -134,6 +136,7 @@ def make_figures(
 
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
+    write_marker(fig_dir, "figures")
     path = run_dir / "kernels.parquet"
     made: dict[str, list[str]] = {}
     models = pd.DataFrame(summary["models"])
@@ -143,7 +146,7 @@ def make_figures(
             layers[f"share_{f}"] = [s.get(f) for s in layers["family_shares"]]
 
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(models) + 2), 3.6))
-    F.plot_coverage(ax, models)
+    F.plot_coverage(ax, models, null=summary["config"]["null"])
     ax.set_title("Coverage at the calibrated threshold, with the null's rate")
     made["coverage"] = [_save(fig, fig_dir / "coverage.png")]
 

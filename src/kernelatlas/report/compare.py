@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,12 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..atomic import publish_dir, recover_dir, staging_path
+from ..atomic import write_marker
 from ..errors import KernelAtlasError
+from ..outputs import replacing
 from ..taxonomy import FAMILIES
 from . import load_summary, write_json
-from .figures import FAMILY_COLORS
+from .figures import FAMILY_COLORS, plain_text
 from .html import CSS, _e, _fig, _pct
 
 __all__ = ["compare", "comparison_table"]
@@ -56,27 +56,43 @@ def compare(
     out: str | os.PathLike[str],
     *,
     labels: Sequence[str] | None = None,
+    force: bool = False,
 ) -> Path:
-    """Write ``out/index.html`` (+ figures, comparison.json) comparing earlier analyses."""
-    import matplotlib
+    """Write ``out/index.html`` (+ figures, comparison.json) comparing earlier analyses.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    ``out`` follows the rules of :mod:`kernelatlas.outputs` (never a run folder, a folder
+    holding one, or a file; ``force`` replaces a folder kernelatlas did not write); it is
+    replaced atomically. Returns ``out`` resolved.
+    """
     if len(run_dirs) < 2:
         raise KernelAtlasError("compare needs at least two analysis directories")
     labels = list(labels) if labels else [Path(d).name or str(d) for d in run_dirs]
     if len(labels) != len(run_dirs) or len(set(labels)) != len(labels):
         raise KernelAtlasError("give one distinct label per directory (--labels A B ...)")
     summaries = {lab: load_summary(d) for lab, d in zip(labels, run_dirs)}
+    with replacing(out, kind="comparison", inputs=run_dirs, force=force) as stage:
+        _write_comparison(stage.path, stage.out, run_dirs, labels, summaries)
+        stage.publish()
+    return stage.out
+
+
+@plain_text
+def _write_comparison(
+    staging: Path,
+    out: Path,
+    run_dirs: Sequence[str | os.PathLike[str]],
+    labels: list[str],
+    summaries: dict[str, dict[str, Any]],
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
     table = comparison_table(summaries)
     layers = _layer_frame(summaries)
-
-    out = Path(out)
-    recover_dir(out)
-    staging = staging_path(out)
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "figures").mkdir(parents=True)
+    (staging / "figures").mkdir(parents=True, exist_ok=True)
+    write_marker(staging / "figures", "figures")
 
     keys = table[["model", "size"]].drop_duplicates().to_numpy().tolist()
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) * len(labels) / 2 + 2), 3.6))
@@ -162,5 +178,3 @@ def compare(
             "rows": table.replace({np.nan: None}).to_dict(orient="records"),
         },
     )
-    publish_dir(staging, out)
-    return out

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -18,7 +22,25 @@ __all__ = [
     "plot_fit_by_depth",
     "plot_orientation_by_depth",
     "plot_ae_spectrum",
+    "plain_text",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def plain_text(fn: _F) -> _F:
+    """Decorator: draw with matplotlib's math-text parser off, so that model and file names
+    (``net_$x$.pt``) are shown as written and never parsed."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
 
 FAMILY_COLORS: dict[str, str] = {
     "center": "#1b9e77",
@@ -63,13 +85,17 @@ def plot_kernels(ax: Axes, kernels: np.ndarray, *, ncols: int = 8, title: str = 
         s.set_visible(False)
 
 
-def plot_coverage(ax: Axes, models: pd.DataFrame) -> None:
-    """Classified % per model and kernel size, beside the null's and the fresh init's %."""
+def plot_coverage(ax: Axes, models: pd.DataFrame, *, null: str = "gaussian") -> None:
+    """Classified % per model and kernel size, beside the null's and the fresh init's %.
+
+    ``null`` is the null kind calibrated against (``gaussian`` or ``init``), for the legend.
+    """
+    null_label = "iid Gaussian" if null == "gaussian" else "fresh init"
     labels = [f"{m}\n{kh}x{kw}" for m, kh, kw in zip(models["model"], models["kh"], models["kw"])]
     x = np.arange(len(models))
     series = [
         ("coverage", "trained", "#2166ac"),
-        ("null_coverage", "null (iid Gaussian)", "#b2182b"),
+        ("null_coverage", f"null ({null_label}, held out)", "#b2182b"),
     ]
     if "init_coverage" in models and models["init_coverage"].notna().any():
         series.append(("init_coverage", "same arch., fresh init", "#f4a582"))

@@ -105,8 +105,13 @@ def render_index(
         "<h2>Coverage per model and kernel size</h2>",
         "<p>A kernel is <i>classified</i> when the atlas explains it better than the calibrated threshold, "
         "which at most the stated fraction of null (random) kernels pass. <b>null</b>: the rate on a held-out "
-        "sample of iid Gaussian kernels; <b>fresh init</b>: coverage of the same architecture freshly initialised. "
-        "Coverage excludes degenerate kernels; family shares are of all kernels.</p>",
+        + (
+            "sample of iid Gaussian kernels; <b>fresh init</b>: coverage of the same architecture freshly initialised. "
+            if cfg["null"] == "gaussian"
+            else "half of the fresh-init kernels (the atlas is calibrated on the other half); <b>fresh init</b>: "
+            "coverage of each architecture's held-out fresh-init half. "
+        )
+        + "Coverage excludes degenerate kernels; family shares are of all kernels.</p>",
         _models_table(summary["models"], bool(ae)),
         *[
             _fig(
