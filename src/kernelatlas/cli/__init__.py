@@ -1,18 +1,31 @@
 """The ``kernelatlas`` command line: a thin layer over the public API.
 
-Each stage's commands live in one module here that exposes ``register(subparsers)``;
-``main`` turns :class:`~kernelatlas.errors.KernelAtlasError` into one line and exit 2.
+Each stage's commands live in one module here that exposes ``register(subparsers)``.
+``main`` turns every failure into one line on stderr (``kernelatlas: error: ...``) and a
+non-zero exit, never a traceback: kernelatlas's own errors, bad options and operating-system
+errors (read-only or full disk, permissions, symlink loops...) exit 2, running out of
+memory exits 2, an unexpected exception (a bug) exits 3. ``KERNELATLAS_DEBUG=1`` shows the
+traceback instead. Warnings are printed as one ``kernelatlas: warning: ...`` line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import KernelAtlasError
+
+__all__ = ["main", "build_parser", "error_line", "EXIT_ERROR", "EXIT_BUG"]
+
+#: Exit code of a failure the user can act on; of an unexpected one (a bug).
+EXIT_ERROR, EXIT_BUG = 2, 3
 
 # Modules that add sub-commands; a module that is not there yet is skipped.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -23,8 +36,15 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"kernelatlas: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kernelatlas",
         description="Map trained depthwise convolution kernels onto a calibrated atlas.",
     )
@@ -41,20 +61,107 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# errno -> what happened, and what to do
+_OS_ERRORS: dict[int, str] = {
+    errno.EROFS: "read-only file system: write somewhere writable (--out)",
+    errno.ENOSPC: "no space left on the device: free some space or write elsewhere (--out)",
+    errno.EDQUOT: "disk quota exceeded: free some space or write elsewhere (--out)",
+    errno.EFBIG: "file too large for this file system or for the file-size limit (ulimit -f)",
+    errno.EACCES: "permission denied: check the permissions, or use another path",
+    errno.EPERM: "operation not permitted: check the permissions, or use another path",
+    errno.ELOOP: "too many levels of symbolic links: fix the symlink",
+    errno.ENAMETOOLONG: "file name too long: use a shorter path",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EISDIR: "is a folder, expected a file",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+    errno.ENOMEM: "out of memory: use fewer or smaller sources, or a smaller --batch-size",
+    errno.EIO: "input/output error: the disk or the network file system failed",
+    errno.ENOTEMPTY: "folder not empty",
+    errno.EXDEV: "cannot move across file systems",
+}
+_BY_TEXT = {  # OSErrors without an errno (pyarrow's), recognised by their text
+    "no space left": errno.ENOSPC,
+    "read-only file system": errno.EROFS,
+    "permission denied": errno.EACCES,
+    "file too large": errno.EFBIG,
+    "disk quota": errno.EDQUOT,
+}
+
+
+def _os_error_line(exc: OSError) -> str:
+    code = exc.errno
+    text = str(exc)
+    if code is None:
+        code = next((c for t, c in _BY_TEXT.items() if t in text.lower()), None)
+    what = _OS_ERRORS.get(code) if code is not None else None
+    where = exc.filename if exc.filename is not None else None
+    if what is None:
+        what = exc.strerror or text or type(exc).__name__
+    return f"{where}: {what}" if where else what
+
+
+def error_line(exc: BaseException) -> tuple[str, int]:
+    """The one line (without the ``kernelatlas: error:`` prefix) and exit code for ``exc``."""
+    if isinstance(exc, KernelAtlasError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, MemoryError):
+        return (
+            "out of memory: use fewer or smaller sources, a smaller --batch-size, or a lower "
+            "KERNELATLAS_MAX_SOURCE_BYTES",
+            EXIT_ERROR,
+        )
+    if isinstance(exc, OSError):
+        return _os_error_line(exc), EXIT_ERROR
+    detail = str(exc).strip().splitlines()
+    return (
+        f"unexpected {type(exc).__name__}: {detail[0][:200] if detail else 'no detail'} "
+        "(a kernelatlas bug: please report it with the command; KERNELATLAS_DEBUG=1 shows "
+        "the traceback)",
+        EXIT_BUG,
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+    """kernelatlas's own warnings as one line each; the libraries' (torch, timm...) only
+    with ``KERNELATLAS_DEBUG=1``."""
+    ours = os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+    if ours or os.environ.get("KERNELATLAS_DEBUG", "") not in ("", "0"):
+        print(f"kernelatlas: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    debug = os.environ.get("KERNELATLAS_DEBUG", "") not in ("", "0")
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_ERROR
         return int(args.func(args) or 0)
-    except KernelAtlasError as exc:
-        print(f"kernelatlas: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("kernelatlas: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kernelatlas sources | head`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        line, code = error_line(exc)
+        print(f"kernelatlas: error: {_one_line(line)}", file=sys.stderr)
+        return code
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover
