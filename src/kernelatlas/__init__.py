@@ -2,11 +2,18 @@
 
 The public API is imported lazily so that ``import kernelatlas`` stays fast and the
 optional extras (ONNX, TFLite, Keras, timm, Dask) are only needed when used.
+
+``kernelatlas.harvest`` and ``kernelatlas.normalize`` are the functions, also after their
+modules (``kernelatlas/harvest/``, ``kernelatlas/normalize.py``) have been imported: reach
+those modules with ``from kernelatlas.harvest import zoo`` or
+``importlib.import_module("kernelatlas.harvest.zoo")`` (not ``import ... as``).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -35,7 +42,29 @@ _API: dict[str, str] = {
 __all__ = ["__version__", *_API]
 
 
+# public functions that share their name with a module of this package
+_SHADOWED = frozenset({"harvest", "normalize"})
+
+
 def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'kernelatlas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
+
+
+class _Package(types.ModuleType):
+    """The package module: importing ``kernelatlas.harvest`` (or ``.normalize``) makes the
+    import system bind that module as an attribute here; keep the function instead (the
+    module stays in ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
