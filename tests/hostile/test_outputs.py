@@ -1,0 +1,299 @@
+"""Outputs never destroy: kernelatlas writes only where it may, never over a user's files or
+its inputs, one run per output at a time, and never answers from stale data.
+
+Every case runs the command line in a child process (``cli.run_cli``) and checks the exit
+code, the one stderr line and that every file around is byte-for-byte as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from kernelatlas.atomic import MARKER, lock_path, read_marker, staging_path
+from kernelatlas.bank import KernelBank
+from kernelatlas.errors import KernelAtlasError
+from kernelatlas.outputs import mark_dir, output_lock, replacing
+
+from .cli import run_cli
+
+#: A file name that matplotlib's math-text parser cannot parse (it raised ValueError).
+MATH_NAME = "net_$a_$.npy"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (symlinks as their target, files as their sha256)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = "special"
+    return out
+
+
+def kernels(seed: int, n: int = 48, k: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, k, k)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory) -> dict[str, Path]:
+    """One real ``analyze`` run through a symlinked --out, beside a user's look-alike
+    siblings, on a model whose file name is not valid math text."""
+    work = tmp_path_factory.mktemp("outputs")
+    models = work / "models"
+    models.mkdir()
+    model = models / MATH_NAME
+    np.save(model, kernels(0))
+    (work / "real").mkdir()
+    (work / "report").symlink_to(work / "real")
+    for name in (".real.old", ".real.staging", ".report.old"):  # a user's own folders
+        (work / name).mkdir()
+        (work / name / "keep.txt").write_text("mine")
+    before = snapshot(work)
+    run = run_cli(["analyze", model, "--out", work / "report", "--no-fit", "--quiet"], cwd=work)
+    return {"work": work, "model": model, "before": before, "after": snapshot(work), "run": run}
+
+
+def test_symlinked_out_is_resolved_and_user_siblings_survive(analysis) -> None:
+    work, run = analysis["work"], analysis["run"]
+    assert run.code == 0 and run.stderr == "", run.stderr
+    assert os.readlink(work / "report") == str(work / "real")  # the link is kept
+    real = work / "real"
+    assert read_marker(real)["kind"] == "analysis"
+    assert read_marker(real / "bank")["kind"] == "bank"
+    assert read_marker(real / "figures")["kind"] == "figures"
+    assert (real / "figures" / "coverage.png").stat().st_size > 1000  # the name was drawn
+    after = analysis["after"]
+    for rel, digest in analysis["before"].items():
+        if not rel.startswith("real"):
+            assert after[rel] == digest, rel
+    # nothing else beside it: no staging, old or lock sibling of kernelatlas's own
+    assert sorted(p.name for p in work.iterdir()) == sorted(
+        ["models", "real", "report", ".real.old", ".real.staging", ".report.old"]
+    )
+
+
+def test_changed_model_is_harvested_again_and_said(analysis) -> None:
+    work, model = analysis["work"], analysis["model"]
+    new = kernels(1)  # retrained weights, same shape and file size
+    np.save(model, new)
+    run = run_cli(["analyze", model, "--out", work / "report", "--no-fit"], cwd=work)
+    assert run.code == 0, run.stderr
+    assert "changed since it was harvested" in run.stderr and "harvested again" in run.stderr
+    table = pq.read_table(work / "real" / "kernels.parquet", columns=["weights"])
+    got = np.stack(table.column("weights").to_numpy(zero_copy_only=False)).reshape(-1, 3, 3)
+    np.testing.assert_array_equal(got, new)  # the report describes the new weights
+    doc = json.loads((work / "real" / "summary.json").read_text())
+    assert doc["config"]["sources"] == [str(model)]
+
+
+def test_harvest_reuses_unchanged_and_rereads_changed_files(tmp_path: Path) -> None:
+    model = tmp_path / "m.npy"
+    np.save(model, kernels(2))
+    first = run_cli(["harvest", model, "--out", tmp_path / "bank", "--quiet"])
+    assert first.code == 0 and "harvested" in first.stdout, first.stderr
+    again = run_cli(["harvest", model, "--out", tmp_path / "bank", "--quiet"])
+    assert again.code == 0 and "unchanged since it was harvested" in again.stderr
+    os.utime(model, ns=(0, 0))  # same content, other mtime: still reused
+    assert "unchanged" in run_cli(["harvest", model, "--out", tmp_path / "bank"]).stderr
+    np.save(model, kernels(3))
+    changed = run_cli(["harvest", model, "--out", tmp_path / "bank", "--quiet"])
+    assert changed.code == 0 and "changed since it was harvested" in changed.stderr
+    np.testing.assert_array_equal(KernelBank(tmp_path / "bank").kernels(3, 3), kernels(3))
+    fp = KernelBank(tmp_path / "bank").fingerprint(str(model.resolve()))
+    assert fp["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert fp["size"] == model.stat().st_size and "mtime_ns" in fp
+
+
+def _case_dirs(tmp_path: Path) -> dict[str, Path]:
+    models = tmp_path / "models"
+    models.mkdir()
+    np.save(models / "m.npy", kernels(4))
+    user = tmp_path / "user"
+    (user / "photos").mkdir(parents=True)
+    (user / "thesis.tex").write_text("\\documentclass{article}")
+    (user / "photos" / "cat.jpg").write_bytes(b"\xff\xd8jpeg")
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "into_models").symlink_to(models)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    bank = KernelBank(tmp_path / "bank")
+    from kernelatlas.harvest import harvest
+
+    bank.add(harvest(models / "m.npy"))
+    shutil.copytree(tmp_path / "bank", tmp_path / "otherbank")
+    (tmp_path / "empty").mkdir()
+    return {"models": models, "user": user, "bank": tmp_path / "bank"}
+
+
+# (name, --out relative to the work folder, part of the message)
+REFUSALS = [
+    ("user folder", "user", "not a kernelatlas output"),
+    ("input's folder", "models", "holds the input"),
+    ("folder above an input", ".", "holds the input"),
+    ("regular file", "notes.txt", "not a folder"),
+    ("dangling symlink", "dangling", "dangling symlink"),
+    ("symlink loop", "loop", "symlink loop"),
+    ("symlink into the input's folder", "into_models", "holds the input"),
+    ("inside an input bank", "bank/report", "inside the input folder"),
+    ("an input bank", "bank", "is the input"),
+    ("a bank is not an analysis", "otherbank", "is a kernelatlas bank folder"),
+    ("current folder", "empty", "current folder"),
+]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """The folders of :func:`_case_dirs`, shared by the refusals (which write nothing)."""
+    root = tmp_path_factory.mktemp("refusals")
+    _case_dirs(root)
+    return root
+
+
+@pytest.mark.parametrize("name,out,says", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_analyze_refuses_outs_that_are_not_its_own(tree: Path, name, out, says) -> None:
+    cwd = tree / "empty" if name == "current folder" else tree
+    out_arg = "." if name == "current folder" else out
+    before = snapshot(tree)
+    run = run_cli(["analyze", tree / "models" / "m.npy", tree / "bank", "--out", out_arg], cwd=cwd)
+    assert says in run.one_line_error(), run.lines
+    assert snapshot(tree) == before  # nothing written, moved or deleted
+    assert run.grown_mb < 128, run.grown_mb
+
+
+def test_force_replaces_a_foreign_folder_only_when_asked(tmp_path: Path) -> None:
+    dirs = _case_dirs(tmp_path)
+    with pytest.raises(KernelAtlasError, match="--force"):
+        with replacing(dirs["user"], kind="analysis"):
+            pass
+    assert (dirs["user"] / "thesis.tex").exists() and not staging_path(dirs["user"]).exists()
+    with pytest.raises(KernelAtlasError, match="holds the input"):  # not even with force
+        with replacing(dirs["models"], kind="analysis", inputs=[dirs["models"] / "m.npy"],
+                       force=True):  # fmt: skip
+            pass
+    with replacing(dirs["user"], kind="analysis", force=True) as stage:
+        (stage.path / "summary.json").write_text("{}")
+        stage.publish()
+    assert sorted(p.name for p in dirs["user"].iterdir()) == [MARKER, "summary.json"]
+    assert not staging_path(dirs["user"]).exists() and not lock_path(dirs["user"]).exists()
+
+
+def test_a_second_run_on_the_same_out_refuses(tmp_path: Path) -> None:
+    dirs = _case_dirs(tmp_path)
+    out = mark_dir(tmp_path / "report", "analysis")
+    (out / "summary.json").write_text('{"kernelatlas_version": "0.1.0"}')
+    with output_lock(out.resolve()):  # this process is the first run
+        before = snapshot(tmp_path)
+        run = run_cli(["analyze", dirs["models"] / "m.npy", "--out", out])
+        assert f"pid {os.getpid()}" in run.one_line_error()
+        assert snapshot(tmp_path) == before
+    assert not lock_path(out).exists()  # the lock file goes with the run
+
+
+def test_compare_never_writes_over_its_runs(analysis, tmp_path: Path) -> None:
+    a = analysis["work"] / "real"
+    b = tmp_path / "runs" / "b"
+    shutil.copytree(a, b, symlinks=True)
+    (tmp_path / "file.html").write_text("mine")
+    before = snapshot(tmp_path), snapshot(a)
+    for out, says in (
+        (b, "is the input"),
+        (tmp_path / "runs", "holds the input"),
+        (tmp_path / "file.html", "not a folder"),
+        (b / "cmp", "inside the input folder"),
+    ):
+        run = run_cli(["compare", a, b, "--out", out])
+        assert says in run.one_line_error(), (out, run.lines)
+    assert (snapshot(tmp_path), snapshot(a)) == before
+
+
+def test_failed_run_keeps_only_a_marked_resumable_staging(tmp_path: Path) -> None:
+    from kernelatlas.pipeline import analyze
+
+    good, bad = tmp_path / "good.npy", tmp_path / "bad.pt"
+    np.save(good, kernels(5))
+    bad.write_bytes(b"\x80\x04 not a pickle")
+    out = tmp_path / "out"
+    run = run_cli(["analyze", good, bad, "--out", out, "--quiet"])
+    assert "bad.pt" in run.one_line_error()
+    staging = staging_path(out)
+    assert not out.exists()
+    # what the failed run harvested stays for the next one, marked as kernelatlas's
+    assert read_marker(staging)["kind"] == "analysis"
+    assert sorted(p.name for p in staging.iterdir()) == [MARKER, "bank"]
+    res = analyze([good], out, fit=False, figures=False, init_baseline=False, quiet=True)
+    assert list(res.harvest["status"].unique()) == ["reused"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "good.npy", "out"]
+    # a run that fails before harvesting anything leaves nothing at all
+    run = run_cli(["analyze", bad, "--out", tmp_path / "other", "--quiet"])
+    run.one_line_error()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "good.npy", "out"]
+
+
+def test_harvest_and_autoencoder_outs_follow_the_rules(tmp_path: Path) -> None:
+    dirs = _case_dirs(tmp_path)
+    before = snapshot(tmp_path)
+    model = dirs["models"] / "m.npy"
+    assert (
+        "not a kernelatlas output"
+        in run_cli(["harvest", model, "--out", dirs["user"]]).one_line_error()
+    )
+    assert (
+        "holds the input" in run_cli(["harvest", model, "--out", dirs["models"]]).one_line_error()
+    )
+    assert (
+        "not a kernelatlas output"
+        in run_cli(["autoencoder", "train", model, "--out", dirs["user"]]).one_line_error()
+    )
+    assert (
+        "is the input"
+        in run_cli(["autoencoder", "train", dirs["bank"], "--out", dirs["bank"]]).one_line_error()
+    )
+    assert snapshot(tmp_path) == before
+
+
+def test_only_marked_siblings_are_recovered_and_only_own_files_replaced(tmp_path: Path) -> None:
+    from kernelatlas.atomic import old_path, recover_dir
+    from kernelatlas.outputs import check_out
+
+    out = tmp_path / "report"
+    user_old = old_path(out)  # a look-alike of kernelatlas's name, but not marked
+    user_old.mkdir()
+    (user_old / "keep.txt").write_text("mine")
+    recover_dir(out)  # out missing, an unmarked "old" beside it: not taken for ours
+    assert not out.exists() and (user_old / "keep.txt").read_text() == "mine"
+    staging = staging_path(out)
+    staging.mkdir()
+    with pytest.raises(KernelAtlasError, match="is not kernelatlas's"):
+        with replacing(out, kind="analysis"):
+            pass
+    assert staging.is_dir() and user_old.is_dir()
+    # a kernelatlas 0.1.0 output (no marker) is recognised by its files
+    legacy = tmp_path / "legacy"
+    (legacy / "figures").mkdir(parents=True)
+    (legacy / "summary.json").write_text('{"kernelatlas_version": "0.1.0"}')
+    (legacy / "figures" / "coverage.png").write_bytes(b"png")
+    assert check_out(legacy, kind="analysis") == legacy
+    (legacy / "summary.json").write_text('{"title": "my summary"}')
+    with pytest.raises(KernelAtlasError, match="not a kernelatlas output"):
+        check_out(legacy, kind="analysis")
+    # a user's file added inside a kernelatlas output is not deleted by the next run
+    mine = mark_dir(tmp_path / "mine", "analysis")
+    (mine / "figures").mkdir()
+    (mine / "figures" / "notes.txt").write_text("mine")
+    with pytest.raises(KernelAtlasError, match="holds figures/notes.txt"):
+        check_out(mine, kind="analysis")
+    assert check_out(mine, kind="analysis", force=True) == mine

@@ -1,0 +1,83 @@
+"""Options say what they do: ``--null init`` calibrates on one half of the fresh-init
+kernels and reports the other half; ``--fold-bn`` is applied the same way by ``harvest`` and
+``analyze`` (the fresh-init twin is stated as unfolded, no raw warning); ``analyze`` takes
+bank folders and globs like ``harvest``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kernelatlas.atlas import Atlas
+from kernelatlas.bank import KernelBank
+from kernelatlas.harvest import HarvestResult, LayerKernels, harvest
+from kernelatlas.pipeline import INIT_FOLD_NOTE, _init_halves, analyze
+from tests.hostile.cli import run_cli
+
+SOURCE = "pp_lcnet_orientation"  # ONNX (folds batch norms); twin timm:lcnet_100@init
+
+
+@pytest.fixture(scope="module")
+def init_run(tmp_path_factory, pp_lcnet_path):
+    out = tmp_path_factory.mktemp("nullinit") / "report"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = analyze(
+            [SOURCE], out, null="init", fold_bn=True, fit=False, figures=False, quiet=True, seed=3
+        )
+    return res, caught
+
+
+def test_null_init_reports_the_held_out_half(init_run) -> None:
+    res, _ = init_run
+    twin = harvest("timm:lcnet_100@init")
+    assert {t["null_kind"] for t in res.summary["thresholds"]} == {"init"}
+    for m in res.summary["models"]:
+        k = (m["kh"], m["kw"])
+        calib, held = _init_halves(twin.kernels(k), seed=3)
+        assert abs(len(calib) - len(held)) <= 1 and len(held) >= 100
+        atlas = Atlas(kernel_size=k, null_fpr=0.01, seed=3).fit(null=calib)
+        rate = float(atlas.predict(held)["classified"].mean())
+        assert m["null_coverage"] == pytest.approx(rate)  # the other half, not in-sample
+        assert m["init_coverage"] is not None and m["coverage"] > m["init_coverage"] + 0.2
+    html = (res.out / "index.html").read_text()
+    assert "half of the fresh-init kernels" in html and "iid Gaussian kernels" not in html
+
+
+def test_fold_bn_applies_to_the_model_and_states_the_twin(init_run) -> None:
+    res, caught = init_run
+    assert [str(w.message) for w in caught] == []  # no raw warning about the twin
+    assert res.summary["config"]["fold_bn"] and res.summary["config"]["notes"] == [INIT_FOLD_NOTE]
+    folded = pd.read_parquet(res.out / "kernels.parquet", columns=["bn_folded", "source"])
+    assert folded["bn_folded"].all() and set(folded["source"]) == {f"{SOURCE}+fold_bn"}
+    assert list(res.harvest["status"].unique()) == ["harvested"]
+
+
+def test_analyze_takes_a_bank_and_a_glob(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        np.save(tmp_path / "models" / f"{name}.npy", rng.standard_normal((40, 3, 3), np.float32))
+    np.save(tmp_path / "c.npy", rng.standard_normal((40, 3, 3), np.float32))
+    assert run_cli(["harvest", tmp_path / "c.npy", "--out", tmp_path / "bank"]).code == 0
+    run = run_cli(
+        ["analyze", "bank", "models/*.npy", "--out", "report", "--no-fit", "--quiet"], cwd=tmp_path
+    )
+    assert run.code == 0, run.stderr
+    doc = json.loads((tmp_path / "report" / "summary.json").read_text())
+    got = {(m["model"], m["kh"], m["kernels"]) for m in doc["models"]}
+    assert got == {("a", 3, 40), ("b", 3, 40), ("c", 3, 40)}
+    assert doc["config"]["sources"] == ["bank", "models/a.npy", "models/b.npy"]
+
+
+def test_a_folded_bank_is_not_analysed_unfolded(tmp_path: Path) -> None:
+    layers = [LayerKernels("dw", 0, np.ones((4, 3, 3), np.float32), bn_folded=True)]
+    KernelBank(tmp_path / "folded").add(HarvestResult("m.onnx+fold_bn", "m", "onnx", layers))
+    line = run_cli(["analyze", tmp_path / "folded", "--out", tmp_path / "r"]).one_line_error()
+    assert "harvested with --fold-bn" in line and "analyse it with --fold-bn" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folded"]
