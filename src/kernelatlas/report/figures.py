@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
 
 from ..taxonomy import FAMILIES
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not by every command
+    from matplotlib.axes import Axes
 
 __all__ = [
     "FAMILY_COLORS",
