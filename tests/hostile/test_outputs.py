@@ -237,8 +237,8 @@ def test_failed_run_keeps_only_a_marked_resumable_staging(tmp_path: Path) -> Non
     res = analyze([good], out, fit=False, figures=False, init_baseline=False, quiet=True)
     assert list(res.harvest["status"].unique()) == ["reused"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "good.npy", "out"]
-    # a run that fails before harvesting anything leaves nothing at all
-    run = run_cli(["analyze", bad, "--out", tmp_path / "other", "--quiet"])
+    # a run that fails before harvesting anything leaves nothing at all (no parents made)
+    run = run_cli(["analyze", bad, "--out", tmp_path / "new" / "deep" / "other", "--quiet"])
     run.one_line_error()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "good.npy", "out"]
 
