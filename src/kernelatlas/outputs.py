@@ -11,7 +11,7 @@ Rules, checked before anything is written (each refusal is one
   replaces a folder that is not kernelatlas's.
 - It is never a file, never an input, never a folder that holds an input, never inside an
   input folder, and a replaced output is never the current directory, one of its parents,
-  the home folder or ``/`` (not even with ``force``).
+  the home folder, ``/`` or a folder right under it (not even with ``force``).
 - One run at a time per output: an ``fcntl`` lock on a hidden sibling; a second run
   refuses at once, naming the first one's pid.
 
@@ -207,9 +207,12 @@ def check_out(
     if replace:
         cwd = Path(os.path.realpath(os.getcwd()))
         home = Path(os.path.realpath(Path.home()))
-        if _within(cwd, target) or target in (home, Path(target.anchor)):
+        top = target.parent == Path(target.anchor)  # /, /tmp, /home, /usr...
+        if _within(cwd, target) or target == home or top or target == Path(target.anchor):
             what = (
-                "the current folder or a parent of it" if _within(cwd, target) else "a top folder"
+                "the current folder or a parent of it"
+                if _within(cwd, target)
+                else "a top folder or home"
             )
             raise KernelAtlasError(
                 f"--out {shown} is {what}, which kernelatlas would replace as a whole: name a "

@@ -20,7 +20,7 @@ import pytest
 from kernelatlas.atomic import MARKER, lock_path, read_marker, staging_path
 from kernelatlas.bank import KernelBank
 from kernelatlas.errors import KernelAtlasError
-from kernelatlas.outputs import mark_dir, output_lock, replacing
+from kernelatlas.outputs import check_out, mark_dir, output_lock, replacing
 
 from .cli import run_cli
 
@@ -184,6 +184,9 @@ def test_force_replaces_a_foreign_folder_only_when_asked(tmp_path: Path) -> None
         with replacing(dirs["models"], kind="analysis", inputs=[dirs["models"] / "m.npy"],
                        force=True):  # fmt: skip
             pass
+    for top in ("/usr", "/tmp", str(Path.home())):  # never, whatever --force says
+        with pytest.raises(KernelAtlasError, match="top folder|current folder"):
+            check_out(top, kind="analysis", force=True)
     with replacing(dirs["user"], kind="analysis", force=True) as stage:
         (stage.path / "summary.json").write_text("{}")
         stage.publish()
@@ -267,7 +270,6 @@ def test_harvest_and_autoencoder_outs_follow_the_rules(tmp_path: Path) -> None:
 
 def test_only_marked_siblings_are_recovered_and_only_own_files_replaced(tmp_path: Path) -> None:
     from kernelatlas.atomic import old_path, recover_dir
-    from kernelatlas.outputs import check_out
 
     out = tmp_path / "report"
     user_old = old_path(out)  # a look-alike of kernelatlas's name, but not marked
