@@ -96,7 +96,7 @@ CASES = [
      "no such file"),
     ("1x40000 kernel", _source("wide.npy"), "kw 40000 is outside"),
     ("stride 40000", _source("stride.onnx"), "stride 40000 is outside"),
-    ("protocol-5 pickle payload", _source("proto5.pt"), "would run code (posix.system)"),
+    ("protocol-5 pickle payload", _source("proto5.pt"), "calls posix.system"),
     ("--device banana", _analyze("--device", "banana"), "not a torch device"),
     ("--device cuda:99", _analyze("--device", "cuda:99"), "cuda"),
     ("unknown --scheduler scheme", _analyze("--engine", "dask", "--scheduler", "foo://h:1"),
@@ -250,6 +250,8 @@ def test_warnings_are_one_line_each(tmp_path) -> None:
     assert "UserWarning" not in run.stderr and "Traceback" not in run.stderr
     warned = [ln for ln in run.lines if ln.startswith("kernelatlas: warning:")]
     assert len(warned) == 1 and "no depthwise convolution" in warned[0], run.lines
+    skipped = [ln for ln in run.lines if ln.startswith("kernelatlas: skipped:")]
+    assert len(skipped) == 1 and "1x1" in skipped[0], run.lines  # counted by reason
     assert run.code == 2 and run.lines[-1].startswith("kernelatlas: error:")
     assert not (tmp_path / "bank").exists()  # nothing was written: no empty bank folder
 

@@ -147,14 +147,16 @@ def skipped_lines() -> Iterator[None]:
 
     from ..harvest.api import SkippedLayersWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedLayersWarning)
-        yield
-    for w in caught:
-        if issubclass(w.category, SkippedLayersWarning):
-            print(f"kernelatlas: skipped: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SkippedLayersWarning)
+            yield
+    finally:  # also when the command fails: what was skipped explains the error
+        for w in caught:
+            if issubclass(w.category, SkippedLayersWarning):
+                print(f"kernelatlas: skipped: {w.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _harvest(args: argparse.Namespace) -> int:
