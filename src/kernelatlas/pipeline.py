@@ -1,17 +1,25 @@
 """The main job: sources -> kernel bank -> atlas / fits / autoencoder -> tables, figures, HTML.
 
-``analyze`` streams the bank one batch at a time (peak memory bounded by the batch size),
-merges exact per-batch counts into the coverage tables, and publishes the output
-directory atomically: the new state is built beside it and swapped in with renames, so a
-reader (or a crash) only ever sees the previous complete state or the new one. What may be
-written where (never over a user's folder or an input, one run per output) is
-:mod:`kernelatlas.outputs`'s.
+``analyze`` harvests the sources into a bank, calibrates one atlas per kernel size (from
+the user cache when it can, :mod:`kernelatlas.calibration`), and runs the bank's
+partitions on an engine (:mod:`kernelatlas.engine`): each partition becomes one part file
+of kernels.parquet and a few exact integer counts, which the driver adds up into the
+coverage tables (:mod:`kernelatlas.partitions`). When nothing needs the whole bank before
+classifying (an atlas-only analysis against a null that does not come from the analysed
+kernels), the local engine classifies each source while the next one is harvested.
+
+The output directory is published atomically: the new state is built beside it and
+swapped in with renames, so a reader (or a crash) only ever sees the previous complete
+state or the new one. What may be written where (never over a user's folder or an input,
+one run per output) is :mod:`kernelatlas.outputs`'s.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,30 +27,27 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from . import __version__
 from .checks import check_device, check_scheduler, check_workers
 from .errors import KernelAtlasError
 from .null import DEFAULT_NULL_SIZE, NULL_KINDS, gaussian_null
 from .outputs import ANALYSIS_FILES as OUTPUT_FILES
-from .report.summary import MODEL_KEYS, build_summary, merge_counts, partial_counts
+from .partitions import Partition, PartitionJob, SizeModels
+from .report.summary import MODEL_KEYS, build_summary
+from .results import KERNELS_NAME
 from .taxonomy import DEFAULT_NULL_FPR
 
-__all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "OUTPUT_FILES"]
+__all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "OUTPUT_FILES", "STAGE_NAMES"]
 
 METHODS = ("atlas", "autoencoder", "both")
-# Provenance columns carried from the bank into kernels.parquet (weights come last).
-_CARRY = [
-    "source", "model", "format", "layer", "layer_index", "depth", "channel",
-    "kh", "kw", "stride", "dilation", "bn_folded", "dtype", "nonfinite",
-]  # fmt: skip
-# Columns that the coverage tables count.
-_COUNTED = ["source", "model", "kh", "kw", "layer", "layer_index", "depth", "family", "classified"]
-_AE_COUNTED = ["ae_family", "ae_classified"]
-# Fold the per-batch partial counts into one table every this many batches.
-_FOLD_EVERY = 256
+#: Null kinds whose kernels do not come from the analysed models (a calibration for them
+#: needs no pass over the bank, so classification can start while harvesting goes on).
+_DATA_FREE_NULLS = frozenset({"gaussian", "init"})
+#: Stages of ``AnalysisResult.timings["stages_s"]``, in pipeline order.
+STAGE_NAMES: tuple[str, ...] = (
+    "harvest", "calibrate", "autoencoder_train", "read", "classify", "fits", "autoencoder",
+    "stats", "write", "merge", "summary", "figures",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class AnalysisConfig:
     engine: Literal["local", "dask"] = "local"
     scheduler: str | None = None
     n_workers: int | None = None
+    with_weights: bool = False
+    recalibrate: bool = False
 
     def validate(self) -> None:
         """Refuse invalid, contradictory and no-op options (one line each), before any work."""
@@ -113,16 +120,24 @@ class AnalysisConfig:
 
 @dataclass
 class AnalysisResult:
-    """Where the outputs went and the summary document."""
+    """Where the outputs went, the summary document, and where the time went.
+
+    ``timings``: ``wall_s``; ``stages_s`` (seconds per stage, summed over the threads or
+    workers that ran it, so they may add up to more than the wall time); ``calibration``
+    (per kernel size: ``cached`` and ``seconds``); ``engine``, ``slots``, ``partitions``.
+    """
 
     out: Path
     summary: dict[str, Any]
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     harvest: pd.DataFrame | None = None  # counts per source and size, with a ``status``
+    timings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kernels_path(self) -> Path:
-        return self.out / "kernels.parquet"
+        """kernels.parquet (a folder of part files; read weights with
+        :func:`kernelatlas.results.kernel_weights`)."""
+        return self.out / KERNELS_NAME
 
 
 # --------------------------------------------------------------------------- stages
@@ -134,20 +149,6 @@ def _progress(total: int, quiet: bool, desc: str):
     )
 
 
-def _init_counterpart(source: str) -> str | None:
-    """The freshly initialised twin of a source (same architecture), where one is known."""
-    if source.startswith("timm:"):
-        name = source[len("timm:") :].split("?")[0]
-        return None if name.endswith("@init") else f"timm:{name}@init"
-    try:
-        from .harvest.zoo import get_source
-
-        entry = get_source(source)
-    except (KernelAtlasError, ImportError, KeyError):
-        return None
-    return getattr(entry, "init_source", None)
-
-
 #: Why the fresh-init twins are never batch-norm folded (stated in summary.json).
 INIT_FOLD_NOTE = (
     "fresh-init twins are harvested without --fold-bn: at initialisation a batch norm is the "
@@ -157,12 +158,17 @@ INIT_FOLD_NOTE = (
 
 def _harvest_init(keys: Sequence[str]) -> dict[str, Any]:
     """Harvest the fresh-init twin of every source that has one (unfolded, see
-    :data:`INIT_FOLD_NOTE`): bank key of the source -> HarvestResult."""
+    :data:`INIT_FOLD_NOTE`; the twin is ``harvest.zoo.init_twin``'s): bank key of the
+    source -> HarvestResult."""
     from .harvest import harvest
+    from .harvest.zoo import init_twin
 
     twins = {}
     for key in keys:
-        twin = _init_counterpart(key.removesuffix("+fold_bn"))
+        try:
+            twin = init_twin(key.removesuffix("+fold_bn"))
+        except KernelAtlasError:
+            twin = None
         if twin is not None:
             twins[key] = harvest(twin)
     return twins
@@ -198,95 +204,30 @@ def _bank_sample(bank: Any, kh: int, kw: int, limit: int, seed: int) -> np.ndarr
     return np.concatenate(parts) if parts else np.zeros((0, kh, kw), np.float32)
 
 
-@dataclass(frozen=True)
-class Partition:
-    """One unit of work: a row group of one bank file (<= 65,536 kernels)."""
+class _Stages:
+    """Seconds per stage, added to from any thread."""
 
-    path: str
-    row_group: int
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(STAGE_NAMES, 0.0)
+        self._lock = threading.Lock()
 
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
-def bank_partitions(bank: Any) -> list[Partition]:
-    """Every (file, row group) of a bank, in a fixed order (the order of kernels.parquet)."""
-    from .bank import open_parquet
-
-    parts = []
-    for f in bank.files():
-        n = open_parquet(f).metadata.num_row_groups
-        parts.extend(Partition(str(f), rg) for rg in range(n))
-    return parts
+    def timed(self, stage: str) -> _Timed:
+        return _Timed(self, stage)
 
 
-def analyse_record_batch(
-    batch: pa.RecordBatch, models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
-) -> pa.Table:
-    """Analyse one batch of bank rows (any mix of kernel sizes), keeping the row order.
+class _Timed:
+    def __init__(self, stages: _Stages, stage: str) -> None:
+        self.stages, self.stage = stages, stage
 
-    Returns provenance, atlas, fit and autoencoder columns and the weights, one row per
-    kernel; 1x1 rows (never harvested) and sizes without models are dropped.
-    """
-    from .bank import weights_array
+    def __enter__(self) -> None:
+        self.t = time.perf_counter()
 
-    kh_all = batch.column("kh").to_numpy()
-    kw_all = batch.column("kw").to_numpy()
-    pieces, order = [], []
-    for kh, kw in sorted(set(zip(kh_all.tolist(), kw_all.tolist()))):
-        if (kh, kw) not in models:
-            continue
-        idx = np.flatnonzero((kh_all == kh) & (kw_all == kw))
-        # One kernel size in the batch (the usual case): no copy of the weights.
-        sub = batch if len(idx) == batch.num_rows else batch.take(pa.array(idx))
-        k = weights_array(sub.column("weights"), kh, kw)
-        cols = [sub.select(_CARRY).to_pandas(), models[(kh, kw)]["atlas"].predict(k)]
-        if cfg.fit:
-            from .fit import fit_kernels
-
-            cols.append(fit_kernels(k, device=cfg.device, seed=cfg.seed))
-        if "ae" in models[(kh, kw)]:
-            cols.append(models[(kh, kw)]["ae"].predict(k))
-        df = pd.concat([c.reset_index(drop=True) for c in cols], axis=1)
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        pieces.append(table.append_column("weights", sub.column("weights")))
-        order.append(idx)
-    if not pieces:
-        return pa.table({})
-    if len(pieces) == 1 and len(order[0]) == batch.num_rows:
-        return pieces[0]  # rows already in bank order
-    table = pa.concat_tables(pieces)
-    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
-
-
-def analyse_partition(
-    part: Partition, models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
-) -> Iterator[pa.Table]:
-    """Analysed tables of one partition, ``cfg.batch_size`` rows at a time."""
-    from .bank import open_parquet
-
-    pf = open_parquet(part.path)
-    for batch in pf.iter_batches(batch_size=cfg.batch_size, row_groups=[part.row_group]):
-        if batch.num_rows:
-            table = analyse_record_batch(batch, models, cfg)
-            if table.num_rows:
-                yield table
-
-
-def run_engine(
-    parts: Sequence[Partition], models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
-) -> Iterator[pa.Table]:
-    """Analysed tables of all partitions, in partition order, on the configured engine."""
-    if cfg.engine == "dask":
-        from .engine import run_dask
-
-        return run_dask(parts, models, cfg, scheduler=cfg.scheduler)
-    return run_local(parts, models, cfg)
-
-
-def run_local(
-    parts: Sequence[Partition], models: dict[tuple[int, int], dict[str, Any]], cfg: AnalysisConfig
-) -> Iterator[pa.Table]:
-    """The single-process engine: partitions in order, batch by batch."""
-    for part in parts:
-        yield from analyse_partition(part, models, cfg)
+    def __exit__(self, *exc: object) -> None:
+        self.stages.add(self.stage, time.perf_counter() - self.t)
 
 
 def analyze(
@@ -314,6 +255,7 @@ def analyze(
     >>> from kernelatlas import analyze
     >>> res = analyze(["efficientnet_lite0"], "report", method="atlas")  # doctest: +SKIP
     >>> res.summary["models"][0]["coverage"]  # doctest: +SKIP
+    >>> res.timings["calibration"]  # [{'kh': 3, 'kw': 3, 'cached': True, ...}, ...]  # doctest: +SKIP
     """
     from dataclasses import replace
 
@@ -321,6 +263,7 @@ def analyze(
     from .outputs import replacing
     from .report.summary import coverage_tables
 
+    t0 = time.perf_counter()
     cfg = replace(config or AnalysisConfig(), **overrides)
     cfg.validate()
     sources = list(sources)
@@ -328,173 +271,304 @@ def analyze(
         raise KernelAtlasError("no sources given: name at least one (see `kernelatlas sources`)")
     inputs = [p for s in sources for p in source_paths(s)]
     with replacing(out, kind="analysis", inputs=inputs, force=force, keep=("bank",)) as stage:
-        summary, merged, harvested = _analyze_into(stage.path, sources, cfg)
+        summary, merged, harvested, timings = _analyze_into(stage.path, sources, cfg)
         stage.publish()
-    return AnalysisResult(stage.out, summary, coverage_tables(merged), harvested)
+    timings["wall_s"] = time.perf_counter() - t0
+    return AnalysisResult(stage.out, summary, coverage_tables(merged), harvested, timings)
 
 
-def _fill_bank(bank: Any, sources: list[Any], cfg: AnalysisConfig) -> dict[str, str]:
-    """Harvest ``sources`` into ``bank`` and link the given bank folders into it; keep only
-    those sources. Returns {source key: status} (``harvest_to_bank``'s, or ``"bank"``)."""
-    from .harvest import harvest_to_bank
+class _Run:
+    """The state of one analysis: models per size as they are calibrated, and what the
+    summary reports about each (thresholds, baselines, autoencoders)."""
+
+    def __init__(self, bank: Any, cfg: AnalysisConfig, stages: _Stages, parts_dir: Path) -> None:
+        self.bank, self.cfg, self.stages = bank, cfg, stages
+        self.parts_dir = parts_dir
+        self.twins: dict[str, Any] = {}
+        self.models: dict[tuple[int, int], SizeModels] = {}
+        self.job: PartitionJob | None = None
+        self.thresholds: list[dict[str, Any]] = []
+        self.baselines: list[dict[str, Any]] = []
+        self.heldout: dict[tuple[int, int], float] = {}
+        self.calibration: list[dict[str, Any]] = []
+        self.ae_by_size: list[dict[str, Any]] = []
+        self.spectra: dict[str, Any] = {}
+        self.status: dict[str, str] = {}
+        self.bar: Any = None
+        self._lock = threading.Lock()
+        self.partitions = 0
+
+    def progress(self) -> Any:
+        """The progress bar (made when the first source is in the bank)."""
+        with self._lock:
+            if self.bar is None:
+                self.bar = _progress(0, self.cfg.quiet, "analyse")
+            return self.bar
+
+    def add_size(self, kh: int, kw: int) -> None:
+        """Calibrate (or load) the atlas of one kernel size, measure its baselines, train
+        its autoencoder when asked, and make the job that carries it."""
+        from .calibration import calibrate
+
+        cfg = self.cfg
+        if self.bar is not None:
+            self.bar.set_description(f"calibrate {kh}x{kw}")
+        t = time.perf_counter()
+        twin_k = {src: _layer_kernels(tw, kh, kw) for src, tw in self.twins.items()}
+        twin_k = {src: k for src, k in twin_k.items() if len(k)}
+        init_k = (
+            np.concatenate(list(twin_k.values())) if twin_k else np.zeros((0, kh, kw), np.float32)
+        )
+        null = heldout = None
+        judged = twin_k
+        if cfg.null == "init":
+            # calibrate on one half of the fresh-init kernels; the other half is the
+            # independent check (the null rate and the init coverage reported)
+            halves = {src: _init_halves(k, cfg.seed) for src, k in twin_k.items()}
+            null = np.concatenate([c for c, _ in halves.values()]) if halves else init_k
+            if len(null) < 100:
+                raise KernelAtlasError(
+                    f"--null init needs at least 200 freshly initialised {kh}x{kw} kernels of "
+                    "the same architecture (half to calibrate, half held out); none is known "
+                    "for these sources: use --null gaussian or analyse timm:NAME sources"
+                )
+            heldout = np.concatenate([h for _, h in halves.values()])
+            judged = {src: h for src, (_, h) in halves.items()}
+        cal = calibrate(
+            kh, kw, null_kind=cfg.null, null_fpr=cfg.null_fpr, n_null=cfg.n_null, seed=cfg.seed,
+            null=null, heldout=heldout, refresh=cfg.recalibrate,
+        )  # fmt: skip
+        atlas = cal.atlas
+        self.heldout[(kh, kw)] = cal.heldout_rate
+        self.calibration.append(
+            {"kh": kh, "kw": kw, "cached": cal.cached, "seconds": round(cal.seconds, 4)}
+        )
+        for fam, thr in atlas.thresholds_.items():
+            self.thresholds.append(
+                {"kh": kh, "kw": kw, "method": "atlas", "family": fam, "threshold": float(thr),
+                 "null_kind": cfg.null, "null_fpr": cfg.null_fpr, "null_rate": float(atlas.null_rate_)}
+            )  # fmt: skip
+        for src, k in judged.items():
+            pred = atlas.predict(k)
+            live = pred["family"] != "degenerate"
+            cov = float(pred["classified"][live].mean()) if live.any() else float("nan")
+            self.baselines.append(
+                {"source": src, "init_source": self.twins[src].source, "kh": kh, "kw": kw,
+                 "init_coverage": cov}
+            )  # fmt: skip
+        self.stages.add("calibrate", time.perf_counter() - t)
+        ae = None
+        if cfg.method in ("autoencoder", "both"):
+            ae = self._train_autoencoder(kh, kw, init_k)
+        self.models[(kh, kw)] = SizeModels(atlas=atlas, autoencoder=ae)
+        self.job = PartitionJob(
+            models=dict(self.models), fit=cfg.fit, seed=cfg.seed, device=cfg.device,
+            batch_size=cfg.batch_size, with_weights=cfg.with_weights,
+            parts_dir=str(self.parts_dir), stats=cfg.figures,
+        )  # fmt: skip
+
+    def _train_autoencoder(self, kh: int, kw: int, init_k: np.ndarray) -> Any:
+        from .autoencoder import KernelAutoencoder
+
+        cfg = self.cfg
+        t = time.perf_counter()
+        if self.bar is not None:
+            self.bar.set_description(f"autoencoder {kh}x{kw}")
+        train = _bank_sample(self.bank, kh, kw, cfg.ae_max_train, cfg.seed)
+        kwargs = {"epochs": cfg.ae_epochs} if cfg.ae_epochs else {}
+        ae = KernelAutoencoder(
+            kernel_size=(kh, kw), seed=cfg.seed, device=cfg.device, **kwargs
+        ).fit(train)
+        ae_null = float(ae.null_coverage(gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919)))
+        self.ae_by_size.append(
+            {"kh": kh, "kw": kw, "threshold": float(ae.threshold_), "threshold_rule": str(ae.threshold_rule_),
+             "null_coverage": ae_null, "trained_on": int(len(train)),
+             "init_coverage": float(ae.null_coverage(init_k)) if len(init_k) else None}
+        )  # fmt: skip
+        spec = ae.spectrum()
+        self.spectra[f"{kh}x{kw}"] = {
+            "spectrum": spec.to_dict(orient="list"),
+            "decoded": ae.inverse_transform(spec["z"].to_numpy()).tolist(),
+        }
+        self.stages.add("autoencoder_train", time.perf_counter() - t)
+        return ae
+
+    def source_file(self, key: str) -> str | None:
+        """The bank file of source ``key`` (None: it yielded no kernel)."""
+        f = self.bank.file_for(key)
+        if Path(f).is_file():
+            return str(f)
+        for g, k in zip(self.bank.files(), self.bank.sources(), strict=True):
+            if k == key:  # a linked bank whose file has another name
+                return str(g)
+        return None
+
+    def partitions_of(self, path: str) -> Iterator[tuple[Partition, PartitionJob]]:
+        """The partitions of one bank file with the job that has their sizes' models
+        (calibrating the sizes not seen yet)."""
+        import pyarrow.parquet as pq
+
+        from .partitions import file_partitions
+
+        pf = pq.ParquetFile(path)
+        sizes = pf.read(columns=["kh", "kw"]).group_by(["kh", "kw"]).aggregate([])
+        for kh, kw in sorted(zip(sizes["kh"].to_pylist(), sizes["kw"].to_pylist())):
+            if (kh, kw) != (1, 1) and (kh, kw) not in self.models:
+                self.add_size(int(kh), int(kw))
+        bar = self.progress()
+        bar.total = (bar.total or 0) + pf.metadata.num_rows
+        bar.set_description("analyse")
+        bar.refresh()
+        for part in file_partitions(path):
+            self.partitions += 1
+            assert self.job is not None
+            yield part, self.job
+
+
+def _streams(cfg: AnalysisConfig) -> bool:
+    """Whether sources are classified as they are harvested: nothing needs the whole bank
+    first (no autoencoder to train on it, no null built from it)."""
+    return cfg.method == "atlas" and cfg.null in _DATA_FREE_NULLS
+
+
+def _no_kernels() -> KernelAtlasError:
+    return KernelAtlasError(
+        "no depthwise kernels in any source: check the models hold depthwise convolutions "
+        "(groups == in_channels)"
+    )
+
+
+def _tasks(
+    run: _Run, engine: Any, sources: list[Any], cfg: AnalysisConfig
+) -> Iterator[tuple[Partition, PartitionJob]]:
+    """Harvest, calibrate and yield every partition with its job.
+
+    Streaming (see the module docstring): each source's partitions as soon as the source
+    is in the bank. Otherwise the whole bank first (the autoencoder trains on a sample of
+    it), then every size calibrated, then the partitions in bank order.
+    """
     from .harvest.api import is_bank_dir, link_bank
 
-    status: dict[str, str] = {}
+    streaming = _streams(cfg)
+    linked: dict[str, str] = {}
+    t = time.perf_counter()
     for src in sources:
         if is_bank_dir(src):
-            status.update(link_bank(src, bank, fold_bn=cfg.fold_bn))
+            linked.update(link_bank(src, run.bank, fold_bn=cfg.fold_bn))
     models = [s for s in sources if not is_bank_dir(s)]
-    if models:
-        if cfg.engine == "dask":
-            from .engine import harvest_dask
+    if cfg.init_baseline or cfg.null == "init":
+        from .harvest import source_key
 
-            counts = harvest_dask(models, bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet,
-                                  scheduler=cfg.scheduler, n_workers=cfg.n_workers)  # fmt: skip
+        keys = list(linked) + [k for s in models if (k := source_key(s, fold_bn=cfg.fold_bn))]
+        run.twins = _harvest_init(list(dict.fromkeys(keys)))
+    run.stages.add("harvest", time.perf_counter() - t)
+
+    def events() -> Iterator[tuple[str, str]]:
+        yield from linked.items()
+        if models:
+            it = engine.harvest(models, run.bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet)
+            while True:
+                t = time.perf_counter()
+                event = next(it, None)
+                run.stages.add("harvest", time.perf_counter() - t)
+                if event is None:
+                    return
+                yield event
+
+    files: list[str] = []
+    for key, state in events():
+        run.status.setdefault(key, state)
+        path = run.source_file(key)
+        if path is None:
+            continue
+        if streaming:
+            yield from run.partitions_of(path)
         else:
-            counts = harvest_to_bank(models, bank, fold_bn=cfg.fold_bn, progress=not cfg.quiet)
-        status.update(zip(counts["source"], counts["status"]))
-    bank.keep_only(status)  # a reused bank may hold sources this run was not asked about
-    return status
+            files.append(path)
+    run.bank.keep_only(run.status)  # a reused bank may hold sources this run was not asked about
+    if not streaming:
+        for path in sorted(files, key=lambda p: Path(p).name):
+            yield from run.partitions_of(path)
+    if not run.models:
+        raise _no_kernels()
 
 
 def _analyze_into(
     staging: Path, sources: list[Any], cfg: AnalysisConfig
-) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame]:
-    """The analysis, written into ``staging``: (summary, merged counts, harvest table)."""
-    from .atlas import Atlas
+) -> tuple[dict[str, Any], dict[str, pd.DataFrame], pd.DataFrame, dict[str, Any]]:
+    """The analysis, written into ``staging``: (summary, merged counts, harvest table,
+    timings)."""
     from .bank import KernelBank
+    from .engine import make_engine
+    from .partitions import PartsMerger
+    from .report import write_report
 
+    stages = _Stages()
     bank = KernelBank(staging / "bank")
-    status = _fill_bank(bank, sources, cfg)
-    shapes = [s for s in bank.shapes() if s != (1, 1)]
-    if not shapes:
-        raise KernelAtlasError("the sources yielded no depthwise kernels: nothing to analyse")
+    parts_dir = staging / KERNELS_NAME
+    parts_dir.mkdir(exist_ok=True)
+    merger = PartsMerger(parts_dir)
+    run = _Run(bank, cfg, stages, parts_dir)
+    with make_engine(cfg.engine, scheduler=cfg.scheduler, n_workers=cfg.n_workers) as engine:
+        try:
+            tasks: Any = _tasks(run, engine, sources, cfg)
+            if not _streams(cfg):  # harvest, calibrate, train here, with every thread
+                tasks = list(tasks)
+            for res in engine.map_partitions(tasks):
+                t = time.perf_counter()
+                merger.add(res)
+                stages.add("merge", time.perf_counter() - t)
+                run.progress().update(res.rows)
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+        slots = engine.slots
+    t = time.perf_counter()
+    merger.finish()
+    stages.add("merge", time.perf_counter() - t)
+    for k, v in merger.seconds.items():
+        stages.add(k, v)
 
-    twins = _harvest_init(list(status)) if (cfg.init_baseline or cfg.null == "init") else {}
-    thresholds: list[dict[str, Any]] = []
-    baselines: list[dict[str, Any]] = []
-    ae_by_size: list[dict[str, Any]] = []
-    spectra: dict[str, Any] = {}
-    heldout: dict[tuple[int, int], float] = {}
-    counts = []
-    total = int(bank.counts().query("not (kh == 1 and kw == 1)")["kernels"].sum())
-    writer = None
-    tmp_kernels = staging / "kernels.parquet.tmp"
-    all_models: dict[tuple[int, int], dict[str, Any]] = {}
-    bar = _progress(total, cfg.quiet, "analyse")
-    try:
-        for kh, kw in shapes:
-            twin_k = {src: _layer_kernels(t, kh, kw) for src, t in twins.items()}
-            twin_k = {src: k for src, k in twin_k.items() if len(k)}
-            init_k = (
-                np.concatenate(list(twin_k.values()))
-                if twin_k
-                else np.zeros((0, kh, kw), np.float32)
-            )
-            if cfg.null == "init":
-                # calibrate on one half of the fresh-init kernels; the other half is the
-                # independent check (the null rate and the init coverage reported)
-                halves = {src: _init_halves(k, cfg.seed) for src, k in twin_k.items()}
-                null = np.concatenate([c for c, _ in halves.values()]) if halves else init_k
-                if len(null) < 100:
-                    raise KernelAtlasError(
-                        f"--null init needs at least 200 freshly initialised {kh}x{kw} kernels of "
-                        "the same architecture (half to calibrate, half held out); none is known "
-                        "for these sources: use --null gaussian or analyse timm:NAME sources"
-                    )
-                held_out = np.concatenate([h for _, h in halves.values()])
-                judged = {src: h for src, (_, h) in halves.items()}
-            else:
-                null = None
-                held_out = gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919)
-                judged = twin_k
-            bar.set_description(f"calibrate {kh}x{kw}")
-            atlas = Atlas(
-                kernel_size=(kh, kw), null_fpr=cfg.null_fpr, n_null=cfg.n_null, seed=cfg.seed
-            ).fit(null=null)
-            heldout[(kh, kw)] = float(atlas.predict(held_out)["classified"].mean())
-            for fam, thr in atlas.thresholds_.items():
-                thresholds.append(
-                    {"kh": kh, "kw": kw, "method": "atlas", "family": fam, "threshold": float(thr),
-                     "null_kind": cfg.null, "null_fpr": cfg.null_fpr, "null_rate": float(atlas.null_rate_)}
-                )  # fmt: skip
-            for src, k in judged.items():
-                pred = atlas.predict(k)
-                live = pred["family"] != "degenerate"
-                cov = float(pred["classified"][live].mean()) if live.any() else float("nan")
-                baselines.append(
-                    {
-                        "source": src,
-                        "init_source": twins[src].source,
-                        "kh": kh,
-                        "kw": kw,
-                        "init_coverage": cov,
-                    }
-                )
-            models: dict[str, Any] = {"atlas": atlas}
-            all_models[(kh, kw)] = models
-            if cfg.method in ("autoencoder", "both"):
-                from .autoencoder import KernelAutoencoder
-
-                bar.set_description(f"autoencoder {kh}x{kw}")
-                train = _bank_sample(bank, kh, kw, cfg.ae_max_train, cfg.seed)
-                kwargs = {"epochs": cfg.ae_epochs} if cfg.ae_epochs else {}
-                ae = KernelAutoencoder(
-                    kernel_size=(kh, kw), seed=cfg.seed, device=cfg.device, **kwargs
-                ).fit(train)
-                models["ae"] = ae
-                ae_null = float(
-                    ae.null_coverage(gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919))
-                )
-                ae_by_size.append(
-                    {"kh": kh, "kw": kw, "threshold": float(ae.threshold_), "threshold_rule": str(ae.threshold_rule_),
-                     "null_coverage": ae_null, "trained_on": int(len(train)),
-                     "init_coverage": float(ae.null_coverage(init_k)) if len(init_k) else None}
-                )  # fmt: skip
-                spec = ae.spectrum()
-                spectra[f"{kh}x{kw}"] = {
-                    "spectrum": spec.to_dict(orient="list"),
-                    "decoded": ae.inverse_transform(spec["z"].to_numpy()).tolist(),
-                }
-        bar.set_description("classify")
-        for table in run_engine(bank_partitions(bank), all_models, cfg):
-            counted = _COUNTED + [c for c in _AE_COUNTED if c in table.column_names]
-            counts.append(partial_counts(table.select(counted).to_pandas()))
-            if len(counts) >= _FOLD_EVERY:  # exact; keeps the driver's memory bounded
-                counts = [merge_counts(counts)]
-            if writer is None:
-                meta = {b"kernelatlas_version": __version__.encode()}
-                writer = pq.ParquetWriter(tmp_kernels, table.schema.with_metadata(meta))
-            writer.write_table(table.cast(writer.schema))
-            bar.update(table.num_rows)
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-    os.replace(tmp_kernels, staging / "kernels.parquet")
-
-    base = _baseline_frame(bank, baselines, heldout)
+    t = time.perf_counter()
+    counts = bank.counts()
+    merged = merger.counts()
+    base = _baseline_frame(counts, run.baselines, run.heldout)
     config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
-    if twins and cfg.fold_bn:
+    if run.twins and cfg.fold_bn:
         config_doc["notes"] = [INIT_FOLD_NOTE]
-    autoencoder = {"by_size": ae_by_size, "spectra_sizes": sorted(spectra)} if ae_by_size else None
-    merged = merge_counts(counts)
+    autoencoder = (
+        {"by_size": sorted(run.ae_by_size, key=lambda r: (r["kh"], r["kw"])),
+         "spectra_sizes": sorted(run.spectra)}
+        if run.ae_by_size else None
+    )  # fmt: skip
+    thresholds = sorted(run.thresholds, key=lambda r: (r["kh"], r["kw"]))  # stable: family order
     summary = build_summary(
         merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder
     )
-    from .report import write_report
-
-    write_report(staging, summary, spectra=spectra, figures=cfg.figures)
-    harvested = bank.counts()
-    harvested["status"] = harvested["source"].map(status)
-    return summary, merged, harvested
+    stages.add("summary", time.perf_counter() - t)
+    t = time.perf_counter()
+    write_report(
+        staging, summary, spectra=run.spectra, figures=cfg.figures,
+        family_stats=merger.family_stats if cfg.figures else None,
+    )  # fmt: skip
+    stages.add("figures", time.perf_counter() - t)
+    harvested = counts
+    harvested["status"] = harvested["source"].map(run.status)
+    timings = {
+        "engine": cfg.engine,
+        "slots": slots,
+        "partitions": run.partitions,
+        "stages_s": {k: round(v, 4) for k, v in stages.seconds.items()},
+        "calibration": sorted(run.calibration, key=lambda r: (r["kh"], r["kw"])),
+    }
+    return summary, merged, harvested, timings
 
 
 def _baseline_frame(
-    bank: Any, baselines: list[dict[str, Any]], heldout: dict[tuple[int, int], float]
+    counts: pd.DataFrame, baselines: list[dict[str, Any]], heldout: dict[tuple[int, int], float]
 ) -> pd.DataFrame:
     """Per (source, model, size): the rate on a held-out Gaussian null, and fresh-init coverage."""
-    counts = bank.counts()[MODEL_KEYS].drop_duplicates()
+    counts = counts[MODEL_KEYS].drop_duplicates()
     counts["null_coverage"] = [
         heldout.get((kh, kw), np.nan) for kh, kw in zip(counts["kh"], counts["kw"])
     ]

@@ -1,15 +1,21 @@
 """The Dask engine: harvest sources and analyse bank partitions on ``dask.distributed``.
 
-The unit of work is a :class:`~kernelatlas.pipeline.Partition` (one Parquet row group of
-one bank file). The fitted models are broadcast to every worker once; at most
-``max_in_flight`` partitions are submitted at a time, and results are taken back in
-partition order, so the driver holds a bounded number of partition tables and the output
-is identical, row for row, to the single-process engine (``pipeline.run_local``).
+The unit of work is a :class:`~kernelatlas.partitions.Partition` (one Parquet row group of
+one bank file); one task runs a few consecutive partitions
+(:func:`~kernelatlas.partitions.run_partitions`). The job (the fitted models and options)
+is broadcast to every worker once. A worker writes each partition's part file of
+kernels.parquet itself, under a temporary name, and sends back only its counts, the
+gallery statistic and its timings: the driver adds those up and renames the parts into
+place (``partitions.PartsMerger``), so its work per task is a few dictionary additions
+and the output is identical, row for row, to the local engine's. At most
+``2 * worker threads`` tasks are in flight; results are taken back in task order.
 
 Without a scheduler address a ``LocalCluster`` of worker processes (one thread each, torch
-set to one thread) is started and closed afterwards. Workers read the bank from its path,
-so on a multi-machine cluster the bank must be on a shared filesystem or an fsspec URL
-(``s3://...``).
+set to one thread) is started once for harvesting and analysing, and closed afterwards.
+Workers read the bank and write the parts by path: on a multi-machine cluster both must
+be on a shared filesystem (the bank may be an fsspec URL, ``s3://...``); when the workers
+cannot see the output folder (checked with a probe file), the analysed tables travel back
+to the driver, which writes them.
 
 Examples
 --------
@@ -21,20 +27,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import pyarrow as pa
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from ..errors import KernelAtlasError
 
-__all__ = ["run_dask", "harvest_dask", "dask_client", "TorchThreads"]
+if TYPE_CHECKING:
+    from ..bank import KernelBank
+    from ..partitions import Partition, PartitionJob, PartResult
+
+__all__ = ["DaskEngine", "harvest_dask", "dask_client", "TorchThreads", "TASKS_PER_THREAD"]
+
+#: Tasks per worker thread the partitions are grouped into (a short tail, few tasks for the
+#: driver and the scheduler: their cost per task is what bounds a large cluster).
+TASKS_PER_THREAD = 32
 
 
 class TorchThreads(WorkerPlugin):
@@ -50,10 +66,9 @@ class TorchThreads(WorkerPlugin):
 
 
 def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    from .local import available_cores
+
+    return available_cores()
 
 
 @contextlib.contextmanager
@@ -123,9 +138,12 @@ def _ordered_window(
     args: tuple[Any, ...],
     window: int,
     tag: str,
+    *,
+    star: bool = False,
 ) -> Iterator[Any]:
-    """``fn(item, *args)`` for every item on the cluster, results in item order, at most
-    ``window`` tasks submitted and not yet taken back."""
+    """``fn(item, *args)`` (``fn(*item, *args)`` with ``star``) for every item on the
+    cluster, results in item order, at most ``window`` tasks submitted and not yet taken
+    back."""
     run = uuid.uuid4().hex[:8]
     pending: deque[Any] = deque()
     todo = iter(enumerate(items))
@@ -133,7 +151,8 @@ def _ordered_window(
     def submit() -> None:
         for i, item in todo:
             key = f"kernelatlas-{tag}-{run}-{i}"
-            pending.append(client.submit(fn, item, *args, key=key, priority=-i, pure=False))
+            call = (*item, *args) if star else (item, *args)
+            pending.append(client.submit(fn, *call, key=key, priority=-i, pure=False))
             return
 
     try:
@@ -148,54 +167,6 @@ def _ordered_window(
     finally:
         for fut in pending:
             fut.cancel()
-
-
-def _analyse_one(part: Any, models: dict[tuple[int, int], dict[str, Any]], cfg: Any) -> Any:
-    """One partition analysed on a worker: one table (None when it holds no kernel)."""
-    from ..pipeline import analyse_partition
-
-    tables = list(analyse_partition(part, models, cfg))
-    if not tables:
-        return None
-    if len(tables) == 1:
-        return tables[0]
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def run_dask(
-    parts: Sequence[Any],
-    models: dict[tuple[int, int], dict[str, Any]],
-    cfg: Any,
-    scheduler: str | None = None,
-    *,
-    n_workers: int | None = None,
-    max_in_flight: int | None = None,
-    client: Client | None = None,
-) -> Iterator[pa.Table]:
-    """Analysed tables of all partitions, one per partition, in partition order, on Dask.
-
-    Parameters
-    ----------
-    parts : partitions (``pipeline.bank_partitions(bank)``), in output order.
-    models : fitted models per kernel size (broadcast to every worker once).
-    cfg : the ``AnalysisConfig`` (``cfg.scheduler`` / ``cfg.n_workers`` are the defaults
-        of ``scheduler`` / ``n_workers``).
-    scheduler : scheduler address; None starts a LocalCluster.
-    max_in_flight : partitions submitted and not yet taken back (default: 2 per worker
-        thread); bounds the driver's memory to about that many partition tables.
-    client : an open client to reuse (then no cluster is started or closed).
-    """
-    parts = list(parts)
-    if not parts:
-        return
-    scheduler = scheduler if scheduler is not None else getattr(cfg, "scheduler", None)
-    n_workers = n_workers if n_workers is not None else getattr(cfg, "n_workers", None)
-    with dask_client(scheduler, n_workers, client=client) as c:
-        [shared] = c.scatter([models], broadcast=True, hash=False)
-        window = max_in_flight or 2 * _n_threads(c)
-        for table in _ordered_window(c, _analyse_one, parts, (shared, cfg), window, "analyse"):
-            if table is not None:
-                yield table
 
 
 def _harvest_one(
@@ -216,6 +187,161 @@ def _harvest_one(
     return res.source, table.num_rows, table
 
 
+def _sees(path: str) -> bool:
+    return os.path.exists(path)
+
+
+class DaskEngine:
+    """The ``dask.distributed`` engine (a context manager: the cluster lives inside it).
+
+    Parameters
+    ----------
+    scheduler : address of a running scheduler; None starts a LocalCluster.
+    n_workers : workers of that LocalCluster (default: one per core).
+    client : an open client to use as is (not closed here).
+    partitions_per_task : partitions one task runs (default: so that there are about
+        :data:`TASKS_PER_THREAD` tasks per worker thread).
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        n_workers: int | None = None,
+        *,
+        client: Client | None = None,
+        partitions_per_task: int | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.n_workers = n_workers
+        self.partitions_per_task = partitions_per_task
+        self._given = client
+        self._stack: contextlib.ExitStack | None = None
+        self.client: Client | None = client
+        self.tasks = 0  # tasks of the last map_partitions
+
+    def __enter__(self) -> DaskEngine:
+        self._stack = contextlib.ExitStack()
+        self.client = self._stack.enter_context(
+            dask_client(self.scheduler, self.n_workers, client=self._given)
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+        self.client = self._given
+
+    def _client(self) -> Client:
+        if self.client is None:
+            raise RuntimeError("use the DaskEngine as a context manager (with DaskEngine() as e)")
+        return self.client
+
+    @property
+    def slots(self) -> int:
+        return _n_threads(self._client())
+
+    @property
+    def local_cluster(self) -> bool:
+        """Whether the workers run on this machine (a LocalCluster started here)."""
+        return self.scheduler is None and self._given is None
+
+    def shares_folder(self, folder: str | os.PathLike[str]) -> bool:
+        """Whether every worker sees local ``folder`` (a LocalCluster does; a remote cluster
+        is asked about a probe file written there)."""
+        if self.local_cluster:
+            return True
+        probe = Path(folder) / f".kernelatlas-probe-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            probe.write_text("")
+            seen = self._client().run(_sees, str(probe))
+            return bool(seen) and all(seen.values())
+        except OSError:
+            return False
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def harvest(
+        self, sources: Sequence[Any], bank: KernelBank, *, fold_bn: bool, progress: bool
+    ) -> Iterator[tuple[str, str]]:
+        """Harvest the sources in parallel on the workers (one task per source), each
+        written into the bank by its worker when the bank is shared, else by the driver."""
+        from tqdm.auto import tqdm
+
+        from ..harvest.api import bank_status
+
+        status: dict[str, str] = {}
+        todo: list[Any] = []
+        for s in sources:
+            key, _, state = bank_status(bank, s, fold_bn=fold_bn)
+            if key is not None and (state == "reused" or key in status):
+                if key not in status:
+                    status[key] = state
+                    yield key, state
+                continue
+            if key is not None:
+                status[key] = state
+            todo.append(s)
+        if not todo:
+            return
+        c = self._client()
+        on_workers = bank.is_remote or self.local_cluster
+        target = str(bank.path) if on_workers else None
+        seen: set[str] = set()
+        with tqdm(total=len(todo), desc="harvest", unit="source",
+                  disable=None if progress else True, leave=False) as bar:  # fmt: skip
+            args = (fold_bn, target, bank.row_group_size)
+            window = 2 * _n_threads(c)
+            for key, rows, table in _ordered_window(c, _harvest_one, todo, args, window, "harvest"):
+                if table is not None:
+                    bank.add(table, replace=status.get(key) == "changed")
+                if rows == 0:
+                    warnings.warn(
+                        f"{key}: no depthwise convolution found; zero kernels", stacklevel=2
+                    )
+                bar.update(1)
+                if key not in seen:
+                    seen.add(key)
+                    yield key, status.get(key, "harvested")
+
+    def map_partitions(
+        self, tasks: Iterable[tuple[Partition, PartitionJob]]
+    ) -> Iterator[PartResult]:
+        """Run the partitions in groups of consecutive partitions with the same job; each
+        job is broadcast once; results in the order of ``tasks``."""
+        from ..partitions import run_partitions
+
+        c = self._client()
+        pairs = list(tasks)
+        threads = _n_threads(c)
+        per = self.partitions_per_task or max(
+            1, math.ceil(len(pairs) / (TASKS_PER_THREAD * threads))
+        )
+        shared: dict[int, Any] = {}
+        groups: list[tuple[list[Partition], Any]] = []
+        local_parts: dict[int, bool] = {}
+        for part, job in pairs:
+            key = id(job)
+            if key not in shared:
+                if job.parts_dir is not None:
+                    folder = job.parts_dir
+                    if key not in local_parts:
+                        local_parts[key] = self.shares_folder(folder)
+                    if not local_parts[key]:
+                        job = replace(job, parts_dir=None)  # tables travel back
+                [shared[key]] = c.scatter([job], broadcast=True, hash=False)
+            if groups and groups[-1][1] is shared[key] and len(groups[-1][0]) < per:
+                groups[-1][0].append(part)
+            else:
+                groups.append(([part], shared[key]))
+        self.tasks = len(groups)
+        window = 2 * threads
+        for results in _ordered_window(c, run_partitions, groups, (), window, "analyse", star=True):
+            yield from results
+
+
 def harvest_dask(
     sources: Iterable[Any] | Any,
     bank: Any,
@@ -224,7 +350,6 @@ def harvest_dask(
     progress: bool = True,
     scheduler: str | None = None,
     n_workers: int | None = None,
-    write_on_workers: bool | None = None,
     client: Client | None = None,
 ) -> pd.DataFrame:
     """Harvest sources in parallel on Dask workers into ``bank`` (resumable, like
@@ -234,43 +359,17 @@ def harvest_dask(
     ----------
     sources : registry names, ``timm:`` names, paths or ``nn.Module`` objects.
     bank : a :class:`~kernelatlas.bank.KernelBank` or its path/URL.
-    write_on_workers : workers write their source file into the bank (each file is atomic);
-        default: when the bank is an fsspec URL or the cluster is a LocalCluster started
-        here (both share the bank); otherwise tables travel to the driver, which writes.
+    scheduler, n_workers, client : the cluster (see :class:`DaskEngine`). Workers write
+        their source file into the bank (each file is atomic) when the bank is an fsspec
+        URL or the cluster is a LocalCluster started here (both share the bank);
+        otherwise tables travel to the driver, which writes.
     """
-    from tqdm.auto import tqdm
-
     from ..harvest.api import bank_status, harvest_arguments, harvested_counts
 
     sources, bank = harvest_arguments(sources, bank)
-    status: dict[str, str] = {}
-    todo: list[Any] = []
-    for s in sources:
-        key, _, state = bank_status(bank, s, fold_bn=fold_bn)
-        if key is not None and (state == "reused" or key in status):
-            status.setdefault(key, state)
-            continue
-        if key is not None:
-            status[key] = state
-        todo.append(s)
-    if todo:
-        if write_on_workers is None:
-            write_on_workers = bank.is_remote or (scheduler is None and client is None)
-        target = str(bank.path) if write_on_workers else None
-        with (
-            dask_client(scheduler, n_workers, client=client) as c,
-            tqdm(total=len(todo), desc="harvest", unit="source", disable=None if progress else True,
-                 leave=False) as bar,
-        ):  # fmt: skip
-            window = 2 * _n_threads(c)
-            args = (fold_bn, target, bank.row_group_size)
-            for key, rows, table in _ordered_window(c, _harvest_one, todo, args, window, "harvest"):
-                if table is not None:
-                    bank.add(table, replace=status.get(key) == "changed")
-                if rows == 0:
-                    warnings.warn(
-                        f"{key}: no depthwise convolution found; zero kernels", stacklevel=2
-                    )
-                status.setdefault(key, "harvested")
-                bar.update(1)
+    states = [bank_status(bank, s, fold_bn=fold_bn) for s in sources]
+    if all(state == "reused" for _, _, state in states):  # nothing to do: no cluster needed
+        return harvested_counts(bank, {key: "reused" for key, _, _ in states})
+    with DaskEngine(scheduler, n_workers, client=client) as engine:
+        status = dict(engine.harvest(sources, bank, fold_bn=fold_bn, progress=progress))
     return harvested_counts(bank, status)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from .formats import ReadResult, detect_format, list_formats, read_file
 __all__ = [
     "harvest",
     "harvest_to_bank",
+    "iter_harvest_to_bank",
     "detect_format",
     "source_key",
     "SkippedLayersWarning",
@@ -371,10 +372,25 @@ def harvest_to_bank(
     with no depthwise conv; raises :class:`KernelAtlasError` only when no source yielded
     any kernel.
     """
+    sources, bank = harvest_arguments(sources, bank)
+    status = dict(iter_harvest_to_bank(sources, bank, fold_bn=fold_bn, progress=progress))
+    return harvested_counts(bank, status)
+
+
+def iter_harvest_to_bank(
+    sources: Iterable[Any] | Any,
+    bank: KernelBank | str | os.PathLike[str],
+    *,
+    fold_bn: bool = False,
+    progress: bool = True,
+) -> Iterator[tuple[str, str]]:
+    """:func:`harvest_to_bank` one source at a time: yields ``(source key, status)`` as soon
+    as that source is in the bank (so its kernels can be analysed while the next source is
+    read); a source given twice is yielded once."""
     from tqdm.auto import tqdm
 
     sources, bank = harvest_arguments(sources, bank)
-    status: dict[str, str] = {}
+    seen: set[str] = set()
     # disable=None: a bar only on a terminal (logs and pipes stay clean)
     with tqdm(
         sources, desc="harvest", unit="source", disable=None if progress else True, leave=False
@@ -382,15 +398,18 @@ def harvest_to_bank(
         for source in bar:
             key, _, state = bank_status(bank, source, fold_bn=fold_bn)
             bar.set_postfix_str(str(key or type(source).__name__)[-40:])
-            if key is not None and (state == "reused" or key in status):
-                status.setdefault(key, state)
+            if key is not None and (state == "reused" or key in seen):
+                if key not in seen:
+                    seen.add(key)
+                    yield key, state
                 continue
             res = harvest(source, fold_bn=fold_bn)
             if key is None and bank.has_source(res.source):  # an nn.Module seen before
                 state = "reused"
             bank.add(res, replace=state == "changed")
-            status.setdefault(res.source, state)
-    return harvested_counts(bank, status)
+            if res.source not in seen:
+                seen.add(res.source)
+                yield res.source, state
 
 
 def harvested_counts(bank: Any, keys: list[str] | dict[str, str]) -> pd.DataFrame:

@@ -28,6 +28,7 @@ __all__ = [
     "is_registered",
     "TimmSpec",
     "parse_timm",
+    "init_twin",
     "create_timm_model",
 ]
 
@@ -431,6 +432,25 @@ def parse_timm(source: str) -> TimmSpec:
     if init and file:
         raise KernelAtlasError(f"{source!r}: @init and ?file= exclude each other")
     return TimmSpec(rest, init, seed, file)
+
+
+def init_twin(source: str) -> str | None:
+    """The freshly initialised twin of ``source`` (same architecture), where one is known.
+
+    ``timm:NAME`` and ``timm:NAME?file=PATH`` -> ``timm:NAME@init``; a registered source ->
+    its ``init_source``; a source that is a fresh init itself (``timm:NAME@init[:SEED]``),
+    a file or an unknown name -> None.
+
+    Examples
+    --------
+    >>> init_twin("timm:mobilenetv3_small_100"), init_twin("timm:convnext_tiny@init:3")
+    ('timm:mobilenetv3_small_100@init', None)
+    """
+    if source.startswith("timm:"):
+        spec = parse_timm(source)
+        return None if spec.init else f"timm:{spec.name}@init"
+    entry = _REGISTRY.get(source)
+    return None if entry is None else entry.init_source
 
 
 def create_timm_model(spec: TimmSpec) -> Any:

@@ -57,13 +57,23 @@ def write_report(
     *,
     spectra: dict[str, Any] | None = None,
     figures: bool = True,
+    family_stats: dict[tuple[int, int], Any] | None = None,
 ) -> None:
-    """Write summary.json, figures/*.png and index.html into ``run_dir``."""
+    """Write summary.json, figures/*.png and index.html into ``run_dir``.
+
+    ``family_stats``: the gallery statistic per kernel size, when the analysis computed it
+    while classifying (``report.build.family_sums``); otherwise it is read again."""
     from .build import make_figures
 
     write_json(run_dir / "summary.json", summary)
     made = (
-        make_figures(run_dir, summary, spectra=spectra, seed=int(summary["config"].get("seed", 0)))
+        make_figures(
+            run_dir,
+            summary,
+            spectra=spectra,
+            seed=int(summary["config"].get("seed", 0)),
+            family_stats=family_stats,
+        )
         if figures
         else {}
     )

@@ -15,7 +15,16 @@ from ..normalize import normalize
 from ..taxonomy import CENTER, FIRST_DERIVATIVE, PATTERN_FAMILIES, SECOND_DERIVATIVE, UNCLASSIFIED
 from . import figures as F
 
-__all__ = ["make_figures", "read_columns", "family_means", "FIGURE_DPI"]
+__all__ = [
+    "make_figures",
+    "read_columns",
+    "family_means",
+    "family_sums",
+    "add_family_sums",
+    "means_from_sums",
+    "ORIENTATION_BIN",
+    "FIGURE_DPI",
+]
 
 FIGURE_DPI = 110
 _META = ["source", "model", "kh", "kw", "layer_index", "depth", "family", "orientation", "polarity", "scale", "score", "classified"]  # fmt: skip
@@ -28,7 +37,9 @@ def read_columns(
 
     The column ``_row`` holds each row's index in the file (for fetching its weights later).
     """
-    dataset = ds.dataset(path)
+    from ..results import kernels_dataset
+
+    dataset = kernels_dataset(path)
     cols = [c for c in columns if c in dataset.schema.names]
     n = dataset.count_rows()
     if n <= max_rows:
@@ -55,6 +66,96 @@ def _align(unit: np.ndarray, family: str, polarity: np.ndarray) -> np.ndarray:
     return unit * polarity[:, None, None] if family in (CENTER, SECOND_DERIVATIVE) else unit
 
 
+#: Orientation bins (degrees) of the gallery statistic: the mode of an oriented family is
+#: taken over 15-degree bins and its mean over +-30 degrees around the mode, both unions
+#: of these bins, so the statistic adds up exactly over batches, partitions and workers.
+ORIENTATION_BIN = 7.5
+_PERIODS = {FIRST_DERIVATIVE: 360.0, SECOND_DERIVATIVE: 180.0}
+
+
+def _n_bins(family: str) -> int:
+    # one bin per ORIENTATION_BIN over the family's period, plus one for NaN orientations
+    return int(_PERIODS[family] / ORIENTATION_BIN) + 1 if family in _PERIODS else 1
+
+
+def family_sums(
+    unit: np.ndarray, family: np.ndarray, polarity: np.ndarray, orientation: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The gallery's mean kernels as a mergeable statistic of one batch.
+
+    Parameters
+    ----------
+    unit : unit kernels [N, kh, kw] (zero mean, unit norm).
+    family, polarity, orientation : the atlas's columns for those kernels.
+
+    Returns
+    -------
+    family -> (sums [B, kh, kw] float64, counts [B] int64): per orientation bin of
+    :data:`ORIENTATION_BIN` degrees (one bin for an unoriented family; the last bin holds
+    NaN orientations), the sum of the family's members, sign-aligned (times polarity for
+    centre and second-derivative kernels). Add the arrays of any split of the kernels and
+    pass them to :func:`means_from_sums`.
+    """
+    n, kh, kw = unit.shape
+    family = np.asarray(family, dtype=object)
+    ori = np.asarray(orientation, dtype=np.float64)
+    pol = np.asarray(polarity, dtype=np.float64)
+    flat = unit.reshape(n, kh * kw).astype(np.float64, copy=False)
+    out = {}
+    for f in PATTERN_FAMILIES:
+        nb = _n_bins(f)
+        rows = np.flatnonzero(family == f)
+        if f in _PERIODS:
+            o = ori[rows] % _PERIODS[f]
+            b = np.where(np.isfinite(o), np.floor(np.nan_to_num(o) / ORIENTATION_BIN), nb - 1)
+            b = np.clip(b, 0, nb - 1).astype(np.int64)
+        else:
+            b = np.zeros(len(rows), np.int64)
+        x = flat[rows] * pol[rows, None] if f in (CENTER, SECOND_DERIVATIVE) else flat[rows]
+        order = np.argsort(b, kind="stable")
+        b, x = b[order], x[order]
+        counts = np.bincount(b, minlength=nb).astype(np.int64)
+        sums = np.zeros((nb, kh * kw))
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]]) if len(b) else np.zeros(0, int)
+        if len(starts):
+            sums[b[starts]] = np.add.reduceat(x, starts, axis=0)
+        out[f] = (sums.reshape(nb, kh, kw), counts)
+    return out
+
+
+def add_family_sums(
+    a: dict[str, tuple[np.ndarray, np.ndarray]] | None, b: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The sum of two :func:`family_sums` results (``a`` may be None)."""
+    if a is None:
+        return {f: (s.copy(), c.copy()) for f, (s, c) in b.items()}
+    return {f: (a[f][0] + b[f][0], a[f][1] + b[f][1]) for f in b}
+
+
+def means_from_sums(
+    sums: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, tuple[np.ndarray, int, str]]:
+    """Per family, the mean unit kernel of its members (see :func:`family_means`) from
+    :func:`family_sums`: family -> (mean, n, label)."""
+    out = {}
+    for f in PATTERN_FAMILIES:
+        s, c = sums[f]
+        label_mode = ""
+        if f in _PERIODS and c[:-1].sum():
+            nb = len(c) - 1
+            coarse = c[:-1].reshape(-1, 2).sum(1)  # 15-degree bins
+            j = int(np.argmax(coarse))
+            mode = 15.0 * j + 7.5
+            keep = np.arange(2 * j - 3, 2 * j + 5) % nb  # bins within 30 degrees of the mode
+            total, n = s[keep].sum(0), int(c[keep].sum())
+            label_mode = f", ~{mode:.0f} deg"
+        else:
+            total, n = s.sum(0), int(c.sum())
+        label = f"{f}\n(n={n}" + label_mode + ")"
+        out[f] = (total / max(n, 1), n, label)
+    return out
+
+
 def family_means(
     path: Path, kh: int, kw: int, *, batch_size: int = 65_536
 ) -> dict[str, tuple[np.ndarray, int, str]]:
@@ -63,53 +164,41 @@ def family_means(
     Centre and second-derivative kernels are sign-aligned (times polarity) before averaging;
     oriented families are averaged within 30 degrees of their most common orientation
     (averaging all orientations would cancel to zero). Returns family -> (mean, n, label).
+    The analysis computes the same statistic while it classifies (:func:`family_sums`);
+    this reads the kernels again (their weights through
+    :func:`kernelatlas.results.kernel_weights`).
     """
-    dataset = ds.dataset(path)
+    from ..results import kernel_weights, kernels_dataset
+
+    dataset = kernels_dataset(path)
     flt = (ds.field("kh") == kh) & (ds.field("kw") == kw) & ds.field("classified")
-    cols = ["family", "orientation", "polarity", "weights"]
-    meta = dataset.to_table(columns=["family", "orientation"], filter=flt).to_pandas()
-    modes: dict[str, float] = {}
-    for fam, period in ((FIRST_DERIVATIVE, 360.0), (SECOND_DERIVATIVE, 180.0)):
-        o = meta.loc[meta["family"] == fam, "orientation"].to_numpy(dtype=float)
-        o = o[np.isfinite(o)]
-        if len(o):
-            h, edges = np.histogram(o % period, bins=int(period // 15), range=(0, period))
-            modes[fam] = float(edges[np.argmax(h)] + 7.5)
-    sums = {f: np.zeros((kh, kw)) for f in PATTERN_FAMILIES}
-    counts = dict.fromkeys(PATTERN_FAMILIES, 0)
+    refs = [c for c in ("weights", "bank_file", "bank_row") if c in dataset.schema.names]
+    cols = ["family", "orientation", "polarity", "kh", "kw", *refs]
+    total = None
     for batch in dataset.to_batches(columns=cols, filter=flt, batch_size=batch_size):
-        df = batch.to_pandas()
-        w = (
-            np.stack(df["weights"].to_numpy()).reshape(-1, kh, kw)
-            if len(df)
-            else np.zeros((0, kh, kw))
+        if not batch.num_rows:
+            continue
+        w = kernel_weights(path, batch)
+        part = family_sums(
+            normalize(w).unit,
+            batch.column("family").to_numpy(zero_copy_only=False),
+            batch.column("polarity").to_numpy(zero_copy_only=False),
+            batch.column("orientation").to_numpy(zero_copy_only=False),
         )
-        unit = normalize(w).unit
-        fam = df["family"].to_numpy()
-        pol = df["polarity"].to_numpy(dtype=float)
-        ori = df["orientation"].to_numpy(dtype=float)
-        for f in PATTERN_FAMILIES:
-            sel = fam == f
-            if f in modes:
-                period = 360.0 if f == FIRST_DERIVATIVE else 180.0
-                d = np.abs((ori - modes[f] + period / 2) % period - period / 2)
-                sel &= d <= 30
-            if sel.any():
-                sums[f] += _align(unit[sel], f, pol[sel]).sum(0)
-                counts[f] += int(sel.sum())
-    out = {}
-    for f in PATTERN_FAMILIES:
-        label = f"{f}\n(n={counts[f]}" + (f", ~{modes[f]:.0f} deg" if f in modes else "") + ")"
-        out[f] = (sums[f] / max(counts[f], 1), counts[f], label)
-    return out
+        total = add_family_sums(total, part)
+    if total is None:
+        empty = np.zeros((0, kh, kw), np.float32)
+        total = family_sums(empty, np.zeros(0, object), np.zeros(0), np.zeros(0))
+    return means_from_sums(total)
 
 
 def _exemplars(
     path: Path, meta: pd.DataFrame, kh: int, kw: int, n: int, seed: int
 ) -> dict[str, np.ndarray]:
     """A seeded random sample of real kernels per family (classified) and of unclassified ones."""
+    from ..results import kernel_weights
+
     rng = np.random.default_rng(seed)
-    dataset = ds.dataset(path)
     out = {}
     sel_size = (meta["kh"] == kh) & (meta["kw"] == kw)
     for f in (*PATTERN_FAMILIES, UNCLASSIFIED):
@@ -119,16 +208,24 @@ def _exemplars(
         if len(rows) == 0:
             out[f] = np.zeros((0, kh, kw), np.float32)
             continue
-        w = dataset.take(meta["_row"].to_numpy()[rows], columns=["weights"]).column("weights")
-        out[f] = normalize(np.stack(w.to_numpy(zero_copy_only=False)).reshape(-1, kh, kw)).unit
+        out[f] = normalize(kernel_weights(path, meta["_row"].to_numpy()[rows])).unit
     return out
 
 
 @F.plain_text
 def make_figures(
-    run_dir: Path, summary: dict[str, Any], *, spectra: dict[str, Any] | None = None, seed: int = 0
+    run_dir: Path,
+    summary: dict[str, Any],
+    *,
+    spectra: dict[str, Any] | None = None,
+    seed: int = 0,
+    family_stats: dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> dict[str, list[str]]:
-    """Write figures/*.png for one analysis; returns section -> list of file names."""
+    """Write figures/*.png for one analysis; returns section -> list of file names.
+
+    ``family_stats``: per kernel size, :func:`family_sums` added up over the kernels (the
+    analysis computes them while it classifies); sizes without them are read again
+    (:func:`family_means`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -174,7 +271,10 @@ def make_figures(
         else []
     )
     for kh, kw in sizes:
-        means = family_means(path, kh, kw)
+        if family_stats is not None and (kh, kw) in family_stats:
+            means = means_from_sums(family_stats[(kh, kw)])
+        else:
+            means = family_means(path, kh, kw)
         ex = _exemplars(path, meta, kh, kw, 24, seed)
         fig, axes = plt.subplots(2, 4, figsize=(13, 5.6), gridspec_kw={"height_ratios": [1, 1.6]})
         for j, f in enumerate(PATTERN_FAMILIES):

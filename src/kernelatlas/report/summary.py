@@ -23,6 +23,7 @@ from ..taxonomy import FAMILIES
 __all__ = [
     "MODEL_KEYS",
     "LAYER_KEYS",
+    "count_matrix",
     "partial_counts",
     "merge_counts",
     "coverage_tables",
@@ -35,18 +36,28 @@ LAYER_KEYS = ["source", "model", "kh", "kw", "layer", "layer_index", "depth"]
 _COUNT_COLS = ["kernels", "classified", *[f"n_{f}" for f in FAMILIES]]
 
 
-def _row_counts(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """Per-row 0/1 indicators [N, C] of every counted quantity, and their column names."""
-    fam = df["family"].to_numpy(object)
-    cls = df["classified"].to_numpy(dtype=bool)
-    cols = {"kernels": np.ones(len(df), bool), "classified": cls}
+def count_matrix(
+    family: np.ndarray,
+    classified: np.ndarray,
+    ae_family: np.ndarray | None = None,
+    ae_classified: np.ndarray | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Per-row 0/1 indicators [N, C] of every counted quantity, and their column names.
+
+    The one definition of what the coverage tables count (:func:`partial_counts` and the
+    analysis engines' partitions both use it): ``kernels``, ``classified``, ``n_<family>``
+    and, with the autoencoder's columns, ``ae_*`` (degenerate kernels left out, as in
+    ``kernelatlas.autoencoder.agreement``).
+    """
+    fam = np.asarray(family, dtype=object)
+    cls = np.asarray(classified, dtype=bool)
+    cols = {"kernels": np.ones(len(fam), bool), "classified": cls}
     for f in FAMILIES:
         cols[f"n_{f}"] = fam == f
-    if "ae_classified" in df.columns:
-        # Same definition as kernelatlas.autoencoder.agreement (degenerate kernels left out).
-        fa = df["ae_family"].to_numpy(object)
+    if ae_classified is not None:
+        fa = np.asarray(ae_family, dtype=object)
         valid = (fa != "degenerate") & (fam != "degenerate")
-        ae_cls = df["ae_classified"].to_numpy(dtype=bool)
+        ae_cls = np.asarray(ae_classified, dtype=bool)
         both = valid & ae_cls & cls
         cols["ae_kernels"] = valid
         cols["ae_classified"] = valid & ae_cls
@@ -54,6 +65,17 @@ def _row_counts(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         cols["ae_both"] = both
         cols["ae_both_agree"] = both & (fa == fam)
     return list(cols), np.stack(list(cols.values()), axis=1).astype(np.int64)
+
+
+def _row_counts(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """:func:`count_matrix` of an analysed batch's columns."""
+    ae = "ae_classified" in df.columns
+    return count_matrix(
+        df["family"].to_numpy(object),
+        df["classified"].to_numpy(dtype=bool),
+        df["ae_family"].to_numpy(object) if ae else None,
+        df["ae_classified"].to_numpy(dtype=bool) if ae else None,
+    )
 
 
 def partial_counts(batch: pd.DataFrame) -> dict[str, pd.DataFrame]:

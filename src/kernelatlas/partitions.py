@@ -1,0 +1,431 @@
+"""The unit of work of an analysis: one bank partition -> one part of kernels.parquet + counts.
+
+A :class:`Partition` is one Parquet row group of one bank file (<= 65,536 kernels). An
+engine (:mod:`kernelatlas.engine`) calls :func:`run_partition` on each, in any process
+and in any order: it classifies (and fits) the partition's kernels with the
+:class:`SizeModels` of their size, writes the analysed rows as one part file of
+kernels.parquet under a temporary name, and returns a small :class:`PartResult`: the
+part's temporary path, exact integer counts per layer (:class:`PartCounts`), the gallery
+statistic (``report.build.family_sums``) and the seconds spent per stage. The driver adds
+the counts up and renames the parts into place (:class:`PartsMerger`); it never sees a row.
+
+This module imports neither :mod:`kernelatlas.pipeline` nor an engine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import __version__
+from .report.summary import LAYER_KEYS, MODEL_KEYS, count_matrix, merge_counts
+
+if TYPE_CHECKING:
+    from .atlas import Atlas
+    from .autoencoder import KernelAutoencoder
+
+__all__ = [
+    "CARRY_COLUMNS",
+    "STAGES",
+    "Partition",
+    "SizeModels",
+    "PartitionJob",
+    "PartCounts",
+    "PartResult",
+    "PartsMerger",
+    "bank_partitions",
+    "file_partitions",
+    "analyse_batch",
+    "run_partition",
+    "run_partitions",
+]
+
+#: Provenance columns carried from the bank into kernels.parquet, then the bank reference.
+CARRY_COLUMNS: tuple[str, ...] = (
+    "source", "model", "format", "layer", "layer_index", "depth", "channel",
+    "kh", "kw", "stride", "dilation", "bn_folded", "dtype", "nonfinite",
+)  # fmt: skip
+#: Per-partition stages timed by :func:`run_partition` (seconds in ``PartResult.seconds``).
+STAGES: tuple[str, ...] = ("read", "classify", "fits", "autoencoder", "stats", "write")
+_PART_META = {b"kernelatlas_version": __version__.encode()}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One unit of work: a row group of one bank file (a local path or an fsspec URL)."""
+
+    path: str
+    row_group: int
+
+    @property
+    def file_name(self) -> str:
+        """The bank file's name (what ``bank_file`` holds in kernels.parquet)."""
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def sort_key(self) -> tuple[str, int]:
+        """The partition's place in bank order (file name, row group)."""
+        return self.file_name, self.row_group
+
+
+@dataclass(frozen=True)
+class SizeModels:
+    """The fitted models of one kernel size: everything a partition of that size needs.
+
+    Attributes
+    ----------
+    atlas : the calibrated :class:`~kernelatlas.atlas.Atlas`.
+    autoencoder : the trained :class:`~kernelatlas.autoencoder.KernelAutoencoder`, when the
+        analysis runs one (``method`` autoencoder or both).
+    """
+
+    atlas: Atlas
+    autoencoder: KernelAutoencoder | None = None
+
+
+@dataclass(frozen=True)
+class PartitionJob:
+    """What every partition of an analysis is run with (sent to each worker once).
+
+    Attributes
+    ----------
+    models : fitted models per kernel size; rows of other sizes are dropped.
+    fit : run the parametric fits (``fit_kernels``).
+    seed, device : of the fits.
+    batch_size : kernels analysed at a time (bounds memory).
+    with_weights : copy each kernel's weights into kernels.parquet (otherwise only its
+        bank reference ``bank_file, bank_row``).
+    parts_dir : folder the part files are written into (under temporary names); None:
+        the analysed table travels back in the result instead.
+    stats : compute the gallery statistic (``report.build.family_sums``).
+    """
+
+    models: Mapping[tuple[int, int], SizeModels]
+    fit: bool = False
+    seed: int = 0
+    device: str | None = None
+    batch_size: int = 65_536
+    with_weights: bool = False
+    parts_dir: str | None = None
+    stats: bool = True
+
+
+@dataclass
+class PartCounts:
+    """Exact integer counts of analysed kernels per layer (``LAYER_KEYS`` values -> counts).
+
+    Attributes
+    ----------
+    names : count columns (``report.summary.count_matrix``'s).
+    keys : one ``LAYER_KEYS`` tuple per row of ``counts``.
+    counts : int64 [len(keys), len(names)].
+    """
+
+    names: list[str]
+    keys: list[tuple[Any, ...]]
+    counts: np.ndarray
+
+
+@dataclass
+class PartResult:
+    """What a partition sends back to the driver (no kernel rows unless ``table`` is set)."""
+
+    partition: Partition
+    rows: int
+    tmp_path: str | None
+    table: pa.Table | None
+    counts: PartCounts | None
+    family_stats: dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- partitions
+def file_partitions(path: str, storage_options: dict[str, Any] | None = None) -> list[Partition]:
+    """The partitions of one bank file, in row-group order."""
+    from .bank import open_parquet
+
+    n = open_parquet(path, storage_options).metadata.num_row_groups
+    return [Partition(str(path), rg) for rg in range(n)]
+
+
+def bank_partitions(bank: Any) -> list[Partition]:
+    """Every (file, row group) of a bank, in bank order (the order of kernels.parquet)."""
+    return [p for f in bank.files() for p in file_partitions(str(f), bank.storage_options)]
+
+
+# --------------------------------------------------------------------------- analysis
+def _arrow(df: pd.DataFrame) -> dict[str, pa.Array]:
+    """DataFrame columns as Arrow arrays with fixed types (object columns are strings)."""
+    out = {}
+    for name in df.columns:
+        v = df[name].to_numpy()
+        # as pa.Table.from_pandas: NaN and None are nulls; object columns are strings
+        out[name] = pa.array(v, type=pa.string() if v.dtype == object else None, from_pandas=True)
+    return out
+
+
+def _unit_rows(k: np.ndarray) -> np.ndarray:
+    # unit kernels of non-degenerate rows (float32): the gallery statistic's input
+    flat = k.reshape(len(k), k.shape[1] * k.shape[2])
+    c = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("ij,ij->i", c, c))
+    return (c / np.maximum(norm, 1e-30)[:, None]).reshape(k.shape)
+
+
+def analyse_batch(
+    batch: pa.RecordBatch | pa.Table,
+    job: PartitionJob,
+    *,
+    bank_file: str = "",
+    first_row: int = 0,
+    seconds: dict[str, float] | None = None,
+    stats: dict[tuple[int, int], Any] | None = None,
+    counts: dict[tuple[Any, ...], np.ndarray] | None = None,
+) -> pa.Table | None:
+    """Analyse one batch of bank rows (any mix of kernel sizes), keeping the row order.
+
+    Returns the kernels.parquet rows: :data:`CARRY_COLUMNS`, ``bank_file, bank_row``
+    (``first_row`` is the batch's first row in its bank file), the atlas columns, the fit
+    and autoencoder columns, and ``weights`` with ``job.with_weights``; None when no row
+    has a model (1x1 rows are never harvested). ``seconds``, ``stats`` (the gallery
+    statistic per size) and ``counts`` (``LAYER_KEYS`` tuple -> count row) are added to.
+    """
+    from .bank import weights_array
+    from .report.build import add_family_sums, family_sums
+
+    sec = seconds if seconds is not None else {}
+    kh_all = batch.column("kh").to_numpy()
+    kw_all = batch.column("kw").to_numpy()
+    pieces, order = [], []
+    sizes = np.unique(np.stack([kh_all, kw_all], axis=1), axis=0) if len(kh_all) else []
+    for kh, kw in (tuple(int(v) for v in s) for s in sizes):
+        models = job.models.get((kh, kw))
+        if models is None:
+            continue
+        idx = np.flatnonzero((kh_all == kh) & (kw_all == kw))
+        whole = len(idx) == batch.num_rows  # one kernel size (the usual case): no copy
+        sub = batch if whole else batch.take(pa.array(idx))
+        k = weights_array(sub.column("weights"), kh, kw)
+        t = time.perf_counter()
+        pred = models.atlas.predict(k)
+        sec["classify"] = sec.get("classify", 0.0) + time.perf_counter() - t
+        frames = [pred]
+        if job.fit:
+            from .fit import fit_kernels
+
+            t = time.perf_counter()
+            frames.append(fit_kernels(k, device=job.device, seed=job.seed))
+            sec["fits"] = sec.get("fits", 0.0) + time.perf_counter() - t
+        if models.autoencoder is not None:
+            t = time.perf_counter()
+            frames.append(models.autoencoder.predict(k))
+            sec["autoencoder"] = sec.get("autoencoder", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        family = pred["family"].to_numpy(object)
+        live = pred["classified"].to_numpy(bool)
+        if counts is not None:
+            ae = frames[-1] if models.autoencoder is not None else None
+            _add_layer_counts(
+                counts, sub.select(list(LAYER_KEYS)), family, live,
+                None if ae is None else ae["ae_family"].to_numpy(object),
+                None if ae is None else ae["ae_classified"].to_numpy(bool),
+            )  # fmt: skip
+        if stats is not None:
+            rows = np.flatnonzero(live)
+            part = family_sums(
+                _unit_rows(k[rows]),
+                family[rows],
+                pred["polarity"].to_numpy()[rows],
+                pred["orientation"].to_numpy()[rows],
+            )
+            stats[(kh, kw)] = add_family_sums(stats.get((kh, kw)), part)
+        sec["stats"] = sec.get("stats", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        cols: dict[str, pa.Array | pa.ChunkedArray] = {c: sub.column(c) for c in CARRY_COLUMNS}
+        n = len(idx)
+        cols["bank_file"] = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([bank_file])
+        ).cast(pa.string())
+        cols["bank_row"] = pa.array((first_row + idx).astype(np.int64))
+        for frame in frames:
+            cols.update(_arrow(frame))
+        if job.with_weights:
+            cols["weights"] = sub.column("weights")
+        pieces.append(pa.table(cols))
+        order.append(idx)
+        sec["write"] = sec.get("write", 0.0) + time.perf_counter() - t
+    if not pieces:
+        return None
+    if len(pieces) == 1 and len(order[0]) == batch.num_rows:
+        return pieces[0]  # rows already in bank order
+    table = pa.concat_tables(pieces)
+    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+
+def _add_layer_counts(
+    into: dict[tuple[Any, ...], np.ndarray],
+    keys: pa.Table | pa.RecordBatch,
+    family: np.ndarray,
+    classified: np.ndarray,
+    ae_family: np.ndarray | None,
+    ae_classified: np.ndarray | None,
+) -> None:
+    """Add the counts of analysed rows per layer (``keys``: their ``LAYER_KEYS`` columns)
+    into ``into``: one reduction per run of equal keys (layers are contiguous in a bank
+    file); runs with the same key add up."""
+    names, rows = count_matrix(family, classified, ae_family, ae_classified)
+    n = len(rows)
+    if n == 0:
+        return
+    change = np.zeros(n, bool)
+    change[0] = True
+    for c in LAYER_KEYS:
+        col = keys.column(c)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if n > 1:
+            neq = pc.fill_null(pc.not_equal(col.slice(1), col.slice(0, n - 1)), True)
+            change[1:] |= neq.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(change)
+    sums = np.add.reduceat(rows, starts, axis=0)
+    firsts = keys.take(pa.array(starts)).to_pydict()
+    for i, s in enumerate(sums):
+        key = (*(firsts[c][i] for c in LAYER_KEYS), tuple(names))
+        have = into.get(key)
+        into[key] = s if have is None else have + s
+
+
+def run_partition(part: Partition, job: PartitionJob) -> PartResult:
+    """Analyse one partition: write its part file (or keep its table) and count it."""
+    from .bank import open_parquet
+
+    sec: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+    stats: dict[tuple[int, int], Any] | None = {} if job.stats else None
+    counted: dict[tuple[Any, ...], np.ndarray] = {}
+    t = time.perf_counter()
+    pf = open_parquet(part.path)
+    first = sum(pf.metadata.row_group(i).num_rows for i in range(part.row_group))
+    sec["read"] += time.perf_counter() - t
+    tables = []
+    batches = pf.iter_batches(batch_size=job.batch_size, row_groups=[part.row_group])
+    while True:
+        t = time.perf_counter()
+        batch = next(batches, None)
+        sec["read"] += time.perf_counter() - t
+        if batch is None:
+            break
+        if batch.num_rows:
+            table = analyse_batch(
+                batch, job, bank_file=part.file_name, first_row=first, seconds=sec,
+                stats=stats, counts=counted,
+            )  # fmt: skip
+            if table is not None:
+                tables.append(table)
+            first += batch.num_rows
+    if not tables:
+        return PartResult(part, 0, None, None, None, {}, sec)
+    t = time.perf_counter()
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    names = list(next(iter(counted))[-1])
+    counts = PartCounts(
+        names,
+        [k[:-1] for k in counted],
+        np.array(list(counted.values()), np.int64).reshape(-1, len(names)),
+    )
+    table = table.replace_schema_metadata(_PART_META)
+    tmp = None
+    if job.parts_dir is not None:
+        stem = part.file_name.removesuffix(".parquet")
+        tmp = os.path.join(
+            job.parts_dir, f".{stem}-{part.row_group:05d}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        )
+        pq.write_table(table, tmp, compression="zstd", compression_level=1)
+    sec["write"] += time.perf_counter() - t
+    return PartResult(part, table.num_rows, tmp, None if tmp else table, counts, stats or {}, sec)
+
+
+def run_partitions(parts: Iterable[Partition], job: PartitionJob) -> list[PartResult]:
+    """:func:`run_partition` on several partitions (one engine task), in order."""
+    return [run_partition(p, job) for p in parts]
+
+
+# --------------------------------------------------------------------------- the driver
+class PartsMerger:
+    """The driver's side: adds up partition results and puts the part files in place.
+
+    ``add`` takes results in partition order (the gallery statistic is a float sum, added
+    in that order so that every engine gives the same figures); ``finish`` renames the
+    parts to ``part-000000.parquet``... in bank order (or writes the returned tables) and
+    removes leftover temporary files (a retried task's).
+    """
+
+    def __init__(self, parts_dir: Path) -> None:
+        self.parts_dir = Path(parts_dir)
+        self._counts: dict[tuple[Any, ...], np.ndarray] = {}
+        self._names: list[str] | None = None
+        self.family_stats: dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.rows = 0
+        self._parts: list[tuple[tuple[str, int], str | None, pa.Table | None]] = []
+
+    def add(self, res: PartResult) -> None:
+        """Take one partition's result (counts, statistic, seconds, part file)."""
+        from .report.build import add_family_sums
+
+        for k, v in res.seconds.items():
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
+        if not res.rows:
+            return
+        self.rows += res.rows
+        c = res.counts
+        assert c is not None
+        if self._names is None:
+            self._names = list(c.names)
+        elif c.names != self._names:
+            raise RuntimeError("partitions counted different columns")  # one job, one layout
+        for key, row in zip(c.keys, c.counts, strict=True):
+            have = self._counts.get(key)
+            self._counts[key] = row.copy() if have is None else have + row
+        for size, fam in res.family_stats.items():
+            self.family_stats[size] = add_family_sums(self.family_stats.get(size), fam)
+        self._parts.append((res.partition.sort_key, res.tmp_path, res.table))
+
+    def counts(self) -> dict[str, pd.DataFrame]:
+        """The merged counts, as ``report.summary.merge_counts`` returns them."""
+        names = self._names or []
+        layers = pd.DataFrame(list(self._counts), columns=LAYER_KEYS)
+        layers = layers.astype(
+            {"kh": "int16", "kw": "int16", "layer_index": "int32", "depth": "float32"}
+        )
+        mat = np.array(list(self._counts.values()), np.int64).reshape(-1, len(names))
+        for j, name in enumerate(names):
+            layers[name] = mat[:, j]
+        models = layers.drop(columns=["layer", "layer_index", "depth"])
+        models = models.groupby(MODEL_KEYS, sort=False, observed=True).sum().reset_index()
+        return merge_counts([{"models": models, "layers": layers}])
+
+    def finish(self) -> int:
+        """Put the part files in place, in bank order; returns how many."""
+        self._parts.sort(key=lambda p: p[0])
+        width = max(6, len(str(len(self._parts))))
+        for i, (_, tmp, table) in enumerate(self._parts):
+            final = self.parts_dir / f"part-{i:0{width}d}.parquet"
+            if tmp is not None:
+                os.replace(tmp, final)
+            else:
+                staged = self.parts_dir / f".{final.name}.tmp"
+                pq.write_table(table, staged, compression="zstd", compression_level=1)
+                os.replace(staged, final)
+        for p in self.parts_dir.glob(".*.tmp"):  # written by a task whose result was not used
+            p.unlink(missing_ok=True)
+        return len(self._parts)
