@@ -34,6 +34,8 @@ _API: dict[str, str] = {
     "KernelAutoencoder": "kernelatlas.autoencoder",
     "discover_master_keys": "kernelatlas.autoencoder",
     "analyze": "kernelatlas.pipeline",
+    "kernel_weights": "kernelatlas.results",
+    "read_kernels": "kernelatlas.results",
     "AnalysisConfig": "kernelatlas.pipeline",
     "init_depthwise_": "kernelatlas.train",
     "CoverageTracker": "kernelatlas.train",

@@ -75,7 +75,10 @@ _LEGACY: dict[str, tuple[frozenset[str], str | None]] = {
 OUTPUT_KINDS: tuple[str, ...] = tuple(_LEGACY)
 # what a replaced output of each kind may hold: top-level names, and sub-folder -> suffixes
 _CONTENTS: dict[str, tuple[frozenset[str], dict[str, tuple[str, ...]]]] = {
-    "analysis": (_LEGACY["analysis"][0], {"figures": (".png",), "bank": (".parquet",)}),
+    "analysis": (
+        _LEGACY["analysis"][0],
+        {"figures": (".png",), "bank": (".parquet",), "kernels.parquet": (".parquet",)},
+    ),
     "comparison": (_LEGACY["comparison"][0], {"figures": (".png",)}),
 }
 

@@ -30,6 +30,8 @@ def _analyze(args: argparse.Namespace) -> int:
         engine=args.engine,
         scheduler=args.scheduler,
         n_workers=args.workers,
+        with_weights=args.with_weights,
+        recalibrate=args.recalibrate,
         command=shlex.join(["kernelatlas", *sys.argv[1:]]),
     )
     cfg.validate()  # options first: no source is expanded or read for a bad command line
@@ -42,7 +44,25 @@ def _analyze(args: argparse.Namespace) -> int:
             print(f"kernelatlas: note: {note}", file=sys.stderr)
         print(_coverage_table(res.summary))
         print(f"report: {res.out / 'index.html'}")
+        print(f"kernelatlas: {timing_line(res.timings)}", file=sys.stderr)
     return 0
+
+
+def timing_line(timings: dict) -> str:
+    """``time 12.3 s (2 threads): calibrate 0.02 s (3x3, 5x5 cached), classify 8.1 s, ...``:
+    the wall time, then each stage that took time (seconds summed over threads/workers)."""
+    cal = timings.get("calibration", [])
+    cached = [f"{c['kh']}x{c['kw']}" for c in cal if c["cached"]]
+    parts = []
+    for stage, sec in timings.get("stages_s", {}).items():
+        note = ""
+        if stage == "calibrate" and cal:
+            note = f" ({', '.join(cached)} from the cache)" if cached else " (not cached yet)"
+        if sec >= 0.005 or note:
+            parts.append(f"{stage.replace('_', ' ')} {sec:.2f} s{note}")
+    slots = timings.get("slots")
+    where = f"{timings.get('engine', '')}, {slots} thread{'s' if slots != 1 else ''}"
+    return f"time {timings.get('wall_s', 0.0):.1f} s ({where}): " + ", ".join(parts)
 
 
 def _coverage_table(summary: dict) -> str:
@@ -135,6 +155,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="kernels classified at a time; bounds memory (default 65536)",
     )
     p.add_argument("--no-fit", action="store_true", help="skip the parametric fits")
+    p.add_argument(
+        "--with-weights",
+        action="store_true",
+        help="copy every kernel's weights into kernels.parquet (default: each row references "
+        "its kernel in the run's bank, bank_file and bank_row; see kernelatlas.results)",
+    )
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="calibrate the atlas again even when the user cache holds this calibration "
+        "(same size, null, --null-fpr, seed and version), and rewrite the cache entry",
+    )
     p.add_argument(
         "--no-init-baseline",
         action="store_true",

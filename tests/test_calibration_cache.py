@@ -1,0 +1,126 @@
+"""The calibration cache: a second analysis skips calibration; stale or damaged entries are
+never trusted; data-built nulls are keyed by their content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernelatlas.calibration as C
+from kernelatlas.atlas import Atlas
+from kernelatlas.pipeline import AnalysisConfig, analyze
+
+N_NULL = 1000
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "calibrations"
+    monkeypatch.setenv("KERNELATLAS_CALIBRATIONS", str(folder))
+    return folder
+
+
+def _entry(folder: Path) -> Path:
+    [entry] = [p for p in folder.iterdir()]
+    return entry
+
+
+def test_second_calibration_comes_from_the_cache_and_predicts_the_same(cache: Path) -> None:
+    first = C.calibrate(5, 5, null_fpr=0.01, n_null=N_NULL, seed=2)
+    again = C.calibrate(5, 5, null_fpr=0.01, n_null=N_NULL, seed=2)
+    assert not first.cached and again.cached and again.path == first.path
+    assert again.atlas.thresholds_ == first.atlas.thresholds_
+    assert again.heldout_rate == first.heldout_rate and 0 < first.heldout_rate <= 0.05
+    fresh = Atlas(kernel_size=5, null_fpr=0.01, n_null=N_NULL, seed=2).fit()
+    assert fresh.thresholds_ == again.atlas.thresholds_
+    assert fresh.null_rate_ == again.atlas.null_rate_ and fresh.n_null_ == again.atlas.n_null_
+    k = np.random.default_rng(0).standard_normal((300, 5, 5), dtype=np.float32)
+    assert again.atlas.predict(k).equals(fresh.predict(k))
+    assert [p.name for p in cache.iterdir()] == [first.path.name]  # no temporary file left
+    # every key field separates entries
+    for other in ({"seed": 3}, {"null_fpr": 0.02}, {"n_null": N_NULL + 1}):
+        kw = {"null_fpr": 0.01, "n_null": N_NULL, "seed": 2} | other
+        assert not C.calibrate(5, 5, **kw).cached
+    assert not C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL, seed=2).cached
+    assert C.calibrate(5, 5, null_fpr=0.01, n_null=N_NULL, seed=2, refresh=True).cached is False
+
+
+def test_another_version_recalibrates(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
+    monkeypatch.setattr(C, "__version__", "9.9.9")
+    again = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
+    assert not again.cached and len(list(cache.iterdir())) == 2
+
+
+def _tamper(doc: dict, how: str) -> str:
+    if how == "garbage":
+        return "{not json"
+    if how == "threshold out of range":
+        doc["state"]["thresholds_"]["center"] = 5.0
+    elif how == "threshold NaN":
+        doc["state"]["thresholds_"]["center"] = float("nan")
+    elif how == "another key":
+        doc["key"]["seed"] = 99
+    elif how == "extra family":
+        doc["state"]["thresholds_"]["blob"] = 0.5
+        doc["state"]["family_null_rates_"]["blob"] = 0.0
+    elif how == "missing field":
+        del doc["state"]["null_rate_"]
+    elif how == "rate out of range":
+        doc["heldout_rate"] = -1
+    elif how == "not a dict":
+        return "[1, 2]"
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["garbage", "threshold out of range", "threshold NaN", "another key", "extra family",
+     "missing field", "rate out of range", "not a dict"],
+)  # fmt: skip
+def test_a_damaged_entry_is_ignored_and_rebuilt(cache: Path, how: str) -> None:
+    first = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
+    entry = _entry(cache)
+    entry.write_text(_tamper(json.loads(entry.read_text()), how))
+    again = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
+    assert not again.cached and again.atlas.thresholds_ == first.atlas.thresholds_
+    assert C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL).cached  # rewritten, valid again
+
+
+def test_a_null_built_from_data_is_keyed_by_its_content(cache: Path) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((600, 3, 3), dtype=np.float32)
+    b = a.copy()
+    b[0, 0, 0] += 1.0
+    kw = {"null_kind": "init", "null_fpr": 0.01, "n_null": N_NULL}
+    first = C.calibrate(3, 3, null=a, heldout=a[:300], **kw)
+    assert not first.cached and first.atlas.null_kind_ == "init"
+    assert C.calibrate(3, 3, null=a.copy(), heldout=a[:300], **kw).cached
+    assert not C.calibrate(3, 3, null=b, heldout=a[:300], **kw).cached  # one weight differs
+    assert not C.calibrate(3, 3, null=a, heldout=a[:299], **kw).cached  # another held-out set
+    assert C.calibrate(3, 3, null=a, heldout=a[:300], **kw).atlas.null_kind_ == "init"
+
+
+def test_a_second_analysis_skips_calibration(cache: Path, tmp_path: Path, capsys) -> None:
+    from kernelatlas.cli import main
+
+    np.save(tmp_path / "k.npy", np.random.default_rng(1).standard_normal((500, 5, 5), np.float32))
+    cfg = AnalysisConfig(quiet=True, fit=False, figures=False, init_baseline=False, n_null=N_NULL)
+    first = analyze([tmp_path / "k.npy"], tmp_path / "a", cfg)
+    second = analyze([tmp_path / "k.npy"], tmp_path / "b", cfg)
+    assert [c["cached"] for c in first.timings["calibration"]] == [False]
+    assert [c["cached"] for c in second.timings["calibration"]] == [True]
+    assert second.summary["thresholds"] == first.summary["thresholds"]
+    assert second.summary["models"] == first.summary["models"]
+    lines = []
+    for out in ("c", "d"):  # the CLI shows the calibration's time and where it came from
+        args = ["analyze", str(tmp_path / "k.npy"), "--out", str(tmp_path / out), "--no-fit",
+                "--no-init-baseline"]  # fmt: skip
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        lines += [x for x in err.splitlines() if x.startswith("kernelatlas: time")]
+    assert len(lines) == 2 and all("calibrate" in x for x in lines), lines
+    assert "(not cached yet)" in lines[0] and "(5x5 from the cache)" in lines[1], lines

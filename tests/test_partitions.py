@@ -1,0 +1,164 @@
+"""The unit of work and the local engine, on the shipped pp_lcnet_orientation kernels:
+counts that add up to the whole-table counts, the gallery statistic, part files, the
+weights accessor, the producer/consumer window, the fresh-init twin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kernelatlas.bank import KernelBank
+from kernelatlas.calibration import calibrate
+from kernelatlas.engine import Engine, make_engine
+from kernelatlas.engine.local import LocalEngine
+from kernelatlas.errors import KernelAtlasError
+from kernelatlas.harvest import harvest
+from kernelatlas.harvest.zoo import init_twin
+from kernelatlas.normalize import normalize
+from kernelatlas.partitions import PartitionJob, PartsMerger, SizeModels, bank_partitions
+from kernelatlas.report.build import family_sums, means_from_sums
+from kernelatlas.report.summary import LAYER_KEYS, merge_counts, partial_counts
+from kernelatlas.results import kernel_weights
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory) -> KernelBank:
+    """pp_lcnet_orientation (3x3 and 5x5) in row groups of 300 rows: 9 partitions."""
+    b = KernelBank(tmp_path_factory.mktemp("run") / "bank", row_group_size=300)
+    b.add(harvest("pp_lcnet_orientation"))
+    return b
+
+
+@pytest.fixture(scope="module")
+def models(bank):
+    return {
+        s: SizeModels(calibrate(*s, null_fpr=0.01, n_null=2000, cache=False).atlas)
+        for s in bank.shapes()
+    }
+
+
+def _merged(bank, job, engine=None) -> tuple[PartsMerger, list]:
+    merger = PartsMerger(Path(job.parts_dir))
+    results = []
+    with engine or LocalEngine() as e:
+        for res in e.map_partitions((p, job) for p in bank_partitions(bank)):
+            merger.add(res)
+            results.append(res)
+    merger.finish()
+    return merger, results
+
+
+def test_counts_and_statistic_add_up_to_the_whole_table(bank, models, tmp_path) -> None:
+    parts = tmp_path / "kernels.parquet"
+    parts.mkdir()
+    (tmp_path / "bank").symlink_to(bank.path)  # an analysis folder: the parts beside the bank
+    job = PartitionJob(models, batch_size=128, parts_dir=str(parts))
+    merger, results = _merged(bank, job)
+    assert isinstance(make_engine("local"), Engine)
+    assert [r.partition for r in results] == bank_partitions(bank)  # in bank order
+    assert all(r.table is None and r.tmp_path for r in results)  # only counts came back
+    table = pq.ParquetDataset(parts).read()
+    assert table.num_rows == 2480 and sorted(p.name for p in parts.iterdir()) == [
+        f"part-{i:06d}.parquet" for i in range(9)
+    ]
+    df = table.to_pandas()
+    want = merge_counts([partial_counts(df)])
+    got = merger.counts()
+    for key in ("models", "layers"):
+        assert got[key].equals(want[key]), key
+    assert list(got["layers"].columns[: len(LAYER_KEYS)]) == LAYER_KEYS
+    # the gallery statistic equals the one computed from the whole table at once
+    for (kh, kw), stats in merger.family_stats.items():
+        sel = df[(df["kh"] == kh) & (df["kw"] == kw) & df["classified"]]
+        whole = family_sums(
+            normalize(kernel_weights(tmp_path, sel)).unit,
+            sel["family"].to_numpy(object),
+            sel["polarity"].to_numpy(),
+            sel["orientation"].to_numpy(),
+        )
+        a, b = means_from_sums(stats), means_from_sums(whole)
+        for f in a:
+            assert a[f][1:] == b[f][1:] and a[f][1] > 0, f  # counts and labels
+            np.testing.assert_allclose(a[f][0], b[f][0], atol=1e-6)
+
+
+def test_tables_back_and_weights_kept(bank, models, tmp_path) -> None:
+    """Without a shared folder the tables travel back and the driver writes the same parts;
+    with_weights keeps a copy of the weights, which the accessor then reads."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    job = PartitionJob(models, parts_dir=str(tmp_path / "a"), with_weights=True)
+    _merged(bank, job)
+    back = PartitionJob(models, parts_dir=None, with_weights=True)
+    merger = PartsMerger(tmp_path / "b")
+    with LocalEngine(threads=1) as e:
+        for res in e.map_partitions((p, back) for p in bank_partitions(bank)):
+            assert res.table is not None and res.tmp_path is None
+            merger.add(res)
+    merger.finish()
+    a = pq.ParquetDataset(tmp_path / "a").read()
+    b = pq.ParquetDataset(tmp_path / "b").read()
+    assert a.equals(b) and "weights" in a.column_names
+    sel = a.filter(pa.compute.equal(a.column("kh"), 5))
+    np.testing.assert_array_equal(
+        kernel_weights(tmp_path / "a", sel.select(["kh", "kw", "weights"])), bank.kernels(5, 5)
+    )
+
+
+def test_kernel_weights_refuses_mixed_sizes_and_foreign_files(bank, models, tmp_path) -> None:
+    run = tmp_path / "run"
+    (run / "kernels.parquet").mkdir(parents=True)
+    (run / "bank").symlink_to(bank.path)
+    _merged(bank, PartitionJob(models, parts_dir=str(run / "kernels.parquet")))
+    with pytest.raises(KernelAtlasError, match="one kernel size"):
+        kernel_weights(run, np.arange(2480))
+    table = pq.ParquetDataset(run / "kernels.parquet").read().slice(0, 3)
+    bad = table.set_column(
+        table.column_names.index("bank_file"), "bank_file", pa.array(["../x.parquet"] * 3)
+    )
+    with pytest.raises(KernelAtlasError, match="not a file of the run's bank"):
+        kernel_weights(run, bad)
+    with pytest.raises(KernelAtlasError, match="out of range"):
+        kernel_weights(run, [10**6])
+
+
+def test_the_producer_runs_at_most_a_window_ahead(bank, models, tmp_path) -> None:
+    """Harvesting (the producer) overlaps with classifying, but never runs more than
+    2 x threads partitions ahead of the results taken back: memory stays bounded."""
+    drawn = []
+    job = PartitionJob(models, parts_dir=str(tmp_path))
+
+    def tasks():
+        for part in bank_partitions(bank):
+            drawn.append(part)
+            yield part, job
+
+    seen = [(r.partition, len(drawn)) for r in LocalEngine(threads=2).map_partitions(tasks())]
+    assert [p for p, _ in seen] == bank_partitions(bank)
+    assert all(n <= i + 1 + 4 for i, (_, n) in enumerate(seen)), seen
+    assert seen[0][1] < len(seen)  # the first result came before the last task was drawn
+
+
+def test_a_producer_error_reaches_the_caller() -> None:
+    def tasks():
+        raise KernelAtlasError("no depthwise kernels in any source")
+        yield  # pragma: no cover
+
+    with pytest.raises(KernelAtlasError, match="no depthwise kernels"):
+        list(LocalEngine().map_partitions(tasks()))
+
+
+def test_init_twin_comes_from_the_zoo_parser() -> None:
+    assert init_twin("timm:mobilenetv3_small_050") == "timm:mobilenetv3_small_050@init"
+    assert init_twin("timm:mobilenetv3_small_050?file=/w.pth") == "timm:mobilenetv3_small_050@init"
+    assert init_twin("timm:mobilenetv3_small_050@init") is None
+    assert init_twin("timm:mobilenetv3_small_050@init:3") is None  # was ...@init:3@init
+    assert init_twin("efficientnet_lite0") == "timm:efficientnet_lite0@init"
+    assert init_twin("/some/file.npy") is None
+    from kernelatlas.pipeline import _harvest_init
+
+    assert _harvest_init(["timm:mobilenetv3_small_050@init:3", "/x.npy"]) == {}
