@@ -20,7 +20,7 @@ from kernelatlas.harvest import harvest
 from kernelatlas.harvest.zoo import init_twin
 from kernelatlas.normalize import normalize
 from kernelatlas.partitions import PartitionJob, PartsMerger, SizeModels, bank_partitions
-from kernelatlas.report.build import family_sums, means_from_sums
+from kernelatlas.report.build import EXEMPLARS, gallery_from_table, means_from_sums, sample_keys
 from kernelatlas.report.summary import LAYER_KEYS, merge_counts, partial_counts
 from kernelatlas.results import kernel_weights
 
@@ -71,19 +71,23 @@ def test_counts_and_statistic_add_up_to_the_whole_table(bank, models, tmp_path) 
     for key in ("models", "layers"):
         assert got[key].equals(want[key]), key
     assert list(got["layers"].columns[: len(LAYER_KEYS)]) == LAYER_KEYS
-    # the gallery statistic equals the one computed from the whole table at once
+    # the gallery statistic equals the one read again from the whole table at once
+    assert set(merger.family_stats) == {(3, 3), (5, 5)}
     for (kh, kw), stats in merger.family_stats.items():
-        sel = df[(df["kh"] == kh) & (df["kw"] == kw) & df["classified"]]
-        whole = family_sums(
-            normalize(kernel_weights(tmp_path, sel)).unit,
-            sel["family"].to_numpy(object),
-            sel["polarity"].to_numpy(),
-            sel["orientation"].to_numpy(),
-        )
-        a, b = means_from_sums(stats), means_from_sums(whole)
+        whole = gallery_from_table(tmp_path, kh, kw)
+        a, b = means_from_sums(stats.sums), means_from_sums(whole.sums)
         for f in a:
             assert a[f][1:] == b[f][1:] and a[f][1] > 0, f  # counts and labels
             np.testing.assert_allclose(a[f][0], b[f][0], atol=1e-6)
+        for f, (keys, unit) in stats.samples.items():
+            assert len(keys) == min(EXEMPLARS, int((df[(df["kh"] == kh)]["family"] == f).sum()))
+            np.testing.assert_array_equal(keys, whole.samples[f][0])
+            np.testing.assert_allclose(unit, whole.samples[f][1], atol=1e-6)
+    # the exemplars are the rows with the smallest keys: a seeded sample of the size
+    sel = df[(df["kh"] == 3) & (df["family"] == "unclassified")]
+    keys = sample_keys(sel["bank_file"].to_numpy(object), sel["bank_row"].to_numpy(), 0)
+    want = normalize(kernel_weights(tmp_path, sel.iloc[np.argsort(keys)[:EXEMPLARS]])).unit
+    np.testing.assert_allclose(merger.family_stats[(3, 3)].exemplars()["unclassified"], want)
 
 
 def test_tables_back_and_weights_kept(bank, models, tmp_path) -> None:

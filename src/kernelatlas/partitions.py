@@ -6,7 +6,7 @@ and in any order: it classifies (and fits) the partition's kernels with the
 :class:`SizeModels` of their size, writes the analysed rows as one part file of
 kernels.parquet under a temporary name, and returns a small :class:`PartResult`: the
 part's temporary path, exact integer counts per layer (:class:`PartCounts`), the gallery
-statistic (``report.build.family_sums``) and the seconds spent per stage. The driver adds
+statistic (``report.build.GalleryStats``) and the seconds spent per stage. The driver adds
 the counts up and renames the parts into place (:class:`PartsMerger`); it never sees a row.
 
 This module imports neither :mod:`kernelatlas.pipeline` nor an engine.
@@ -34,6 +34,7 @@ from .report.summary import LAYER_KEYS, MODEL_KEYS, count_matrix, merge_counts
 if TYPE_CHECKING:
     from .atlas import Atlas
     from .autoencoder import KernelAutoencoder
+    from .report.build import GalleryStats
 
 __all__ = [
     "CARRY_COLUMNS",
@@ -56,8 +57,9 @@ CARRY_COLUMNS: tuple[str, ...] = (
     "source", "model", "format", "layer", "layer_index", "depth", "channel",
     "kh", "kw", "stride", "dilation", "bn_folded", "dtype", "nonfinite",
 )  # fmt: skip
-#: Per-partition stages timed by :func:`run_partition` (seconds in ``PartResult.seconds``).
-STAGES: tuple[str, ...] = ("read", "classify", "fits", "autoencoder", "stats", "write")
+#: Per-partition stages timed by :func:`run_partition` (seconds in ``PartResult.seconds``;
+#: ``cpu`` is the thread's CPU time for the whole partition).
+STAGES: tuple[str, ...] = ("read", "classify", "fits", "autoencoder", "stats", "write", "cpu")
 _PART_META = {b"kernelatlas_version": __version__.encode()}
 
 
@@ -108,7 +110,8 @@ class PartitionJob:
         bank reference ``bank_file, bank_row``).
     parts_dir : folder the part files are written into (under temporary names); None:
         the analysed table travels back in the result instead.
-    stats : compute the gallery statistic (``report.build.family_sums``).
+    stats : compute the gallery statistic (``report.build.GalleryStats``: mean kernels and
+        exemplars, seeded by ``seed``).
     """
 
     models: Mapping[tuple[int, int], SizeModels]
@@ -146,7 +149,7 @@ class PartResult:
     tmp_path: str | None
     table: pa.Table | None
     counts: PartCounts | None
-    family_stats: dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]]
+    family_stats: dict[tuple[int, int], GalleryStats]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -175,14 +178,6 @@ def _arrow(df: pd.DataFrame) -> dict[str, pa.Array]:
     return out
 
 
-def _unit_rows(k: np.ndarray) -> np.ndarray:
-    # unit kernels of non-degenerate rows (float32): the gallery statistic's input
-    flat = k.reshape(len(k), k.shape[1] * k.shape[2])
-    c = flat - flat.mean(axis=1, keepdims=True)
-    norm = np.sqrt(np.einsum("ij,ij->i", c, c))
-    return (c / np.maximum(norm, 1e-30)[:, None]).reshape(k.shape)
-
-
 def analyse_batch(
     batch: pa.RecordBatch | pa.Table,
     job: PartitionJob,
@@ -202,7 +197,7 @@ def analyse_batch(
     statistic per size) and ``counts`` (``LAYER_KEYS`` tuple -> count row) are added to.
     """
     from .bank import weights_array
-    from .report.build import add_family_sums, family_sums
+    from .report.build import gallery_stats, sample_keys
 
     sec = seconds if seconds is not None else {}
     kh_all = batch.column("kh").to_numpy()
@@ -242,14 +237,14 @@ def analyse_batch(
                 None if ae is None else ae["ae_classified"].to_numpy(bool),
             )  # fmt: skip
         if stats is not None:
-            rows = np.flatnonzero(live)
-            part = family_sums(
-                _unit_rows(k[rows]),
-                family[rows],
-                pred["polarity"].to_numpy()[rows],
-                pred["orientation"].to_numpy()[rows],
+            keys = sample_keys(
+                np.full(len(idx), bank_file, dtype=object), first_row + idx, job.seed
             )
-            stats[(kh, kw)] = add_family_sums(stats.get((kh, kw)), part)
+            part = gallery_stats(
+                k, family, live, pred["polarity"].to_numpy(), pred["orientation"].to_numpy(), keys
+            )
+            have = stats.get((kh, kw))
+            stats[(kh, kw)] = part if have is None else have.merge(part)
         sec["stats"] = sec.get("stats", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         cols: dict[str, pa.Array | pa.ChunkedArray] = {c: sub.column(c) for c in CARRY_COLUMNS}
@@ -309,6 +304,7 @@ def run_partition(part: Partition, job: PartitionJob) -> PartResult:
     """Analyse one partition: write its part file (or keep its table) and count it."""
     from .bank import open_parquet
 
+    cpu0 = time.thread_time()
     sec: dict[str, float] = dict.fromkeys(STAGES, 0.0)
     stats: dict[tuple[int, int], Any] | None = {} if job.stats else None
     counted: dict[tuple[Any, ...], np.ndarray] = {}
@@ -333,6 +329,7 @@ def run_partition(part: Partition, job: PartitionJob) -> PartResult:
                 tables.append(table)
             first += batch.num_rows
     if not tables:
+        sec["cpu"] = time.thread_time() - cpu0
         return PartResult(part, 0, None, None, None, {}, sec)
     t = time.perf_counter()
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
@@ -351,6 +348,7 @@ def run_partition(part: Partition, job: PartitionJob) -> PartResult:
         )
         pq.write_table(table, tmp, compression="zstd", compression_level=1)
     sec["write"] += time.perf_counter() - t
+    sec["cpu"] = time.thread_time() - cpu0
     return PartResult(part, table.num_rows, tmp, None if tmp else table, counts, stats or {}, sec)
 
 
@@ -373,15 +371,13 @@ class PartsMerger:
         self.parts_dir = Path(parts_dir)
         self._counts: dict[tuple[Any, ...], np.ndarray] = {}
         self._names: list[str] | None = None
-        self.family_stats: dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self.family_stats: dict[tuple[int, int], GalleryStats] = {}
         self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.rows = 0
         self._parts: list[tuple[tuple[str, int], str | None, pa.Table | None]] = []
 
     def add(self, res: PartResult) -> None:
         """Take one partition's result (counts, statistic, seconds, part file)."""
-        from .report.build import add_family_sums
-
         for k, v in res.seconds.items():
             self.seconds[k] = self.seconds.get(k, 0.0) + v
         if not res.rows:
@@ -396,8 +392,9 @@ class PartsMerger:
         for key, row in zip(c.keys, c.counts, strict=True):
             have = self._counts.get(key)
             self._counts[key] = row.copy() if have is None else have + row
-        for size, fam in res.family_stats.items():
-            self.family_stats[size] = add_family_sums(self.family_stats.get(size), fam)
+        for size, g in res.family_stats.items():
+            have = self.family_stats.get(size)
+            self.family_stats[size] = g if have is None else have.merge(g)
         self._parts.append((res.partition.sort_key, res.tmp_path, res.table))
 
     def counts(self) -> dict[str, pd.DataFrame]:

@@ -514,18 +514,22 @@ def _analyze_into(
             tasks: Any = _tasks(run, engine, sources, cfg)
             if not _streams(cfg):  # harvest, calibrate, train here, with every thread
                 tasks = list(tasks)
+            map_t, map_cpu = time.perf_counter(), time.process_time()
             for res in engine.map_partitions(tasks):
                 t = time.perf_counter()
                 merger.add(res)
                 stages.add("merge", time.perf_counter() - t)
                 run.progress().update(res.rows)
+            map_t, map_cpu = time.perf_counter() - map_t, time.process_time() - map_cpu
         finally:
             if run.bar is not None:
                 run.bar.close()
         slots = engine.slots
+        n_tasks = getattr(engine, "tasks", run.partitions)
     t = time.perf_counter()
     merger.finish()
     stages.add("merge", time.perf_counter() - t)
+    partition_cpu = merger.seconds.pop("cpu", 0.0)
     for k, v in merger.seconds.items():
         stages.add(k, v)
 
@@ -558,6 +562,10 @@ def _analyze_into(
         "engine": cfg.engine,
         "slots": slots,
         "partitions": run.partitions,
+        "tasks": n_tasks,
+        "map_wall_s": round(map_t, 4),  # harvest (streaming) + classify, until the last part
+        "map_cpu_s": round(map_cpu, 4),  # this process's CPU meanwhile (all its threads)
+        "partition_cpu_s": round(partition_cpu, 4),  # CPU of the partitions, wherever they ran
         "stages_s": {k: round(v, 4) for k, v in stages.seconds.items()},
         "calibration": sorted(run.calibration, key=lambda r: (r["kh"], r["kw"])),
     }

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import uuid
 import warnings
 from collections import deque
@@ -48,9 +49,10 @@ if TYPE_CHECKING:
 
 __all__ = ["DaskEngine", "harvest_dask", "dask_client", "TorchThreads", "TASKS_PER_THREAD"]
 
-#: Tasks per worker thread the partitions are grouped into (a short tail, few tasks for the
-#: driver and the scheduler: their cost per task is what bounds a large cluster).
-TASKS_PER_THREAD = 32
+#: Tasks per worker thread the partitions are grouped into: enough for an even load (the
+#: last task is 1/8 of a worker's share), few enough that the driver and the scheduler,
+#: whose cost per task is what bounds a large cluster, keep up (docs/scale.md).
+TASKS_PER_THREAD = 8
 
 
 class TorchThreads(WorkerPlugin):
@@ -218,23 +220,44 @@ class DaskEngine:
         self.partitions_per_task = partitions_per_task
         self._given = client
         self._stack: contextlib.ExitStack | None = None
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
         self.client: Client | None = client
         self.tasks = 0  # tasks of the last map_partitions
 
     def __enter__(self) -> DaskEngine:
+        """Start connecting (or the LocalCluster) in the background: the driver's own first
+        steps (fingerprinting the sources, calibration) overlap with the cluster's start."""
         self._stack = contextlib.ExitStack()
-        self.client = self._stack.enter_context(
-            dask_client(self.scheduler, self.n_workers, client=self._given)
-        )
+        stack = self._stack
+
+        def start() -> None:
+            try:
+                self.client = stack.enter_context(
+                    dask_client(self.scheduler, self.n_workers, client=self._given)
+                )
+            except BaseException as exc:  # raised where the client is first needed
+                self._start_error = exc
+
+        self._starting = threading.Thread(target=start, name="kernelatlas-dask-start", daemon=True)
+        self._starting.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
         if self._stack is not None:
             self._stack.close()
             self._stack = None
         self.client = self._given
 
     def _client(self) -> Client:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+        if self._start_error is not None:
+            raise self._start_error
         if self.client is None:
             raise RuntimeError("use the DaskEngine as a context manager (with DaskEngine() as e)")
         return self.client
@@ -313,8 +336,8 @@ class DaskEngine:
         job is broadcast once; results in the order of ``tasks``."""
         from ..partitions import run_partitions
 
+        pairs = list(tasks)  # (harvests and calibrates while the cluster starts)
         c = self._client()
-        pairs = list(tasks)
         threads = _n_threads(c)
         per = self.partitions_per_task or max(
             1, math.ceil(len(pairs) / (TASKS_PER_THREAD * threads))

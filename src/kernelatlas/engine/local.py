@@ -47,6 +47,7 @@ class LocalEngine:
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = int(threads) if threads else available_cores()
+        self.tasks = 0  # partitions run by the last map_partitions
 
     @property
     def slots(self) -> int:
@@ -72,6 +73,7 @@ class LocalEngine:
 
         from ..partitions import run_partition
 
+        self.tasks = 0
         window = threading.Semaphore(2 * self.threads)
         futures: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
@@ -105,6 +107,7 @@ class LocalEngine:
                 assert isinstance(item, Future)
                 result = item.result()
                 window.release()
+                self.tasks += 1
                 yield result
         finally:
             stop.set()

@@ -62,7 +62,7 @@ def write_report(
     """Write summary.json, figures/*.png and index.html into ``run_dir``.
 
     ``family_stats``: the gallery statistic per kernel size, when the analysis computed it
-    while classifying (``report.build.family_sums``); otherwise it is read again."""
+    while classifying (``report.build.GalleryStats``); otherwise it is read again."""
     from .build import make_figures
 
     write_json(run_dir / "summary.json", summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ __all__ = [
     "family_sums",
     "add_family_sums",
     "means_from_sums",
+    "GalleryStats",
+    "gallery_stats",
+    "gallery_from_table",
+    "sample_keys",
+    "EXEMPLARS",
     "ORIENTATION_BIN",
     "FIGURE_DPI",
 ]
@@ -132,6 +138,92 @@ def add_family_sums(
     return {f: (a[f][0] + b[f][0], a[f][1] + b[f][1]) for f in b}
 
 
+#: Exemplars per family in the gallery.
+EXEMPLARS = 24
+_EXEMPLAR_FAMILIES = (*PATTERN_FAMILIES, UNCLASSIFIED)
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def sample_keys(bank_file: np.ndarray, bank_row: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 per kernel, from its place in the bank: the gallery's
+    exemplars are the kernels with the smallest keys (a uniform sample, the same whatever
+    the split of the kernels into batches, partitions or workers)."""
+    import hashlib
+
+    files = np.asarray(bank_file, dtype=object)
+    names, inv = np.unique(files, return_inverse=True) if len(files) else ([], np.zeros(0, int))
+    salt = np.array(
+        [
+            int.from_bytes(hashlib.sha256(f"{seed}:{n}".encode()).digest()[:8], "little")
+            for n in names
+        ],
+        dtype=np.uint64,
+    )
+    with np.errstate(over="ignore"):
+        z = salt[inv] + np.asarray(bank_row, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return (z ^ (z >> np.uint64(31))) & _M64
+
+
+@dataclass
+class GalleryStats:
+    """The gallery of one kernel size as a statistic that adds up over any split of the
+    kernels: per-family sums for the mean kernels (:func:`family_sums`), and per family
+    (and for unclassified kernels) the :data:`EXEMPLARS` kernels with the smallest
+    :func:`sample_keys`, as unit kernels."""
+
+    sums: dict[str, tuple[np.ndarray, np.ndarray]]
+    samples: dict[str, tuple[np.ndarray, np.ndarray]]  # family -> (keys [m], unit [m, kh, kw])
+
+    def merge(self, other: GalleryStats) -> GalleryStats:
+        """The statistic of both sets of kernels."""
+        samples = {}
+        for f in self.samples:
+            keys = np.concatenate([self.samples[f][0], other.samples[f][0]])
+            unit = np.concatenate([self.samples[f][1], other.samples[f][1]])
+            keep = np.argsort(keys, kind="stable")[:EXEMPLARS]
+            samples[f] = (keys[keep], unit[keep])
+        return GalleryStats(add_family_sums(self.sums, other.sums), samples)
+
+    def exemplars(self) -> dict[str, np.ndarray]:
+        """family -> unit kernels [<= EXEMPLARS, kh, kw], in key order."""
+        return {f: u for f, (_, u) in self.samples.items()}
+
+
+def _unit_fast(k: np.ndarray) -> np.ndarray:
+    # unit kernels of non-degenerate rows in float32 (the mean figure's input; normalize()
+    # computes the same in float64, for the exemplars)
+    flat = k.reshape(len(k), k.shape[1] * k.shape[2])
+    c = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("ij,ij->i", c, c))
+    return (c / np.maximum(norm, 1e-30)[:, None]).reshape(k.shape)
+
+
+def gallery_stats(
+    kernels: np.ndarray,
+    family: np.ndarray,
+    classified: np.ndarray,
+    polarity: np.ndarray,
+    orientation: np.ndarray,
+    keys: np.ndarray,
+) -> GalleryStats:
+    """The :class:`GalleryStats` of a batch of kernels [N, kh, kw] of one size, from the
+    atlas's columns and :func:`sample_keys`."""
+    family = np.asarray(family, dtype=object)
+    live = np.flatnonzero(np.asarray(classified, dtype=bool))
+    sums = family_sums(_unit_fast(kernels[live]), family[live], polarity[live], orientation[live])
+    samples = {}
+    for f in _EXEMPLAR_FAMILIES:
+        rows = np.flatnonzero(family == f)
+        if len(rows) > EXEMPLARS:
+            rows = rows[np.argpartition(keys[rows], EXEMPLARS)[:EXEMPLARS]]
+        rows = rows[np.argsort(keys[rows], kind="stable")]
+        unit = normalize(kernels[rows]).unit if len(rows) else kernels[:0].astype(np.float32)
+        samples[f] = (keys[rows], unit)
+    return GalleryStats(sums, samples)
+
+
 def means_from_sums(
     sums: dict[str, tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, tuple[np.ndarray, int, str]]:
@@ -156,60 +248,65 @@ def means_from_sums(
     return out
 
 
-def family_means(
-    path: Path, kh: int, kw: int, *, batch_size: int = 65_536
-) -> dict[str, tuple[np.ndarray, int, str]]:
-    """Per family, the mean unit kernel of its classified members, streamed over the file.
+def gallery_from_table(
+    path: Path, kh: int, kw: int, *, seed: int = 0, batch_size: int = 65_536
+) -> GalleryStats:
+    """The :class:`GalleryStats` of one size, read again from kernels.parquet (and the
+    weights through :func:`kernelatlas.results.kernel_weights`); the analysis computes it
+    while it classifies instead."""
+    from ..results import kernel_weights, kernels_dataset
+
+    dataset = kernels_dataset(path)
+    flt = (ds.field("kh") == kh) & (ds.field("kw") == kw)
+    names = dataset.schema.names
+    refs = [c for c in ("weights", "bank_file", "bank_row") if c in names]
+    cols = ["family", "classified", "orientation", "polarity", "kh", "kw", *refs]
+    total: GalleryStats | None = None
+    row = 0
+    for batch in dataset.to_batches(columns=cols, filter=flt, batch_size=batch_size):
+        if not batch.num_rows:
+            continue
+        if "bank_row" in names:
+            keys = sample_keys(
+                batch.column("bank_file").to_numpy(zero_copy_only=False),
+                batch.column("bank_row").to_numpy(),
+                seed,
+            )
+        else:  # a table of kernelatlas 0.1.0: rows in order
+            keys = sample_keys(
+                np.full(batch.num_rows, ""), np.arange(row, row + batch.num_rows), seed
+            )
+        row += batch.num_rows
+        part = gallery_stats(
+            kernel_weights(path, batch),
+            batch.column("family").to_numpy(zero_copy_only=False),
+            batch.column("classified").to_numpy(zero_copy_only=False),
+            batch.column("polarity").to_numpy(zero_copy_only=False),
+            batch.column("orientation").to_numpy(zero_copy_only=False),
+            keys,
+        )
+        total = part if total is None else total.merge(part)
+    if total is None:
+        empty = np.zeros((0, kh, kw), np.float32)
+        total = gallery_stats(
+            empty,
+            np.zeros(0, object),
+            np.zeros(0, bool),
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros(0, np.uint64),
+        )
+    return total
+
+
+def family_means(path: Path, kh: int, kw: int) -> dict[str, tuple[np.ndarray, int, str]]:
+    """Per family, the mean unit kernel of its classified members, read from kernels.parquet.
 
     Centre and second-derivative kernels are sign-aligned (times polarity) before averaging;
     oriented families are averaged within 30 degrees of their most common orientation
     (averaging all orientations would cancel to zero). Returns family -> (mean, n, label).
-    The analysis computes the same statistic while it classifies (:func:`family_sums`);
-    this reads the kernels again (their weights through
-    :func:`kernelatlas.results.kernel_weights`).
     """
-    from ..results import kernel_weights, kernels_dataset
-
-    dataset = kernels_dataset(path)
-    flt = (ds.field("kh") == kh) & (ds.field("kw") == kw) & ds.field("classified")
-    refs = [c for c in ("weights", "bank_file", "bank_row") if c in dataset.schema.names]
-    cols = ["family", "orientation", "polarity", "kh", "kw", *refs]
-    total = None
-    for batch in dataset.to_batches(columns=cols, filter=flt, batch_size=batch_size):
-        if not batch.num_rows:
-            continue
-        w = kernel_weights(path, batch)
-        part = family_sums(
-            normalize(w).unit,
-            batch.column("family").to_numpy(zero_copy_only=False),
-            batch.column("polarity").to_numpy(zero_copy_only=False),
-            batch.column("orientation").to_numpy(zero_copy_only=False),
-        )
-        total = add_family_sums(total, part)
-    if total is None:
-        empty = np.zeros((0, kh, kw), np.float32)
-        total = family_sums(empty, np.zeros(0, object), np.zeros(0), np.zeros(0))
-    return means_from_sums(total)
-
-
-def _exemplars(
-    path: Path, meta: pd.DataFrame, kh: int, kw: int, n: int, seed: int
-) -> dict[str, np.ndarray]:
-    """A seeded random sample of real kernels per family (classified) and of unclassified ones."""
-    from ..results import kernel_weights
-
-    rng = np.random.default_rng(seed)
-    out = {}
-    sel_size = (meta["kh"] == kh) & (meta["kw"] == kw)
-    for f in (*PATTERN_FAMILIES, UNCLASSIFIED):
-        rows = np.flatnonzero(sel_size & (meta["family"] == f))
-        if len(rows) > n:
-            rows = np.sort(rng.choice(rows, n, replace=False))
-        if len(rows) == 0:
-            out[f] = np.zeros((0, kh, kw), np.float32)
-            continue
-        out[f] = normalize(kernel_weights(path, meta["_row"].to_numpy()[rows])).unit
-    return out
+    return means_from_sums(gallery_from_table(path, kh, kw).sums)
 
 
 @F.plain_text
@@ -219,13 +316,13 @@ def make_figures(
     *,
     spectra: dict[str, Any] | None = None,
     seed: int = 0,
-    family_stats: dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+    family_stats: dict[tuple[int, int], GalleryStats] | None = None,
 ) -> dict[str, list[str]]:
     """Write figures/*.png for one analysis; returns section -> list of file names.
 
-    ``family_stats``: per kernel size, :func:`family_sums` added up over the kernels (the
+    ``family_stats``: per kernel size, the :class:`GalleryStats` of its kernels (the
     analysis computes them while it classifies); sizes without them are read again
-    (:func:`family_means`)."""
+    (:func:`gallery_from_table`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -263,7 +360,6 @@ def make_figures(
         fig.tight_layout(rect=(0, 0.04, 1, 1))
         made["layers"] = [_save(fig, fig_dir / "layers.png")]
 
-    meta = read_columns(path, [*_META, "fit_sigma"], seed=seed)
     gallery = []
     sizes = (
         sorted({(int(a), int(b)) for a, b in zip(models["kh"], models["kw"])})
@@ -271,11 +367,9 @@ def make_figures(
         else []
     )
     for kh, kw in sizes:
-        if family_stats is not None and (kh, kw) in family_stats:
-            means = means_from_sums(family_stats[(kh, kw)])
-        else:
-            means = family_means(path, kh, kw)
-        ex = _exemplars(path, meta, kh, kw, 24, seed)
+        stats = (family_stats or {}).get((kh, kw)) or gallery_from_table(path, kh, kw, seed=seed)
+        means = means_from_sums(stats.sums)
+        ex = stats.exemplars()
         fig, axes = plt.subplots(2, 4, figsize=(13, 5.6), gridspec_kw={"height_ratios": [1, 1.6]})
         for j, f in enumerate(PATTERN_FAMILIES):
             mean, n, label = means[f]
@@ -294,7 +388,11 @@ def make_figures(
 
     made["atlas"] = [_save(atlas_diagram(plt), fig_dir / "atlas.png")]
 
-    if "fit_sigma" in meta.columns and len(meta):
+    from ..results import kernels_dataset
+
+    has_fits = "fit_sigma" in kernels_dataset(path).schema.names
+    meta = read_columns(path, [*_META, "fit_sigma"], seed=seed) if has_fits else pd.DataFrame()
+    if has_fits and len(meta):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
         F.plot_fit_by_depth(a1, meta)
         F.plot_orientation_by_depth(a2, meta)
