@@ -140,18 +140,19 @@ def template_columns(k: int) -> int:
     return int(build_bank(k, k).weights.shape[1])
 
 
-def floor_seconds(n: int, t_cols: int, batch: int = 8192, k: int = 7) -> float:
-    """Time of the bare float32 [batch, k*k] @ [k*k, T] + row max over ``n`` rows."""
+def floor_seconds(n: int, t_cols: int, batch: int = 8192, k: int = 7) -> tuple[float, float]:
+    """Wall and CPU seconds of the bare float32 [batch, k*k] @ [k*k, T] + row max over
+    ``n`` rows (torch's threads)."""
     rng = np.random.default_rng(1)
     buf = torch.from_numpy(rng.standard_normal((min(n, 1_000_000), k * k), dtype=np.float32))
     w = torch.from_numpy(rng.standard_normal((k * k, t_cols), dtype=np.float32))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     done = 0
     while done < n:
         for s in range(0, min(len(buf), n - done), batch):
             (buf[s : s + batch] @ w).max(dim=1)
         done += min(len(buf), n - done)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - cpu
 
 
 class PeakRSS:
@@ -212,7 +213,8 @@ def run_analysis(
         raise RuntimeError(f"analyze failed ({proc.returncode}): {stderr[-3000:]}")
     child = json.loads(stdout.strip().splitlines()[-1])
     floor_after = floor_seconds(n, t_cols)
-    floor = (floor_before + floor_after) / 2
+    floor = (floor_before[0] + floor_after[0]) / 2
+    floor_cpu = (floor_before[1] + floor_after[1]) / 2
     cores = len(os.sched_getaffinity(0))
     timings = child.pop("timings")
     row = {
@@ -221,9 +223,11 @@ def run_analysis(
         "workers": workers if engine == "dask" else None,
         "load_average": load,
         "floor_s": round(floor, 2),
-        "floor_before_after_s": [round(floor_before, 2), round(floor_after, 2)],
+        "floor_before_after_s": [round(floor_before[0], 2), round(floor_after[0], 2)],
         "wall_s": round(wall, 2),
         "ratio_to_floor": round(wall / floor, 2),
+        "floor_cpu_s": round(floor_cpu, 2),
+        "cpu_ratio_to_floor": round(cpu / floor_cpu, 2),
         "kernels_per_s": round(child["kernels"] / wall),
         "cpu_s": round(cpu, 1),
         "cpu_share": round(cpu / (wall * cores), 3),
@@ -432,11 +436,12 @@ def stage_table(runs: dict[str, dict[str, Any]]) -> str:
     names = [
         s for s in names if any(r["timings"]["stages_s"].get(s, 0) >= 0.05 for r in runs.values())
     ]
-    head = ["run", "wall s", "x floor", "CPU share", *names]
+    head = ["run", "wall s", "x floor", "CPU s / floor CPU s", "CPU share", *names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in runs.items():
         st = r["timings"].get("stages_s", {})
-        cells = [name, f"{r['wall_s']:.1f}", f"{r['ratio_to_floor']:.2f}", f"{r['cpu_share']:.2f}"]
+        cells = [name, f"{r['wall_s']:.1f}", f"{r['ratio_to_floor']:.2f}",
+                 f"{r['cpu_ratio_to_floor']:.2f}", f"{r['cpu_share']:.2f}"]  # fmt: skip
         cells += [f"{st.get(s, 0.0):.1f}" for s in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -490,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(name: str, row: dict[str, Any]) -> None:
         runs[name] = row
-        print(name, {k: row[k] for k in ("wall_s", "floor_s", "ratio_to_floor", "cpu_share")},
+        keys = ("wall_s", "floor_s", "ratio_to_floor", "cpu_ratio_to_floor", "cpu_share")
+        print(name, {k: row[k] for k in keys},
               row["timings"].get("calibration"), flush=True)  # fmt: skip
 
     s = f"{args.small / 1e6:g}M"
