@@ -432,14 +432,20 @@ def projection(c3: dict[str, Any], tc: dict[str, Any] | None) -> dict[str, Any]:
 
 def stage_table(runs: dict[str, dict[str, Any]]) -> str:
     """A markdown table of the stage seconds of every run."""
-    names = [s for s in next(iter(runs.values()))["timings"].get("stages_s", {})]
+    names: list[str] = []
+    for r in runs.values():
+        names += [s for s in r["timings"].get("stages_s", {}) if s not in names]
     names = [
-        s for s in names if any(r["timings"]["stages_s"].get(s, 0) >= 0.05 for r in runs.values())
+        s
+        for s in names
+        if any(r["timings"].get("stages_s", {}).get(s, 0) >= 0.05 for r in runs.values())
     ]
     head = ["run", "wall s", "x floor", "CPU s / floor CPU s", "CPU share", *names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in runs.items():
         st = r["timings"].get("stages_s", {})
+        if not st:
+            st = dict.fromkeys(names, float("nan"))
         cells = [name, f"{r['wall_s']:.1f}", f"{r['ratio_to_floor']:.2f}",
                  f"{r['cpu_ratio_to_floor']:.2f}", f"{r['cpu_share']:.2f}"]  # fmt: skip
         cells += [f"{st.get(s, 0.0):.1f}" for s in names]
@@ -493,8 +499,16 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, Any]] = {}
     work = args.work_dir
 
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, args.out)
+
     def record(name: str, row: dict[str, Any]) -> None:
         runs[name] = row
+        result["runs"] = runs
+        save()
         keys = ("wall_s", "floor_s", "ratio_to_floor", "cpu_ratio_to_floor", "cpu_share")
         print(name, {k: row[k] for k in keys},
               row["timings"].get("calibration"), flush=True)  # fmt: skip
@@ -539,11 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     result["projection_cnn_filter_db"] = projection(costs["3x3"], tc)
     print("projection", json.dumps(result["projection_cnn_filter_db"]), flush=True)
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    save()
     if not args.keep:
         shutil.rmtree(args.work_dir, ignore_errors=True)
     return 0

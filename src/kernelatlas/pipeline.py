@@ -308,6 +308,7 @@ class _Run:
     def add_size(self, kh: int, kw: int) -> None:
         """Calibrate (or load) the atlas of one kernel size, measure its baselines, train
         its autoencoder when asked, and make the job that carries it."""
+        from .atlas import Atlas  # noqa: F401  (torch's import is not the calibration's time)
         from .calibration import calibrate
 
         cfg = self.cfg

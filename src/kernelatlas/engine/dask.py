@@ -38,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 import pandas as pd
 from distributed import Client, LocalCluster, WorkerPlugin
 
@@ -65,6 +66,17 @@ class TorchThreads(WorkerPlugin):
         import torch
 
         torch.set_num_threads(self.n)
+
+
+def _worker_environ() -> dict[str, Any]:
+    """Dask's environment for new worker processes, without ``MALLOC_TRIM_THRESHOLD_``:
+    setting it (Dask sets 64 KiB) turns off glibc's adaptive mmap threshold, so every
+    large temporary array of a partition is a fresh mmap and its pages fault in again:
+    measured here, a 7x7 partition then costs 1.8x the CPU (0.60 s instead of 0.32 s).
+    A worker of a cluster started elsewhere should be started without it too."""
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
 
 
 def _default_workers() -> int:
@@ -107,13 +119,14 @@ def dask_client(
                     "(`dask scheduler`) or leave --scheduler out for a local cluster"
                 ) from None
         else:
-            cluster = LocalCluster(
-                n_workers=int(n_workers or _default_workers()),
-                threads_per_worker=1,
-                processes=processes,
-                dashboard_address=":0",
-                silence_logs=logging.ERROR,
-            )
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+                cluster = LocalCluster(
+                    n_workers=int(n_workers or _default_workers()),
+                    threads_per_worker=1,
+                    processes=processes,
+                    dashboard_address=":0",
+                    silence_logs=logging.ERROR,
+                )
             c = Client(cluster)
     except BaseException:
         if cluster is not None:

@@ -84,6 +84,13 @@ def _n_bins(family: str) -> int:
     return int(_PERIODS[family] / ORIENTATION_BIN) + 1 if family in _PERIODS else 1
 
 
+def _family_codes(family: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Index of each row's family in ``names`` (-1: another), by hashing (no Python loop)."""
+    codes, uniq = pd.factorize(np.asarray(family, dtype=object))
+    lut = np.array([names.index(u) if u in names else -1 for u in uniq] + [-1], dtype=np.int64)
+    return lut[codes]  # (factorize's -1, a missing value, maps to the last entry: -1)
+
+
 def family_sums(
     unit: np.ndarray, family: np.ndarray, polarity: np.ndarray, orientation: np.ndarray
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -103,30 +110,37 @@ def family_sums(
     pass them to :func:`means_from_sums`.
     """
     n, kh, kw = unit.shape
-    family = np.asarray(family, dtype=object)
+    fam = _family_codes(family, PATTERN_FAMILIES)
     ori = np.asarray(orientation, dtype=np.float64)
-    pol = np.asarray(polarity, dtype=np.float64)
-    flat = unit.reshape(n, kh * kw).astype(np.float64, copy=False)
-    out = {}
-    for f in PATTERN_FAMILIES:
-        nb = _n_bins(f)
-        rows = np.flatnonzero(family == f)
+    nbins = [_n_bins(f) for f in PATTERN_FAMILIES]
+    first = np.concatenate([[0], np.cumsum(nbins)])  # each family's first bin, over all
+    b = np.zeros(n, np.int64)
+    sign = np.ones(n, np.float32)
+    for j, f in enumerate(PATTERN_FAMILIES):
+        sel = fam == j
         if f in _PERIODS:
-            o = ori[rows] % _PERIODS[f]
-            b = np.where(np.isfinite(o), np.floor(np.nan_to_num(o) / ORIENTATION_BIN), nb - 1)
-            b = np.clip(b, 0, nb - 1).astype(np.int64)
-        else:
-            b = np.zeros(len(rows), np.int64)
-        x = flat[rows] * pol[rows, None] if f in (CENTER, SECOND_DERIVATIVE) else flat[rows]
-        order = np.argsort(b, kind="stable")
-        b, x = b[order], x[order]
-        counts = np.bincount(b, minlength=nb).astype(np.int64)
-        sums = np.zeros((nb, kh * kw))
-        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]]) if len(b) else np.zeros(0, int)
-        if len(starts):
-            sums[b[starts]] = np.add.reduceat(x, starts, axis=0)
-        out[f] = (sums.reshape(nb, kh, kw), counts)
-    return out
+            o = ori[sel] % _PERIODS[f]
+            bj = np.where(
+                np.isfinite(o), np.floor(np.nan_to_num(o) / ORIENTATION_BIN), nbins[j] - 1
+            )
+            b[sel] = np.clip(bj, 0, nbins[j] - 1).astype(np.int64)
+        if f in (CENTER, SECOND_DERIVATIVE):
+            sign[sel] = np.asarray(polarity, dtype=np.float32)[sel]
+    code = np.where(fam >= 0, first[np.maximum(fam, 0)] + b, -1).astype(np.int16)
+    keep = np.flatnonzero(code >= 0)
+    order = keep[np.argsort(code[keep], kind="stable")]  # one (radix) sort for all bins
+    code = code[order]
+    x = unit.reshape(n, kh * kw)[order].astype(np.float64)
+    x *= sign[order, None]
+    total = np.zeros((first[-1], kh * kw))
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else np.zeros(0, int)
+    if len(starts):
+        total[code[starts]] = np.add.reduceat(x, starts, axis=0)
+    counts = np.bincount(code, minlength=first[-1]).astype(np.int64)
+    return {
+        f: (total[first[j] : first[j + 1]].reshape(-1, kh, kw), counts[first[j] : first[j + 1]])
+        for j, f in enumerate(PATTERN_FAMILIES)
+    }
 
 
 def add_family_sums(
@@ -141,29 +155,29 @@ def add_family_sums(
 #: Exemplars per family in the gallery.
 EXEMPLARS = 24
 _EXEMPLAR_FAMILIES = (*PATTERN_FAMILIES, UNCLASSIFIED)
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def sample_keys(bank_file: np.ndarray, bank_row: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded pseudo-random uint64 per kernel, from its place in the bank: the gallery's
-    exemplars are the kernels with the smallest keys (a uniform sample, the same whatever
-    the split of the kernels into batches, partitions or workers)."""
+def sample_keys(bank_file: str | np.ndarray, bank_row: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 per kernel, from its place in the bank (``bank_file``:
+    one name for all rows, or one per row): the gallery's exemplars are the kernels with the
+    smallest keys (a uniform sample, the same whatever the split of the kernels into
+    batches, partitions or workers)."""
     import hashlib
 
-    files = np.asarray(bank_file, dtype=object)
-    names, inv = np.unique(files, return_inverse=True) if len(files) else ([], np.zeros(0, int))
-    salt = np.array(
-        [
-            int.from_bytes(hashlib.sha256(f"{seed}:{n}".encode()).digest()[:8], "little")
-            for n in names
-        ],
-        dtype=np.uint64,
-    )
+    def salt(name: str) -> int:
+        return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little")
+
+    rows = np.asarray(bank_row, dtype=np.uint64)
+    if isinstance(bank_file, str):
+        z0 = np.full(len(rows), salt(bank_file), dtype=np.uint64)
+    else:
+        codes, names = pd.factorize(np.asarray(bank_file, dtype=object))
+        z0 = np.array([salt(str(n)) for n in names], dtype=np.uint64)[codes]
     with np.errstate(over="ignore"):
-        z = salt[inv] + np.asarray(bank_row, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = z0 + rows * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return (z ^ (z >> np.uint64(31))) & _M64
+    return z ^ (z >> np.uint64(31))
 
 
 @dataclass
@@ -214,8 +228,9 @@ def gallery_stats(
     live = np.flatnonzero(np.asarray(classified, dtype=bool))
     sums = family_sums(_unit_fast(kernels[live]), family[live], polarity[live], orientation[live])
     samples = {}
-    for f in _EXEMPLAR_FAMILIES:
-        rows = np.flatnonzero(family == f)
+    codes = _family_codes(family, _EXEMPLAR_FAMILIES)
+    for j, f in enumerate(_EXEMPLAR_FAMILIES):
+        rows = np.flatnonzero(codes == j)
         if len(rows) > EXEMPLARS:
             rows = rows[np.argpartition(keys[rows], EXEMPLARS)[:EXEMPLARS]]
         rows = rows[np.argsort(keys[rows], kind="stable")]
