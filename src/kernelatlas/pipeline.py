@@ -30,9 +30,12 @@ from .outputs import ANALYSIS_FILES as OUTPUT_FILES
 from .report.summary import MODEL_KEYS, build_summary, merge_counts, partial_counts
 from .taxonomy import DEFAULT_NULL_FPR
 
-__all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "OUTPUT_FILES"]
+__all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "AE_MODES", "OUTPUT_FILES"]
 
 METHODS = ("atlas", "autoencoder", "both")
+# reference: the shipped per-size reference autoencoders (a size without one falls back to
+# per-run training, said in summary.json); train: one trained on this run's kernels per size.
+AE_MODES = ("reference", "train")
 # Provenance columns carried from the bank into kernels.parquet (weights come last).
 _CARRY = [
     "source", "model", "format", "layer", "layer_index", "depth", "channel",
@@ -58,6 +61,7 @@ class AnalysisConfig:
     batch_size: int = 65_536
     fit: bool = True
     init_baseline: bool = True
+    ae: Literal["reference", "train"] = "reference"
     ae_epochs: int | None = None
     ae_max_train: int = 1_000_000
     device: str | None = None
@@ -72,6 +76,8 @@ class AnalysisConfig:
         """Refuse invalid, contradictory and no-op options (one line each), before any work."""
         if self.method not in METHODS:
             raise KernelAtlasError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.ae not in AE_MODES:
+            raise KernelAtlasError(f"ae must be one of {AE_MODES}, got {self.ae!r}")
         if self.null not in NULL_KINDS:
             raise KernelAtlasError(f"null must be one of {NULL_KINDS}, got {self.null!r}")
         if not 0.0 < self.null_fpr < 1.0:
@@ -434,21 +440,15 @@ def _analyze_into(
             models: dict[str, Any] = {"atlas": atlas}
             all_models[(kh, kw)] = models
             if cfg.method in ("autoencoder", "both"):
-                from .autoencoder import KernelAutoencoder
-
                 bar.set_description(f"autoencoder {kh}x{kw}")
-                train = _bank_sample(bank, kh, kw, cfg.ae_max_train, cfg.seed)
-                kwargs = {"epochs": cfg.ae_epochs} if cfg.ae_epochs else {}
-                ae = KernelAutoencoder(
-                    kernel_size=(kh, kw), seed=cfg.seed, device=cfg.device, **kwargs
-                ).fit(train)
+                ae, ae_info = _autoencoder_for(bank, kh, kw, cfg)
                 models["ae"] = ae
                 ae_null = float(
                     ae.null_coverage(gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919))
                 )
                 ae_by_size.append(
                     {"kh": kh, "kw": kw, "threshold": float(ae.threshold_), "threshold_rule": str(ae.threshold_rule_),
-                     "null_coverage": ae_null, "trained_on": int(len(train)),
+                     "null_coverage": ae_null, **ae_info,
                      "init_coverage": float(ae.null_coverage(init_k)) if len(init_k) else None}
                 )  # fmt: skip
                 spec = ae.spectrum()
@@ -488,6 +488,50 @@ def _analyze_into(
     harvested = bank.counts()
     harvested["status"] = harvested["source"].map(status)
     return summary, merged, harvested
+
+
+def _autoencoder_for(bank: Any, kh: int, kw: int, cfg: AnalysisConfig) -> tuple[Any, dict]:
+    """The autoencoder of one size and what summary.json says about it.
+
+    ``cfg.ae == "reference"``: the shipped reference (the same for every run, so a model's
+    AE figures do not depend on its company); a size without one, and ``"train"``: trained
+    on this run's kernels (a seeded sample of at most ``cfg.ae_max_train``).
+    """
+    from .autoencoder import KernelAutoencoder
+    from .autoencoder.reference import has_reference, load_reference, why_no_reference
+
+    if cfg.ae == "reference" and has_reference((kh, kw)):
+        ae = load_reference((kh, kw), device=cfg.device)
+        if ae.threshold_rule_ == "null" and ae.null_fpr != cfg.null_fpr:
+            ae.calibrate(null_fpr=cfg.null_fpr)
+        prov = ae.provenance_
+        info = {
+            "autoencoder": "reference",
+            "trained_on": int(ae.n_train_),
+            "reference": {
+                "name": f"ae_{kh}x{kw}",
+                "kernelatlas_version": prov["kernelatlas_version"],
+                "bank_sha256": prov["bank"]["sha256"],
+                "models": int(prov["bank"]["models"]),
+                "sources": [s["name"] for s in prov["sources"]],
+            },
+            "note": None,
+        }
+        return ae, info
+    train = _bank_sample(bank, kh, kw, cfg.ae_max_train, cfg.seed)
+    kwargs = {"epochs": cfg.ae_epochs} if cfg.ae_epochs else {}
+    ae = KernelAutoencoder(
+        kernel_size=(kh, kw), seed=cfg.seed, device=cfg.device, null_fpr=cfg.null_fpr, **kwargs
+    ).fit(train)
+    note = None
+    if cfg.ae == "reference":
+        note = (
+            f"no reference autoencoder for {kh}x{kw} ({why_no_reference((kh, kw))}): trained"
+            f" on this run's {len(train):,} kernels, so these autoencoder figures depend on"
+            " what else is in the run"
+        )
+    info = {"autoencoder": "run", "trained_on": int(len(train)), "reference": None, "note": note}
+    return ae, info
 
 
 def _baseline_frame(

@@ -23,6 +23,7 @@ from .spectrum import (
     SEGMENT_COLUMNS,
     SPECTRUM_COLUMNS,
     assign_segments,
+    grid_counts,
     name_patterns,
     segment_label,
     segment_spectrum,
@@ -111,6 +112,8 @@ class KernelAutoencoder:
         (:data:`kernelatlas.autoencoder.spectrum.SEGMENT_COLUMNS`).
     loss_history_ : list of the mean training loss per epoch.
     n_train_, n_degenerate_ : kernels trained on, and dropped as degenerate.
+    latent_counts_ : int64 [n_grid], training kernels per cell of the latent grid (the
+        segments' ``mass``; kept so that :meth:`rename_spectrum` can re-name the line).
 
     Examples
     --------
@@ -299,7 +302,34 @@ class KernelAutoencoder:
         self.n_features_in_ = kh * kw
         self._calibrate()
         train_z, _ = self._encode_distance(x_np)
-        self._name(train_z)
+        self.latent_counts_ = grid_counts(train_z, int(self.n_grid))
+        self._name()
+        return self
+
+    def calibrate(self, null_fpr: float | None = None) -> KernelAutoencoder:
+        """Set ``threshold_`` again (and ``null_coverage_``), e.g. at another ``null_fpr``.
+
+        Sizes with a paper threshold keep it; others are calibrated on a fresh Gaussian
+        null draw of ``null_size`` kernels (seeded by ``seed``), at ``null_fpr`` (default:
+        the parameter). The network is unchanged. Returns ``self``.
+        """
+        self._check_fitted()
+        if null_fpr is not None:
+            if not 0.0 <= float(null_fpr) < 1.0:
+                raise KernelAtlasError(f"null_fpr must be in [0, 1), got {null_fpr!r}")
+            self.null_fpr = float(null_fpr)
+        self._calibrate()
+        return self
+
+    def rename_spectrum(self) -> KernelAutoencoder:
+        """Name the decoded latent line again with the atlas in force (``spectrum_``,
+        ``segments_``); segment masses come from ``latent_counts_``. Returns ``self``.
+
+        The decoded curve is the network's; its names are the atlas's, so an autoencoder
+        saved under another atlas version is named in today's vocabulary after this.
+        """
+        self._check_fitted()
+        self._name()
         return self
 
     def _calibrate(self) -> None:
@@ -317,13 +347,16 @@ class KernelAutoencoder:
         fresh = gaussian_null(int(self.null_size), kh, kw, seed=int(self.seed) + 1)
         self.null_coverage_ = self.null_coverage(fresh)
 
-    def _name(self, train_z: np.ndarray) -> None:
+    def _name(self) -> None:
         if not self.name_spectrum:
             self.spectrum_ = None
             self.segments_ = None
             return
         self.spectrum_ = self.spectrum(int(self.n_grid))
-        self.segments_ = segment_spectrum(self.spectrum_, train_z, min_run=int(self.min_segment))
+        counts = getattr(self, "latent_counts_", None)
+        self.segments_ = segment_spectrum(
+            self.spectrum_, min_run=int(self.min_segment), counts=counts
+        )
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -466,6 +499,9 @@ class KernelAutoencoder:
                 "loss_history": self.loss_history_,
                 "n_train": self.n_train_,
                 "n_degenerate": self.n_degenerate_,
+                "latent_counts": None
+                if getattr(self, "latent_counts_", None) is None
+                else [int(c) for c in self.latent_counts_],
                 "spectrum": _records(self.spectrum_),
                 "segments": _records(self.segments_),
             },
@@ -537,6 +573,8 @@ class KernelAutoencoder:
         ae.n_train_ = int(fitted["n_train"])
         ae.n_degenerate_ = int(fitted["n_degenerate"])
         ae.n_features_in_ = kh * kw
+        counts = fitted.get("latent_counts")
+        ae.latent_counts_ = None if counts is None else np.asarray(counts, dtype=np.int64)
         sp, sg = fitted.get("spectrum"), fitted.get("segments")
         ae.spectrum_ = None if sp is None else pd.DataFrame(sp)[list(SPECTRUM_COLUMNS)]
         ae.segments_ = None if sg is None else pd.DataFrame(sg)[list(SEGMENT_COLUMNS)]

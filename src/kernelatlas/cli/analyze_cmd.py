@@ -24,6 +24,7 @@ def _analyze(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         fit=not args.no_fit,
         init_baseline=not args.no_init_baseline,
+        ae=args.ae,
         ae_epochs=args.ae_epochs,
         device=args.device,
         quiet=args.quiet,
@@ -41,6 +42,9 @@ def _analyze(args: argparse.Namespace) -> int:
         for note in res.summary["config"].get("notes", []):
             print(f"kernelatlas: note: {note}", file=sys.stderr)
         print(_coverage_table(res.summary))
+        for r in (res.summary.get("autoencoder") or {}).get("by_size", []):
+            if r.get("note"):
+                print(f"kernelatlas: note: {r['note']}", file=sys.stderr)
         print(f"report: {res.out / 'index.html'}")
     return 0
 
@@ -145,7 +149,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="autoencoder training epochs (only with --method autoencoder or both)",
+        help="epochs of per-run autoencoder training (--ae train, or a size without a "
+        "reference; only with --method autoencoder or both)",
+    )
+    p.add_argument(
+        "--ae",
+        choices=["reference", "train"],
+        default="reference",
+        help="autoencoder per kernel size: the shipped reference, trained once on every real "
+        "model (default; a size without one is trained on this run, as the summary says), or "
+        "train one on this run's kernels",
     )
     p.add_argument(
         "--device",

@@ -38,7 +38,12 @@ def _fig(name: str, caption: str) -> str:
 def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
     head = ["model", "source", "size", "kernels", "degenerate", "classified", "null", "fresh init"]
     if with_ae:
-        head += ["AE classified", "AE null", "AE/atlas agree", "agree (both classified)"]
+        head += [
+            "AE classified",
+            "AE null",
+            "AE/atlas agree (either classified)",
+            "agree (both classified)",
+        ]
     head += [f.replace("_", " ") for f in FAMILIES]
     rows = []
     for m in models:
@@ -66,6 +71,14 @@ def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     th = "".join(f'<th class="{"l" if i < 2 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
     return f"<div class='tw'><table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+
+
+def _ae_kind(row: dict[str, Any]) -> str:
+    """'reference (N models)' or 'this run'."""
+    ref = row.get("reference")
+    if row.get("autoencoder") == "reference" and ref:
+        return f"reference ({ref['models']} models)"
+    return "this run"
 
 
 def _thresholds_table(thresholds: list[dict[str, Any]]) -> str:
@@ -145,17 +158,26 @@ def render_index(
     if ae:
         rows = "".join(
             f"<tr><td>{r['kh']}x{r['kw']}</td><td>{r['threshold']:.3f}</td><td class='l'>{_e(r['threshold_rule'])}</td>"
-            f"<td>{_pct(r['null_coverage'])}</td><td>{_pct(r.get('init_coverage'))}</td><td>{r['trained_on']:,}</td></tr>"
+            f"<td>{_pct(r['null_coverage'])}</td><td>{_pct(r.get('init_coverage'))}</td>"
+            f"<td class='l'>{_e(_ae_kind(r))}</td><td>{r['trained_on']:,}</td></tr>"
             for r in ae["by_size"]
+        )
+        notes = "".join(
+            f"<p><b>Note</b>: {_e(r['note'])}.</p>" for r in ae["by_size"] if r.get("note")
         )
         parts += [
             "<h2>Autoencoder (the paper's method)</h2>",
             "<p>One autoencoder per kernel size with a cosine loss and a 1-D sigmoid latent (Babaiee et al., ICLR 2024). "
             f"A kernel is classified when the cosine distance to its reconstruction is below the paper's threshold "
             f"({', '.join(f'{k}x{k}: {v}' for k, v in PAPER_AE_THRESHOLDS.items())}), or, for other sizes, below a "
-            "threshold calibrated on the null. The decoded spectrum along the latent is named by the atlas.</p>",
+            "threshold calibrated on the null. The decoded spectrum along the latent is named by the atlas. ",
+            "By default each size uses the shipped <i>reference</i> autoencoder, trained once on the pooled kernels of "
+            "every real model kernelatlas can load, so a model's figures do not depend on what else is in the run; "
+            "<i>this run</i>: trained on this run's kernels (<code>--ae train</code>, or a size without a reference). "
+            "Agreement with the atlas counts only kernels that at least one method classifies.</p>",
             "<table><thead><tr><th>size</th><th>distance threshold</th><th class='l'>rule</th><th>null classified</th>"
-            f"<th>fresh init classified</th><th>trained on</th></tr></thead><tbody>{rows}</tbody></table>",
+            f"<th>fresh init classified</th><th class='l'>autoencoder</th><th>trained on</th></tr></thead><tbody>{rows}</tbody></table>",
+            notes,
             *[
                 _fig(f, "Autoencoder latent histogram with the decoded spectrum")
                 for f in figures.get("autoencoder", [])

@@ -43,16 +43,18 @@ def _row_counts(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     for f in FAMILIES:
         cols[f"n_{f}"] = fam == f
     if "ae_classified" in df.columns:
-        # Same definition as kernelatlas.autoencoder.agreement (degenerate kernels left out).
-        fa = df["ae_family"].to_numpy(object)
-        valid = (fa != "degenerate") & (fam != "degenerate")
+        # One definition with kernelatlas.autoencoder.agreement: agreement only among
+        # kernels that at least one method names (degenerate kernels left out).
+        from ..autoencoder.agreement import agreement_masks
+
+        m = agreement_masks(df["ae_family"].to_numpy(object), fam)
         ae_cls = df["ae_classified"].to_numpy(dtype=bool)
-        both = valid & ae_cls & cls
-        cols["ae_kernels"] = valid
-        cols["ae_classified"] = valid & ae_cls
-        cols["ae_agree"] = valid & (fa == fam)
-        cols["ae_both"] = both
-        cols["ae_both_agree"] = both & (fa == fam)
+        cols["ae_kernels"] = m["valid"]
+        cols["ae_classified"] = m["valid"] & ae_cls
+        cols["ae_either"] = m["either"]
+        cols["ae_either_agree"] = m["either"] & m["same"]
+        cols["ae_both"] = m["both"]
+        cols["ae_both_agree"] = m["both"] & m["same"]
     return list(cols), np.stack(list(cols.values()), axis=1).astype(np.int64)
 
 
@@ -113,7 +115,12 @@ def coverage_tables(counts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
                 df["ae_coverage"] = np.where(
                     ae_n > 0, df["ae_classified"] / np.maximum(ae_n, 1), np.nan
                 )
-                df["agreement"] = np.where(ae_n > 0, df["ae_agree"] / np.maximum(ae_n, 1), np.nan)
+                ne = df["ae_either"].to_numpy(dtype=np.float64)
+                df["agreement"] = np.where(
+                    ne > 0, df["ae_either_agree"] / np.maximum(ne, 1), np.nan
+                )
+                df["agreement_kernels"] = df["ae_either"]
+                df["agreement_both_kernels"] = df["ae_both"]
                 nb = df["ae_both"].to_numpy(dtype=np.float64)
                 df["agreement_both_classified"] = np.where(
                     nb > 0, df["ae_both_agree"] / np.maximum(nb, 1), np.nan
@@ -185,7 +192,14 @@ def build_summary(
         if c not in models.columns:
             models[c] = np.nan
     ae_cols = (
-        ["ae_coverage", "ae_null_coverage", "agreement", "agreement_both_classified"]
+        [
+            "ae_coverage",
+            "ae_null_coverage",
+            "agreement",
+            "agreement_kernels",
+            "agreement_both_classified",
+            "agreement_both_kernels",
+        ]
         if autoencoder
         else []
     )
