@@ -94,9 +94,50 @@ def synthetic(seed: int) -> list[dict]:
     return rows
 
 
-def references(plain: bool) -> dict:
-    from autoencoder_real import _spectrum_figure
+def segment_figure(ae, path: Path, title: str) -> None:
+    """Top: the decoded pattern at the middle of each segment holding > 1% of the training
+    kernels, with its name and mass; bottom: 16 evenly spaced latents."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seg = ae.segments_[ae.segments_["mass"] > 0.01]
+    zs = ((seg["z_start"] + seg["z_end"]) / 2).to_numpy()
+    grid = np.linspace(0.0, 1.0, 16)
+    rows = [(zs, [f"{r.label.replace('_derivative', ' d.')}\n{r.mass:.0%}" for r in seg.itertuples()]),
+            (grid, [f"z={z:.2f}" for z in grid])]  # fmt: skip
+    ncol = max(len(zs), len(grid))
+    fig, axes = plt.subplots(2, ncol, figsize=(ncol * 0.85, 2.9), squeeze=False)
+    for row, (z, labels) in zip(axes, rows, strict=True):
+        pats = ae.inverse_transform(z) if len(z) else []
+        for j, ax in enumerate(row):
+            ax.axis("off")
+            if j < len(z):
+                v = np.abs(pats[j]).max()
+                ax.imshow(pats[j], cmap="RdBu_r", vmin=-v, vmax=v)
+                ax.set_title(labels[j], fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def reference_figures() -> None:
+    from kernelatlas.autoencoder.reference import load_reference, reference_sizes
+
+    for kh, kw in reference_sizes():
+        ae = load_reference((kh, kw), device="cpu")
+        title = (f"reference {kh}x{kw} autoencoder: segments (name, share of the "
+                 f"{ae.n_train_:,} training kernels) and the decoded line")  # fmt: skip
+        segment_figure(ae, ROOT / "docs" / "figures" / f"reference_ae_{kh}x{kw}.png", title)
+
+
+def references(plain: bool) -> dict:
     from kernelatlas.autoencoder import KernelAutoencoder
     from kernelatlas.autoencoder.reference import (
         load_reference,
@@ -110,7 +151,6 @@ def references(plain: bool) -> dict:
     for size in reference_sizes():
         key = f"{size[0]}x{size[1]}"
         ae = load_reference(size, device="cpu")
-        _spectrum_figure(ae, ROOT / "docs" / "figures" / f"reference_ae_{key}.png")
         prov = reference_provenance(size)
         row = {
             "trained_on": ae.n_train_,
@@ -127,7 +167,8 @@ def references(plain: bool) -> dict:
             t0 = time.perf_counter()
             params = dict(prov["recipe"], search=False)
             p = KernelAutoencoder(size, device="cpu", **params).fit(banks[tuple(size)].kernels)
-            _spectrum_figure(p, ROOT / "docs" / "figures" / f"reference_ae_{key}_plain.png")
+            segment_figure(p, ROOT / "docs" / "figures" / f"reference_ae_{key}_plain.png",
+                           f"{key}, same recipe with the paper's plain training")  # fmt: skip
             row["plain"] = {
                 "coverage_of_bank": p.coverage(banks[tuple(size)].kernels),
                 "reference_coverage_of_bank": ae.coverage(banks[tuple(size)].kernels),
@@ -225,6 +266,83 @@ def holdout(sources: list[str], pooled: bool, epochs: int | None, batch: int | N
     return rows
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(report: dict) -> str:
+    """The tables pasted into docs/autoencoder.md and docs/coverage.md."""
+    out = []
+    if "synthetic" in report:
+        out += ["| bank | training | coverage | center | first der. | second der. |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in report["synthetic"]:
+            rec = r["recovered"]
+            out.append(
+                f"| {r['bank']} | {'search' if r['search'] else 'plain (paper)'} | "
+                f"{_pct(r['coverage'])} | {_pct(rec.get('center'))} | "
+                f"{_pct(rec.get('first_derivative'))} | {_pct(rec.get('second_derivative'))} |"
+            )
+        out.append("")
+    if "references" in report:
+        out += ["| size | trained on | models | threshold | rule | Gaussian null | segments (mass > 1%) |",
+                "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for key, r in report["references"].items():
+            segs = ", ".join(
+                f"{s['label']} {s['mass']:.0%}" for s in r["segments"] if s["mass"] > 0.01
+            )
+            out.append(
+                f"| {key} | {r['trained_on']:,} | {r['models']} | {r['threshold']:.3f} | "
+                f"{r['threshold_rule']} | {_pct(r['null_coverage'])} | {segs} |"
+            )
+        out += ["", "| size | training | center | first der. | second der. | unclassified |"
+                " coverage of the bank |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for key, r in report["references"].items():
+            rows = [("search (shipped)", r["family_mass"], r.get("plain", {}).get(
+                "reference_coverage_of_bank"))]  # fmt: skip
+            if "plain" in r:
+                rows.append(("plain (paper)", r["plain"]["family_mass"],
+                             r["plain"]["coverage_of_bank"]))  # fmt: skip
+            for name, fm, cov in rows:
+                out.append(
+                    f"| {key} | {name} | {_pct(fm.get('center', 0))} | "
+                    f"{_pct(fm.get('first_derivative', 0))} | "
+                    f"{_pct(fm.get('second_derivative', 0))} | {_pct(fm.get('unclassified', 0))}"
+                    f" | {_pct(cov)} |"
+                )
+        out.append("")
+    if "models" in report:
+        out += ["| model | size | kernels | AE classified | AE null | atlas classified | "
+                "atlas null | atlas fresh init | agreement (kernels) | agreement, both "
+                "classified (kernels) |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in report["models"]:
+            out.append(
+                f"| {r['model']} | {r['size']} | {r['kernels']:,} | **{_pct(r['ae_coverage'])}**"
+                f" | {_pct(r['ae_null'])} | {_pct(r['atlas_coverage'])} | {_pct(r['atlas_null'])}"
+                f" | {_pct(r['atlas_init'])} | {_pct(r['agreement'])} ({r['agreement_kernels']:,})"
+                f" | {_pct(r['agreement_both'])} ({r['agreement_both_kernels']:,}) |"
+            )
+        out.append("")
+    if "company" in report:
+        out += ["| autoencoder | run | size | EfficientNet-Lite0 AE classified | agreement |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        for r in report["company"]:
+            out.append(
+                f"| {r['ae']} | {r['run']} | {r['size']} | {_pct(r['ae_coverage'])} | "
+                f"{_pct(r['agreement'])} |"
+            )
+        out.append("")
+    if "holdout" in report:
+        out += ["| kernels | set | in sample | held-out half | epochs, batch |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        for r in report["holdout"]:
+            out.append(
+                f"| {r['kernels']:,} | {r['set']} | {_pct(r['in_sample'])} | "
+                f"{_pct(r['held_out'])} | {r['params']['epochs']}, {r['params']['batch_size']} |"
+            )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -239,29 +357,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout-epochs", type=int, default=None)
     ap.add_argument("--holdout-batch", type=int, default=None)
     ap.add_argument("--skip", nargs="*", default=[], help="sections to skip")
+    ap.add_argument("--tables", action="store_true", help="print the tables of --out only")
     args = ap.parse_args(argv)
+    if args.tables:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
     torch.set_num_threads(1)
     path = Path(args.out)
     report = json.loads(path.read_text()) if path.is_file() else {}
-    report.update(
-        kernelatlas_version=__version__,
-        torch=torch.__version__,
-        command="python benchmarks/autoencoder_reference.py " + " ".join(argv or sys.argv[1:]),
-    )
+    command = "python benchmarks/autoencoder_reference.py " + " ".join(argv or sys.argv[1:])
+    report.update(kernelatlas_version=__version__, torch=torch.__version__)
+    report.pop("command", None)
+    ran = report.setdefault("commands", {})  # section -> the command that wrote it
     with tempfile.TemporaryDirectory() as tmp:
         if "synthetic" not in args.skip:
-            report["synthetic"] = synthetic(args.seed)
+            report["synthetic"], ran["synthetic"] = synthetic(args.seed), command
         if "references" not in args.skip:
-            report["references"] = references(args.plain)
+            report["references"], ran["references"] = references(args.plain), command
+        if "figures" not in args.skip:
+            reference_figures()
         if "models" not in args.skip:
-            report["models"] = models(Path(tmp))
+            report["models"], ran["models"] = models(Path(tmp)), command
         if "company" not in args.skip:
-            report["company"] = company(Path(tmp))
+            report["company"], ran["company"] = company(Path(tmp)), command
         if args.holdout or args.holdout_pooled:
             report["holdout"] = holdout(
                 args.holdout, args.holdout_pooled, args.holdout_epochs, args.holdout_batch
             )
+            ran["holdout"] = command
     _write_json(path, report)
+    print(markdown(report))
     print(f"wrote {path}")
     return 0
 

@@ -203,6 +203,8 @@ def test_method_both_adds_autoencoder_columns_and_agreement(tmp_path: Path) -> N
         assert col in df.columns
     doc = load_summary(out)
     assert {r["threshold_rule"] for r in doc["autoencoder"]["by_size"]} == {"paper", "null"}
+    # The shipped reference autoencoders (3x3, 5x5), not per-run training.
+    assert {r["autoencoder"] for r in doc["autoencoder"]["by_size"]} == {"reference"}
     for m in doc["models"]:
         sel = df[(df["kh"] == m["kh"]) & (df["kw"] == m["kw"])]
         ref = agreement(sel[["ae_family", "ae_classified"]], sel[["family", "classified"]])

@@ -171,7 +171,7 @@ def why_no_reference(kernel_size: object) -> str:
         return f"{key} has a reference"
     left = idx.get("not_shipped", {}).get(key)
     if left is None:
-        return f"the real models it was trained on hold no {key} kernels"
+        return f"the real models the references were trained on hold no {key} kernels"
     return str(left["reason"])
 
 
@@ -244,7 +244,8 @@ def eligibility(bank: PooledBank) -> str | None:
     if n >= MIN_REFERENCE_KERNELS and bank.n_models >= MIN_REFERENCE_MODELS:
         return None
     return (
-        f"the real models it was trained on hold {n:,} non-degenerate {bank.kh}x{bank.kw}"
+        f"the real models the references were trained on hold {n:,} non-degenerate"
+        f" {bank.kh}x{bank.kw}"
         f" kernels from {bank.n_models} model{'s' if bank.n_models != 1 else ''}, fewer than"
         f" the {MIN_REFERENCE_KERNELS:,} from {MIN_REFERENCE_MODELS} models a reference needs"
     )
@@ -313,9 +314,9 @@ def write_references(
 ) -> Path:
     """Write ``out/ae_KHxKW/`` for each trained reference and ``out/index.json``.
 
-    Built in a temporary sibling folder and swapped in, so ``out`` never holds a mix of
-    two trainings; only folders this function writes (``ae_*`` with a provenance file,
-    ``index.json``) are replaced.
+    Everything is written into a temporary sibling folder first and moved in only once
+    complete; only what this function writes (``ae_*`` folders with a provenance file,
+    ``index.json``) is replaced.
     """
     from .. import __version__
 
