@@ -13,6 +13,9 @@ Usage::
     .venv/bin/python benchmarks/train_reference_ae.py            # (re)write the package data
     .venv/bin/python benchmarks/train_reference_ae.py --check    # retrain aside, compare sha256
 
+``--jobs 2`` trains two sizes at once in worker processes (one torch thread each: the
+same bits as one process).
+
 ``--check`` exits 1 when a retrained reference differs from the shipped one (weights, or
 config apart from its version stamp) or the registry's sources changed since.
 """
@@ -64,20 +67,31 @@ def _compare(new: Path, old: Path) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def _train(bank, progress: bool):
+    """One size, in a worker process with one torch thread (bit for bit as in-process)."""
     import torch
 
-    from kernelatlas.autoencoder.reference import (
-        eligibility,
-        pool_sources,
-        train_reference,
-        write_references,
-    )
+    from kernelatlas.autoencoder.reference import train_reference
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    ae, prov = train_reference(bank, command=COMMAND, progress=progress)
+    return ae, prov, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from kernelatlas.autoencoder.reference import eligibility, pool_sources, write_references
     from kernelatlas.harvest import list_sources
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="package data folder")
     ap.add_argument("--check", action="store_true", help="retrain aside and compare")
+    ap.add_argument("--jobs", type=int, default=1, help="sizes trained at once (processes)")
     ap.add_argument("--progress", action="store_true", help="training progress bars")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # bit-for-bit: one thread, CPU
@@ -85,31 +99,35 @@ def main(argv: list[str] | None = None) -> int:
     names = list_sources()
     print(f"pooling {len(names)} registry sources", flush=True)
     banks = pool_sources(names)
-    trained, left_out = {}, {}
+    todo, left_out = {}, {}
     for size, bank in banks.items():
-        key = f"{size[0]}x{size[1]}"
         reason = eligibility(bank)
-        if reason is not None:
-            left_out[size] = {
-                "kernels": int(bank.kernels.shape[0]),
-                "models": bank.n_models,
-                "sources": [s["name"] for s in bank.sources],
-                "reason": reason,
-            }
-            print(f"{key}: no reference ({reason})", flush=True)
+        if reason is None:
+            todo[size] = bank
             continue
-        t0 = time.perf_counter()
-        ae, prov = train_reference(bank, command=COMMAND, progress=args.progress)
-        trained[size] = (ae, prov)
-        print(
-            f"{key}: trained on {ae.n_train_:,} kernels of {bank.n_models} models in "
-            f"{time.perf_counter() - t0:.0f} s; threshold {ae.threshold_:.3f} ({ae.threshold_rule_}),"
-            f" loss {ae.loss_history_[-1]:.4f}; segments: "
-            + ", ".join(
+        left_out[size] = {
+            "kernels": int(bank.kernels.shape[0]),
+            "models": bank.n_models,
+            "sources": [s["name"] for s in bank.sources],
+            "reason": reason,
+        }
+        print(f"{size[0]}x{size[1]}: no reference ({reason})", flush=True)
+    trained = {}
+    with ProcessPoolExecutor(max(1, args.jobs), mp_context=mp.get_context("spawn")) as pool:
+        futures = {size: pool.submit(_train, bank, args.progress) for size, bank in todo.items()}
+        for size, fut in futures.items():
+            ae, prov, seconds = fut.result()
+            trained[size] = (ae, prov)
+            key = f"{size[0]}x{size[1]}"
+            segs = ", ".join(
                 f"{r.label} {r.mass:.0%}" for r in ae.segments_.itertuples() if r.mass > 0.01
-            ),
-            flush=True,
-        )
+            )
+            print(
+                f"{key}: trained on {ae.n_train_:,} kernels of {todo[size].n_models} models in "
+                f"{seconds:.0f} s; threshold {ae.threshold_:.3f} ({ae.threshold_rule_}), loss "
+                f"{ae.loss_history_[-1]:.4f}; segments: {segs}",
+                flush=True,
+            )
     if not args.check:
         write_references(trained, left_out, args.out, sources=names, command=COMMAND)
         print(f"wrote {args.out}")
