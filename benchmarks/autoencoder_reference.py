@@ -181,13 +181,24 @@ def references(plain: bool) -> dict:
     return out
 
 
-def models(tmp: Path) -> list[dict]:
-    from kernelatlas.harvest import list_sources
+_by_size: list[dict] = []
+
+
+def models(tmp: Path, left_out: dict[str, str]) -> list[dict]:
+    from kernelatlas.harvest import get_source, list_sources
     from kernelatlas.pipeline import AnalysisConfig, analyze
 
+    names = []
+    for n in list_sources():
+        thin = [f"{kh}x{kw}" for kh, kw in get_source(n).expected_counts if min(kh, kw) < 3]
+        if thin:  # the atlas refuses kernels thinner than 3 (1-D kernels: issue 11)
+            left_out[n] = f"{', '.join(thin)} kernels abort analyze (atlas needs >= 3x3)"
+        else:
+            names.append(n)
     cfg = AnalysisConfig(quiet=True, method="both", fit=False, figures=False)
-    res = analyze(list_sources(), tmp / "all", cfg)
+    res = analyze(names, tmp / "all", cfg)
     by_size = {(r["kh"], r["kw"]): r for r in res.summary["autoencoder"]["by_size"]}
+    _by_size[:] = list(by_size.values())
     rows = []
     for m in res.summary["models"]:
         r = by_size[(m["kh"], m["kw"])]
@@ -312,12 +323,16 @@ def markdown(report: dict) -> str:
                 )
         out.append("")
     if "models" in report:
+        from kernelatlas.autoencoder.reference import reference_index
+
+        trained_on = set(reference_index()["sources"])
         out += ["| model | size | kernels | AE classified | AE null | atlas classified | "
                 "atlas null | atlas fresh init | agreement (kernels) | agreement, both "
                 "classified (kernels) |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in report["models"]:
             out.append(
-                f"| {r['model']} | {r['size']} | {r['kernels']:,} | **{_pct(r['ae_coverage'])}**"
+                f"| {r['model']}{'' if r['source'] in trained_on else ' †'} | {r['size']} | "
+                f"{r['kernels']:,} | **{_pct(r['ae_coverage'])}**"
                 f" | {_pct(r['ae_null'])} | {_pct(r['atlas_coverage'])} | {_pct(r['atlas_null'])}"
                 f" | {_pct(r['atlas_init'])} | {_pct(r['agreement'])} ({r['agreement_kernels']:,})"
                 f" | {_pct(r['agreement_both'])} ({r['agreement_both_kernels']:,}) |"
@@ -377,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         if "figures" not in args.skip:
             reference_figures()
         if "models" not in args.skip:
-            report["models"], ran["models"] = models(Path(tmp)), command
+            report["models_left_out"] = {}
+            report["models"] = models(Path(tmp), report["models_left_out"])
+            report["models_by_size"] = _by_size
+            ran["models"] = command
         if "company" not in args.skip:
             report["company"], ran["company"] = company(Path(tmp)), command
         if args.holdout or args.holdout_pooled:
