@@ -11,6 +11,7 @@ from kernelatlas.atlas import functional as F
 from kernelatlas.atlas.functional import gaussian_basis
 from kernelatlas.biology import (
     COMPARE_COLUMNS,
+    NULL_SOURCE,
     REFERENCE_COLUMNS,
     STAT_COLUMNS,
     STATISTICS,
@@ -204,7 +205,9 @@ def test_compare_pairs_init_by_model_and_refuses_bad_tables(toy_compare) -> None
 
 def test_null_statistics_rest_on_the_calibrated_share() -> None:
     null = null_statistics(3, 3, n=4000, n_null=2000, null_fpr=0.01, fits=False)
-    assert set(null["model"]) == {"null"} and set(null["family"]) <= set(S.ORIENTED) | {"center"}
+    assert set(null["model"]) == {NULL_SOURCE} and set(null["family"]) <= set(S.ORIENTED) | {
+        "center"
+    }
     assert 10 <= len(null) <= 100  # about 1% of 4,000 classified
     again = null_statistics(3, 3, n=4000, n_null=2000, null_fpr=0.01, fits=False)
     pd.testing.assert_frame_equal(null, again)  # deterministic given the seed

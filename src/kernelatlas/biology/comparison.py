@@ -40,6 +40,9 @@ __all__ = [
     "kernel_statistics",
     "label_kernels",
     "null_statistics",
+    "null_table",
+    "group_statistics",
+    "NULL_SOURCE",
     "COMPARE_COLUMNS",
     "STAT_COLUMNS",
     "FIT_COLUMNS_USED",
@@ -142,10 +145,6 @@ def _sample(df: pd.DataFrame, max_kernels: int | None, seed: int) -> pd.DataFram
     return df.iloc[np.sort(np.concatenate(keep))] if keep else df.iloc[:0]
 
 
-def _has(df: pd.DataFrame, cols: tuple[str, ...]) -> bool:
-    return all(c in df.columns for c in cols)
-
-
 def _col(df: pd.DataFrame, name: str) -> np.ndarray:
     return df[name].to_numpy(dtype=np.float64) if name in df.columns else np.full(len(df), np.nan)
 
@@ -163,22 +162,26 @@ def _size_statistics(
     df = df.reset_index(drop=True)
     fam = df["family"].to_numpy(object)
     w = _weights(df["weights"], kh, kw)
-    need = [f for f in PATTERN_FAMILIES if (fam == f).any() and not _has(df, FIT_COLUMNS_USED[f])]
+    # rows of each family without that family's fit (none in the table, or NaN there)
+    need = {f: (fam == f) & ~np.isfinite(_col(df, f"fit_r2_{f}")) for f in PATTERN_FAMILIES}
+    need = {f: m for f, m in need.items() if m.any()}
     if fits and need and min(kh, kw) >= 3:
         from ..fit import fit_kernels
 
         # Many kernels: each is fitted with its own family's model only (the only one read
         # here). Few: one call for all (each call pays a fixed set-up cost).
         df = df.copy()
-        groups = ([(f, np.flatnonzero(fam == f)) for f in need] if len(df) > _SPLIT_FITS
-                  else [(tuple(need), np.flatnonzero(np.isin(fam, need)))])  # fmt: skip
-        for f, rows in groups:
-            fams = f if isinstance(f, tuple) else (f,)
-            fits = fit_kernels(w[rows], families=fams, device=device, seed=seed)
-            for c in (c for g in fams for c in FIT_COLUMNS_USED[g]):
-                if c not in df.columns:
-                    df[c] = np.nan
-                df.loc[rows, c] = fits[c].to_numpy(dtype=np.float64)
+        rows_all = np.flatnonzero(np.logical_or.reduce(list(need.values())))
+        groups = ([((f,), np.flatnonzero(m)) for f, m in need.items()] if rows_all.size > _SPLIT_FITS
+                  else [(tuple(need), rows_all)])  # fmt: skip
+        for fams, rows in groups:
+            res = fit_kernels(w[rows], families=fams, device=device, seed=seed)
+            for g in fams:
+                own = fam[rows] == g  # write each row's own family's columns only
+                for c in FIT_COLUMNS_USED[g]:
+                    if c not in df.columns:
+                        df[c] = np.nan
+                    df.loc[rows[own], c] = res[c].to_numpy(dtype=np.float64)[own]
     out = pd.DataFrame({k: df[k].to_numpy() for k in _KEYS})
     out["family"] = fam
     n = len(df)
@@ -210,10 +213,8 @@ def _size_statistics(
     x0 = np.full(n, np.nan)
     y0 = np.full(n, np.nan)
     for f, sel in ((FIRST_DERIVATIVE, is_1), (SECOND_DERIVATIVE, is_2)):
-        if not _has(df, FIT_COLUMNS_USED[f]):  # no fits: the atlas's orientation, centred
-            if "orientation" in df.columns:
-                ori[sel] = _col(df, "orientation")[sel]
-            continue
+        unfitted = sel & ~np.isfinite(_col(df, f"fit_r2_{f}"))  # fits=False: the atlas's
+        ori[unfitted] = _col(df, "orientation")[unfitted]  # orientation, about the centre
         good = sel & _r2_ok(df, f)
         if f == SECOND_DERIVATIVE:
             good &= _col(df, "fit_cross_share_second_derivative") < 0.5
@@ -323,6 +324,29 @@ def label_kernels(
     return df
 
 
+NULL_SOURCE = "<null>"  # source and model name of the null's rows
+
+
+def null_table(
+    kh: int,
+    kw: int,
+    *,
+    n: int = BIOLOGY_NULL_SIZE,
+    null_fpr: float = DEFAULT_NULL_FPR,
+    n_null: int = DEFAULT_NULL_SIZE,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A kernels table of ``n`` iid Gaussian kernels of one size, named by the calibrated atlas.
+
+    The sample is held out from the calibration null (another seed); its rows have source
+    and model :data:`NULL_SOURCE`.
+    """
+    z = gaussian_null(int(n), kh, kw, seed=int(seed) + _NULL_SEED_OFFSET)
+    return label_kernels(
+        z, source=NULL_SOURCE, model=NULL_SOURCE, null_fpr=null_fpr, n_null=n_null, seed=seed
+    )
+
+
 def null_statistics(
     kh: int,
     kw: int,
@@ -339,11 +363,58 @@ def null_statistics(
     The sample is held out from the calibration null (another seed); about ``null_fpr`` of
     it is classified, so the null's statistics rest on roughly ``n * null_fpr`` kernels.
     """
-    z = gaussian_null(int(n), kh, kw, seed=int(seed) + _NULL_SEED_OFFSET)
-    table = label_kernels(
-        z, source="null", model="null", null_fpr=null_fpr, n_null=n_null, seed=seed
-    )
+    table = null_table(kh, kw, n=n, null_fpr=null_fpr, n_null=n_null, seed=seed)
     return kernel_statistics(table, max_kernels=None, seed=seed, device=device, fits=fits)
+
+
+def _sizes(stats: pd.DataFrame) -> list[tuple[int, int]]:
+    return sorted({(int(a), int(b)) for a, b in zip(stats["kh"], stats["kw"])})
+
+
+def group_statistics(
+    kernels: pd.DataFrame | str | os.PathLike[str] | None,
+    *,
+    init: pd.DataFrame | None = None,
+    null: bool = True,
+    sizes: list[tuple[int, int]] | None = None,
+    null_fpr: float = DEFAULT_NULL_FPR,
+    n_null: int = DEFAULT_NULL_SIZE,
+    n_biology_null: int = BIOLOGY_NULL_SIZE,
+    seed: int = 0,
+    max_kernels: int | None = 20_000,
+    device: str | None = None,
+    fits: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Per-kernel statistics of each group: ``kernels``, ``null`` (one sample per kernel size)
+    and ``init`` (where given); the arguments are :func:`compare`'s.
+
+    The null and the fresh-init kernels of one size are fitted in one call (fits have a
+    fixed set-up cost). ``kernels`` None: only the null (for ``sizes``) and init groups.
+    """
+    out: dict[str, pd.DataFrame] = {}
+    if kernels is not None:
+        out["kernels"] = kernel_statistics(
+            kernels, max_kernels=max_kernels, seed=seed, device=device, fits=fits
+        )
+    if sizes is None:
+        sizes = _sizes(out["kernels"]) if "kernels" in out else []
+    tables = []
+    if null:
+        tables += [null_table(kh, kw, n=n_biology_null, null_fpr=null_fpr, n_null=n_null,
+                              seed=seed) for kh, kw in sizes]  # fmt: skip
+    if init is not None:
+        tables.append(_check(init))
+    if tables:
+        both = kernel_statistics(
+            pd.concat(tables, ignore_index=True),
+            max_kernels=max_kernels, seed=seed, device=device, fits=fits,
+        )  # fmt: skip
+        is_null = (both["source"] == NULL_SOURCE).to_numpy()
+        if null:
+            out["null"] = both[is_null].reset_index(drop=True)
+        if init is not None:
+            out["init"] = both[~is_null].reset_index(drop=True)
+    return out
 
 
 # --------------------------------------------------------------------------- reduce
@@ -421,7 +492,7 @@ def compare(
     fits : run the parametric fits where the table has none, for the null and init too
         (see :func:`kernel_statistics`).
     statistics : precomputed per-kernel tables ``{"kernels": ..., "null": ..., "init": ...}``
-        (from :func:`kernel_statistics` / :func:`null_statistics`) to reuse.
+        (from :func:`group_statistics`) to reuse; missing groups are computed.
 
     Returns
     -------
@@ -439,20 +510,21 @@ def compare(
     >>> table.query("statistic == 'cardinal_bias'")[["model", "kh", "kernels_value", "null_value"]]  # doctest: +SKIP
     """
     stats = dict(statistics or {})
-    if "kernels" not in stats:
-        stats["kernels"] = kernel_statistics(
-            kernels, max_kernels=max_kernels, seed=seed, device=device, fits=fits
-        )
+    if (
+        "kernels" not in stats
+        or (null and "null" not in stats)
+        or (init is not None and "init" not in stats)
+    ):
+        todo = group_statistics(
+            None if "kernels" in stats else kernels,
+            init=None if "init" in stats else init,
+            null=null and "null" not in stats,
+            sizes=None if "kernels" not in stats else _sizes(stats["kernels"]),
+            null_fpr=null_fpr, n_null=n_null, n_biology_null=n_biology_null, seed=seed,
+            max_kernels=max_kernels, device=device, fits=fits,
+        )  # fmt: skip
+        stats = {**todo, **stats}
     k = stats["kernels"]
-    if null and "null" not in stats:
-        sizes = sorted({(int(a), int(b)) for a, b in zip(k["kh"], k["kw"])})
-        parts = [null_statistics(kh, kw, n=n_biology_null, null_fpr=null_fpr, n_null=n_null,
-                                 seed=seed, device=device, fits=fits) for kh, kw in sizes]  # fmt: skip
-        stats["null"] = pd.concat(parts, ignore_index=True) if parts else k.iloc[:0]
-    if init is not None and "init" not in stats:
-        stats["init"] = kernel_statistics(
-            init, max_kernels=max_kernels, seed=seed, device=device, fits=fits
-        )
     ref = reference()
     keys = k[_KEYS].drop_duplicates().sort_values(_KEYS).itertuples(index=False)
     rows: list[dict[str, Any]] = []

@@ -31,7 +31,7 @@ GROUP_STYLE: dict[str, dict[str, str]] = {
 PUBLISHED_COLOR = "#1b7837"
 _RANGES = {
     "surround_ratio": (1.0, 4.0),
-    "surround_weight": (-3.0, 4.0),
+    "surround_weight": (-3.0, 5.0),
     "opponent_ratio": (0.0, 2.0),
     "phase": (0.0, 90.0),
     "elongation": (0.25, 4.0),
@@ -78,6 +78,9 @@ def plot_statistic(ax: Axes, table: pd.DataFrame, statistic: str, *, labels: boo
         ax.axvline(0.0, color="#888888", lw=0.8)
     if statistic in ("phase_purity", "odd_share"):
         ax.axvline(0.5, color="#888888", lw=0.8, ls=":")
+    if statistic == "surround_weight":  # unbounded fits (today): keep the bulk in view
+        lo_, hi_ = _RANGES[statistic]
+        ax.set_xlim(max(ax.get_xlim()[0], lo_), min(ax.get_xlim()[1], hi_))
     ax.set_yticks(y, _row_labels(rows) if labels else [""] * len(rows), fontsize=7)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlabel(stat.label, fontsize=8)
@@ -137,7 +140,10 @@ def plot_distribution(
     ax.set_xlabel(quantity.replace("_", " "), fontsize=8)
     ax.set_ylabel("density", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6, loc="upper right", framealpha=0.9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="upper right", framealpha=0.9)
+    else:
+        ax.text(0.5, 0.5, "no kernels", transform=ax.transAxes, ha="center", fontsize=8)
 
 
 def plot_orientation_axes(ax: Axes, stats: pd.DataFrame, *, bin_width: float = 7.5) -> None:
@@ -162,7 +168,8 @@ def plot_orientation_axes(ax: Axes, stats: pd.DataFrame, *, bin_width: float = 7
     ax.set_xlabel("orientation axis (deg; shaded: cardinal)", fontsize=8)
     ax.set_ylabel("density", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6, loc="upper center", framealpha=0.9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="upper center", framealpha=0.9)
 
 
 def plot_family_orders(ax: Axes, table: pd.DataFrame, *, labels: bool = True) -> None:

@@ -21,13 +21,7 @@ import pandas as pd
 from ..errors import KernelAtlasError
 from ..null import DEFAULT_NULL_SIZE
 from ..taxonomy import DEFAULT_NULL_FPR
-from .comparison import (
-    BIOLOGY_NULL_SIZE,
-    compare,
-    kernel_statistics,
-    label_kernels,
-    null_statistics,
-)
+from .comparison import BIOLOGY_NULL_SIZE, compare, group_statistics, label_kernels
 from .literature import sources
 from .statistics import STATISTICS
 
@@ -176,31 +170,15 @@ def biology_section(
     device = cfg.get("device")
     fits = bool(cfg.get("fit", True))  # like the analysis: no fits anywhere with --no-fit
     path = Path(run_dir) / "kernels.parquet"
-    stats = {
-        "kernels": kernel_statistics(
-            path, max_kernels=max_kernels, seed=kw["seed"], device=device, fits=fits
-        )
-    }
-    sizes = sorted(
-        {(int(a), int(b)) for a, b in zip(stats["kernels"]["kh"], stats["kernels"]["kw"])}
-    )
-    parts = [
-        null_statistics(kh, kw_, n=n_biology_null, device=device, fits=fits, **kw)
-        for kh, kw_ in sizes
-    ]
-    stats["null"] = pd.concat(parts, ignore_index=True) if parts else stats["kernels"].iloc[:0]
     twins = None
     if init:
         listed = pd.DataFrame(summary.get("models", []), columns=["source", "model"])
         models = listed.drop_duplicates("source").set_index("source")["model"].to_dict()
         twins = init_kernels(models, fold_bn=bool(cfg.get("fold_bn", False)), **kw)
-        if twins is not None:
-            stats["init"] = kernel_statistics(
-                twins, max_kernels=max_kernels, seed=kw["seed"], device=device, fits=fits
-            )
-    table = compare(
-        path, init=twins, statistics=stats, max_kernels=max_kernels, device=device, **kw
-    )
+    stats = group_statistics(path, init=twins, n_biology_null=n_biology_null,
+                             max_kernels=max_kernels, device=device, fits=fits, **kw)  # fmt: skip
+    table = compare(path, init=twins, statistics=stats, max_kernels=max_kernels, device=device,
+                    fits=fits, **kw)  # fmt: skip
     merged = pd.concat([s.assign(group=g) for g, s in stats.items()], ignore_index=True)
     settings = {
         "null_kind": "gaussian",
