@@ -261,3 +261,14 @@ def test_compare_on_a_real_model_is_fast_and_finds_the_cardinal_bias() -> None:
         row.loc["opponent_ratio", "kernels_value"] < 0.5 * row.loc["opponent_ratio", "null_value"]
     )
     assert np.isnan(row.loc["surround_ratio", "kernels_value"])  # no fits, no DoG parameters
+
+
+def test_a_kernels_file_reads_like_its_dataframe(tmp_path, toy_compare) -> None:
+    """From a file only the classified rows' weights are loaded; same statistics, same sample."""
+    table = _toy_table()
+    table.to_parquet(tmp_path / "kernels.parquet")
+    pd.testing.assert_frame_equal(kernel_statistics(tmp_path), toy_compare[1])
+    a = kernel_statistics(tmp_path / "kernels.parquet", max_kernels=4, fits=False)
+    b = kernel_statistics(table, max_kernels=4, fits=False)
+    assert len(a) == 4
+    pd.testing.assert_frame_equal(a, b)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..errors import KernelAtlasError
 from ..null import DEFAULT_NULL_SIZE, gaussian_null
@@ -95,19 +96,46 @@ _SPLIT_FITS = 3000  # above this many kernels of one size, fit each family's ker
 
 
 # --------------------------------------------------------------------------- inputs
-def _read(kernels: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
+def _read(
+    kernels: pd.DataFrame | str | os.PathLike[str], max_kernels: int | None, seed: int
+) -> pd.DataFrame:
+    """The classified pattern-family rows of a kernels table, sampled per (source, model, size).
+
+    From a file only those rows and the columns read here are loaded: the metadata first,
+    then the sampled rows' weights and fits (``kernels.parquet`` can hold millions of rows).
+    """
     if isinstance(kernels, pd.DataFrame):
-        return kernels
+        df = _check(kernels)
+        sel = df["classified"].to_numpy(dtype=bool) & np.isin(
+            df["family"].to_numpy(object), PATTERN_FAMILIES
+        )
+        return _sample(df[sel], max_kernels, seed)
+    import pyarrow.dataset as ds
+
     path = Path(kernels)
     if path.is_dir():
         path = path / "kernels.parquet"
     try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
+        dataset = ds.dataset(path)
+        names = dataset.schema.names
+        meta = dataset.to_table(columns=[c for c in (*_KEYS, "family", "classified")
+                                         if c in names]).to_pandas()  # fmt: skip
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise KernelAtlasError(
             f"cannot read a kernels table from {path}: pass kernels.parquet of "
             f"`kernelatlas analyze` or its DataFrame ({exc})"
         ) from None
+    meta = _check(meta.assign(weights=None))
+    meta["_row"] = np.arange(len(meta))
+    sel = meta["classified"].to_numpy(dtype=bool) & np.isin(
+        meta["family"].to_numpy(object), PATTERN_FAMILIES
+    )
+    rows = _sample(meta[sel], max_kernels, seed)["_row"].to_numpy()
+    wanted = {*_KEYS, "family", "classified", "orientation", "weights",
+              *(c for cols in FIT_COLUMNS_USED.values() for c in cols),
+              *(c for cols in ELONGATION_COLUMNS.values() for c in cols)}  # fmt: skip
+    df = dataset.take(rows, columns=[c for c in names if c in wanted]).to_pandas()
+    return _check(df)
 
 
 def _check(df: pd.DataFrame) -> pd.DataFrame:
@@ -275,10 +303,7 @@ def kernel_statistics(
     families); NaN where a statistic does not apply or its fit is unusable
     (R^2 outside [0, 1]).
     """
-    df = _check(_read(kernels))
-    fam = df["family"].to_numpy(object)
-    sel = df["classified"].to_numpy(dtype=bool) & np.isin(fam, PATTERN_FAMILIES)
-    df = _sample(df[sel], max_kernels, seed)
+    df = _read(kernels, max_kernels, seed)
     parts = []
     for (kh, kw), idx in df.groupby(["kh", "kw"], sort=True).indices.items():
         parts.append(_size_statistics(df.iloc[idx], int(kh), int(kw), device, seed, fits))

@@ -181,7 +181,7 @@ def opponent_ratio(
     sign = np.sign((k * g).sum(axis=(1, 2)))
     v = (k * sign[:, None, None]).reshape(n, -1)
     centre = np.clip(v, 0.0, None).sum(axis=1)
-    opposite = -np.clip(v, None, 0.0).sum(axis=1)
+    opposite = np.clip(-v, 0.0, None).sum(axis=1)  # (no negative zero)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((sign != 0) & (centre > 0), opposite / centre, np.nan)
 
