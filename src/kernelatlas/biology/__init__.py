@@ -31,6 +31,7 @@ _API: dict[str, str] = {
     "null_table": "kernelatlas.biology.comparison",
     "group_statistics": "kernelatlas.biology.comparison",
     "NULL_SOURCE": "kernelatlas.biology.comparison",
+    "init_kernels": "kernelatlas.biology.report",
     "COMPARE_COLUMNS": "kernelatlas.biology.comparison",
     "STAT_COLUMNS": "kernelatlas.biology.comparison",
     "FIT_COLUMNS_USED": "kernelatlas.biology.comparison",

@@ -423,6 +423,7 @@ def group_statistics(
         )
     if sizes is None:
         sizes = _sizes(out["kernels"]) if "kernels" in out else []
+    sizes = [(kh, kw) for kh, kw in sizes if min(kh, kw) >= 3]  # the atlas's sizes only
     tables = []
     if null:
         tables += [null_table(kh, kw, n=n_biology_null, null_fpr=null_fpr, n_null=n_null,
