@@ -45,6 +45,7 @@ from .stats import RULE, summarize, time_basis, verdict
 
 __all__ = [
     "SCHEMA",
+    "json_schema",
     "plan_settings",
     "run_benchmark",
     "finalize",
@@ -53,6 +54,13 @@ __all__ = [
 ]
 
 SCHEMA = "kernelatlas.bench-train/1"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a benchmark document (``bench_train.schema.json``)."""
+    from importlib import resources
+
+    return json.loads(resources.files(__package__).joinpath("bench_train.schema.json").read_text())
 
 
 def plan_settings(cfg: BenchConfig) -> list[tuple[str, int | None, str]]:
@@ -209,7 +217,7 @@ def run_benchmark(
         "schema": SCHEMA,
         "kernelatlas_version": __version__,
         "command": command,
-        "config": cfg.to_dict(),
+        "config": json.loads(json.dumps(cfg.to_dict(), default=_json_default)),
         "shard": list(shard) if shard else None,
         "environment": _environment(dev),
         "rule": RULE,

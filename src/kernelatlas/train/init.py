@@ -226,11 +226,11 @@ def _reference_frame(reference: object):
     if isinstance(reference, pd.DataFrame):
         df = reference
     else:
-        from ..atlas import Atlas
         from ..normalize import as_kernel_array
+        from .coverage import shared_atlas
 
         arr = as_kernel_array(reference).astype(np.float32)
-        df = Atlas(kernel_size=(int(arr.shape[1]), int(arr.shape[2]))).fit().predict(arr)
+        df = shared_atlas(int(arr.shape[1]), int(arr.shape[2])).predict(arr)
         df = df.assign(kh=int(arr.shape[1]), kw=int(arr.shape[2]))
     if "family" not in df.columns:
         raise KernelAtlasError(

@@ -118,16 +118,15 @@ def _arrays(runs: Sequence[dict[str, Any]], time_key: str) -> dict[str, np.ndarr
     }
 
 
-def _first(acc: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _first(acc: np.ndarray, target: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First index along the last axis with ``acc >= target`` and whether there is one."""
-    hit = acc >= target[..., None] - 1e-12
-    hit[..., 0] = False  # step 0 (before training) never counts
+    hit = (acc >= target[..., None] - 1e-12) & (steps > 0)  # step 0 (before training) never counts
     return hit.argmax(-1), hit.any(-1)
 
 
 def _to_target(a: dict[str, np.ndarray], idx: np.ndarray, target: np.ndarray):
     """Mean steps and seconds to ``target`` [B] of the runs ``idx`` [B, S] (censored)."""
-    first, ok = _first(a["acc"][idx], target[:, None])
+    first, ok = _first(a["acc"][idx], target[:, None], a["steps"])
     steps = np.where(ok, a["steps"][first], a["censor_steps"])
     sec = np.where(
         ok, np.take_along_axis(a["sec"][idx], first[..., None], -1)[..., 0], a["censor_sec"][idx]
