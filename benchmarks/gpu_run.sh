@@ -3,7 +3,7 @@
 #
 # Preset `gpu` (kernelatlas.train.config.preset): 3 datasets x 3 regimes (all/5k/1k; MNIST-5k
 # has all/1k) x ConvNeXt (7x7, width 0.5 depth 0.5, 64 px) and MobileNetV2 (3x3, width 0.5,
-# 28 px) x every lever (15 schemes on ConvNeXt, 11 on MobileNetV2: no layer scale) x 5 seeds,
+# 28 px) x every lever (14 schemes on ConvNeXt, 10 on MobileNetV2: no layer scale) x 5 seeds,
 # 400 AdamW steps of batch 128, 21 evaluations of 2,000 test images: ~1,000 runs. Networks
 # this small leave a big GPU idle, so the grid is split into SHARDS concurrent processes
 # (kernelatlas bench-train --shard K/N: every N-th (setting, seed) from K), each writing its

@@ -116,6 +116,13 @@ def test_resume_shards_and_merge(tiny_doc, tmp_path, one_torch_thread):
     assert curves(merged) == curves(full)  # same seed, same run
     with pytest.raises(KernelAtlasError, match="two documents"):
         merge_documents([docs[0], docs[0]])
+    # pieces of one grid (another dataset) merge; another budget does not
+    piece = copy.deepcopy(docs[1])
+    piece["config"]["datasets"] = ["animals"]
+    assert merge_documents([docs[0], piece])["config"]["datasets"] == ["fashion_mnist", "animals"]
+    piece["config"]["steps"] = 99
+    with pytest.raises(KernelAtlasError, match="more than datasets/regimes/archs: steps"):
+        merge_documents([docs[0], piece])
     (tmp_path / "alien.json").write_text('{"runs": []}')
     with pytest.raises(KernelAtlasError, match="not a kernelatlas.bench-train/1"):
         load_document(tmp_path / "alien.json")

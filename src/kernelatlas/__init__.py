@@ -36,6 +36,9 @@ _API: dict[str, str] = {
     "analyze": "kernelatlas.pipeline",
     "AnalysisConfig": "kernelatlas.pipeline",
     "init_depthwise_": "kernelatlas.train",
+    "bake_": "kernelatlas.train",
+    "register_scheme": "kernelatlas.train",
+    "list_schemes": "kernelatlas.train",
     "CoverageTracker": "kernelatlas.train",
 }
 

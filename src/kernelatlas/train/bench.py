@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import KernelAtlasError
-from .config import REFERENCE_SEED, BenchConfig, regime_label
+from .config import REFERENCE_SEED, BenchConfig, parse_regime, regime_label
 from .data import TRAIN_SIZES, load_dataset
 from .init import depthwise_convs
 from .loop import train_model
@@ -152,13 +152,35 @@ def load_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+_GRID_AXES = ("datasets", "regimes", "archs")
+
+
+def _union(lists: list[list[Any]]) -> list[Any]:
+    out: list[Any] = []
+    for items in lists:
+        out.extend(i for i in items if i not in out)
+    return out
+
+
 def merge_documents(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One document from shards of one configuration (runs concatenated, duplicates refused)."""
+    """One document from pieces of one grid: shards, or runs over different datasets,
+    regimes or architectures with every other setting equal (duplicates refused)."""
     if not docs:
         raise KernelAtlasError("nothing to merge")
-    cfg = docs[0]["config"]
-    if any(d["config"] != cfg for d in docs):
-        raise KernelAtlasError("the documents were written with different configurations")
+    rest = [{k: v for k, v in d["config"].items() if k not in _GRID_AXES} for d in docs]
+    if any(r != rest[0] for r in rest):
+        diff = sorted(k for k in rest[0] if any(r.get(k) != rest[0][k] for r in rest))
+        raise KernelAtlasError(
+            f"the documents differ in more than datasets/regimes/archs: {', '.join(diff)}"
+        )
+    cfg = dict(docs[0]["config"])
+    for axis in _GRID_AXES:
+        cfg[axis] = _union([d["config"][axis] for d in docs])
+    from .data import DATASETS
+
+    cfg["datasets"] = sorted(
+        cfg["datasets"], key=lambda d: DATASETS.index(d) if d in DATASETS else 99
+    )
     out = {k: v for k, v in docs[0].items() if k not in ("runs", "references", "skipped")}
     seen, runs, refs, skipped = set(), [], [], []
     for d in docs:
@@ -170,9 +192,31 @@ def merge_documents(docs: list[dict[str, Any]]) -> dict[str, Any]:
             runs.append(r)
         refs.extend(d.get("references", []))
         skipped.extend(s for s in d.get("skipped", []) if s not in skipped)
+    settings = {
+        (d, regime_label(n), a): i
+        for i, (d, n, a) in enumerate(
+            plan_settings(
+                BenchConfig(
+                    datasets=tuple(cfg["datasets"]),
+                    regimes=tuple(parse_regime(r) for r in cfg["regimes"]),
+                    archs=tuple(cfg["archs"]),
+                )
+            )
+        )
+    }
+    for r in runs:
+        r["setting_index"] = settings.get((r["dataset"], r["regime"], r["arch"]), 999)
     order = {s: i for i, s in enumerate(cfg["schemes"])}
     runs.sort(key=lambda r: (r["setting_index"], r["seed"], order.get(r["scheme"], 99)))
-    out.update(runs=runs, references=refs, skipped=skipped, shard=None)
+    commands = _union([[d.get("command", "")] for d in docs])
+    out.update(
+        config=cfg,
+        runs=runs,
+        references=refs,
+        skipped=skipped,
+        shard=None,
+        command=commands[0] if len(commands) == 1 else " ; ".join(commands),
+    )
     out["complete"] = all(d.get("complete") for d in docs)
     out["elapsed_s"] = max(d.get("elapsed_s", 0.0) for d in docs)
     return finalize(out)

@@ -97,6 +97,13 @@ def summary_markdown(doc: dict[str, Any], *, heading_level: int = 2) -> str:
     for c in v["coverage_link"]:
         rho = "-" if c["spearman"] is None else f"{c['spearman']:+.2f}"
         lines.append(f"| {c['dataset']} | {c['regime']} | {c['arch']} | {c['schemes']} | {rho} |")
+    pooled = v.get("coverage_link_pooled")
+    lines += [
+        "",
+        "Over every scheme of every setting: "
+        + ("-" if pooled is None else f"{pooled:+.2f}")
+        + ".",
+    ]
     if doc.get("skipped"):
         skipped = sorted({(s["arch"], s["scheme"], s["reason"]) for s in doc["skipped"]})
         lines += ["", "Not run: " + "; ".join(f"{s} on {a} ({why})" for a, s, why in skipped) + "."]

@@ -309,7 +309,8 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Returns ``rule``, ``faster`` / ``faster_time`` / ``slower`` (lists of
     ``dataset/n_train/arch/scheme``), ``closest`` (the non-default row with the highest CI
     lower bound of its speed-up, and its figures), ``coverage_link`` (per setting: the
-    Spearman correlation over schemes between speed-up and mean coverage) and ``lines``
+    Spearman correlation over schemes between speed-up and mean coverage),
+    ``coverage_link_pooled`` (the same over every row of every setting) and ``lines``
     (plain sentences).
     """
     rows = list(summary)
@@ -349,6 +350,10 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "schemes": len(rs),
             }
         )
+    with_cov = [r for r in rows if r.get("coverage_mean") is not None]
+    pooled = _spearman(
+        np.array([r["speedup"] for r in with_cov]), np.array([r["coverage_mean"] for r in with_cov])
+    )
     lines = []
     for r in others:
         ci = r["speedup_ci"]
@@ -375,5 +380,6 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "slower": slower,
         "closest": closest,
         "coverage_link": link,
+        "coverage_link_pooled": pooled,
         "lines": lines,
     }

@@ -12,10 +12,10 @@ learnable scales, the N-jet of Pintea et al. (IEEE TIP 2021).
 The same span, :func:`atlas_basis`, is the subspace of the atlas prior (:mod:`.prior`).
 
 Scales (:func:`basis_sigmas`): ``0.6 * 2**i`` px for ``i < n``, ``n = 1`` for 3x3 (6 of 9
-dimensions), 2 for 5x5 (12 of 25), 3 for 7x7 and larger (18 of 49); on trained kernels the
-span holds most of the energy (3x3: 93% for MobileNetV2's vs 67% for noise; 5x5: 88% for
-EfficientNet-Lite0's vs 48%; 7x7: 91-99% of the eight master keys vs 37%), see
-docs/training.md.
+dimensions), 2 for 5x5 (12 of 25), 3 for 7x7 and larger (18 of 49). The span holds most of
+the energy of trained kernels (``benchmarks/train_levers.py``: 3x3 MobileNetV2 and
+EfficientNet-Lite0 92% against 67% for noise; 5x5 EfficientNet-Lite0 88% against 48%; the
+eight 7x7 master keys 96% against 37%), see docs/training.md.
 
 The parametrisation is ``torch.nn.utils.parametrize``: ``conv.weight`` stays the effective
 kernel, ``conv.parametrizations.weight.original`` holds the coefficients ``[C, M]``, and
