@@ -129,7 +129,13 @@ def _add_bench_args(p: argparse.ArgumentParser, *, name: str) -> None:
     amp.add_argument("--amp", dest="amp", action="store_true", default=None, help="bf16 autocast")
     amp.add_argument("--no-amp", dest="amp", action="store_false", help="float32 (default)")
     p.add_argument("--no-coverage", action="store_true", help="do not track atlas coverage")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared CPU, more threads cost more than they "
+        "give; 0: torch's default)",
+    )
     p.add_argument("--shard", type=_shard, help="K/N: run every N-th (setting, seed) from K")
     p.add_argument("--resume", action="store_true", help=f"continue OUT/{name}.json")
     p.add_argument(

@@ -137,6 +137,7 @@ def set_layer_scale_(model: nn.Module, value: float) -> int:
     lever="frozen",
     summary="the eight master keys frozen; per-channel a*F+b at tap-matched learning rates",
     paper=_NEURIPS,
+    control="default_frozen",
 )
 def _master_key_frozen(
     model: nn.Module,
@@ -192,6 +193,7 @@ def _default_ls(
     summary="dog init with the blocks' layer scale set to layer_scale (1.0)",
     paper=f"Babaiee et al., ICLR 2024; {_V2}",
     needs_layer_scale=True,
+    control="default_ls",
 )
 def _dog_ls(
     model: nn.Module,
@@ -211,6 +213,7 @@ def _dog_ls(
     summary="trainable master-key init with the blocks' layer scale set to layer_scale (1.0)",
     paper=f"{_NEURIPS}; {_V2}",
     needs_layer_scale=True,
+    control="default_ls",
 )
 def _master_key_ls(
     model: nn.Module,
@@ -230,6 +233,7 @@ def _master_key_ls(
     summary="master_key_frozen with the blocks' layer scale set to layer_scale (1.0)",
     paper=f"{_NEURIPS}; {_V2}",
     needs_layer_scale=True,
+    control="default_ls",
 )
 def _master_key_frozen_ls(
     model: nn.Module,

@@ -31,6 +31,12 @@ def _settings(summary: list[dict[str, Any]]) -> list[tuple[tuple, list[dict[str,
     return list(out.items())
 
 
+def _vs(r: dict[str, Any]) -> str:
+    if r.get("vs_control_speedup") is None:
+        return "-"
+    return f"{r['vs_control_speedup']:.2f}x {_ci(r['vs_control_ci'])} vs {r['control']}"
+
+
 def summary_markdown(doc: dict[str, Any], *, heading_level: int = 2) -> str:
     """Per setting a table of every scheme; then the verdict and the coverage link."""
     h = "#" * heading_level
@@ -56,9 +62,10 @@ def summary_markdown(doc: dict[str, Any], *, heading_level: int = 2) -> str:
             f"{base['total_steps']} steps, evaluations every {base['eval_every']}.",
             "",
             "| scheme | lever | steps to target (per seed) | reached | speed-up [95% CI] "
-            "| time speed-up [95% CI] | final acc mean ± std [min, max] | Δ final [95% CI] "
-            "| coverage step 0 → end | trainable | verdict (steps / time) |",
-            "|" + "---|" * 11,
+            f"| time speed-up [95% CI] ({'CPU' if base.get('time_basis') == 'cpu_seconds' else 'wall'}) "
+            "| final acc mean ± std [min, max] | Δ final [95% CI] "
+            "| vs its control [95% CI] | coverage step 0 → end | trainable | verdict (steps / time) |",
+            "|" + "---|" * 12,
         ]
         for r in rows:
             st = ", ".join("-" if v is None else str(v) for v in r["steps_to_target"])
@@ -74,7 +81,7 @@ def summary_markdown(doc: dict[str, Any], *, heading_level: int = 2) -> str:
                 f"| {r['time_speedup']:.2f}x {_ci(r['time_speedup_ci'])} "
                 f"| {r['final_accuracy_mean']:.4f} ± {r['final_accuracy_std']:.4f} "
                 f"[{r['final_accuracy_min']:.4f}, {r['final_accuracy_max']:.4f}] "
-                f"| {delta} | {cov} | {r['trainable_params']:,} "
+                f"| {delta} | {_vs(r)} | {cov} | {r['trainable_params']:,} "
                 f"| {r['verdict']} / {r['time_verdict']} |"
             )
         lines.append("")
@@ -84,6 +91,18 @@ def summary_markdown(doc: dict[str, Any], *, heading_level: int = 2) -> str:
     lines += [
         f"- faster in training time: {', '.join(v['faster_time']) or 'none'}",
         f"- slower: {', '.join(v['slower']) or 'none'}",
+        "",
+        f"{h}# Each lever against its own control",
+        "",
+        "Speed-up to the control's mean final accuracy (the control differs by that lever "
+        "only); a CI above 1 means the lever itself helps, below 1 that it hurts.",
+        "",
+        "| setting / scheme | control | speed-up [95% CI] | seeds |",
+        "|---|---|---|---|",
+        *[
+            f"| {e['where']} | {e['control']} | {e['speedup']:.2f}x {_ci(e['ci'])} | {e['seeds']} |"
+            for e in v.get("lever_effects", [])
+        ],
         "",
         f"{h}# Coverage and speed",
         "",

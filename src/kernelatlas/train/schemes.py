@@ -66,6 +66,9 @@ class SchemeInfo:
     needs_layer_scale : the scheme sets the layer scale of the blocks that hold depthwise
         convolutions (it does not apply to models without one, e.g. MobileNetV2).
     options : names of the keyword-only options ``fn`` accepts.
+    control : the scheme that differs from this one by this scheme's lever only (``dog``
+        for ``structured``, ``default_ls`` for ``dog_ls``...); the benchmark reports the
+        speed-up over it beside the speed-up over ``default``.
     """
 
     name: str
@@ -76,6 +79,7 @@ class SchemeInfo:
     needs_reference: bool = False
     needs_layer_scale: bool = False
     options: tuple[str, ...] = ()
+    control: str = "default"
 
 
 _REGISTRY: dict[str, SchemeInfo] = {}
@@ -106,8 +110,12 @@ def register_scheme(
     paper: str = "",
     needs_reference: bool = False,
     needs_layer_scale: bool = False,
+    control: str = "default",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``fn`` as the scheme ``name`` (duplicates are refused)."""
+    """Decorator: register ``fn`` as the scheme ``name`` (duplicates are refused).
+
+    ``control``: the registered scheme this one adds its lever to (see :class:`SchemeInfo`).
+    """
     if not name or not name.replace("_", "").isalnum() or name != name.lower():
         raise KernelAtlasError(f"scheme names are lower-case words joined by '_', got {name!r}")
     if lever not in LEVERS:
@@ -128,7 +136,15 @@ def register_scheme(
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _RESERVED
         )
         _REGISTRY[name] = SchemeInfo(
-            name, fn, lever, summary, paper, needs_reference, needs_layer_scale, options
+            name,
+            fn,
+            lever,
+            summary,
+            paper,
+            needs_reference,
+            needs_layer_scale,
+            options,
+            control,
         )
         return fn
 

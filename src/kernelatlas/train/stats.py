@@ -17,6 +17,10 @@ Definitions (one place; the docs quote them from :data:`RULE`):
   the resampled default runs, both schemes' steps to that target and the ratio;
   ``N_BOOT`` resamples, percentile interval at ``CI_LEVEL``. Training time is wall-clock on
   an accelerator and the process's CPU time on a CPU (:func:`time_basis`).
+- **Lever effect**: the same speed-up against the scheme's registered *control* (the scheme
+  it adds its lever to: ``dog`` for ``structured``, ``default_ls`` for ``dog_ls``...), the
+  target then being the control's mean final accuracy. Reported beside the verdict; the
+  verdict itself is against ``default``.
 - **Verdict** per scheme and setting: ``faster`` when the speed-up is >= ``MIN_SPEEDUP``,
   its CI excludes 1 (lower bound > 1) and every seed reached the target; ``slower`` when the
   CI's upper bound is < 1; ``too few seeds`` below ``MIN_SEEDS`` paired seeds; otherwise
@@ -218,6 +222,15 @@ def time_basis(device: str) -> str:
     return "cpu_seconds" if str(device).startswith("cpu") else "seconds"
 
 
+def _control_of(scheme: str) -> str:
+    """The registered control of ``scheme`` (``default`` for unknown names)."""
+    from .schemes import _REGISTRY, _load_builtins
+
+    _load_builtins()
+    info = _REGISTRY.get(scheme)
+    return info.control if info is not None else REFERENCE_SCHEME
+
+
 def summarize(
     runs: list[dict[str, Any]],
     *,
@@ -277,6 +290,23 @@ def summarize(
                 "trainable_params": int(rs[0]["trainable_params"]),
                 **_coverage_stats(rs),
             }
+            control = _control_of(scheme)
+            row["control"] = control if control in schemes and control != scheme else None
+            if row["control"] is None:
+                row.update(vs_control_speedup=None, vs_control_ci=None, vs_control_delta=None)
+            else:
+                vs = (
+                    boot
+                    if control == REFERENCE_SCHEME
+                    else paired_bootstrap(
+                        schemes[control], rs, n_boot=n_boot, seed=seed, time_key=time_key
+                    )
+                )
+                row.update(
+                    vs_control_speedup=vs["speedup"],
+                    vs_control_ci=vs["speedup_ci"],
+                    vs_control_delta=vs["final_delta"],
+                )
             all_reached = reached == len(rs)
             if scheme == REFERENCE_SCHEME:
                 row["verdict"] = row["time_verdict"] = "reference"
@@ -310,8 +340,9 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ``dataset/n_train/arch/scheme``), ``closest`` (the non-default row with the highest CI
     lower bound of its speed-up, and its figures), ``coverage_link`` (per setting: the
     Spearman correlation over schemes between speed-up and mean coverage),
-    ``coverage_link_pooled`` (the same over every row of every setting) and ``lines``
-    (plain sentences).
+    ``coverage_link_pooled`` (the same over every row of every setting), ``lever_effects``
+    (speed-up of each scheme over its own control, where that is not ``default``) and
+    ``lines`` (plain sentences).
     """
     rows = list(summary)
     others = [r for r in rows if r["scheme"] != REFERENCE_SCHEME]
@@ -350,6 +381,17 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "schemes": len(rs),
             }
         )
+    effects = [
+        {
+            "where": _where(r),
+            "control": r["control"],
+            "speedup": r["vs_control_speedup"],
+            "ci": r["vs_control_ci"],
+            "seeds": r["seeds"],
+        }
+        for r in others
+        if r.get("control") not in (None, REFERENCE_SCHEME) and r.get("vs_control_ci")
+    ]
     with_cov = [r for r in rows if r.get("coverage_mean") is not None]
     pooled = _spearman(
         np.array([r["speedup"] for r in with_cov]), np.array([r["coverage_mean"] for r in with_cov])
@@ -381,5 +423,6 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "closest": closest,
         "coverage_link": link,
         "coverage_link_pooled": pooled,
+        "lever_effects": effects,
         "lines": lines,
     }

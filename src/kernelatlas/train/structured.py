@@ -254,6 +254,7 @@ def _structured(
     lever="structure",
     summary="kernels = learned coefficients on the atlas basis (G..Gyy, fixed scales), DoG start",
     paper=_JACOBSEN,
+    control="dog",
 )
 def _structured_fixed(
     model: nn.Module,
@@ -272,6 +273,7 @@ def _structured_fixed(
     lever="structure",
     summary="structured with learnable scales (one log-sigma per scale and layer), DoG start",
     paper=f"{_PINTEA}; {_JACOBSEN}",
+    control="structured",
 )
 def _structured_njet(
     model: nn.Module,
