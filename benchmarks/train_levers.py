@@ -60,7 +60,12 @@ def energy_share(kernels: np.ndarray) -> dict[str, float]:
 def basis_energy() -> list[dict]:
     rows = []
     rng = np.random.default_rng(0)
-    for source in ("mobilenet_v2", "efficientnet_lite0", "pp_lcnet_orientation"):
+    for source in (
+        "mobilenet_v2",
+        "efficientnet_lite0",
+        "pp_lcnet_orientation",
+        "ppocrv6_det_small",
+    ):
         by_size: dict[tuple[int, int], list[np.ndarray]] = {}
         for layer in harvest(source).layers:
             by_size.setdefault(layer.shape, []).append(layer.weights)

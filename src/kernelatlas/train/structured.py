@@ -14,8 +14,8 @@ The same span, :func:`atlas_basis`, is the subspace of the atlas prior (:mod:`.p
 Scales (:func:`basis_sigmas`): ``0.6 * 2**i`` px for ``i < n``, ``n = 1`` for 3x3 (6 of 9
 dimensions), 2 for 5x5 (12 of 25), 3 for 7x7 and larger (18 of 49). The span holds most of
 the energy of trained kernels (``benchmarks/train_levers.py``: 3x3 MobileNetV2 and
-EfficientNet-Lite0 92% against 67% for noise; 5x5 EfficientNet-Lite0 88% against 48%; the
-eight 7x7 master keys 96% against 37%), see docs/training.md.
+EfficientNet-Lite0 92% against 67% for noise; 5x5 EfficientNet-Lite0 88% against 48%; 7x7
+PP-OCRv6 77% and the eight master keys 96% against 37%), see docs/training.md.
 
 The parametrisation is ``torch.nn.utils.parametrize``: ``conv.weight`` stays the effective
 kernel, ``conv.parametrizations.weight.original`` holds the coefficients ``[C, M]``, and
