@@ -15,7 +15,7 @@ with the benchmark's own functions (:func:`kernelatlas.train.bench.merge_documen
 Usage::
 
     .venv/bin/python benchmarks/summarize_bench_init.py IN.json [IN2.json ...] \\
-        [--json OUT.json] [--md OUT.md] [--png OUT.png] [--coverage-png OUT.png]
+        [--json OUT.json] [--md OUT.md] [--png OUT.png] [--coverage-png OUT.png] [--heading-level 3]
 
 Nothing is written back into the input files.
 """
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", type=Path)
     p.add_argument("--png", type=Path)
     p.add_argument("--coverage-png", type=Path)
+    p.add_argument("--heading-level", type=int, default=2, help="Markdown level of the title")
     args = p.parse_args(argv)
     try:
         docs = [load_any(path) for path in args.inputs]
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if "converted" in doc:
             doc["rule"] = doc["verdict"]["rule"]
         lost = missing_runs(doc)
-        md = summary_markdown(doc)
+        md = summary_markdown(doc, heading_level=args.heading_level)
         if "converted" in doc:
             md += f"\n({doc['converted']}.)\n"
         if lost:

@@ -140,3 +140,22 @@ def test_markdown_shows_every_scheme_and_the_rule():
     assert "### d / 1k (1000 images) / a" in md and "the rule" in md
     assert "| fast | init | 50, 50, 50, 50, 50 | 5/5 | 2.00x [2.00, 2.00]" in md
     assert "faster by the rule: d/1k/a/fast" in md
+
+
+def test_the_published_cpu_verdict_is_what_the_runs_give():
+    """docs/benchmarks/bench-train-cpu.json: summary and verdict recomputed from its runs."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from kernelatlas.train.bench import finalize
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "bench-train-cpu.json"
+    saved = json.loads(path.read_text())
+    again = copy.deepcopy(saved)
+    for key in ("summary", "verdict"):
+        again.pop(key)
+    for r in again["runs"]:
+        r.update(target=None, steps_to_target=None, seconds_to_target=None)
+    assert json.loads(json.dumps(finalize(again))) == saved
+    assert len(saved["runs"]) == 520 and saved["verdict"]["rule"] == saved["rule"]

@@ -135,6 +135,7 @@ def finalize(doc: dict[str, Any]) -> dict[str, Any]:
     basis = time_basis(doc.get("environment", {}).get("device", "cpu"))
     doc["summary"] = summarize(doc["runs"], time_key=basis)
     doc["verdict"] = verdict(doc["summary"])
+    doc["rule"] = doc["verdict"]["rule"]
     return doc
 
 
