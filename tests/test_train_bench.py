@@ -123,6 +123,12 @@ def test_resume_shards_and_merge(tiny_doc, tmp_path, one_torch_thread):
     piece["config"]["steps"] = 99
     with pytest.raises(KernelAtlasError, match="more than datasets/regimes/archs: steps"):
         merge_documents([docs[0], piece])
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "bench-train.png").write_bytes(b"not ours")
+    with pytest.raises(KernelAtlasError, match="did not write it"):
+        run_benchmark(_tiny(), foreign, log=None)
+    assert (foreign / "bench-train.png").read_bytes() == b"not ours"
     (tmp_path / "alien.json").write_text('{"runs": []}')
     with pytest.raises(KernelAtlasError, match="not a kernelatlas.bench-train/1"):
         load_document(tmp_path / "alien.json")
@@ -179,6 +185,7 @@ def test_cli_bench_train_and_bench_init(tmp_path, capsys, one_torch_thread):
     assert {r["scheme"] for r in doc["runs"]} == {"default", "dog", "master_key"}
     assert "coverage" not in doc["runs"][0]["curve"][0]
     assert main(["bench-train", "--arch", "resnet", "--out", str(tmp_path / "x")]) == 2
+    assert main(["bench-train", "--device", "tpu", "--out", str(tmp_path / "x")]) == 2
     assert main(["schemes", "structured*"]) == 0
     assert capsys.readouterr().out.split()[0] == "structured"
 

@@ -23,7 +23,6 @@ def _shard(value: str) -> tuple[int, int]:
 def _bench(args: argparse.Namespace, *, name: str) -> int:
     from .. import train  # noqa: F401  (import errors surface here, before any work)
     from ..errors import KernelAtlasError
-    from ..train.bench import run_benchmark
     from ..train.config import INIT_SCHEMES, parse_regime, preset
 
     cfg = preset(args.size)
@@ -55,9 +54,21 @@ def _bench(args: argparse.Namespace, *, name: str) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from ..checks import check_device
+    from ..outputs import output_lock, resolve_out
+
+    check_device(args.device)
+    out = resolve_out(args.out)
+    with output_lock(out):  # one run at a time per output folder
+        return _run(args, cfg, out, name)
+
+
+def _run(args: argparse.Namespace, cfg, out, name: str) -> int:
+    from ..train.bench import run_benchmark
+
     doc = run_benchmark(
         cfg,
-        args.out,
+        out,
         device=args.device,
         data_root=args.data_dir,
         command=shlex.join(["kernelatlas", *sys.argv[1:]]),

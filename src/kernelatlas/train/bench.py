@@ -275,6 +275,13 @@ def run_benchmark(
         "runs": [],
         "complete": False,
     }
+    report_files = [out / f"{name}{suffix}" for suffix in (".md", ".png", "-coverage.png")]
+    if not path.exists() and any(p.exists() for p in report_files):
+        found = next(p for p in report_files if p.exists())
+        raise KernelAtlasError(
+            f"{found} exists but {path.name} does not: kernelatlas did not write it and never "
+            "overwrites what it did not write; choose another --out"
+        )
     if path.exists():
         old = load_document(path)  # refuses a file kernelatlas did not write
         if resume:
