@@ -132,7 +132,7 @@ def _add_bench_args(p: argparse.ArgumentParser, *, name: str) -> None:
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     p.add_argument("--steps", type=int, help="training steps per run (ten evaluations)")
     p.add_argument("--eval-every", type=int, help="evaluate every N steps (must divide --steps)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="training batch size (same for every scheme)")
     p.add_argument("--n-test", type=int, help="test images per evaluation")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (same for every scheme)")
