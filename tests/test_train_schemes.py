@@ -139,7 +139,7 @@ def test_scheme_names_trains_and_bakes(scheme, fashion, one_torch_thread):
     fresh = _kernels(fresh_model)
     model = _net(0)
     ref = _reference(7) if info.needs_reference else None
-    init_depthwise_(model, scheme, seed=0, reference=ref, total_steps=8)
+    init_depthwise_(model, scheme, seed=0, reference=ref, total_steps=4)
     k0 = _kernels(model)
     INTENDED[scheme](shared_atlas(7, 7).predict(k0), k0, fresh)
     if info.lever in ("structure", "frozen"):
@@ -154,7 +154,7 @@ def test_scheme_names_trains_and_bakes(scheme, fashion, one_torch_thread):
     }
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     res = train_model(
-        model, fashion, LoopConfig(steps=8, batch_size=32, eval_every=4, image_size=64), seed=0
+        model, fashion, LoopConfig(steps=4, batch_size=32, eval_every=2, image_size=64), seed=0
     )
     assert res.curve[-1]["loss"] < math.log(10)  # it learns (chance is ln 10)
     moved = [
