@@ -31,6 +31,7 @@ from .atlas.scoring import score_unit_kernels
 from .atlas.templates import CENTER_SHAPES, build_bank
 from .errors import KernelAtlasError
 from .normalize import as_kernel_array, normalize
+from .progress import advance
 from .taxonomy import CENTER, DEGENERATE, FIRST_DERIVATIVE, PATTERN_FAMILIES, SECOND_DERIVATIVE
 
 __all__ = ["fit_kernels", "FIT_COLUMNS"]
@@ -287,6 +288,7 @@ def fit_kernels(
             res["amplitude"] = res["amplitude"] * nz.norm[idx]
             for k, v in res.items():
                 cols[f"fit_{k}_{fam}"][idx] = v  # disjoint rows per batch
+        advance(idx.size, "fit")
 
     batches = [ok[s : s + batch_size] for s in range(0, ok.size, batch_size)]
     jobs = torch.get_num_threads() if dev.type == "cpu" else 1

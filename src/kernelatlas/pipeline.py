@@ -11,7 +11,6 @@ written where (never over a user's folder or an input, one run per output) is
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,11 +132,10 @@ class AnalysisResult:
 
 # --------------------------------------------------------------------------- stages
 def _progress(total: int, quiet: bool, desc: str):
-    from tqdm.auto import tqdm
+    """The job's stages (calibrate, autoencoder, classify, figures), each with its own bar."""
+    from .progress import Progress
 
-    return tqdm(
-        total=total, disable=quiet, unit="kernel", desc=desc, file=sys.stderr, dynamic_ncols=True
-    )
+    return Progress(quiet=quiet).stages()
 
 
 def _init_counterpart(source: str) -> str | None:
@@ -243,7 +241,7 @@ def analyse_record_batch(
         # One kernel size in the batch (the usual case): no copy of the weights.
         sub = batch if len(idx) == batch.num_rows else batch.take(pa.array(idx))
         k = weights_array(sub.column("weights"), kh, kw)
-        cols = [sub.select(_CARRY).to_pandas(), models[(kh, kw)]["atlas"].predict(k)]
+        cols = [sub.select(_CARRY).to_pandas(), models[(kh, kw)]["atlas"].predict(k, details=True)]
         if cfg.fit:
             from .fit import fit_kernels
 
@@ -414,7 +412,9 @@ def _analyze_into(
                 null = None
                 held_out = gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919)
                 judged = twin_k
-            bar.set_description(f"calibrate {kh}x{kw}")
+            n_cal = (cfg.n_null if null is None else len(null)) + len(held_out)
+            n_cal += sum(len(k) for k in judged.values())
+            bar.set_description(f"calibrate {kh}x{kw}", n_cal, "kernel", counts="score")
             atlas = Atlas(
                 kernel_size=(kh, kw), null_fpr=cfg.null_fpr, n_null=cfg.n_null, seed=cfg.seed
             ).fit(null=null)
@@ -440,7 +440,7 @@ def _analyze_into(
             models: dict[str, Any] = {"atlas": atlas}
             all_models[(kh, kw)] = models
             if cfg.method in ("autoencoder", "both"):
-                bar.set_description(f"autoencoder {kh}x{kw}")
+                bar.set_description(*_ae_stage(kh, kw, cfg), counts="ae_epoch")
                 ae, ae_info = _autoencoder_for(bank, kh, kw, cfg)
                 models["ae"] = ae
                 ae_null = float(
@@ -456,7 +456,8 @@ def _analyze_into(
                     "spectrum": spec.to_dict(orient="list"),
                     "decoded": ae.inverse_transform(spec["z"].to_numpy()).tolist(),
                 }
-        bar.set_description("classify")
+        bar.set_description("classify and fit" if cfg.fit else "classify", total, "kernel",
+                            counts="fit" if cfg.fit else None)  # fmt: skip
         for table in run_engine(bank_partitions(bank), all_models, cfg):
             counted = _COUNTED + [c for c in _AE_COUNTED if c in table.column_names]
             counts.append(partial_counts(table.select(counted).to_pandas()))
@@ -484,10 +485,24 @@ def _analyze_into(
     )
     from .report import write_report
 
-    write_report(staging, summary, spectra=spectra, figures=cfg.figures)
+    write_report(staging, summary, spectra=spectra, figures=cfg.figures, progress=bar.progress)
     harvested = bank.counts()
     harvested["status"] = harvested["source"].map(status)
     return summary, merged, harvested
+
+
+def _ae_stage(kh: int, kw: int, cfg: AnalysisConfig) -> tuple[str, int, str]:
+    """The progress stage of one size's autoencoder: its epochs when it trains, none when
+    the shipped reference is used."""
+    import inspect
+
+    from .autoencoder import KernelAutoencoder
+    from .autoencoder.reference import has_reference
+
+    if cfg.ae == "reference" and has_reference((kh, kw)):
+        return f"autoencoder {kh}x{kw} (reference)", 0, "epoch"
+    epochs = cfg.ae_epochs or inspect.signature(KernelAutoencoder).parameters["epochs"].default
+    return f"autoencoder {kh}x{kw}", int(epochs), "epoch"
 
 
 def _autoencoder_for(bank: Any, kh: int, kw: int, cfg: AnalysisConfig) -> tuple[Any, dict]:

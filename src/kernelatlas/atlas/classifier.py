@@ -38,6 +38,7 @@ import torch
 from ..errors import KernelAtlasError
 from ..normalize import as_kernel_array, normalize
 from ..null import DEFAULT_NULL_SIZE, calibrate_threshold, gaussian_null, null_rate
+from ..progress import advance
 from ..taxonomy import DEFAULT_NULL_FPR, DEGENERATE, PATTERN_FAMILIES, UNCLASSIFIED
 from .scoring import FamilyScores, score_unit_kernels
 from .templates import CENTER_SHAPES, build_bank
@@ -220,7 +221,9 @@ class Atlas:
     def _score_batch(self, batch: np.ndarray) -> tuple[FamilyScores, np.ndarray]:
         nz = normalize(batch)
         x = torch.from_numpy(nz.unit.reshape(nz.unit.shape[0], -1)).to(self._device)
-        return score_unit_kernels(self._bank, x, self._weights), nz.degenerate
+        out = score_unit_kernels(self._bank, x, self._weights), nz.degenerate
+        advance(batch.shape[0], "score")
+        return out
 
     def _score_all(self, kernels: np.ndarray) -> tuple[FamilyScores, np.ndarray]:
         """Stream ``kernels`` in batches; on CPU, batches run on ``n_jobs`` worker threads.

@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import FormatError, KernelAtlasError
 from ..normalize import as_kernel_array, normalize
 from ..null import DEFAULT_NULL_SIZE, calibrate_threshold, gaussian_null, null_rate
+from ..progress import advance
 from ..taxonomy import DEFAULT_NULL_FPR, DEGENERATE, PAPER_AE_THRESHOLDS, UNCLASSIFIED
 from ._net import AENet, cosine_distance
 from .spectrum import (
@@ -290,6 +291,7 @@ class KernelAutoencoder:
                 if bar is not None:
                     bar.update(1)
             history.append(float(run.item()) / n)
+            advance(1, "ae_epoch")
             if bar is not None:
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
         if bar is not None:

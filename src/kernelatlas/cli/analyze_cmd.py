@@ -41,42 +41,29 @@ def _analyze(args: argparse.Namespace) -> int:
             report_status(res.harvest)
         for note in res.summary["config"].get("notes", []):
             print(f"kernelatlas: note: {note}", file=sys.stderr)
-        print(_coverage_table(res.summary))
         for r in (res.summary.get("autoencoder") or {}).get("by_size", []):
             if r.get("note"):
                 print(f"kernelatlas: note: {r['note']}", file=sys.stderr)
-        print(f"report: {res.out / 'index.html'}")
+    # --quiet silences progress only: the result and where it is always print.
+    print(_coverage_table(res.summary))
+    print(f"report: {res.out / 'index.html'}")
     return 0
 
 
 def _coverage_table(summary: dict) -> str:
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:5.1f}%"
+    from ..report.terminal import coverage_table
 
-    null = "null" if summary["config"]["null"] == "gaussian" else "null*"
-    head = f"{'model':28s} {'size':>5s} {'kernels':>8s} {'classified':>10s} {null:>7s} {'init':>7s}  top family"
-    lines = [head, "-" * len(head)]
-    for m in summary["models"]:
-        shares = {
-            k: v for k, v in m["family_shares"].items() if k not in ("unclassified", "degenerate")
-        }
-        top = max(shares, key=lambda k: shares[k] or 0)
-        lines.append(
-            f"{m['model'][:28]:28s} {m['kh']}x{m['kw']:<3d} {m['kernels']:8d} {pct(m['coverage']):>10s} "
-            f"{pct(m.get('null_coverage')):>7s} {pct(m.get('init_coverage')):>7s}  {top} {pct(shares[top])}"
-        )
-    if summary["config"]["null"] == "init":
-        lines.append(
-            "null*: calibrated on half of the fresh-init kernels; null and init are rates on "
-            "the other half"
-        )
-    return "\n".join(lines)
+    return coverage_table(summary)
 
 
 def _compare(args: argparse.Namespace) -> int:
+    import json
+
     from ..report.compare import compare
 
-    out = compare(args.runs, args.out, labels=args.labels, force=args.force)
+    out = compare(args.runs, args.out, labels=args.labels, force=args.force, strict=args.strict)
+    for d in json.loads((out / "comparison.json").read_text())["differences"]:
+        print(f"kernelatlas: warning: not comparable: {d} (flagged in the report)", file=sys.stderr)
     print(f"report: {out / 'index.html'}")
     return 0
 
@@ -187,7 +174,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="workers of the local Dask cluster (default: one per core; at most 4 per core); "
         "needs --engine dask",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (the result table and report path still print)",
+    )
     p.set_defaults(func=_analyze)
 
     c = sub.add_parser(
@@ -214,5 +205,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="LABEL",
         help="one name per run (default: folder names)",
+    )
+    c.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse runs that differ in null, false-positive rate, method or kernelatlas version "
+        "(default: compare them and flag it)",
     )
     c.set_defaults(func=_compare)

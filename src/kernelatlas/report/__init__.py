@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .html import render_index
+from .html import render_page
 
 __all__ = ["write_report", "write_json", "load_summary", "validate_summary", "SCHEMA_PATH"]
 
@@ -57,33 +57,50 @@ def write_report(
     *,
     spectra: dict[str, Any] | None = None,
     figures: bool = True,
-) -> None:
-    """Write summary.json, figures/*.png and index.html into ``run_dir``.
+    progress: Any = None,
+    explorer_limit: int | None = None,
+) -> Path:
+    """Write summary.json, figures/*.png and the single-file index.html into ``run_dir``.
 
+    The page is built from the registered sections (:mod:`kernelatlas.report.sections`)
+    out of ``summary`` and ``run_dir/kernels.parquet``; ``progress`` (a
+    :class:`kernelatlas.progress.Progress`) shows the stages; ``explorer_limit`` caps the
+    kernels embedded in the page (default :data:`kernelatlas.report.explorer.EXPLORER_LIMIT`).
     With ``figures``, the "compared with biology" section is computed too and stored in
     ``summary["biology"]`` (None without figures); see :mod:`kernelatlas.biology.report`.
+    Returns the page's path.
     """
-    from .build import make_figures
+    from .build import FIGURE_DPI, make_figures
+    from .sections import ReportContext, sections
 
+    run_dir = Path(run_dir)
     biology = None
     if figures and (run_dir / "kernels.parquet").exists():
+        import contextlib
+
         from ..biology.report import biology_section
 
-        biology = biology_section(run_dir, summary)
+        stage = progress.stage("compare with biology", 0) if progress else contextlib.nullcontext()
+        with stage:
+            biology = biology_section(run_dir, summary)
     summary["biology"] = biology.doc() if biology is not None else None
     write_json(run_dir / "summary.json", summary)
-    made = (
-        make_figures(
-            run_dir,
-            summary,
-            spectra=spectra,
-            seed=int(summary["config"].get("seed", 0)),
-            biology=biology,
-        )
-        if figures
-        else {}
+    ctx = ReportContext(
+        run_dir,
+        summary,
+        spectra=dict(spectra or {}),
+        seed=int(summary["config"].get("seed", 0)),
+        dpi=FIGURE_DPI,
     )
-    page = render_index(summary, made)
+    if explorer_limit is not None:
+        ctx.cache["explorer_limit"] = int(explorer_limit)
+    if biology is not None:
+        ctx.cache["biology"] = biology
+    wanted = [s for s in sections() if s.wanted(ctx)]
+    if figures:
+        make_figures(ctx, wanted, progress)
+    page = render_page(ctx, wanted)
     tmp = run_dir / ".index.html.tmp"
-    tmp.write_text(page)
+    tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, run_dir / "index.html")
+    return run_dir / "index.html"

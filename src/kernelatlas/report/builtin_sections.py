@@ -1,0 +1,520 @@
+"""The built-in sections of the report page (see :mod:`.sections` for the registry).
+
+Order: 10 coverage, 20 explorer, 30 layers, 40 atlas (the seed's diagram and your
+means), 50 examples, 60 fits, 70 autoencoder, 90 method. Other stages register theirs
+between (e.g. 80 for biology).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..taxonomy import FAMILIES, FAMILY_INFO, PAPER_AE_THRESHOLDS, PATTERN_FAMILIES, UNCLASSIFIED
+from . import figures as F
+from .html import _e, _num, _pct, legend_html, swatch
+from .sections import Figure, ReportContext, register_section
+
+__all__ = ["models_table", "layers_figure", "thresholds_table"]
+
+
+def _meta(ctx: ReportContext) -> pd.DataFrame:
+    """Per-kernel columns (never the weights) read once, row-sampled above a limit."""
+    if "meta" not in ctx.cache:
+        from .build import read_columns
+
+        cols = ["source", "model", "kh", "kw", "layer", "layer_index", "depth", "channel", "family",
+                "orientation", "polarity", "scale", "score", "classified", "fit_sigma"]  # fmt: skip
+        ctx.cache["meta"] = read_columns(ctx.kernels_path, cols, seed=ctx.seed)
+    return ctx.cache["meta"]
+
+
+def _models(ctx: ReportContext) -> pd.DataFrame:
+    return pd.DataFrame(ctx.summary["models"])
+
+
+def _sizes(ctx: ReportContext) -> list[tuple[int, int]]:
+    return sorted({(int(m["kh"]), int(m["kw"])) for m in ctx.summary["models"]})
+
+
+def _has_kernels(ctx: ReportContext) -> bool:
+    return ctx.kernels_path.exists() and bool(ctx.summary.get("models"))
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+def _coverage_figures(ctx: ReportContext) -> Iterator[Figure]:
+    models = _models(ctx)
+    if not len(models):
+        return
+    series = F.coverage_series(
+        models, null_label=f"null ({ctx.summary['config']['null']}, held out)"
+    )
+    fig, ax = ctx.plt.subplots(
+        figsize=(8.5, 0.8 + 0.22 * len(models) * max(1.0, len(series) / 2.2))
+    )
+    F.plot_coverage(ax, models, labels=ctx.labels, series=series)
+    ax.set_title(
+        "Classified share of the trained kernels, beside the null and fresh init", fontsize=9
+    )
+    yield ctx.save(
+        fig,
+        "coverage.png",
+        "Classified share of trained kernels beside the null and the fresh initialisation",
+    )
+
+
+def models_table(ctx: ReportContext) -> str:
+    """Coverage per (source, size): the counts, coverage beside its baselines, family shares."""
+    models = ctx.summary["models"]
+    with_ae = any(m.get("ae_coverage") is not None for m in models)
+    head = ["model", "source", "size", "kernels", "degenerate", "classified", "null (held-out)", "fresh init"]  # fmt: skip
+    if with_ae:
+        head += [
+            "AE classified",
+            "AE null",
+            "AE/atlas agree (either classified)",
+            "agree (both classified)",
+        ]
+    head += [f.replace("_", " ") for f in FAMILIES]
+    rows = []
+    for m in models:
+        cells = [
+            f'<td class="l">{_e(ctx.labels.get(m["source"], m["model"]))}</td>',
+            f'<td class="l">{_e(m["source"])}</td>',
+            f"<td>{m['kh']}x{m['kw']}</td>",
+            f"<td data-v='{m['kernels']}'>{_num(m['kernels'])}</td>",
+            f"<td data-v='{m['degenerate']}'>{_num(m['degenerate'])}</td>",
+            f"<td data-v='{m['coverage']}'><b>{_pct(m['coverage'])}</b></td>",
+            f"<td>{_pct(m.get('null_coverage'))}</td>",
+            f"<td>{_pct(m.get('init_coverage'))}</td>",
+        ]
+        if with_ae:
+            keys = ("ae_coverage", "ae_null_coverage", "agreement", "agreement_both_classified")
+            cells += [f"<td>{_pct(m.get(k))}</td>" for k in keys]
+        cells += [f"<td>{_pct((m.get('family_shares') or {}).get(f))}</td>" for f in FAMILIES]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    th = "".join(f'<th class="{"l" if i < 2 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
+    return (
+        f"<div class='tw'><table class='sortable-table' id='ka-models-table'><thead><tr>{th}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+@register_section("coverage", title="Coverage per model and kernel size", order=10,
+                  figures=_coverage_figures)  # fmt: skip
+def _coverage(ctx: ReportContext) -> str:
+    null = (
+        "<b>null</b>: the rate on a held-out sample of iid Gaussian kernels; <b>fresh init</b>: coverage of "
+        "the same architecture freshly initialised. "
+        if ctx.summary["config"]["null"] == "gaussian"
+        else "<b>null</b>: the rate on the held-out half of the fresh-init kernels (the atlas is calibrated "
+        "on the other half); <b>fresh init</b>: coverage of each architecture's held-out fresh-init half. "
+    )
+    return (
+        "<p>A kernel is <i>classified</i> when it matches an atlas pattern more closely than the "
+        "calibrated threshold allows for null (random) kernels: at most the stated false-positive rate of null "
+        f"kernels pass. {null}Coverage excludes degenerate kernels; family shares are of all "
+        "kernels. Click a column to sort.</p>" + models_table(ctx) + ctx.figure_html("coverage")
+    )
+
+
+# --------------------------------------------------------------------------- explorer
+
+
+def _cmap(n: int = 65) -> list[str]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps[F.KERNEL_CMAP]
+    return [matplotlib.colors.to_hex(cmap(x)) for x in np.linspace(0, 1, n)]
+
+
+def _thresholds(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for t in summary.get("thresholds", []):
+        if t.get("method", "atlas") == "atlas":
+            out.setdefault(f"{t['kh']}x{t['kw']}", {})[t["family"]] = float(t["threshold"])
+    return out
+
+
+@register_section("explorer", title="Kernel explorer", order=20, applies=_has_kernels)
+def _explorer(ctx: ReportContext) -> str:
+    from .explorer import EXPLORER_LIMIT, explorer_payload
+
+    limit = int(ctx.cache.get("explorer_limit", EXPLORER_LIMIT))
+    payload = explorer_payload(
+        ctx.kernels_path, ctx.summary, labels=ctx.labels, limit=limit, seed=ctx.seed
+    )
+    ctx.add_data("explorer", payload)
+    ctx.add_data("thresholds", _thresholds(ctx.summary))
+    ctx.add_data("cmap", _cmap())
+    note = "sampled" if payload["sampled"] else "all"
+    return (
+        f"<p>This page holds <b data-explorer='{note}'>{_e(payload['sampling'])}</b>. Filter them, hover "
+        "over one for its source, layer, channel, family, orientation, scale, score and fit; click to pin it. "
+        "Each kernel is drawn at its own scale (largest |weight| = full colour), framed in its family's colour: "
+        f"{legend_html()}. The CSV button saves the kernels that match the filter (no weights).</p>"
+        "<div id='ka-explorer'><noscript><p class='note'>The explorer needs JavaScript; the figures and "
+        "tables of this page do not.</p></noscript></div>"
+    )
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def layers_figure(plt: Any, layer_rows: list[dict[str, Any]], labels: dict[str, str]) -> Any:
+    """One panel per source (never per model name): family shares of each layer, in order."""
+    layers = pd.DataFrame(layer_rows)
+    for f in FAMILIES:
+        layers[f"share_{f}"] = [(s or {}).get(f) for s in layers["family_shares"]]
+    panels = list(layers.groupby("source", sort=False))
+    ncols = min(3, len(panels))
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.1 * nrows), squeeze=False)
+    for ax, (source, df) in zip(axes.flat, panels):
+        F.plot_layer_shares(ax, df, title=f"{labels.get(source, source)} ({len(df)} layers)")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.legend(handles=F.family_handles(), loc="lower center", ncol=len(FAMILIES), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0), frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def _layer_figures(ctx: ReportContext) -> Iterator[Figure]:
+    if ctx.summary["layers"]:
+        fig = layers_figure(ctx.plt, ctx.summary["layers"], ctx.labels)
+        yield ctx.save(fig, "layers.png", "Family shares of every depthwise layer, in network order, one panel per source")  # fmt: skip
+
+
+@register_section("layers", title="Layer by layer", order=30, figures=_layer_figures)
+def _layers(ctx: ReportContext) -> str:
+    layers = ctx.summary["layers"]
+    with_ae = any(r.get("ae_coverage") is not None for r in layers)
+    head = ["model", "size", "#", "layer", "depth", "kernels", "degenerate", "classified"]
+    head += (["AE classified"] if with_ae else []) + [f.replace("_", " ") for f in FAMILIES]
+    rows = []
+    for i, r in enumerate(layers):
+        sh = r.get("family_shares") or {}
+        cells = [
+            f"<td class='l'>{_e(ctx.labels.get(r['source'], r['model']))}</td>",
+            f"<td>{r['kh']}x{r['kw']}</td>",
+            f"<td data-v='{r['layer_index']}'>{r['layer_index']}</td>",
+            f"<td class='l'>{_e(r['layer'])}</td>",
+            f"<td data-v='{r['depth']}'>{float(r['depth']):.2f}</td>",
+            f"<td data-v='{r['kernels']}'>{_num(r['kernels'])}</td>",
+            f"<td data-v='{r['degenerate']}'>{_num(r['degenerate'])}</td>",
+            f"<td data-v='{r['coverage'] if r['coverage'] is not None else ''}'>{_pct(r['coverage'])}</td>",
+        ]
+        if with_ae:
+            cells.append(f"<td>{_pct(r.get('ae_coverage'))}</td>")
+        cells += [f"<td data-v='{sh.get(f) if sh.get(f) is not None else ''}'>{_pct(sh.get(f))}</td>" for f in FAMILIES]  # fmt: skip
+        rows.append(
+            f"<tr class='pick' data-layer='{i}' data-source='{_e(r['source'])}' title='show in the explorer'>"
+            + "".join(cells) + "</tr>"
+        )  # fmt: skip
+    th = "".join(f"<th class='{'l' if h in ('model', 'layer') else ''}'>{_e(h)}</th>" for h in head)
+    options = "".join(
+        f"<option value='{_e(s)}'>{_e(lab)}</option>" for s, lab in ctx.labels.items()
+    )
+    return (
+        f"<p>Every depthwise layer with its name (click a column to sort, a row to see its kernels in the "
+        f"explorer). Family shares are of all the layer's kernels. {legend_html()}</p>"
+        f"<p><label>show <select id='ka-layer-source'><option value=''>every model</option>{options}</select>"
+        "</label></p>"
+        f"<div class='tscroll'><table class='sortable-table' id='ka-layer-table'><thead><tr>{th}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>" + ctx.figure_html("layers")
+    )
+
+
+# --------------------------------------------------------------------------- atlas diagram
+
+
+def _atlas_figures(ctx: ReportContext) -> Iterator[Figure]:
+    from .diagram import diagram_columns, diagram_patterns, panel_means, plot_diagram
+
+    columns = diagram_columns()
+    patterns = diagram_patterns(columns)
+    means = {}
+    if ctx.kernels_path.exists():
+        for kh, kw in _sizes(ctx):
+            means[f"{kh}x{kw}"] = panel_means(ctx.kernels_path, kh, kw, columns)
+    ctx.cache["diagram_counts"] = {k: n for k, (_m, n) in means.items()}
+    fig = plot_diagram(ctx.plt, columns, patterns, means)
+    yield ctx.save(
+        fig,
+        "atlas.png",
+        "The complete diagram of the on and off DoG filters and their derivatives (generated; sigma and "
+        "angle on each panel), beside the mean of your classified kernels in each panel (n kernels)",
+    )
+
+
+@register_section("atlas", title="The atlas, beside your kernels", order=40, figures=_atlas_figures)
+def _atlas(ctx: ReportContext) -> str:
+    fam_rows = "".join(
+        f"<tr><td class='l'>{swatch(f)}{_e(f)}</td><td class='l'>{_e(FAMILY_INFO[f].description)}</td>"
+        f"<td class='l'><code>{_e(FAMILY_INFO[f].formula)}</code></td></tr>"
+        for f in FAMILIES
+    )
+    sources = ", ".join(_e(v) for v in ctx.labels.values())
+    return (
+        "<p>Top rows: the pattern families, generated from their definitions (not hand-drawn) on a "
+        "15x15 grid: on-centre (+) and off-centre (&minus;) difference of Gaussians, and their first and second "
+        "derivatives (bars and crosses), each panel with its sigma and angle. Below: for each kernel size, the "
+        "mean of your classified kernels that fall in each panel (same family and shape, same polarity, "
+        "orientation within half a bin), with the number averaged; kernels are centred and unit-normalised, and "
+        f"on- and off-polarity kernels are never averaged together. Pooled over: {sources}.</p>"
+        + ctx.figure_html("atlas")
+        + "<table><thead><tr><th class='l'>family</th><th class='l'>what</th><th class='l'>model</th></tr>"
+        f"</thead><tbody>{fam_rows}</tbody></table>"
+    )
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def _example_figures(ctx: ReportContext) -> Iterator[Figure]:
+    import pyarrow.dataset as ds
+
+    from ..bank import weights_array
+    from ..normalize import normalize
+
+    meta = _meta(ctx)
+    rng = np.random.default_rng(ctx.seed)
+    dataset = ds.dataset(ctx.kernels_path)
+    fams = [*PATTERN_FAMILIES, UNCLASSIFIED]
+    n = 10
+    for kh, kw in _sizes(ctx):
+        fig, axes = ctx.plt.subplots(len(fams), n, figsize=(1.05 * n + 0.8, 1.3 * len(fams) + 0.5), squeeze=False)  # fmt: skip
+        sel_size = (meta["kh"] == kh) & (meta["kw"] == kw)
+        img = None
+        for r, f in enumerate(fams):
+            rows = np.flatnonzero(sel_size & (meta["family"] == f))
+            if len(rows) > n:
+                rows = np.sort(rng.choice(rows, n, replace=False))
+            w = np.zeros((0, kh, kw), np.float32)
+            if len(rows):
+                col = dataset.take(meta["_row"].to_numpy()[rows], columns=["weights"]).column(
+                    "weights"
+                )
+                w = normalize(weights_array(col, kh, kw)).unit
+            for c in range(n):
+                ax = axes[r, c]
+                if c >= len(rows):
+                    ax.axis("off")
+                    continue
+                m = meta.iloc[rows[c]]
+                lab = ctx.labels.get(m["source"], m["model"])
+                title = f"{lab[:16]}\nL{int(m['layer_index'])} c{int(m['channel'])} s={float(m['score']):.2f}"
+                img = F.plot_kernels(ax, w[c : c + 1], ncols=1, title=title, fontsize=5.5)
+                for s in ax.spines.values():
+                    s.set_visible(True)
+                    s.set_color(F.family_color(f))
+                    s.set_linewidth(2)
+            axes[r, 0].annotate(f"{f.replace('_', ' ')}\n(n={int((sel_size & (meta['family'] == f)).sum()):,})",
+                                (-0.15, 0.5), xycoords="axes fraction", ha="right", va="center", fontsize=8)  # fmt: skip
+        if img is not None:
+            F.kernel_colorbar(fig, axes.ravel().tolist(), label="centred weight / max |weight|")
+        fig.suptitle(
+            f"Random real {kh}x{kw} kernels per family (model, layer L, channel c, score s)",
+            fontsize=9,
+        )
+        yield ctx.save(fig, f"examples_{kh}x{kw}.png", f"Random {kh}x{kw} kernels per family, each labelled with its model, layer, channel and score")  # fmt: skip
+
+
+@register_section("examples", title="Examples", order=50, figures=_example_figures,
+                  applies=_has_kernels, n_figures=lambda ctx: len(_sizes(ctx)))  # fmt: skip
+def _examples(ctx: ReportContext) -> str:
+    return (
+        "<p>A seeded random sample of real kernels per family and size (centred, unit norm), each labelled with "
+        "its model, layer index, channel and score; the explorer above shows all of them.</p>"
+        + ctx.figure_html("examples")
+    )
+
+
+# --------------------------------------------------------------------------- fits
+
+
+def _has_fits(ctx: ReportContext) -> bool:
+    return (
+        _has_kernels(ctx)
+        and "fit_sigma" in _meta(ctx).columns
+        and _meta(ctx)["fit_sigma"].notna().any()
+    )
+
+
+def _fit_figures(ctx: ReportContext) -> Iterator[Figure]:
+    meta = _meta(ctx)
+    oriented = [f for f in PATTERN_FAMILIES if FAMILY_INFO[f].orientation_period]
+    fig, axes = ctx.plt.subplots(1, 1 + len(oriented), figsize=(5.2 * (1 + len(oriented)), 3.4), squeeze=False)  # fmt: skip
+    F.plot_fit_by_depth(axes[0, 0], meta)
+    for ax, f in zip(axes[0, 1:], oriented):
+        F.plot_orientation_by_depth(ax, meta, family=f)
+    fig.tight_layout()
+    yield ctx.save(fig, "fits_by_depth.png", "Fitted scale and orientation by depth")
+
+
+@register_section("fits", title="Fitted scale and orientation by depth", order=60,
+                  figures=_fit_figures, applies=_has_fits)  # fmt: skip
+def _fits(ctx: ReportContext) -> str:
+    return (
+        "<p>Left: the Gaussian scale of the best parametric fit per kernel, by relative depth (n kernels under "
+        "each box). Right: the atlas orientation of each oriented family's kernels, by depth tercile.</p>"
+        + ctx.figure_html("fits")
+    )
+
+
+# --------------------------------------------------------------------------- autoencoder
+
+
+def _spectra_doc(ctx: ReportContext) -> dict[str, Any]:
+    out = {}
+    for key, spec in sorted((ctx.spectra or {}).items()):
+        kh, kw = (int(v) for v in key.split("x"))
+        sp = pd.DataFrame(spec["spectrum"])
+        dec = np.asarray(spec["decoded"], dtype=np.float64).reshape(len(spec["decoded"]), -1)
+        idx = np.linspace(0, len(dec) - 1, min(len(dec), 16)).astype(int) if len(dec) else []
+        out[key] = {"kh": kh, "kw": kw, "z": [float(v) for v in sp["z"]],
+                    "family": [str(v) for v in sp["family"]],
+                    "decoded": [[round(float(v), 5) for v in dec[i]] for i in idx]}  # fmt: skip
+    return out
+
+
+def _ae_figures(ctx: ReportContext) -> Iterator[Figure]:
+    from .build import read_columns
+
+    lat = read_columns(ctx.kernels_path, ["kh", "kw", "ae_latent"], seed=ctx.seed)
+    for key, spec in sorted((ctx.spectra or {}).items()):
+        kh, kw = (int(v) for v in key.split("x"))
+        z = lat.loc[(lat["kh"] == kh) & (lat["kw"] == kw), "ae_latent"].to_numpy(dtype=float)
+        fig, (a1, a2) = ctx.plt.subplots(2, 1, figsize=(10, 3.8), gridspec_kw={"height_ratios": [1, 2.2]})  # fmt: skip
+        F.plot_ae_spectrum(a1, a2, pd.DataFrame(spec["spectrum"]), np.asarray(spec["decoded"], dtype=np.float32), z)  # fmt: skip
+        a1.set_title(f"Autoencoder spectrum, {key}: decoded patterns along the latent and their atlas names", fontsize=9)  # fmt: skip
+        fig.tight_layout()
+        yield ctx.save(fig, f"ae_spectrum_{key}.png", f"Autoencoder latent histogram ({key}) with the decoded spectrum")  # fmt: skip
+
+
+def _ae_kind(row: dict[str, Any]) -> str:
+    """'reference (N models)' or 'this run'."""
+    ref = row.get("reference")
+    if row.get("autoencoder") == "reference" and ref:
+        return f"reference ({ref['models']} models)"
+    return "this run"
+
+
+@register_section("autoencoder", title="Autoencoder (the paper's method)", order=70,
+                  figures=_ae_figures, applies=lambda ctx: bool(ctx.summary.get("autoencoder")),
+                  n_figures=lambda ctx: len(ctx.spectra or {}))  # fmt: skip
+def _autoencoder(ctx: ReportContext) -> str:
+    ae = ctx.summary["autoencoder"]
+    spectra = _spectra_doc(ctx)
+    ctx.add_data("spectra", spectra)
+    rows = "".join(
+        f"<tr><td>{r['kh']}x{r['kw']}</td><td>{r['threshold']:.3f}</td><td class='l'>{_e(r['threshold_rule'])}</td>"
+        f"<td>{_pct(r['null_coverage'])}</td><td>{_pct(r.get('init_coverage'))}</td>"
+        f"<td class='l'>{_e(_ae_kind(r))}</td><td>{_num(r['trained_on'])}</td></tr>"
+        for r in ae["by_size"]
+    )
+    notes = "".join(
+        f"<p class='note'><b>Note</b>: {_e(r['note'])}.</p>" for r in ae["by_size"] if r.get("note")
+    )
+    canvases = "".join(
+        f"<h3>{_e(key)}</h3><canvas class='ka-spectrum' data-size='{_e(key)}' width='1000' height='230'></canvas>"
+        for key in spectra
+    )
+    named = sorted({f for s in spectra.values() for f in s["family"]}, key=lambda f: (f not in FAMILIES, FAMILIES.index(f) if f in FAMILIES else 0))  # fmt: skip
+    return (
+        "<p>One autoencoder per kernel size with a cosine loss and a 1-D sigmoid latent (Babaiee et al., ICLR 2024). "
+        "A kernel is classified when the cosine distance to its reconstruction is below the paper's threshold "
+        f"({', '.join(f'{k}x{k}: {v}' for k, v in PAPER_AE_THRESHOLDS.items())}), or, for other sizes, below a "
+        "threshold calibrated on the null. The decoded spectrum along the latent is named by the atlas. "
+        "By default each size uses the shipped <i>reference</i> autoencoder, trained once on the pooled kernels of "
+        "every real model kernelatlas can load, so a model's figures do not depend on what else is in the run; "
+        "<i>this run</i>: trained on this run's kernels (<code>--ae train</code>, or a size without a reference). "
+        "Agreement with the atlas counts only kernels that at least one method classifies.</p>"
+        "<table><thead><tr><th>size</th><th>distance threshold</th><th class='l'>rule</th><th>null classified</th>"
+        f"<th>fresh init classified</th><th class='l'>autoencoder</th><th>trained on</th></tr></thead><tbody>{rows}</tbody></table>"
+        + notes
+        + (
+            f"<p>The decoded row along the latent (top), the atlas name of each decoded pattern (band: {legend_html(named)}) "
+            "and the latents of this page's kernels (histogram):</p>" + canvases
+            if spectra
+            else ""
+        )
+        + ctx.figure_html("autoencoder")
+    )
+
+
+# --------------------------------------------------------------------------- biology
+
+_BIOLOGY_CAPTIONS = {
+    "biology_summary.png": "Each statistic per model and size: trained kernels (median with quartiles, or "
+    "share/index with a 95% interval; n beside the marker), the iid Gaussian null through the same atlas and "
+    "fits, the fresh initialisation, and the published value where one number maps onto the statistic.",
+}
+
+
+def _biology_figures(ctx: ReportContext) -> Iterator[Figure]:
+    bio = ctx.cache.get("biology")
+    if bio is None:  # summary.json written without figures: nothing to draw
+        return
+    for name in bio.figures(ctx.fig_dir, dpi=ctx.dpi):
+        yield Figure(name, _BIOLOGY_CAPTIONS.get(name, "Distributions behind the summary for one kernel size, all models pooled."))  # fmt: skip
+
+
+@register_section("biology", title="Compared with biology", order=80, figures=_biology_figures,
+                  applies=lambda ctx: bool(ctx.summary.get("biology")),
+                  n_figures=lambda ctx: 1 + len({(m["kh"], m["kw"]) for m in ctx.summary["models"]}))  # fmt: skip
+def _biology(ctx: ReportContext) -> str:
+    """kernelatlas.biology's section (its own HTML), with the figures inline."""
+    from ..biology.report import render_html
+
+    figs = ctx.figures.get("biology", [])
+    page = render_html(ctx.summary["biology"], [f.file for f in figs])
+    for f in figs:  # its <img src="figures/..."> become inline images (a self-contained page)
+        uri = ctx.img(f).split('src="', 1)[1].split('"', 1)[0]
+        page = page.replace(f'<img src="figures/{_e(f.file)}"', f'<img src="{uri}" data-file="figures/{_e(f.file)}"')  # fmt: skip
+    return page.replace(
+        "<h2 id='biology'>Compared with biology</h2>", "<span id='biology'></span>", 1
+    )
+
+
+# --------------------------------------------------------------------------- method
+
+
+def thresholds_table(thresholds: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><td>{t['kh']}x{t['kw']}</td><td class='l'>{_e(t['method'])}</td><td class='l'>{_e(t['family'])}</td>"
+        f"<td>{t['threshold']:.4f}</td><td class='l'>{_e(t['null_kind'])}</td><td>{_pct(t.get('null_rate'))}</td></tr>"
+        for t in thresholds
+    )
+    return (
+        "<table><thead><tr><th>size</th><th class='l'>method</th><th class='l'>family</th><th>threshold</th>"
+        f"<th class='l'>null</th><th>null rate (calibration)</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+@register_section("method", title="How this was computed", order=90)
+def _method(ctx: ReportContext) -> str:
+    s = ctx.summary
+    cfg = s["config"]
+    return (
+        f"<p>Command: <code>{_e(cfg.get('command') or 'kernelatlas.analyze (Python API)')}</code></p>"
+        "<p>Kernels are centred (mean subtracted) and scaled to unit L2 norm; zero, constant and non-finite "
+        "kernels are <i>degenerate</i>. <b>score</b>: for each pattern family, the best cosine similarity between "
+        "the unit kernel and that family's patterns (over scales, sub-pixel offsets, orientations and polarities); "
+        "a kernel's family is the one whose score clears its threshold by the largest margin "
+        "<code>(score - threshold) / (1 - threshold)</code>, and its <code>score</code> column is that family's "
+        "cosine (for an unclassified kernel, the closest family's). A cosine of 1 is a perfect match. Thresholds "
+        f"are calibrated per kernel size on {_e(cfg['null'])} null kernels so that at most "
+        f"{100 * float(cfg['null_fpr']):g}% of them pass any family:</p>"
+        + thresholds_table(s["thresholds"])
+        + "<p><b>fit R&sup2;</b>: the share of the kernel's variance explained by the best bounded parametric fit "
+        "(centre, first or second derivative of a Gaussian).</p>"
+        + f"<pre>{_e(json.dumps({'config': cfg, 'versions': s['versions']}, indent=1))}</pre>"
+    )
