@@ -175,90 +175,18 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     """The single file, copied alone into another folder, in Debian's Chromium: every image
     loads, nothing is fetched, the explorer filters, shows a kernel's details as
     kernels.parquet holds them, and downloads the CSV and summary.json; no console error."""
-    from selenium.webdriver.support.ui import Select
-
-    from tests.browser import chromium, hover, missing, open_report, severe_logs, wait_file
+    from tests.browser import chromium, exercise_report, missing
 
     if missing():
         pytest.fail(missing())
     page = tmp_path / "elsewhere" / "report.html"
     page.parent.mkdir()
     shutil.copy(run_dir / "index.html", page)  # the page alone: no figures/, no parquet
-    table = pq.read_table(run_dir / "kernels.parquet").drop(["weights"]).to_pandas()
-    doc = load_summary(run_dir)
     driver = chromium(tmp_path)
     try:
-        open_report(driver, page)
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.src.slice(0, 22), i.complete, i.naturalWidth]);"
-        )
-        assert len(images) == len(list((run_dir / "figures").glob("*.png"))) >= 6
-        assert all(src == "data:image/png;base64," and done and w > 0 for src, done, w in images)
+        got = exercise_report(driver, run_dir, page)
         assert driver.execute_script("return document.getElementById('biology') !== null")
-        fetched = driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => e.name)"
-        )
-        assert all(u.startswith(("data:", "blob:")) for u in fetched), fetched
-
-        # Filter: 5x5 centre kernels.
-        Select(driver.find_element("id", "ka-f-size")).select_by_value("5x5")
-        Select(driver.find_element("id", "ka-f-family")).select_by_value("center")
-        want = table[(table["kh"] == 5) & (table["family"] == "center")].sort_index()
-        status = driver.find_element("id", "ka-status").text
-        assert status.startswith(f"{len(want):,} kernels match"), status
-
-        # Hover the third kernel shown: its details are kernels.parquet's row.
-        grid = driver.find_element("id", "ka-grid")
-        cell, cols = int(grid.get_attribute("data-cell")), int(grid.get_attribute("data-cols"))
-        k = 2
-        hover(driver, grid, (k % cols + 0.5) * cell, (k // cols + 0.5) * cell)
-        dl = driver.find_element("id", "ka-dl")
-        row = int(dl.get_attribute("data-row"))
-        assert row == int(want.index[k])
-        r = table.iloc[row]
-
-        def shown(key: str) -> str:
-            return dl.find_element("css selector", f"dd[data-k='{key}']").text
-
-        assert shown("layer") == r["layer"] and shown("channel") == str(r["channel"])
-        assert shown("family") == "center" and shown("size") == "5x5"
-        assert shown("score") == f"{r['score']:.3f}" and shown("fit_r2") == f"{r['fit_r2']:.3f}"
-        assert shown("scale") == f"{r['scale']:.2f} px"
-        assert shown("polarity") == {1: "+1 (on)", -1: "−1 (off)"}[int(r["polarity"])]
-        assert shown("classified") == "yes" and shown("orientation") == "–"
-        thr = next(t["threshold"] for t in doc["thresholds"]
-                   if (t["kh"], t["family"]) == (5, "center"))  # fmt: skip
-        explain = driver.find_element("id", "ka-explain").text
-        assert f"threshold for 5x5 center: {thr:.3f}" in explain and "cosine" in explain
-
-        # Downloads from inside the file.
-        driver.find_element("css selector", "button[data-download='csv-filtered']").click()
-        csv = pd.read_csv(wait_file(driver.downloads, "kernels-filtered.csv"))
-        assert list(csv["row"]) == list(want.index)
-        assert (csv["layer"] == want["layer"].to_numpy()).all()
-        assert (csv["channel"] == want["channel"].to_numpy()).all()
-        assert (csv["family"] == "center").all() and "weights" not in csv.columns
-        np.testing.assert_allclose(csv["score"], want["score"], rtol=1e-6)
-        np.testing.assert_allclose(csv["fit_r2"], want["fit_r2"], rtol=1e-6)
-        driver.find_element("css selector", "button[data-download='csv-all']").click()
-        assert len(pd.read_csv(wait_file(driver.downloads, "kernels.csv"))) == len(table)
-        driver.find_element("css selector", "button[data-download='summary']").click()
-        assert json.loads(wait_file(driver.downloads, "summary.json").read_text()) == doc
-
-        # 3x3 kernels are drawn at a readable size (>= 12 screen pixels per weight).
-        Select(driver.find_element("id", "ka-f-size")).select_by_value("3x3")
-        assert int(grid.get_attribute("data-min-px")) >= 12
-
-        # The per-layer table sorts by a column.
-        th = driver.find_element("css selector", "#ka-layer-table thead th:nth-child(6)")
-        th.click()
-        vals = driver.execute_script(
-            "return Array.from(document.querySelectorAll('#ka-layer-table tbody tr'))"
-            ".map(r => Number(r.cells[5].getAttribute('data-v')))"
-        )
-        assert vals == sorted(vals) and len(vals) == len(doc["layers"])
-
-        assert not severe_logs(driver)
+        assert got["kernels_in_page"] == got["kernels"] == 2624 + 6336 and got["filtered"] > 100
         assert driver.save_screenshot(str(tmp_path / "report.png"))
         assert (tmp_path / "report.png").stat().st_size > 20_000
     finally:

@@ -216,17 +216,35 @@ def test_ae_spectrum_legend_uses_registry_colours() -> None:
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
-    fams = ["center"] * 5 + ["unclassified"] * 2 + ["first_derivative"] * 3
-    spectrum = pd.DataFrame({"z": np.linspace(0.05, 0.95, len(fams)), "family": fams})
-    decoded = np.random.default_rng(0).standard_normal((len(fams), 3, 3)).astype(np.float32)
+    segments = [{"start": 0.0, "end": 0.4, "family": "center"},
+                {"start": 0.4, "end": 0.5, "family": "unclassified"},
+                {"start": 0.5, "end": 1.0, "family": "first_derivative"}]  # fmt: skip
+    decoded = np.random.default_rng(0).standard_normal((16, 3, 3)).astype(np.float32)
     fig, (a1, a2) = plt.subplots(2, 1)
-    F.plot_ae_spectrum(a1, a2, spectrum, decoded, np.random.default_rng(1).uniform(0, 1, 200))
+    F.plot_ae_spectrum(a1, a2, segments, decoded, np.random.default_rng(1).uniform(0, 1, 200))
     leg = a2.get_legend()
     got = {t.get_text(): h.get_facecolor() for t, h in zip(leg.get_texts(), leg.legend_handles)}
     plt.close(fig)
     assert set(got) == {"center", "unclassified", "first derivative"}
     for f in ("center", "unclassified", "first_derivative"):
         assert got[f.replace("_", " ")] == to_rgba(F.FAMILY_COLORS[f]), f
+
+
+def test_spectrum_doc_runs_of_one_name() -> None:
+    from kernelatlas.report.spectra import spectrum_doc
+
+    z = np.linspace(0, 1, 512)
+    fam = np.where(z < 0.3, "center", np.where(z < 0.35, "unclassified", "first_derivative"))
+    spec = pd.DataFrame({"z": z, "family": fam, "label": fam})
+    dec = np.random.default_rng(0).standard_normal((512, 5, 5))
+    doc = spectrum_doc(spec, dec, 5, 5)
+    segs = doc["segments"]
+    assert [s["family"] for s in segs] == ["center", "unclassified", "first_derivative"]
+    assert segs[0]["start"] == 0.0 and segs[-1]["end"] == 1.0
+    assert all(a["end"] == b["start"] for a, b in zip(segs, segs[1:]))
+    assert segs[0]["end"] == pytest.approx(0.3, abs=1 / 511)
+    assert len(doc["decoded"]) == len(doc["decoded_z"]) == 16 and len(doc["decoded"][0]) == 25
+    np.testing.assert_allclose(doc["decoded"][-1], dec[-1].ravel(), atol=1e-5)
 
 
 def _extents(artists, renderer):

@@ -478,7 +478,13 @@ def _analyze_into(
     config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
     if twins and cfg.fold_bn:
         config_doc["notes"] = [INIT_FOLD_NOTE]
-    autoencoder = {"by_size": ae_by_size, "spectra_sizes": sorted(spectra)} if ae_by_size else None
+    from .report.spectra import spectra_docs
+
+    autoencoder = (
+        {"by_size": ae_by_size, "spectra_sizes": sorted(spectra), "spectra": spectra_docs(spectra)}
+        if ae_by_size
+        else None
+    )
     merged = merge_counts(counts)
     summary = build_summary(
         merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder

@@ -9,7 +9,14 @@ from typing import Any
 
 from .html import render_page
 
-__all__ = ["write_report", "write_json", "load_summary", "validate_summary", "SCHEMA_PATH"]
+__all__ = [
+    "write_report",
+    "rebuild_report",
+    "write_json",
+    "load_summary",
+    "validate_summary",
+    "SCHEMA_PATH",
+]
 
 SCHEMA_PATH = Path(__file__).with_name("summary.schema.json")
 
@@ -104,3 +111,12 @@ def write_report(
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, run_dir / "index.html")
     return run_dir / "index.html"
+
+
+def rebuild_report(
+    run_dir: str | os.PathLike[str], *, progress: Any = None, explorer_limit: int | None = None
+) -> Path:
+    """Draw the figures and write index.html of an analysis directory again, from its
+    summary.json and kernels.parquet alone (e.g. after upgrading kernelatlas)."""
+    summary = load_summary(run_dir)
+    return write_report(Path(run_dir), summary, progress=progress, explorer_limit=explorer_limit)

@@ -199,7 +199,9 @@ def _layers(ctx: ReportContext) -> str:
     head = ["model", "size", "#", "layer", "depth", "kernels", "degenerate", "classified"]
     head += (["AE classified"] if with_ae else []) + [f.replace("_", " ") for f in FAMILIES]
     rows = []
-    for i, r in enumerate(layers):
+    order = {s: i for i, s in enumerate(dict.fromkeys(r["source"] for r in layers))}
+    in_network_order = sorted(enumerate(layers), key=lambda p: (order[p[1]["source"]], p[1]["layer_index"]))  # fmt: skip
+    for i, r in in_network_order:  # i: the layer's index in summary.json (the explorer's)
         sh = r.get("family_shares") or {}
         cells = [
             f"<td class='l'>{_e(ctx.labels.get(r['source'], r['model']))}</td>",
@@ -372,28 +374,24 @@ def _fits(ctx: ReportContext) -> str:
 # --------------------------------------------------------------------------- autoencoder
 
 
-def _spectra_doc(ctx: ReportContext) -> dict[str, Any]:
-    out = {}
-    for key, spec in sorted((ctx.spectra or {}).items()):
-        kh, kw = (int(v) for v in key.split("x"))
-        sp = pd.DataFrame(spec["spectrum"])
-        dec = np.asarray(spec["decoded"], dtype=np.float64).reshape(len(spec["decoded"]), -1)
-        idx = np.linspace(0, len(dec) - 1, min(len(dec), 16)).astype(int) if len(dec) else []
-        out[key] = {"kh": kh, "kw": kw, "z": [float(v) for v in sp["z"]],
-                    "family": [str(v) for v in sp["family"]],
-                    "decoded": [[round(float(v), 5) for v in dec[i]] for i in idx]}  # fmt: skip
-    return out
+def _spectra(ctx: ReportContext) -> dict[str, Any]:
+    """The compact spectra (:mod:`.spectra`): from summary.json, else from the pipeline's."""
+    from .spectra import spectra_docs
+
+    docs = (ctx.summary.get("autoencoder") or {}).get("spectra")
+    return docs if docs else spectra_docs(ctx.spectra)
 
 
 def _ae_figures(ctx: ReportContext) -> Iterator[Figure]:
     from .build import read_columns
 
     lat = read_columns(ctx.kernels_path, ["kh", "kw", "ae_latent"], seed=ctx.seed)
-    for key, spec in sorted((ctx.spectra or {}).items()):
-        kh, kw = (int(v) for v in key.split("x"))
-        z = lat.loc[(lat["kh"] == kh) & (lat["kw"] == kw), "ae_latent"].to_numpy(dtype=float)
+    for key, spec in _spectra(ctx).items():
+        kh, kw = int(spec["kh"]), int(spec["kw"])
+        z = lat.loc[(lat["kh"] == kh) & (lat["kw"] == kw), "ae_latent"].to_numpy(dtype=float) if "ae_latent" in lat else np.zeros(0)  # fmt: skip
         fig, (a1, a2) = ctx.plt.subplots(2, 1, figsize=(10, 3.8), gridspec_kw={"height_ratios": [1, 2.2]})  # fmt: skip
-        F.plot_ae_spectrum(a1, a2, pd.DataFrame(spec["spectrum"]), np.asarray(spec["decoded"], dtype=np.float32), z)  # fmt: skip
+        dec = np.asarray(spec["decoded"], dtype=np.float32).reshape(-1, kh, kw)
+        F.plot_ae_spectrum(a1, a2, spec["segments"], dec, z)
         a1.set_title(f"Autoencoder spectrum, {key}: decoded patterns along the latent and their atlas names", fontsize=9)  # fmt: skip
         fig.tight_layout()
         yield ctx.save(fig, f"ae_spectrum_{key}.png", f"Autoencoder latent histogram ({key}) with the decoded spectrum")  # fmt: skip
@@ -409,10 +407,10 @@ def _ae_kind(row: dict[str, Any]) -> str:
 
 @register_section("autoencoder", title="Autoencoder (the paper's method)", order=70,
                   figures=_ae_figures, applies=lambda ctx: bool(ctx.summary.get("autoencoder")),
-                  n_figures=lambda ctx: len(ctx.spectra or {}))  # fmt: skip
+                  n_figures=lambda ctx: len(_spectra(ctx)))  # fmt: skip
 def _autoencoder(ctx: ReportContext) -> str:
     ae = ctx.summary["autoencoder"]
-    spectra = _spectra_doc(ctx)
+    spectra = _spectra(ctx)
     ctx.add_data("spectra", spectra)
     rows = "".join(
         f"<tr><td>{r['kh']}x{r['kw']}</td><td>{r['threshold']:.3f}</td><td class='l'>{_e(r['threshold_rule'])}</td>"
@@ -427,7 +425,8 @@ def _autoencoder(ctx: ReportContext) -> str:
         f"<h3>{_e(key)}</h3><canvas class='ka-spectrum' data-size='{_e(key)}' width='1000' height='230'></canvas>"
         for key in spectra
     )
-    named = sorted({f for s in spectra.values() for f in s["family"]}, key=lambda f: (f not in FAMILIES, FAMILIES.index(f) if f in FAMILIES else 0))  # fmt: skip
+    names = {seg["family"] for s in spectra.values() for seg in s["segments"]}
+    named = [f for f in FAMILIES if f in names] + sorted(names - set(FAMILIES))
     return (
         "<p>One autoencoder per kernel size with a cosine loss and a 1-D sigmoid latent (Babaiee et al., ICLR 2024). "
         "A kernel is classified when the cosine distance to its reconstruction is below the paper's threshold "

@@ -306,24 +306,30 @@ def plot_orientation_by_depth(
 
 
 def plot_ae_spectrum(
-    ax_strip: Axes, ax_hist: Axes, spectrum: pd.DataFrame, decoded: np.ndarray, latents: np.ndarray
+    ax_strip: Axes,
+    ax_hist: Axes,
+    segments: Sequence[Mapping[str, Any]],
+    decoded: np.ndarray,
+    latents: np.ndarray,
 ) -> None:
-    """The latent histogram, with the decoded spectrum and its named segments above it.
+    """The latent histogram, with the decoded row and the atlas name along the latent above.
 
-    The legend's swatches are the registry colours of the families named along the latent.
+    ``segments`` are runs of one name along the latent (``start``, ``end``, ``family``;
+    :func:`kernelatlas.report.spectra.spectrum_doc`); ``decoded`` a few decoded patterns
+    [n, kh, kw] evenly spaced along it. The legend's swatches are the registry colours of
+    the families named.
     """
-    idx = np.linspace(0, len(decoded) - 1, min(len(decoded), 16)).astype(int)
-    plot_kernels(ax_strip, decoded[idx], ncols=len(idx))
-    z = spectrum["z"].to_numpy(dtype=float)
-    fam = spectrum["family"].to_numpy()
-    colors = [family_color(f) for f in fam]
-    ax_hist.hist(latents[np.isfinite(latents)], bins=60, range=(0, 1), color="#555555")
+    plot_kernels(ax_strip, np.asarray(decoded, dtype=np.float32), ncols=len(decoded))
+    lat = np.asarray(latents, dtype=float)
+    ax_hist.hist(lat[np.isfinite(lat)], bins=60, range=(0, 1), color="#555555")
     top = ax_hist.get_ylim()[1]
-    dz = (z[1] - z[0]) if len(z) > 1 else 1.0
-    ax_hist.bar(z, top * 0.06, dz, bottom=top, color=colors, linewidth=0, clip_on=False)
-    named = [f for f in FAMILIES if f in set(fam)] + [
-        f for f in dict.fromkeys(fam) if f not in FAMILIES
-    ]
+    for seg in segments:
+        ax_hist.barh(top * 1.03, float(seg["end"]) - float(seg["start"]), top * 0.06,
+                     left=float(seg["start"]), color=family_color(str(seg["family"])),
+                     linewidth=0, clip_on=False)  # fmt: skip
+    ax_hist.set_ylim(0, top)
+    names = {str(s["family"]) for s in segments}
+    named = [f for f in FAMILIES if f in names] + sorted(names - set(FAMILIES))
     ax_hist.set_xlim(0, 1)
     ax_hist.set_xlabel("autoencoder latent")
     ax_hist.set_ylabel("kernels")

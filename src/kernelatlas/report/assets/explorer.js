@@ -479,11 +479,11 @@
         }
       }
       var top = strip + 10, bandH = 10, histTop = top + bandH + 6, histH = H - histTop - 28;
-      var z = sp.z, fam = sp.family, dz = z.length > 1 ? z[1] - z[0] : 1;
-      for (j = 0; j < z.length; j++) {
-        ctx.fillStyle = (FAM[fam[j]] && FAM[fam[j]].color) || "#999";
-        ctx.fillRect(pad + (z[j] - dz / 2) * (W - 2 * pad), top, dz * (W - 2 * pad) + 1, bandH);
-      }
+      (sp.segments || []).forEach(function (seg) {
+        ctx.fillStyle = (FAM[seg.family] && FAM[seg.family].color) || "#999";
+        ctx.fillRect(pad + seg.start * (W - 2 * pad), top, Math.max(1, (seg.end - seg.start) * (W - 2 * pad)), bandH);
+      });
+      cv.setAttribute("data-segments", String((sp.segments || []).length));
       var bins = new Float64Array(60), lat = K && K.cols.ae_latent, maxb = 0;
       if (lat) for (var i = 0; i < K.n; i++) {
         var l = K.cols.layer[i];
