@@ -251,11 +251,11 @@ def _extents(artists, renderer):
     return [a.get_window_extent(renderer) for a in artists]
 
 
-def test_coverage_chart_labels_and_legend_never_overlap() -> None:
+@pytest.mark.parametrize("n", [8, 14])  # 0.1.0: labels overprinted at 8, the legend hid bars
+def test_coverage_chart_labels_and_legend_never_overlap(n: int) -> None:
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(0)
-    n = 14
     models = pd.DataFrame({
         "source": [f"src/{i}/model_{i}.onnx" for i in range(n)],
         "model": [f"Some-Long-Model-Name-{i:02d}" for i in range(n)],

@@ -312,7 +312,7 @@ def _example_figures(ctx: ReportContext) -> Iterator[Figure]:
                     continue
                 m = meta.iloc[rows[c]]
                 lab = ctx.labels.get(m["source"], m["model"])
-                title = f"{lab[:16]}\nL{int(m['layer_index'])} c{int(m['channel'])} s={float(m['score']):.2f}"
+                title = f"{lab[:20]}\nL{int(m['layer_index'])} c{int(m['channel'])} s={float(m['score']):.2f}"
                 img = F.plot_kernels(ax, w[c : c + 1], ncols=1, title=title, fontsize=5.5)
                 for s in ax.spines.values():
                     s.set_visible(True)

@@ -204,9 +204,11 @@ def plot_layer_shares(ax: Axes, layers: pd.DataFrame, *, title: str = "") -> Non
     """Family shares of each depthwise layer of one source: one bar per layer, in order.
 
     The x axis is the layer's position among the source's depthwise layers (every size),
-    so each layer gets the same width and no bar reaches into another layer; the kernel size
-    is written under each bar where it changes.
+    so each layer gets the same width and no bar reaches into another layer; a band under
+    the bars shows each layer's kernel size (light to dark grey, smallest to largest).
     """
+    import textwrap
+
     layers = layers.sort_values(["layer_index", "kh", "kw"]).reset_index(drop=True)
     x = np.arange(len(layers))
     bottom = np.zeros(len(layers))
@@ -215,18 +217,27 @@ def plot_layer_shares(ax: Axes, layers: pd.DataFrame, *, title: str = "") -> Non
         vals = layers[col].fillna(0).to_numpy(dtype=float) if col in layers else np.zeros(len(x))
         ax.bar(x, vals, 0.8, bottom=bottom, color=family_color(f), linewidth=0, label=f)
         bottom += vals
-    ax.set_xlim(-0.6, max(len(layers), 1) - 0.4)
-    ax.set_ylim(0, 1)
     sizes = [f"{a}x{b}" for a, b in zip(layers["kh"], layers["kw"])]
-    changes = {i for i in range(len(sizes)) if i == 0 or sizes[i] != sizes[i - 1]}
-    step = max(1, int(np.ceil(len(layers) / 20)))
-    ticks = sorted(set(range(0, len(layers), step)) | changes)
-    ax.set_xticks(
-        ticks, [f"{i}\n{sizes[i]}" if i in changes else str(i) for i in ticks], fontsize=7
+    order = sorted(set(sizes), key=lambda k: tuple(int(v) for v in k.split("x")))
+    greys = dict(zip(order, np.linspace(0.82, 0.3, max(len(order), 2))[: len(order)]))
+    ax.bar(x, 0.05, 0.8, bottom=-0.065, color=[str(greys[k]) for k in sizes], linewidth=0)
+    ax.set_xlim(-0.6, max(len(layers), 1) - 0.4)
+    ax.set_ylim(-0.07, 1)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    step = max(1, int(np.ceil(len(layers) / 16)))
+    ax.set_xticks(range(0, len(layers), step))
+    ax.tick_params(axis="x", labelsize=7)
+    shades = ", ".join(f"{k} {'light' if i == 0 else 'dark' if i == len(order) - 1 else 'mid'}" for i, k in enumerate(order))  # fmt: skip
+    band = (
+        f"; band: kernel size ({shades} grey)"
+        if len(order) > 1
+        else f"; all {order[0]}"
+        if order
+        else ""
     )
-    ax.set_xlabel("depthwise layer, in network order (kernel size where it changes)", fontsize=8)
+    ax.set_xlabel(f"depthwise layer, in network order{band}", fontsize=7.5)
     ax.set_ylabel("share of kernels")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 55)) or title, fontsize=9)
 
 
 def _depth_bins(depth: np.ndarray, nbins: int) -> np.ndarray:
