@@ -39,7 +39,12 @@ _RANGES = {
 
 
 def _row_labels(table: pd.DataFrame) -> list[str]:
-    return [f"{m} {kh}x{kw}" for m, kh, kw in zip(table["model"], table["kh"], table["kw"])]
+    """``model KxK``, with the source where two sources share a model name."""
+    from ..report.labels import source_labels
+
+    src = table["source"] if "source" in table else table["model"]
+    names = source_labels([{"source": s, "model": m} for s, m in zip(src, table["model"])])
+    return [f"{names[s]} {kh}x{kw}" for s, kh, kw in zip(src, table["kh"], table["kw"])]
 
 
 def plot_statistic(ax: Axes, table: pd.DataFrame, statistic: str, *, labels: bool = True) -> None:
@@ -177,14 +182,15 @@ def plot_family_orders(ax: Axes, table: pd.DataFrame, *, labels: bool = True) ->
     second (2, even) derivatives, trained kernels beside the null, per model and size."""
     from ..report.figures import FAMILY_COLORS
 
-    keys = table[["model", "kh", "kw"]].drop_duplicates().reset_index(drop=True)
+    by = ["source", "model", "kh", "kw"] if "source" in table else ["model", "kh", "kw"]
+    keys = table[by].drop_duplicates().reset_index(drop=True)  # sources apart, names may collide
     y = np.arange(len(keys))[::-1].astype(float)
     names = (("share_center", "center"), ("share_first", "first_derivative"),
              ("share_second", "second_derivative"))  # fmt: skip
     for g, dy, h in (("kernels", 0.15, 0.45), ("null", -0.3, 0.25)):
         left = np.zeros(len(keys))
         for stat, fam in names:
-            sub = table[table["statistic"] == stat].set_index(["model", "kh", "kw"])
+            sub = table[table["statistic"] == stat].set_index(by)
             v = np.array([sub.loc[tuple(k), f"{g}_value"] if tuple(k) in sub.index else np.nan
                           for k in keys.itertuples(index=False)], dtype=float)  # fmt: skip
             v = np.nan_to_num(v)
