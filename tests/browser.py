@@ -201,6 +201,12 @@ def exercise_report(
                if (t["kh"], t["kw"], t["family"]) == (*size, "center") and t["method"] == "atlas")  # fmt: skip
     explain = driver.find_element("id", "ka-explain").text
     assert f"threshold for {key} center: {thr:.3f}" in explain and "cosine" in explain
+    # The colour bar says the hovered kernel's range.
+    assert (
+        float(driver.find_element("id", "ka-cb-hi").text)
+        > 0
+        > float(driver.find_element("id", "ka-cb-lo").text)
+    )
     if shots:  # the explorer with this kernel pinned (clicked)
         driver.execute_script("document.getElementById('sec-explorer').scrollIntoView()")
         hover(

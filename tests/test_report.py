@@ -346,6 +346,18 @@ def test_diagram_on_off_rows_from_the_registry(collide: dict) -> None:
     dog = AF.center_pattern(3, 3, 0.8, polarity=1)[0]
     on, off = (m / np.linalg.norm(m) for m in means[c])
     assert float((on * dog).sum()) > 0.9 and float((off * dog).sum()) < -0.9
+    # One labelled figure: the generated rows, your rows per size, n on every panel, a colour bar.
+    import matplotlib.pyplot as plt
+
+    from kernelatlas.report.diagram import plot_diagram
+
+    fig = plot_diagram(plt, cols, pats, {"3x3": (means, ns)})
+    titles = [a.get_title() for a in fig.axes]
+    labels = [a.get_ylabel() for a in fig.axes]
+    plt.close(fig)
+    assert len(fig.axes) == 4 * len(cols) + 1  # 2 generated + 2 of yours, rows; + colour bar
+    assert sum("n=" in t for t in titles) == sum(p is not None for col in cols for p in col)
+    assert any("weight / max |weight|" in lab for lab in labels)
 
 
 # --------------------------------------------------------------------------- compare

@@ -109,7 +109,9 @@ class Stage:
             self._bar.refresh()
             self._bar.close()
             return
-        if ok:
+        if ok and not (self.n or self.total):
+            p._line(f"{self.desc}: done ({elapsed:.1f} s)")
+        elif ok:
             p._line(
                 f"{self.desc}: done ({_num(self.n or self.total)} {self.unit}s, {elapsed:.1f} s)"
             )
