@@ -139,17 +139,30 @@ def kernel_colorbar(fig: Any, axes: Any, *, label: str = "weight / max |weight| 
 
 
 def coverage_series(
-    models: pd.DataFrame, *, null_label: str = "null (held out)"
+    models: pd.DataFrame,
+    *,
+    null_label: str = "null (held out)",
+    baselines: Mapping[str, str] | None = None,
+    baseline_colors: Mapping[str, str] | None = None,
 ) -> list[tuple[str, str, str]]:
-    """The bars of the coverage chart: (column, legend label, colour), present columns only."""
+    """The bars of the coverage chart: (column, legend label, colour), present columns only.
+
+    Without ``baselines``: trained, the null and the fresh init (``null_coverage``,
+    ``init_coverage``); with ``baselines`` (null kind -> legend label): one bar per column
+    ``baseline_KIND`` instead, coloured from ``baseline_colors``. Then the autoencoder's.
+    """
     series = [("coverage", "trained", COVERAGE_COLORS["coverage"])]
-    for col, name in (
-        ("null_coverage", null_label),
-        ("init_coverage", "same arch., fresh init"),
-        ("ae_coverage", "autoencoder (paper rule)"),
-    ):
+    if baselines is None:
+        extra = [("null_coverage", null_label, COVERAGE_COLORS["null_coverage"]),
+                 ("init_coverage", "same arch., fresh init", COVERAGE_COLORS["init_coverage"])]  # fmt: skip
+    else:
+        reds = ["#b2182b", "#f4a582", "#d6604d", "#67001f", "#fddbc7", "#3f0010"]
+        extra = [(f"baseline_{k}", lab, (baseline_colors or {}).get(k, reds[i % len(reds)]))
+                 for i, (k, lab) in enumerate(baselines.items())]  # fmt: skip
+    extra.append(("ae_coverage", "autoencoder (paper rule)", COVERAGE_COLORS["ae_coverage"]))
+    for col, name, color in extra:
         if col in models and models[col].notna().any():
-            series.append((col, name, COVERAGE_COLORS[col]))
+            series.append((col, name, color))
     return series
 
 
