@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from ..null import NULL_KINDS
+from ..null import DEFAULT_BASELINES, NULL_KINDS
 from ..taxonomy import DEFAULT_NULL_FPR
 from .harvest_cmd import FOLD_BN_HELP, SOURCE_HELP, expand_sources, report_status, skipped_lines
 
@@ -25,6 +25,7 @@ def _analyze(args: argparse.Namespace) -> int:
         fit=not args.no_fit,
         init_baseline=not args.no_init_baseline,
         ae=args.ae,
+        baselines=None if args.baselines is None else tuple(args.baselines.split(",")),
         ae_epochs=args.ae_epochs,
         device=args.device,
         quiet=args.quiet,
@@ -54,21 +55,36 @@ def _coverage_table(summary: dict) -> str:
         return "-" if x is None else f"{100 * x:5.1f}%"
 
     null = "null" if summary["config"]["null"] == "gaussian" else "null*"
-    head = f"{'model':28s} {'size':>5s} {'kernels':>8s} {'classified':>10s} {null:>7s} {'init':>7s}  top family"
+    head = f"{'model':28s} {'size':>5s} {'kernels':>8s} {'classified':>10s} {null:>7s} {'init':>7s}  {'excess (strongest baseline)':28s}  top family"
     lines = [head, "-" * len(head)]
     for m in summary["models"]:
         shares = {
             k: v for k, v in m["family_shares"].items() if k not in ("unclassified", "degenerate")
         }
         top = max(shares, key=lambda k: shares[k] or 0)
+        ex = m.get("excess") or {}
+        excess = (
+            f"{100 * ex['excess']:+.1f} pp ({ex['baseline']})"
+            if ex.get("excess") is not None
+            else "-"
+        )
         lines.append(
             f"{m['model'][:28]:28s} {m['kh']}x{m['kw']:<3d} {m['kernels']:8d} {pct(m['coverage']):>10s} "
-            f"{pct(m.get('null_coverage')):>7s} {pct(m.get('init_coverage')):>7s}  {top} {pct(shares[top])}"
+            f"{pct(m.get('null_coverage')):>7s} {pct(m.get('init_coverage')):>7s}  {excess:28s}  "
+            f"{top} {pct(shares[top])}"
         )
-    if summary["config"]["null"] == "init":
+    kind = summary["config"]["null"]
+    label = (summary.get("nulls") or {}).get("kinds", {}).get(kind, {}).get("label", kind)
+    if kind == "init":
         lines.append(
             "null*: calibrated on half of the fresh-init kernels; null and init are rates on "
             "the other half"
+        )
+    else:
+        lines.append(
+            f"{'null*' if kind != 'gaussian' else 'null'}: held-out rate of the {label} null the "
+            "thresholds were calibrated on; init: fresh init (held-out half); excess: over the "
+            "strongest baseline (summary.json has every baseline, with intervals)"
         )
     return "\n".join(lines)
 
@@ -119,9 +135,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--null",
         choices=NULL_KINDS,
         default="gaussian",
-        help="null to calibrate against: gaussian (iid Gaussian kernels) or init (half of the "
+        help="null to calibrate against: gaussian (iid Gaussian kernels), init (half of the "
         "fresh-init kernels of the same architecture; the other half is held out for the "
-        "reported null and init rates). Default gaussian",
+        "reported null and init rates), smooth, phase, covariance or covariance_layer "
+        "(docs/coverage.md). Default gaussian",
+    )
+    p.add_argument(
+        "--baselines",
+        metavar="KIND[,KIND...]",
+        default=None,
+        help=f"null kinds measured as baselines (default: {','.join(DEFAULT_BASELINES)}; "
+        f"also: {','.join(k for k in NULL_KINDS if k not in DEFAULT_BASELINES)}); the "
+        "calibrating --null is always one",
     )
     p.add_argument(
         "--null-fpr",

@@ -41,6 +41,21 @@ def read_columns(
     return df
 
 
+def _baseline_columns(rows: list[dict[str, Any]], kinds: list[str]) -> pd.DataFrame:
+    """``coverage_lo/hi`` and ``baseline_KIND`` (+ ``_lo/_hi``) columns of summary model rows."""
+    out: dict[str, list[Any]] = {"coverage_lo": [], "coverage_hi": []}
+    for r in rows:
+        iv = r.get("coverage_interval") or [np.nan, np.nan]
+        out["coverage_lo"].append(iv[0])
+        out["coverage_hi"].append(iv[1])
+        for k in kinds:
+            b = (r.get("baselines") or {}).get(k) or {}
+            biv = b.get("interval") or [np.nan, np.nan]
+            for suffix, v in (("", b.get("coverage")), ("_lo", biv[0]), ("_hi", biv[1])):
+                out.setdefault(f"baseline_{k}{suffix}", []).append(np.nan if v is None else v)
+    return pd.DataFrame(out, dtype=float)
+
+
 def _save(fig: Any, path: Path) -> str:
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=FIGURE_DPI, bbox_inches="tight")
@@ -154,9 +169,15 @@ def make_figures(
         if len(layers):
             layers[f"share_{f}"] = [s.get(f) for s in layers["family_shares"]]
 
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(models) + 2), 3.6))
-    F.plot_coverage(ax, models, null=summary["config"]["null"])
-    ax.set_title("Coverage at the calibrated threshold, with the null's rate")
+    kinds = summary.get("nulls", {}).get("kinds", {})
+    if len(models):
+        models = models.join(_baseline_columns(summary["models"], list(kinds)))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(models) + 2), 3.6))
+    F.plot_coverage(ax, models, baselines={k: v["label"] for k, v in kinds.items()} or None,
+                    null=summary["config"]["null"])  # fmt: skip
+    null = kinds.get(summary["config"].get("null"), {}).get("label", summary["config"].get("null"))
+    ax.set_title(f"Coverage at thresholds calibrated on the {null} null, beside every baseline "
+                 "(held-out surrogates; 95% intervals)", fontsize=9)  # fmt: skip
     made["coverage"] = [_save(fig, fig_dir / "coverage.png")]
 
     panels = list(layers.groupby(["model", "kh", "kw"], sort=True)) if len(layers) else []

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not by every
 __all__ = [
     "FAMILY_COLORS",
     "KERNEL_CMAP",
+    "BASELINE_COLORS",
     "mosaic",
     "plot_kernels",
     "plot_coverage",
@@ -87,26 +88,61 @@ def plot_kernels(ax: Axes, kernels: np.ndarray, *, ncols: int = 8, title: str = 
         s.set_visible(False)
 
 
-def plot_coverage(ax: Axes, models: pd.DataFrame, *, null: str = "gaussian") -> None:
-    """Classified % per model and kernel size, beside the null's and the fresh init's %.
+# Baseline bars, from the weakest null to the strongest (unknown kinds: grey).
+BASELINE_COLORS: dict[str, str] = {
+    "gaussian": "#b2182b",
+    "init": "#f4a582",
+    "smooth": "#fddbc7",
+    "phase": "#d6604d",
+    "covariance": "#67001f",
+    "covariance_layer": "#3f0010",
+}
 
-    ``null`` is the null kind calibrated against (``gaussian`` or ``init``), for the legend.
+
+def plot_coverage(
+    ax: Axes,
+    models: pd.DataFrame,
+    *,
+    baselines: dict[str, str] | None = None,
+    null: str = "gaussian",
+) -> None:
+    """Classified % per model and kernel size, beside every baseline's held-out %.
+
+    ``models`` has ``coverage`` (and optionally ``coverage_lo/hi``, ``ae_coverage``) and, per
+    baseline kind ``k`` in ``baselines`` (kind -> legend label), ``baseline_k`` with
+    ``baseline_k_lo/hi``; without ``baselines``: the ``null_coverage`` and ``init_coverage``
+    columns, the null named after ``null`` (the kind calibrated on). Error bars are the
+    intervals given.
     """
-    null_label = "iid Gaussian" if null == "gaussian" else "fresh init"
+    from ..null import NULLS
+
+    null_label = NULLS[null].label if null in NULLS else null
     labels = [f"{m}\n{kh}x{kw}" for m, kh, kw in zip(models["model"], models["kh"], models["kw"])]
     x = np.arange(len(models))
-    series = [
-        ("coverage", "trained", "#2166ac"),
-        ("null_coverage", f"null ({null_label}, held out)", "#b2182b"),
-    ]
-    if "init_coverage" in models and models["init_coverage"].notna().any():
-        series.append(("init_coverage", "same arch., fresh init", "#f4a582"))
+    series = [("coverage", "trained", "#2166ac")]
+    if baselines is None:
+        series.append(
+            ("null_coverage", f"null ({null_label}, held out)", BASELINE_COLORS["gaussian"])
+        )
+        if "init_coverage" in models and models["init_coverage"].notna().any():
+            series.append(("init_coverage", "same arch., fresh init", BASELINE_COLORS["init"]))
+    else:
+        for kind, label in baselines.items():
+            col = f"baseline_{kind}"
+            if col in models and models[col].notna().any():
+                series.append((col, label, BASELINE_COLORS.get(kind, "#999999")))
     if "ae_coverage" in models and models["ae_coverage"].notna().any():
         series.append(("ae_coverage", "autoencoder (paper rule)", "#92c5de"))
     w = 0.8 / len(series)
     for i, (col, name, color) in enumerate(series):
         vals = 100 * models[col].astype(float).fillna(0).to_numpy()
-        ax.bar(x + (i - (len(series) - 1) / 2) * w, vals, w, label=name, color=color)
+        err = None
+        if f"{col}_lo" in models and f"{col}_hi" in models:
+            lo = 100 * models[f"{col}_lo"].astype(float).to_numpy()
+            hi = 100 * models[f"{col}_hi"].astype(float).to_numpy()
+            err = np.nan_to_num(np.stack([vals - lo, hi - vals]).clip(0, None))
+        ax.bar(x + (i - (len(series) - 1) / 2) * w, vals, w, label=name, color=color,
+               yerr=err, error_kw={"elinewidth": 0.6, "capsize": 0})  # fmt: skip
     ax.set_xticks(x, labels, fontsize=7, rotation=90 if len(x) > 8 else 0)
     ax.set_ylabel("kernels classified (%)")
     ax.set_ylim(0, 100)

@@ -6,7 +6,7 @@ import html
 import json
 from typing import Any
 
-from ..taxonomy import FAMILIES, FAMILY_INFO, PAPER_AE_THRESHOLDS
+from ..taxonomy import FAMILIES, FAMILY_INFO, PAPER_AE_THRESHOLDS, PATTERN_FAMILIES
 from .figures import FAMILY_COLORS
 
 __all__ = ["render_index", "CSS"]
@@ -16,7 +16,7 @@ body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:12.5px;margin:.6em 0}th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}img{max-width:100%;height:auto;border:0}
-.meta{color:#666;font-size:12px}.sw{display:inline-block;width:.9em;height:.9em;vertical-align:middle;margin-right:.3em}
+.meta{color:#666;font-size:12px}.ci{color:#777;font-size:11px}.sw{display:inline-block;width:.9em;height:.9em;vertical-align:middle;margin-right:.3em}
 figure{margin:.8em 0}figcaption{color:#555;font-size:12.5px}code,pre{background:#f6f6f6;padding:1px 4px}
 pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}.tw{overflow-x:auto}
 @media print{body{max-width:none}h2{page-break-after:avoid}figure{page-break-inside:avoid}}
@@ -31,12 +31,100 @@ def _pct(x: Any) -> str:
     return "–" if x is None else f"{100 * float(x):.1f}%"
 
 
+def _ci(iv: Any, signed: bool = False) -> str:
+    if not iv:
+        return ""
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f" <span class='ci'>[{f.format(100 * iv[0])}, {f.format(100 * iv[1])}]</span>"
+
+
+def _pp(x: Any) -> str:
+    return "–" if x is None else f"{100 * float(x):+.1f} pp"
+
+
+def _label(nulls: dict[str, Any], kind: str | None) -> str:
+    return str(nulls.get("kinds", {}).get(kind, {}).get("label", kind))
+
+
+def _baselines_table(models: list[dict[str, Any]], nulls: dict[str, Any]) -> str:
+    """Coverage beside every baseline (held-out surrogates, with their count) and the excess."""
+    kinds = list(nulls.get("kinds", {}))
+    head = ["model", "size", "classified", *(_label(nulls, k) for k in kinds)]
+    head += ["strongest baseline", "excess over it"]
+    rows = []
+    for m in models:
+        base = m.get("baselines") or {}
+        cells = [f'<td class="l">{_e(m["model"])}</td>', f"<td>{m['kh']}x{m['kw']}</td>",
+                 f"<td><b>{_pct(m['coverage'])}</b>{_ci(m.get('coverage_interval'))}</td>"]  # fmt: skip
+        for k in kinds:
+            b = base.get(k)
+            cells.append(
+                "<td>–</td>"
+                if not b
+                else f"<td>{_pct(b['coverage'])}{_ci(b['interval'])}<br><span class='ci'>"
+                f"n={b['surrogates']:,}</span></td>"
+            )
+        ex = m.get("excess") or {}
+        cells.append(f"<td class='l'>{_e(_label(nulls, ex.get('baseline')) if ex else '–')}</td>")
+        cells.append(f"<td><b>{_pp(ex.get('excess'))}</b>{_ci(ex.get('interval'), True)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    th = "".join(f'<th class="{"l" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
+    return f"<div class='tw'><table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+
+
+def _family_excess_table(models: list[dict[str, Any]], nulls: dict[str, Any]) -> str:
+    """Per family: the trained share, the strongest baseline's share, and the excess."""
+    head = "<th class='l'>model</th><th>size</th><th class='l'>strongest baseline</th>" + "".join(
+        f"<th>{_e(f.replace('_', ' '))}: trained / baseline / excess</th>" for f in PATTERN_FAMILIES
+    )
+    rows = []
+    for m in models:
+        ex = m.get("excess")
+        if not ex:
+            continue
+        b = m["baselines"][ex["baseline"]]
+        live = m["kernels"] - m["degenerate"]
+        cells = [f'<td class="l">{_e(m["model"])}</td><td>{m["kh"]}x{m["kw"]}</td>',
+                 f"<td class='l'>{_e(_label(nulls, ex['baseline']))}</td>"]  # fmt: skip
+        for f in PATTERN_FAMILIES:
+            trained = m["family_shares"][f] * m["kernels"] / live if live else None
+            fe = ex["family_excess"][f]
+            cells.append(
+                f"<td>{_pct(trained)} / {_pct(b['family_shares'][f])} / "
+                f"<b>{_pp(fe['excess'])}</b>{_ci(fe['interval'], True)}</td>"
+            )
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<div class='tw'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+
+
+def _nulls_table(nulls: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td class='l'><b>{_e(k)}</b><br>{_e(v['label'])}</td><td class='l'>{_e(v['keeps'])}</td>"
+        f"<td class='l'>{_e(v['rules_out'])}</td><td class='l'>{_e(v['leaves_open'])}</td></tr>"
+        for k, v in nulls.get("kinds", {}).items()
+    )
+    return (
+        "<div class='tw'><table><thead><tr><th class='l'>baseline</th><th class='l'>its surrogates keep</th>"
+        "<th class='l'>beating it rules out</th><th class='l'>it does not rule out</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
 def _fig(name: str, caption: str) -> str:
     return f'<figure><img src="figures/{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
 
 
 def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
-    head = ["model", "source", "size", "kernels", "degenerate", "classified", "null", "fresh init"]
+    head = [
+        "model",
+        "source",
+        "size",
+        "kernels",
+        "degenerate",
+        "classified",
+        "null (held-out)",
+        "fresh init",
+    ]
     if with_ae:
         head += [
             "AE classified",
@@ -81,15 +169,23 @@ def _ae_kind(row: dict[str, Any]) -> str:
     return "this run"
 
 
+def _heldout(t: dict[str, Any]) -> str:
+    n = t.get("heldout_surrogates")
+    count = "" if n is None else f" <span class='ci'>n={n:,}</span>"
+    return f"{_pct(t.get('heldout_rate'))}{_ci(t.get('heldout_interval'))}{count}"
+
+
 def _thresholds_table(thresholds: list[dict[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{t['kh']}x{t['kw']}</td><td class='l'>{_e(t['method'])}</td><td class='l'>{_e(t['family'])}</td>"
-        f"<td>{t['threshold']:.4f}</td><td class='l'>{_e(t['null_kind'])}</td><td>{_pct(t.get('null_rate'))}</td></tr>"
+        f"<td>{t['threshold']:.4f}</td><td class='l'>{_e(t['null_kind'])}</td><td>{_pct(t.get('null_rate'))}</td>"
+        f"<td>{_heldout(t)}</td></tr>"
         for t in thresholds
     )
     return (
         "<table><thead><tr><th>size</th><th class='l'>method</th><th class='l'>family</th><th>threshold</th>"
-        f"<th class='l'>null</th><th>null rate (calibration)</th></tr></thead><tbody>{rows}</tbody></table>"
+        "<th class='l'>null</th><th>null rate (calibration)</th><th>null rate (held-out)</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
     )
 
 
@@ -99,6 +195,8 @@ def render_index(
     """The report page as one HTML string."""
     cfg = summary["config"]
     ae = summary.get("autoencoder")
+    nulls = summary.get("nulls") or {}
+    null_label = _label(nulls, cfg["null"])
     legend = " ".join(
         f'<span class="sw" style="background:{FAMILY_COLORS[f]}"></span>{_e(f)}' for f in FAMILIES
     )
@@ -113,26 +211,49 @@ def render_index(
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f"<p class='meta'>kernelatlas {_e(summary['kernelatlas_version'])} · {_e(summary['created'])} · "
-        f"sources: {_e(', '.join(cfg['sources']))} · method: {_e(cfg['method'])} · null: {_e(cfg['null'])} "
-        f"at {100 * cfg['null_fpr']:g}% false-positive rate</p>",
+        f"sources: {_e(', '.join(cfg['sources']))} · method: {_e(cfg['method'])} · null: {_e(null_label)} "
+        f"(<code>--null {_e(cfg['null'])}</code>) at {100 * cfg['null_fpr']:g}% false-positive rate</p>",
         "<h2>Coverage per model and kernel size</h2>",
         "<p>A kernel is <i>classified</i> when the atlas explains it better than the calibrated threshold, "
-        "which at most the stated fraction of null (random) kernels pass. <b>null</b>: the rate on a held-out "
+        "which at most the stated fraction of null (random) kernels pass. The thresholds here were calibrated "
+        f"on the <b>{_e(null_label)}</b> null. <b>null</b>: the rate on held-out surrogates of that null (for "
+        "this model"
         + (
-            "sample of iid Gaussian kernels; <b>fresh init</b>: coverage of the same architecture freshly initialised. "
-            if cfg["null"] == "gaussian"
-            else "half of the fresh-init kernels (the atlas is calibrated on the other half); <b>fresh init</b>: "
-            "coverage of each architecture's held-out fresh-init half. "
+            "; with <code>--null init</code>, the half of the fresh-init kernels not used to calibrate"
+            if cfg["null"] == "init"
+            else ""
         )
-        + "Coverage excludes degenerate kernels; family shares are of all kernels.</p>",
+        + "); <b>fresh init</b>: coverage of the held-out half of the same architecture freshly "
+        "initialised. Coverage excludes degenerate kernels; family shares are of all kernels.</p>",
         _models_table(summary["models"], bool(ae)),
         *[
             _fig(
                 f,
-                "Classified share of trained kernels beside the null and the fresh initialisation",
+                f"Classified share of trained kernels (thresholds from the {null_label} null) beside the "
+                "held-out coverage of every baseline, with 95% intervals",
             )
             for f in figures.get("coverage", [])
         ],
+    ]
+    if nulls.get("kinds"):
+        parts += [
+            "<h2>Coverage beside every baseline</h2>",
+            "<p>Each baseline is a null kind: surrogate kernels that keep some property of real kernels and "
+            "nothing else, named under the same thresholds (held-out surrogates: never the ones the thresholds "
+            "were calibrated on; <i>n</i> = their count). The <b>excess</b> is the trained coverage minus the "
+            "strongest baseline's, in percentage points. Classified kernels beyond a baseline are structure that "
+            "its property does not explain; the excess over the covariance-matched null is conservative, since "
+            "that null is built from the model's own kernels and keeps part of the structure under test. "
+            f"Intervals: {_e(nulls.get('intervals', ''))}; the trained coverage's interval treats the kernels as "
+            "draws from what training produces.</p>",
+            _baselines_table(summary["models"], nulls),
+            "<p>Per family (shares of non-degenerate kernels, so they add up to the coverage): trained share, "
+            "the strongest baseline's share, and the excess.</p>",
+            _family_excess_table(summary["models"], nulls),
+            "<p>What each baseline rules out, and what it does not:</p>",
+            _nulls_table(nulls),
+        ]
+    parts += [
         "<h2>Layer by layer</h2>",
         f"<p>Family shares of each depthwise layer against its relative depth, one panel per model. {legend}</p>",
         *[_fig(f, "Family shares against relative depth") for f in figures.get("layers", [])],
