@@ -24,7 +24,8 @@ function that draws ``n`` surrogates). Built in, from the weakest to the stronge
     each analysed kernel's amplitude spectrum with random phases (:func:`phase_randomize`):
     the surrogate of kernel ``k`` has exactly the 2-D DFT amplitude ``|fft2(k)|`` of ``k`` at
     every frequency, with the phases of the DFT of real white noise (so Hermitian symmetry
-    holds and the surrogate is real). Circular: the kernel is treated as one period.
+    holds and the surrogate is real; the float32 surrogates keep it to float32 rounding).
+    Circular: the kernel is treated as one period.
 ``covariance``
     a zero-mean Gaussian random field with the second moment ``E[u u^T]`` of the model's own
     unit kernels (centred, unit norm, as the atlas sees them; degenerate ones left out), per
