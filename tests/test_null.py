@@ -257,3 +257,15 @@ def test_baseline_block_excess_and_strongest() -> None:
     assert b["baselines"]["gaussian"]["excess"] == pytest.approx(0.79)
     lo, hi = b["coverage_interval"]
     assert lo < 0.8 < hi
+
+
+def test_config_names_its_baselines_and_refuses_unknown_kinds() -> None:
+    from kernelatlas.pipeline import AnalysisConfig
+
+    assert AnalysisConfig().baseline_kinds() == DEFAULT_BASELINES
+    cfg = AnalysisConfig(null="covariance_layer", baselines=("gaussian",), init_baseline=False)
+    assert cfg.baseline_kinds() == ("gaussian", "covariance_layer")  # the calibrating null too
+    assert "init" not in AnalysisConfig(init_baseline=False).baseline_kinds()
+    for bad in (AnalysisConfig(null="nope"), AnalysisConfig(baselines=("gaussian", "nope"))):
+        with pytest.raises(KernelAtlasError, match="nope"):
+            bad.validate()
