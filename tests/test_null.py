@@ -269,3 +269,15 @@ def test_config_names_its_baselines_and_refuses_unknown_kinds() -> None:
     for bad in (AnalysisConfig(null="nope"), AnalysisConfig(baselines=("gaussian", "nope"))):
         with pytest.raises(KernelAtlasError, match="nope"):
             bad.validate()
+
+
+def test_gaussian_null_keeps_the_thresholds_of_0_1_0() -> None:
+    from kernelatlas.null import gaussian_null
+
+    ref = {"m": NullReference(5, 5)}
+    cal = calibration_null("gaussian", ref, 2000, seed=4)
+    np.testing.assert_array_equal(cal, gaussian_null(2000, 5, 5, seed=4))
+    np.testing.assert_array_equal(heldout_surrogates("gaussian", ref, 50, seed=4),
+                                  gaussian_null(50, 5, 5, seed=4 + 7919))  # fmt: skip
+    a = Atlas(kernel_size=5, n_null=2000, seed=4).fit()
+    assert Atlas(kernel_size=5, seed=4).fit(null=cal).thresholds_ == a.thresholds_

@@ -257,7 +257,10 @@ class NullKind:
     ``draw(ref, n, rng)`` returns ``n`` surrogates [n, kh, kw] (for a ``finite`` kind: its
     whole pool, which is split in halves). ``reference`` says what it is built from:
     ``none`` (nothing: one draw per size serves every model), ``moments``,
-    ``layer_moments``, ``sample`` (the analysed kernels) or ``init``.
+    ``layer_moments``, ``sample`` (the analysed kernels) or ``init``. ``seed_offsets``
+    (calibration, held-out): plain ``default_rng(seed + offset)`` streams instead of the
+    keyed ones (the Gaussian null keeps 0.1.0's: ``gaussian_null(seed)`` calibrates, exactly
+    as ``Atlas.fit()`` does, and ``seed + 7919`` is held out).
     """
 
     name: str
@@ -269,6 +272,7 @@ class NullKind:
     draw: Callable[[NullReference, int, np.random.Generator], np.ndarray] = field(repr=False)
     finite: bool = False
     baseline: bool = True
+    seed_offsets: tuple[int, int] | None = None
 
     def available(self, ref: NullReference) -> bool:
         """Whether ``ref`` holds what this kind is built from."""
@@ -294,6 +298,7 @@ def register_null(
     reference: Reference = "none",
     finite: bool = False,
     baseline: bool = True,
+    seed_offsets: tuple[int, int] | None = None,
 ) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Register ``draw(ref, n, rng) -> [n, kh, kw]`` as the null kind ``name``.
 
@@ -305,7 +310,7 @@ def register_null(
         if name in NULLS:
             raise KernelAtlasError(f"null kind {name!r} is already registered")
         NULLS[name] = NullKind(name, label, keeps, rules_out, leaves_open, reference, fn,
-                               finite, baseline)  # fmt: skip
+                               finite, baseline, seed_offsets)  # fmt: skip
         return fn
 
     return deco
@@ -374,6 +379,7 @@ def phase_randomize(
     keeps="nothing: iid N(0, 1) weights, no spatial structure",
     rules_out="chance alignment of unstructured weights with the atlas's templates",
     leaves_open="everything beyond 'not white noise', smoothness alone included",
+    seed_offsets=(0, 7919),
 )
 def _draw_gaussian(ref: NullReference, n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal((n, ref.kh, ref.kw), dtype=np.float32)
@@ -494,7 +500,11 @@ def draw_surrogates(
         pool = np.asarray(entry.draw(ref, 0, _rng(seed, kind, "pool", key, ref.kh, ref.kw)))
         halves = split_halves(pool, seed=seed, kind=kind)
         return halves[0 if part == "calibration" else 1].astype(np.float32)
-    rng = _rng(seed, kind, part, key, ref.kh, ref.kw)
+    if entry.seed_offsets is not None:
+        offset = entry.seed_offsets[0 if part == "calibration" else 1]
+        rng = np.random.default_rng(int(seed) + offset)
+    else:
+        rng = _rng(seed, kind, part, key, ref.kh, ref.kw)
     chunks = [entry.draw(ref, min(DRAW_CHUNK, n - s), rng) for s in range(0, n, DRAW_CHUNK)]
     return np.concatenate(chunks) if chunks else np.zeros((0, ref.kh, ref.kw), np.float32)
 
