@@ -17,7 +17,18 @@ import pandas as pd
 from ..taxonomy import CENTER, FAMILIES, FIRST_DERIVATIVE, PATTERN_FAMILIES, SECOND_DERIVATIVE
 from . import functional as F
 
-__all__ = ["synthetic_kernels", "recovery", "confusion_matrix", "REAL_MODELS", "real_coverage"]
+__all__ = [
+    "synthetic_kernels",
+    "recovery",
+    "confusion_matrix",
+    "REAL_MODELS",
+    "real_coverage",
+    "SCALE_SPACE_FAMILIES",
+]
+
+# The receptive-field models of scale-space theory among the built-in families (the
+# synthetic recovery draws these three).
+SCALE_SPACE_FAMILIES: tuple[str, ...] = (CENTER, FIRST_DERIVATIVE, SECOND_DERIVATIVE)
 
 # shipped trained models and the timm architecture whose fresh initialisation is their null
 REAL_MODELS: dict[str, str | None] = {
@@ -32,7 +43,7 @@ REAL_MODELS: dict[str, str | None] = {
 def synthetic_kernels(
     kh: int, kw: int, n_per_family: int, *, noise: float = 0.0, seed: int = 0
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Random patterns of every family plus noise, and their true parameters.
+    """Random patterns of the three scale-space families plus noise, and their true parameters.
 
     Scales are drawn log-uniformly in [0.4, max(0.8, min(kh, kw) / 5)] px, offsets
     uniformly in [-0.5, 0.5]^2 px, orientations uniformly, polarities and second-derivative
@@ -79,7 +90,7 @@ def synthetic_kernels(
     kernels += noise * rng.standard_normal(kernels.shape) / np.sqrt(kh * kw)
     truth = pd.DataFrame(
         {
-            "family": np.repeat(np.array(PATTERN_FAMILIES, dtype=object), n),
+            "family": np.repeat(np.array(SCALE_SPACE_FAMILIES, dtype=object), n),
             "orientation": np.concatenate([np.full(n, np.nan), t_1, t_2c]),
             "polarity": np.concatenate([p_c, np.ones(n, int), p_2c]).astype(np.int8),
             "scale": np.concatenate([s_c, s_1, s_2]),
@@ -93,8 +104,9 @@ def synthetic_kernels(
 
 def confusion_matrix(truth: pd.Series, predicted: pd.Series) -> pd.DataFrame:
     """Rows: true family; columns: predicted family (all of FAMILIES); row fractions."""
+    rows = [f for f in PATTERN_FAMILIES if f in set(truth)]
     tab = pd.crosstab(
-        pd.Categorical(truth, categories=PATTERN_FAMILIES),
+        pd.Categorical(truth, categories=rows),
         pd.Categorical(predicted, categories=FAMILIES),
         dropna=False,
         normalize="index",
