@@ -71,6 +71,7 @@ COMMON_COLUMNS: tuple[str, ...] = (
 _SUMMARY = ("sigma", "orientation", "polarity", "x0", "y0", "amplitude")
 _FD_STEP = 1e-3  # forward-difference step in the unconstrained coordinates
 _MAX_STEP = 2.0  # largest Gauss-Newton step per coordinate and iteration
+_LANES = 64  # batches are padded to a multiple of this (see KernelFitter.predict)
 
 
 def _fitted_families(names: Sequence[str] | None = None) -> list[Any]:
@@ -317,13 +318,10 @@ class KernelFitter(BaseEstimator):
         )
         return self
 
-    def columns(self) -> tuple[str, ...]:
-        """This fitter's output columns (:func:`fit_columns` of its families)."""
-        self._check_fitted()
-        return fit_columns(self.families_)
 
     def predict(self, kernels: object) -> pd.DataFrame:
-        """Fit every kernel; one row per kernel, columns :meth:`columns`.
+        """Fit every kernel; one row per kernel, columns :func:`fit_columns` (every
+        registered family's; NaN for the families this fitter does not use).
 
         ``fit_family`` (see the module docstring; ``degenerate`` for degenerate kernels),
         ``fit_r2`` and that family's ``fit_sigma, fit_orientation`` (deg, NaN where the
@@ -349,9 +347,12 @@ class KernelFitter(BaseEstimator):
         steps = int(self.steps)
 
         def run(idx: np.ndarray) -> None:
-            u = torch.from_numpy(nz.unit[idx].reshape(idx.size, -1).T.copy()).to(dev, dtype)
+            # pad to whole SIMD blocks: every kernel then takes the same vectorised code
+            # path whatever the batch, so results do not depend on the batch composition
+            pad = np.concatenate([idx, np.repeat(idx[-1:], (-idx.size) % _LANES)])
+            u = torch.from_numpy(nz.unit[pad].reshape(pad.size, -1).T.copy()).to(dev, dtype)
             for fam, model in self.models_.items():
-                sc = _take(scores[fam], idx)
+                sc = _take(scores[fam], pad)
                 theta0 = torch.from_numpy(model.start(sc).T.copy()).to(dev, dtype)
                 with torch.no_grad():
                     theta, coef, r2 = _levenberg_marquardt(model, theta0, u, steps)
@@ -361,20 +362,22 @@ class KernelFitter(BaseEstimator):
                 for c in model.columns:
                     v = rep[c]
                     v = v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor) else v
+                    v = v[: idx.size]
                     if c == "amplitude":
                         v = v * nz.norm[idx]
                     cols[f"fit_{c}_{fam}"][idx] = v  # disjoint rows per batch
 
-        bs = int(self.batch_size)
-        batches = [ok[s : s + bs] for s in range(0, ok.size, bs)]
         jobs = torch.get_num_threads() if dev.type == "cpu" else 1
-        if jobs > 1 and len(batches) > 1:
-            # many small ops per step: whole batches side by side, one intra-op thread each
+        # at least one batch per core (each on one intra-op thread: many small ops
+        # split over several threads stall, most of all on a busy machine)
+        n_batches = max(math.ceil(ok.size / int(self.batch_size)), min(jobs, ok.size // _LANES))
+        batches = [b for b in np.array_split(ok, max(n_batches, 1)) if b.size]
+        if dev.type == "cpu":
             from concurrent.futures import ThreadPoolExecutor
 
             torch.set_num_threads(1)
             try:
-                with ThreadPoolExecutor(max_workers=jobs) as pool:
+                with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(batches)))) as pool:
                     list(pool.map(run, batches))
             finally:
                 torch.set_num_threads(jobs)
@@ -413,9 +416,13 @@ class KernelFitter(BaseEstimator):
             for c in model.int_columns & set(model.columns):
                 key = f"fit_{c}_{fam}"
                 cols[key] = np.nan_to_num(cols[key].astype(np.float64), nan=0.0).astype(np.int8)
+        columns = fit_columns()  # every registered family's columns: one schema for all
+        for c in columns:
+            if c not in out and c not in cols:
+                cols[c] = np.zeros(n, np.int8) if c.startswith("fit_polarity_") else np.full(n, np.nan)
         df = pd.DataFrame({**out, **cols})
         df["fit_family"] = df["fit_family"].astype(object)
-        return df[list(fit_columns(names))]
+        return df[list(columns)]
 
 
 def _take(score: Any, idx: np.ndarray) -> Any:
