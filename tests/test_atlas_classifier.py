@@ -168,9 +168,10 @@ def test_master_keys_1_and_4_are_mostly_one_neighbouring_tap(atlas7):
     # with every family, 1 and 4 (whose positive tap dwarfs the negative one) go to shift,
     # pointing at that tap (below, left); 2 and 3 stay first differences
     df = atlas7.predict(F.master_key_filters(), details=True)
-    assert list(df["family"][:6]) == ["shift", *["first_derivative"] * 2, "shift"] + [
-        "first_derivative"
-    ] * 2
+    assert (
+        list(df["family"][:6])
+        == ["shift", *["first_derivative"] * 2, "shift"] + ["first_derivative"] * 2
+    )
     assert F.angular_difference(df["orientation"][[0, 3]], [270.0, 180.0]).max() < 1.0
     assert (df["score_shift"][[0, 3]] >= df["score_first_derivative"][[0, 3]] - 0.01).all()
 

@@ -318,7 +318,6 @@ class KernelFitter(BaseEstimator):
         )
         return self
 
-
     def predict(self, kernels: object) -> pd.DataFrame:
         """Fit every kernel; one row per kernel, columns :func:`fit_columns` (every
         registered family's; NaN for the families this fitter does not use).
@@ -419,7 +418,9 @@ class KernelFitter(BaseEstimator):
         columns = fit_columns()  # every registered family's columns: one schema for all
         for c in columns:
             if c not in out and c not in cols:
-                cols[c] = np.zeros(n, np.int8) if c.startswith("fit_polarity_") else np.full(n, np.nan)
+                cols[c] = (
+                    np.zeros(n, np.int8) if c.startswith("fit_polarity_") else np.full(n, np.nan)
+                )
         df = pd.DataFrame({**out, **cols})
         df["fit_family"] = df["fit_family"].astype(object)
         return df[list(columns)]

@@ -65,6 +65,11 @@ def _coverage_table(summary: dict) -> str:
             f"{m['model'][:28]:28s} {m['kh']}x{m['kw']:<3d} {m['kernels']:8d} {pct(m['coverage']):>10s} "
             f"{pct(m.get('null_coverage')):>7s} {pct(m.get('init_coverage')):>7s}  {top} {pct(shares[top])}"
         )
+    for r in summary.get("skipped", []):
+        lines.append(
+            f"{r['model'][:28]:28s} {r['kh']}x{r['kw']:<3d} {r['kernels']:8d}  not analysed "
+            f"({r['layers']} layers): {r['reason']}"
+        )
     if summary["config"]["null"] == "init":
         lines.append(
             "null*: calibrated on half of the fresh-init kernels; null and init are rates on "

@@ -67,7 +67,7 @@ def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
                     "agreement_both_classified",
                 )
             ]
-        cells += [f"<td>{_pct(m['family_shares'][f])}</td>" for f in FAMILIES]
+        cells += [f"<td>{_pct(m['family_shares'].get(f))}</td>" for f in FAMILIES]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     th = "".join(f'<th class="{"l" if i < 2 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
     return f"<div class='tw'><table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
@@ -79,6 +79,18 @@ def _ae_kind(row: dict[str, Any]) -> str:
     if row.get("autoencoder") == "reference" and ref:
         return f"reference ({ref['models']} models)"
     return "this run"
+
+
+def _skipped_note(skipped: list[dict[str, Any]]) -> str:
+    """Kernel sizes the atlas cannot name: counted and listed with the reason."""
+    if not skipped:
+        return ""
+    items = "".join(
+        f"<li>{_e(r['model'])} ({_e(r['source'])}): {r['kernels']:,} kernels in {r['layers']} "
+        f"layers of size {r['kh']}x{r['kw']} &mdash; {_e(r['reason'])}</li>"
+        for r in skipped
+    )
+    return f"<p><b>Not analysed</b> (every other layer was):</p><ul>{items}</ul>"
 
 
 def _thresholds_table(thresholds: list[dict[str, Any]]) -> str:
@@ -126,6 +138,7 @@ def render_index(
         )
         + "Coverage excludes degenerate kernels; family shares are of all kernels.</p>",
         _models_table(summary["models"], bool(ae)),
+        _skipped_note(summary.get("skipped") or []),
         *[
             _fig(
                 f,
@@ -143,8 +156,9 @@ def render_index(
             _fig(f, f"Gallery {f.removeprefix('gallery_').removesuffix('.png')}")
             for f in figures.get("gallery", [])
         ],
-        "<h2>The atlas</h2><p>The pattern families, generated (not hand-drawn): on- and off-centre difference of "
-        "Gaussians, and their first and second derivatives at a few orientations.</p>",
+        "<h2>The atlas</h2><p>The pattern families, generated (not hand-drawn) from each registered family's "
+        "definition: on- and off-centre difference of Gaussians, their first and second derivatives at a few "
+        "orientations, and the other registered families.</p>",
         *[_fig(f, "Atlas families") for f in figures.get("atlas", [])],
         f"<table><thead><tr><th class='l'>family</th><th class='l'>what</th><th class='l'>model</th></tr></thead><tbody>{fam_rows}</tbody></table>",
     ]

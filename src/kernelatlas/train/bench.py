@@ -335,7 +335,9 @@ def _atlas_reference(bank: dict[str, np.ndarray]):
 
 
 def _coverage(df) -> float:
-    return float(df["classified"].mean())
+    from ..taxonomy import coverage
+
+    return coverage(df["classified"], df["family"])
 
 
 # --------------------------------------------------------------------------- the benchmark

@@ -28,13 +28,14 @@ def random_scale(kh: int, kw: int, n: int, rng: np.random.Generator) -> np.ndarr
 
 
 def draw(values: np.ndarray | None, n: int, sample) -> np.ndarray:
-    """``values`` [n] with NaNs (or all, when None) replaced by ``sample(n)``."""
-    fresh = np.asarray(sample(n), dtype=np.float64)
+    """``values`` [n] with NaNs (or all, when None) replaced by ``sample(k)`` for the k
+    missing ones; ``sample`` (and so the generator) is only called for those."""
     if values is None:
-        return fresh
+        return np.asarray(sample(n), dtype=np.float64)
     v = np.broadcast_to(np.asarray(values, dtype=np.float64), (n,)).copy()
     bad = ~np.isfinite(v)
-    v[bad] = fresh[bad]
+    if bad.any():
+        v[bad] = np.asarray(sample(int(bad.sum())), dtype=np.float64)
     return v
 
 

@@ -127,9 +127,12 @@ class Shift(PatternFamily):
             raise ValueError(f"a {kh}x{kw} kernel has no off-centre tap")
         s = draw(scale, n, lambda m: np.full(m, SIGMA_MIN))
         p = draw(polarity, n, lambda m: rng.choice(np.array([-1.0, 1.0]), m))
-        t = draw(orientation, n, lambda m: np.full(m, np.nan))
-        idx = rng.integers(0, len(pos), n)
+        t = np.full(n, np.nan) if orientation is None else np.asarray(orientation, float)
+        t = np.broadcast_to(t, (n,))
         given = np.isfinite(t)
+        idx = np.zeros(n, np.int64)
+        if (~given).any():
+            idx[~given] = rng.integers(0, len(pos), int((~given).sum()))
         if given.any():
             want = np.stack([np.cos(np.deg2rad(t[given])), np.sin(np.deg2rad(t[given]))], 1)
             idx[given] = np.argmin(((pos[None] - want[:, None]) ** 2).sum(-1), axis=1)
