@@ -316,5 +316,5 @@ def clone(estimator: BaseEstimator) -> BaseEstimator:
     """A new, unfitted estimator with the same parameters (deep copies of mutable ones)."""
     if not isinstance(estimator, BaseEstimator):
         raise KernelAtlasError(f"clone needs a kernelatlas estimator, got {type(estimator)!r}")
-    params = {k: copy.deepcopy(v) for k, v in estimator.get_params(deep=False).items()}
+    params = {k: copy.deepcopy(v) for k, v in estimator.get_params().items()}
     return type(estimator)(**params)

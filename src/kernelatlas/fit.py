@@ -122,6 +122,8 @@ class _Coords:
     def to_theta(self, q: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Natural parameters [P, ...] from free coordinates [Pf, ...] (fixed ones from
         ``fixed`` [P, ...])."""
+        if not self.params:
+            return fixed
         rows = list(fixed.unbind(0))
         for j, i in enumerate(self.free):
             v = q[j]
@@ -191,6 +193,8 @@ def _levenberg_marquardt(
 
 
 def _wrap_angles(model: Any, theta: torch.Tensor) -> torch.Tensor:
+    if not model.params:
+        return theta
     rows = list(theta.unbind(0))
     for i, p in enumerate(model.params):
         if p.kind == "angle":

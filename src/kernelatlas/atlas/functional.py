@@ -1,7 +1,7 @@
 """Pure pattern generators and metrics of the atlas (torchvision ``functional`` style).
 
 Every generator returns zero-mean, unit-L2 float32 patterns ``[N, kh, kw]`` for any kernel
-size (odd or even, 2..128), with parameters that broadcast (scalars or 1-D arrays of one
+size (odd or even, 1..128 per side, :mod:`kernelatlas.sizes`), with parameters that broadcast (scalars or 1-D arrays of one
 common length ``N``) and sub-pixel centre offsets ``(dx, dy)`` in pixels. Conventions
 (``x`` right, ``y`` *up*, orientation counter-clockwise from +x, polarity) are those of
 :mod:`kernelatlas.taxonomy`.
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import KernelAtlasError
+from ..sizes import MAX_SIDE, MIN_SIDE, parse_kernel_size
 
 __all__ = [
     "MIN_SIZE",
@@ -54,8 +55,8 @@ __all__ = [
     "master_key_filters",
 ]
 
-MIN_SIZE = 2
-MAX_SIZE = 128
+MIN_SIZE = MIN_SIDE  # the one range (kernelatlas.sizes)
+MAX_SIZE = MAX_SIDE
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -67,14 +68,10 @@ ArrayLike = float | int | Sequence[float] | np.ndarray
 
 def _check_size(kh: int, kw: int) -> tuple[int, int]:
     try:
-        kh, kw = int(kh), int(kw)
+        size = (int(kh), int(kw))
     except (TypeError, ValueError):
         raise KernelAtlasError(f"kernel size must be integers, got {kh!r} x {kw!r}") from None
-    if not (MIN_SIZE <= kh <= MAX_SIZE and MIN_SIZE <= kw <= MAX_SIZE):
-        raise KernelAtlasError(
-            f"kernel size must be between {MIN_SIZE} and {MAX_SIZE}, got {kh}x{kw}"
-        )
-    return kh, kw
+    return parse_kernel_size(size, name="kernel size")
 
 
 def _coords(kh: int, kw: int, dtype: torch.dtype, device: torch.device | str | None = None):
@@ -347,7 +344,7 @@ def center_pattern(
 
     Parameters
     ----------
-    kh, kw : kernel size (2..128, odd or even).
+    kh, kw : kernel size (1..128 per side, odd or even).
     sigma : centre sigma in pixels (> 0); scalar or [N].
     surround_ratio : surround sigma / centre sigma (> 1).
     surround_weight : ``a`` in [0, 1].

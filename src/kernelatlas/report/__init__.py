@@ -52,7 +52,10 @@ def summary_schema() -> dict[str, Any]:
 
     schema = json.loads(SCHEMA_PATH.read_text())
     defs = schema["$defs"]
-    defs["pattern_family"] = {"enum": list(PATTERN_FAMILIES)}
+    defs["pattern_family"] = {
+        "enum": list(PATTERN_FAMILIES),
+        "$comment": defs["pattern_family"]["$comment"],
+    }
     defs["row"]["properties"]["family_shares"]["required"] = list(FAMILIES)
     return schema
 
