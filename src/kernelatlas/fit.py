@@ -361,6 +361,7 @@ class KernelFitter(BaseEstimator):
                     theta, coef, r2 = _levenberg_marquardt(model, theta0, u, steps)
                     theta = _wrap_angles(model, theta)
                     rep = model.report(theta, coef)
+                    rep.update(model.post_fit(theta, coef, u, _levenberg_marquardt))
                 rep["r2"] = r2
                 for c in model.columns:
                     v = rep[c]

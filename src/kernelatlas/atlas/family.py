@@ -275,6 +275,16 @@ class FitModel:
         and amplitudes [m, B]."""
         raise NotImplementedError
 
+    def post_fit(
+        self, theta: torch.Tensor, coef: torch.Tensor, u: torch.Tensor, refine: Any
+    ) -> dict[str, torch.Tensor | np.ndarray]:
+        """Extra report columns computed after the fit (default: none).
+
+        ``refine(model, theta0, u, steps) -> (theta, coef, r2)`` is the fit engine, for
+        models that compare constrained variants of themselves.
+        """
+        return {}
+
     # helpers shared by the built-in models -------------------------------------
     def centre_params(self, reach: float | None = None) -> tuple[Param, Param]:
         """``x0``, ``y0`` within ``reach`` px of the kernel centre and within the kernel's

@@ -53,6 +53,7 @@ __all__ = [
     "cosine_similarity",
     "angular_difference",
     "master_key_filters",
+    "discrete_gaussian",
 ]
 
 MIN_SIZE = MIN_SIDE  # the one range (kernelatlas.sizes)
@@ -480,6 +481,27 @@ def angular_difference(a: ArrayLike, b: ArrayLike, period: float = 360.0) -> np.
     """Absolute circular difference of angles in degrees, in ``[0, period / 2]``."""
     d = np.mod(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), period)
     return np.minimum(d, period - d)
+
+
+def discrete_gaussian(sigma: float, radius: int) -> np.ndarray:
+    """Lindeberg's discrete analogue of the Gaussian, ``T(n; s) = exp(-s) I_n(s)``,
+    ``s = sigma^2``, for ``n = -radius..radius`` (float64 [2 * radius + 1]).
+
+    The kernel of discrete scale-space theory (its variance is exactly ``sigma^2``; sums
+    to 1 over all ``n``), the model Lindeberg, Babaiee and Kiasari fit to the master-key
+    filters. Computed from ``I_n(s) exp(-s) = (1/pi) int_0^pi exp(s (cos t - 1)) cos(n t) dt``
+    (the trapezoidal rule is spectrally accurate for this periodic integrand).
+    """
+    if not sigma > 0 or int(radius) < 0:
+        raise KernelAtlasError("discrete_gaussian needs sigma > 0 and radius >= 0")
+    s = float(sigma) ** 2
+    m = max(64, int(16 * (1 + math.sqrt(s))) + 2 * int(radius))
+    t = np.linspace(0.0, math.pi, 2 * m + 1)
+    n = np.arange(-int(radius), int(radius) + 1)
+    f = np.exp(s * (np.cos(t) - 1.0))[None] * np.cos(n[:, None] * t[None])
+    w = np.full(t.shape, t[1] - t[0])
+    w[[0, -1]] *= 0.5
+    return (f @ w) / math.pi
 
 
 def master_key_filters() -> np.ndarray:

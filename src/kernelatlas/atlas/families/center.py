@@ -25,7 +25,7 @@ __all__ = ["Center", "CENTER_SHAPES", "CenterModel"]
 
 # Centre-surround shapes (surround_ratio, surround_weight): Gaussian, LoG-like DoG, wide DoG.
 CENTER_SHAPES: tuple[tuple[float, float], ...] = ((1.6, 0.0), (1.6, 1.0), (3.0, 1.0))
-RATIO_RANGE = (1.2, 4.0)
+RATIO_RANGE = (1.6, 4.0)
 
 
 CENTRE_REACH = 1.0  # fitted centre: at most this far from the kernel centre, px

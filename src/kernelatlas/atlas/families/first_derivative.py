@@ -11,9 +11,10 @@ derivative ``-d/du G(x - x0; Sigma)``, ``Sigma = R(t) diag(sigma_u^2, sigma_v^2)
 scale ``sigma_u`` along the derivative direction ``u`` and ``sigma_v`` across it, both
 within the atlas's sigma grid, the centre within one pixel of the kernel centre (a
 half-pixel difference sits at 0.5 px), pixel-integrated exactly
-(:func:`~kernelatlas.atlas.functional.affine_gaussian_basis`). The fitted centre's offset
-along ``u`` tells a centred first difference (``|offset_u| < 0.25``) from a
-half-pixel-offset one (master-key filters 1-4).
+(:func:`~kernelatlas.atlas.functional.affine_gaussian_basis`). Then the two scale-space
+difference models are compared: the centred first difference (centre held on the kernel
+centre along ``u``) and the half-pixel-offset one (held half a pixel off, the master-key
+filters 1-4); ``kind`` names the better (``r2_centred``, ``r2_half_pixel``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from ..registry import register_family
 from ..templates import flat_centred, gaussian_groups
 from ._common import axis_of_1d, clip_start, draw, random_scale, scale_param
 
-__all__ = ["FirstDerivative", "PlaneBasis", "AffineFirstModel", "HALF_PIXEL"]
+__all__ = ["FirstDerivative", "PlaneBasis", "AffineFirstModel", "VARIANT_STEPS"]
 
-HALF_PIXEL = 0.25  # |offset along u| at or above this: a half-pixel-offset difference
+VARIANT_STEPS = 8  # refinement steps of the centred / half-pixel variants
 
 
 CENTRE_REACH = 1.0  # fitted centre: at most this far from the kernel centre, px
@@ -77,7 +78,7 @@ class AffineFirstModel(FitModel):
 
     n_amplitudes = 1
     columns = ("r2", "sigma", "sigma_u", "sigma_v", "orientation", "offset_u", "kind",
-               "polarity", "x0", "y0", "amplitude")  # fmt: skip
+               "r2_centred", "r2_half_pixel", "polarity", "x0", "y0", "amplitude")  # fmt: skip
     str_columns = frozenset({"kind"})
 
     def __init__(self, kh: int, kw: int) -> None:
@@ -106,20 +107,51 @@ class AffineFirstModel(FitModel):
         x0, y0, su, sv, t = theta
         a = coef[0]
         t = torch.where(a >= 0, t, t + math.pi)
-        off_u = x0 * torch.cos(t) + y0 * torch.sin(t)
-        kind = np.where(off_u.abs().cpu().numpy() >= HALF_PIXEL, "half_pixel", "centred")
         return {
             "sigma": torch.sqrt(su * sv),
             "sigma_u": su,
             "sigma_v": sv,
             "orientation": torch.rad2deg(t) % 360.0,
-            "offset_u": off_u,
-            "kind": kind.astype(object),
+            "offset_u": x0 * torch.cos(t) + y0 * torch.sin(t),
             "polarity": torch.ones_like(a),
             "x0": x0,
             "y0": y0,
             "amplitude": a.abs(),
         }
+
+    def post_fit(self, theta: torch.Tensor, coef: torch.Tensor, u: torch.Tensor, refine):
+        """Centred or half-pixel-offset difference: the better of the two constrained
+        models (the centre along ``u`` held at 0, or at 1/2 px towards the nearer side),
+        each refined from the free fit for :data:`VARIANT_STEPS` steps."""
+        x0, y0, su, sv, t = theta
+        c, s = torch.cos(t), torch.sin(t)
+        off_u, off_v = x0 * c + y0 * s, -x0 * s + y0 * c
+        half = torch.where(off_u >= 0, 0.5, -0.5).to(theta.dtype)
+        r2 = []
+        for ou in (torch.zeros_like(off_u), half):
+            variant = _OffsetVariant(self)
+            theta0 = torch.stack([ou, off_v, su, sv, t])
+            r2.append(refine(variant, theta0, u, VARIANT_STEPS)[2])
+        kind = np.where((r2[1] > r2[0]).cpu().numpy(), "half_pixel", "centred")
+        return {"r2_centred": r2[0], "r2_half_pixel": r2[1], "kind": kind.astype(object)}
+
+
+class _OffsetVariant(FitModel):
+    """The affine first derivative with its centre held at ``offset_u`` along ``u`` and
+    ``offset_v`` across it (both per kernel, fixed); free: scales and orientation."""
+
+    n_amplitudes = 1
+
+    def __init__(self, free: AffineFirstModel) -> None:
+        super().__init__(free.kh, free.kw)
+        _, _, su, sv, t = free.params
+        self.params = (Param("offset_u", 0.0, 0.0), Param("offset_v", 0.0, 0.0), su, sv, t)
+        self._free = free
+
+    def images(self, theta: torch.Tensor) -> torch.Tensor:
+        ou, ov, su, sv, t = theta
+        c, s = torch.cos(t), torch.sin(t)
+        return self._free.images(torch.stack([ou * c - ov * s, ou * s + ov * c, su, sv, t]))
 
 
 @register_family
