@@ -200,7 +200,8 @@ class Atlas(BaseEstimator):
 
     def _score_batch(self, batch: np.ndarray) -> tuple[dict[str, FamilyScore], np.ndarray]:
         nz = normalize(batch)
-        x = torch.from_numpy(nz.unit.reshape(nz.unit.shape[0], -1)).to(self._device)
+        x = torch.from_numpy(nz.unit.reshape(nz.unit.shape[0], self._bank.kh * self._bank.kw))
+        x = x.to(self._device)
         return score_unit_kernels(self._bank, x, self._weights), nz.degenerate
 
     def _score_all(self, kernels: np.ndarray) -> tuple[dict[str, FamilyScore], np.ndarray]:
