@@ -33,7 +33,7 @@ from ._common import axis_of_1d, clip_start, draw, random_scale, scale_param
 
 __all__ = ["FirstDerivative", "PlaneBasis", "AffineFirstModel", "VARIANT_STEPS"]
 
-VARIANT_STEPS = 8  # refinement steps of the centred / half-pixel variants
+VARIANT_STEPS = 4  # refinement steps of the centred / half-pixel variants
 
 
 CENTRE_REACH = 1.0  # fitted centre: at most this far from the kernel centre, px
@@ -121,8 +121,9 @@ class AffineFirstModel(FitModel):
 
     def post_fit(self, theta: torch.Tensor, coef: torch.Tensor, u: torch.Tensor, refine):
         """Centred or half-pixel-offset difference: the better of the two constrained
-        models (the centre along ``u`` held at 0, or at 1/2 px towards the nearer side),
-        each refined from the free fit for :data:`VARIANT_STEPS` steps."""
+        models (the centre along ``u`` held at 0, or at 1/2 px towards the nearer side, at
+        the free fit's orientation), their scales refined from the free fit for
+        :data:`VARIANT_STEPS` steps."""
         x0, y0, su, sv, t = theta
         c, s = torch.cos(t), torch.sin(t)
         off_u, off_v = x0 * c + y0 * s, -x0 * s + y0 * c
@@ -138,14 +139,16 @@ class AffineFirstModel(FitModel):
 
 class _OffsetVariant(FitModel):
     """The affine first derivative with its centre held at ``offset_u`` along ``u`` and
-    ``offset_v`` across it (both per kernel, fixed); free: scales and orientation."""
+    ``offset_v`` across it, and its orientation (all per kernel, fixed); free: the scales."""
 
     n_amplitudes = 1
 
     def __init__(self, free: AffineFirstModel) -> None:
         super().__init__(free.kh, free.kw)
-        _, _, su, sv, t = free.params
-        self.params = (Param("offset_u", 0.0, 0.0), Param("offset_v", 0.0, 0.0), su, sv, t)
+        _, _, su, sv, _ = free.params
+        fixed = (Param(n, 0.0, 0.0) for n in ("offset_u", "offset_v", "orientation"))
+        ou, ov, t = fixed
+        self.params = (ou, ov, su, sv, t)
         self._free = free
 
     def images(self, theta: torch.Tensor) -> torch.Tensor:
