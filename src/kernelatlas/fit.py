@@ -290,8 +290,11 @@ class KernelFitter(BaseEstimator):
         if names is not None and (not names or not all(isinstance(n, str) for n in names)):
             raise KernelAtlasError(f"KernelFitter: families must be family names, got {names!r}")
         _fitted_families(names)  # unknown names fail here, with the known ones listed
-        if atlas is None:
-            atlas = _default_atlas(kh, kw, names, float(self.null_fpr), int(self.n_null),
+        if atlas is None:  # keyed by the families registered now, so the cache follows them
+            from .atlas.registry import list_families
+
+            key = names or tuple(list_families())
+            atlas = _default_atlas(kh, kw, key, float(self.null_fpr), int(self.n_null),
                                    int(self.seed))  # fmt: skip
         else:
             atlas._check_fitted()
@@ -357,7 +360,7 @@ class KernelFitter(BaseEstimator):
             pad = np.concatenate([idx, np.repeat(idx[-1:], (-idx.size) % _LANES)])
             u = torch.from_numpy(nz.unit[pad].reshape(pad.size, -1).T.copy()).to(dev, dtype)
             for fam, model in self.models_.items():
-                sc = _take(scores[fam], pad)
+                sc = scores[fam].take(pad)
                 theta0 = torch.from_numpy(model.start(sc).T.copy()).to(dev, dtype)
                 with torch.no_grad():
                     theta, coef, r2 = _levenberg_marquardt(model, theta0, u, steps)
@@ -431,20 +434,6 @@ class KernelFitter(BaseEstimator):
         df = pd.DataFrame({**out, **cols})
         df["fit_family"] = df["fit_family"].astype(object)
         return df[list(columns)]
-
-
-def _take(score: Any, idx: np.ndarray) -> Any:
-    from .atlas.family import FamilyScore
-
-    return FamilyScore(
-        score=score.score[idx],
-        orientation=score.orientation[idx],
-        polarity=score.polarity[idx],
-        scale=score.scale[idx],
-        offset=score.offset[idx],
-        shape=score.shape[idx],
-        extra={k: v[idx] for k, v in score.extra.items()},
-    )
 
 
 @functools.lru_cache(maxsize=16)

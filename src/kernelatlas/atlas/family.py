@@ -66,6 +66,18 @@ class FamilyScore:
     def __len__(self) -> int:
         return int(self.score.shape[0])
 
+    def take(self, idx: np.ndarray) -> FamilyScore:
+        """The scores of the kernels ``idx``."""
+        return FamilyScore(
+            score=self.score[idx],
+            orientation=self.orientation[idx],
+            polarity=self.polarity[idx],
+            scale=self.scale[idx],
+            offset=self.offset[idx],
+            shape=self.shape[idx],
+            extra={k: v[idx] for k, v in self.extra.items()},
+        )
+
     @staticmethod
     def concat(parts: list[FamilyScore]) -> FamilyScore:
         if len(parts) == 1:
