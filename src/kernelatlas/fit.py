@@ -219,7 +219,8 @@ class KernelFitter(BaseEstimator):
     steps : Levenberg-Marquardt iterations per model.
     margin : ``R^2`` by which another family's fit must beat the atlas family's fit to
         become ``fit_family`` (default :data:`FIT_MARGIN`).
-    batch_size : kernels fitted together.
+    batch_size : kernels fitted together (2048: the per-step tensors stay in cache; 8192
+        is 25% slower on CPU).
     device : torch device (None: CUDA when available, else CPU).
     seed : seeds the default atlas's null (the fits themselves are deterministic).
     null_fpr, n_null : the default atlas's calibration.
@@ -259,7 +260,7 @@ class KernelFitter(BaseEstimator):
         families: Sequence[str] | None = None,
         steps: int = 10,
         margin: float = FIT_MARGIN,
-        batch_size: int = 8192,
+        batch_size: int = 2048,
         device: str | None = None,
         seed: int = 0,
         null_fpr: float = DEFAULT_NULL_FPR,
@@ -453,7 +454,7 @@ def fit_kernels(
     device: str | torch.device | None = None,
     seed: int = 0,
     steps: int = 10,
-    batch_size: int = 8192,
+    batch_size: int = 2048,
     margin: float = FIT_MARGIN,
     atlas: Any = None,
 ) -> pd.DataFrame:
