@@ -34,15 +34,15 @@ def _train(n: int = 300, k: int = 5) -> np.ndarray:
 
 # name -> (a small instance, how to fit it, its family column)
 CASES: dict[str, tuple[Callable[[], BaseEstimator], Callable[[Any], Any], str]] = {
-    "Atlas": (lambda: Atlas(kernel_size=5, n_null=2000), lambda e: e.fit(), "family"),
+    "Atlas": (lambda: Atlas(kernel_size=5, n_null=1000), lambda e: e.fit(), "family"),
     "KernelFitter": (
-        lambda: KernelFitter(kernel_size=5, n_null=2000, steps=4),
+        lambda: KernelFitter(kernel_size=5, n_null=1000, steps=3),
         lambda e: e.fit(),
         "fit_family",
     ),
     "KernelAutoencoder": (
-        lambda: KernelAutoencoder(5, hidden=16, epochs=2, n_grid=32, null_size=500),
-        lambda e: e.fit(_train()),
+        lambda: KernelAutoencoder(5, hidden=8, epochs=1, n_grid=16, null_size=200),
+        lambda e: e.fit(_train(120)),
         "ae_family",
     ),
 }
