@@ -129,3 +129,14 @@ def test_analyze_names_1d_layers_and_lists_the_rest(tmp_path, capsys):
     page = (res.out / "index.html").read_text()
     assert "Not analysed" in page and "2x2" in page
     assert json.loads((res.out / "summary.json").read_text())["skipped"] == doc["skipped"]
+
+
+def test_analyze_a_real_ocr_model_with_a_1x7_layer(tmp_path):
+    # PP-OCRv6's recogniser: one 1x7 depthwise layer among 3x3 ones (issue 11's abort)
+    from kernelatlas.pipeline import analyze
+
+    res = analyze(["ppocrv6_rec_small"], tmp_path / "ocr", quiet=True, figures=False,
+                  init_baseline=False)  # fmt: skip
+    sizes = {(m["kh"], m["kw"]): m for m in res.summary["models"]}
+    assert set(sizes) == {(3, 3), (1, 7)} and sizes[(1, 7)]["kernels"] == 120
+    assert sizes[(1, 7)]["classified"] > 0 and res.summary["skipped"] == []
