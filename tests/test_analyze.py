@@ -104,6 +104,9 @@ def test_figures_are_real_images(run_dir: Path) -> None:
         "fits_by_depth.png",
         "gallery_3x3.png",
         "gallery_5x5.png",
+        "biology_summary.png",
+        "biology_3x3.png",
+        "biology_5x5.png",
     } <= names
     for p in pngs:
         img = mpimg.imread(p)
@@ -112,6 +115,18 @@ def test_figures_are_real_images(run_dir: Path) -> None:
     html = (run_dir / "index.html").read_text()
     for p in pngs:
         assert f"figures/{p.name}" in html
+
+
+def test_report_compares_with_biology(run_dir: Path) -> None:
+    """summary.json and index.html carry the comparison, with the null and the fresh init."""
+    bio = load_summary(run_dir)["biology"]
+    assert {(r["kh"], r["kw"]) for r in bio["rows"]} == {(3, 3), (5, 5)}
+    card = [r for r in bio["rows"] if r["statistic"] == "cardinal_bias"]
+    assert all(r["kernels_n"] > 100 and r["null_n"] > 0 for r in card), card
+    assert any(r["init_n"] > 0 for r in bio["rows"])  # timm:efficientnet_lite0@init
+    assert {s["ref_id"] for s in bio["sources"]} >= {"croner_kaplan_1995", "ringach_2002"}
+    html = (run_dir / "index.html").read_text()
+    assert "id='biology'" in html and "croner_kaplan_1995" in html
 
 
 def test_rerun_resumes_without_duplicates(run_dir: Path, tmp_path: Path) -> None:
@@ -179,6 +194,7 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
             "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);"
         )
         assert len(images) == len(list((run_dir / "figures").glob("*.png")))
+        assert driver.execute_script("return document.getElementById('biology') !== null")
         broken = [src for src, done, width in images if not done or width == 0]
         assert not broken, f"broken images: {broken}"
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

@@ -39,10 +39,16 @@ _API: dict[str, str] = {
     "analyze": "kernelatlas.pipeline",
     "AnalysisConfig": "kernelatlas.pipeline",
     "init_depthwise_": "kernelatlas.train",
+    "bake_": "kernelatlas.train",
+    "register_scheme": "kernelatlas.train",
+    "list_schemes": "kernelatlas.train",
     "CoverageTracker": "kernelatlas.train",
 }
 
-__all__ = ["__version__", *_API]
+# public subpackages reached as attributes (``kernelatlas.biology.compare(...)``)
+_SUBPACKAGES: tuple[str, ...] = ("biology",)
+
+__all__ = ["__version__", *_API, *_SUBPACKAGES]
 
 
 # public functions that share their name with a module of this package
@@ -52,6 +58,8 @@ _SHADOWED = frozenset({"harvest", "normalize"})
 def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"kernelatlas.{name}")
     raise AttributeError(f"module 'kernelatlas' has no attribute {name!r}")
 
 

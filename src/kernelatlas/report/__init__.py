@@ -80,12 +80,28 @@ def write_report(
     spectra: dict[str, Any] | None = None,
     figures: bool = True,
 ) -> None:
-    """Write summary.json, figures/*.png and index.html into ``run_dir``."""
+    """Write summary.json, figures/*.png and index.html into ``run_dir``.
+
+    With ``figures``, the "compared with biology" section is computed too and stored in
+    ``summary["biology"]`` (None without figures); see :mod:`kernelatlas.biology.report`.
+    """
     from .build import make_figures
 
+    biology = None
+    if figures and (run_dir / "kernels.parquet").exists():
+        from ..biology.report import biology_section
+
+        biology = biology_section(run_dir, summary)
+    summary["biology"] = biology.doc() if biology is not None else None
     write_json(run_dir / "summary.json", summary)
     made = (
-        make_figures(run_dir, summary, spectra=spectra, seed=int(summary["config"].get("seed", 0)))
+        make_figures(
+            run_dir,
+            summary,
+            spectra=spectra,
+            seed=int(summary["config"].get("seed", 0)),
+            biology=biology,
+        )
         if figures
         else {}
     )

@@ -136,9 +136,18 @@ def _exemplars(
 
 @F.plain_text
 def make_figures(
-    run_dir: Path, summary: dict[str, Any], *, spectra: dict[str, Any] | None = None, seed: int = 0
+    run_dir: Path,
+    summary: dict[str, Any],
+    *,
+    spectra: dict[str, Any] | None = None,
+    seed: int = 0,
+    biology: Any = None,
 ) -> dict[str, list[str]]:
-    """Write figures/*.png for one analysis; returns section -> list of file names."""
+    """Write figures/*.png for one analysis; returns section -> list of file names.
+
+    ``biology``: a :class:`kernelatlas.biology.report.BiologySection` to draw (section
+    ``biology``), or None.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -237,6 +246,8 @@ def make_figures(
             fig.tight_layout()
             files.append(_save(fig, fig_dir / f"ae_spectrum_{key}.png"))
         made["autoencoder"] = files
+    if biology is not None:
+        made["biology"] = biology.figures(fig_dir, dpi=FIGURE_DPI)
     return made
 
 

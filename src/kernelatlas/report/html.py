@@ -197,6 +197,10 @@ def render_index(
                 for f in figures.get("autoencoder", [])
             ],
         ]
+    if summary.get("biology"):
+        from ..biology.report import render_html
+
+        parts.append(render_html(summary["biology"], figures.get("biology", [])))
     parts += [
         "<h2>How this was computed</h2>",
         f"<p>Command: <code>{_e(cfg.get('command') or 'kernelatlas.analyze (Python API)')}</code></p>",
