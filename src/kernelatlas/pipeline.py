@@ -37,6 +37,7 @@ from .null import (
 )
 from .outputs import ANALYSIS_FILES as OUTPUT_FILES
 from .report.summary import MODEL_KEYS, build_summary, merge_counts, partial_counts
+from .sizes import unsupported_reason
 from .taxonomy import DEFAULT_NULL_FPR
 
 __all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "AE_MODES", "OUTPUT_FILES"]
@@ -257,9 +258,13 @@ def analyse_record_batch(
         k = weights_array(sub.column("weights"), kh, kw)
         cols = [sub.select(_CARRY).to_pandas(), models[(kh, kw)]["atlas"].predict(k)]
         if cfg.fit:
-            from .fit import fit_kernels
+            fitter = models[(kh, kw)].get("fit")
+            if fitter is None:  # models built by hand: fit from this size's atlas
+                from .fit import KernelFitter
 
-            cols.append(fit_kernels(k, device=cfg.device, seed=cfg.seed))
+                fitter = KernelFitter((kh, kw), device=cfg.device, seed=cfg.seed)
+                fitter = fitter.fit(models[(kh, kw)]["atlas"])
+            cols.append(fitter.predict(k))
         if "ae" in models[(kh, kw)]:
             cols.append(models[(kh, kw)]["ae"].predict(k))
         df = pd.concat([c.reset_index(drop=True) for c in cols], axis=1)
@@ -385,8 +390,15 @@ def _analyze_into(
     bank = KernelBank(staging / "bank")
     status = _fill_bank(bank, sources, cfg)
     shapes = [s for s in bank.shapes() if s != (1, 1)]
+    skipped = _skipped_sizes(bank, shapes)  # sizes the atlas cannot name: counted, listed
+    shapes = [s for s in shapes if unsupported_reason(*s) is None]
     if not shapes:
-        raise KernelAtlasError("the sources yielded no depthwise kernels: nothing to analyse")
+        why = "; ".join(sorted({r["reason"] for r in skipped}))
+        raise KernelAtlasError(
+            "the sources yielded no depthwise kernels kernelatlas can name"
+            + (f" ({why})" if why else "")
+            + ": nothing to analyse"
+        )
 
     kinds = cfg.baseline_kinds()
     twins = _harvest_init(list(status)) if "init" in kinds else {}
@@ -396,6 +408,7 @@ def _analyze_into(
     spectra: dict[str, Any] = {}
     counts = []
     total = int(bank.counts().query("not (kh == 1 and kw == 1)")["kernels"].sum())
+    total -= sum(r["kernels"] for r in skipped)
     writer = None
     tmp_kernels = staging / "kernels.parquet.tmp"
     all_models: dict[tuple[int, int], dict[str, Any]] = {}
@@ -431,6 +444,10 @@ def _analyze_into(
                 [r.init for r in refs.values() if r.init is not None] or [np.zeros((0, kh, kw))]
             ).astype(np.float32)
             models: dict[str, Any] = {"atlas": atlas}
+            if cfg.fit:
+                from .fit import KernelFitter
+
+                models["fit"] = KernelFitter((kh, kw), device=cfg.device, seed=cfg.seed).fit(atlas)
             all_models[(kh, kw)] = models
             if cfg.method in ("autoencoder", "both"):
                 bar.set_description(f"autoencoder {kh}x{kw}")
@@ -475,6 +492,7 @@ def _analyze_into(
     summary = build_summary(
         merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder,
         null=cfg.null,
+        skipped=skipped,
     )  # fmt: skip
     from .report import write_report
 
@@ -558,3 +576,21 @@ def _baseline_frame(bank: Any, baselines: list[pd.DataFrame]) -> pd.DataFrame:
     rows = pd.concat(baselines, ignore_index=True).rename(columns={"model": "source"})
     models = bank.counts()[MODEL_KEYS].drop_duplicates()
     return models.merge(rows, on=["source", "kh", "kw"], how="inner")
+
+
+def _skipped_sizes(bank: Any, shapes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Per (source, model, size) the layers and kernels of sizes the atlas cannot name."""
+    bad = {s for s in shapes if unsupported_reason(*s) is not None}
+    if not bad:
+        return []
+    counts = bank.counts()
+    rows = []
+    for rec in counts.to_dict(orient="records"):
+        size = (int(rec["kh"]), int(rec["kw"]))
+        if size in bad:
+            rows.append(
+                {"source": str(rec["source"]), "model": str(rec["model"]), "kh": size[0],
+                 "kw": size[1], "layers": int(rec["layers"]), "kernels": int(rec["kernels"]),
+                 "reason": unsupported_reason(*size)}
+            )  # fmt: skip
+    return rows

@@ -73,6 +73,11 @@ def _coverage_table(summary: dict) -> str:
             f"{pct(m.get('null_coverage')):>7s} {pct(m.get('init_coverage')):>7s}  {excess:28s}  "
             f"{top} {pct(shares[top])}"
         )
+    for r in summary.get("skipped", []):
+        lines.append(
+            f"{r['model'][:28]:28s} {r['kh']}x{r['kw']:<3d} {r['kernels']:8d}  not analysed "
+            f"({r['layers']} layers): {r['reason']}"
+        )
     kind = summary["config"]["null"]
     label = (summary.get("nulls") or {}).get("kinds", {}).get(kind, {}).get("label", kind)
     if kind == "init":

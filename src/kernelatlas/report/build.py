@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 
 from ..atomic import write_marker
 from ..normalize import normalize
-from ..taxonomy import CENTER, FIRST_DERIVATIVE, PATTERN_FAMILIES, SECOND_DERIVATIVE, UNCLASSIFIED
+from ..taxonomy import FAMILIES, FAMILY_INFO, PATTERN_FAMILIES, UNCLASSIFIED
 from . import figures as F
 
 __all__ = ["make_figures", "read_columns", "family_means", "FIGURE_DPI"]
@@ -67,7 +67,16 @@ def _save(fig: Any, path: Path) -> str:
 
 
 def _align(unit: np.ndarray, family: str, polarity: np.ndarray) -> np.ndarray:
-    return unit * polarity[:, None, None] if family in (CENTER, SECOND_DERIVATIVE) else unit
+    return unit * polarity[:, None, None] if FAMILY_INFO[family].has_polarity else unit
+
+
+def _periods() -> dict[str, float]:
+    """Orientation period (degrees) of every oriented family, from its definition."""
+    return {
+        f: float(FAMILY_INFO[f].orientation_period)
+        for f in PATTERN_FAMILIES
+        if FAMILY_INFO[f].orientation_period
+    }
 
 
 def family_means(
@@ -84,7 +93,8 @@ def family_means(
     cols = ["family", "orientation", "polarity", "weights"]
     meta = dataset.to_table(columns=["family", "orientation"], filter=flt).to_pandas()
     modes: dict[str, float] = {}
-    for fam, period in ((FIRST_DERIVATIVE, 360.0), (SECOND_DERIVATIVE, 180.0)):
+    periods = _periods()
+    for fam, period in periods.items():
         o = meta.loc[meta["family"] == fam, "orientation"].to_numpy(dtype=float)
         o = o[np.isfinite(o)]
         if len(o):
@@ -106,7 +116,7 @@ def family_means(
         for f in PATTERN_FAMILIES:
             sel = fam == f
             if f in modes:
-                period = 360.0 if f == FIRST_DERIVATIVE else 180.0
+                period = periods[f]
                 d = np.abs((ori - modes[f] + period / 2) % period - period / 2)
                 sel &= d <= 30
             if sel.any():
@@ -165,7 +175,7 @@ def make_figures(
     made: dict[str, list[str]] = {}
     models = pd.DataFrame(summary["models"])
     layers = pd.DataFrame(summary["layers"])
-    for f in ("center", "first_derivative", "second_derivative", "unclassified", "degenerate"):
+    for f in FAMILIES:
         if len(layers):
             layers[f"share_{f}"] = [s.get(f) for s in layers["family_shares"]]
 
@@ -206,7 +216,10 @@ def make_figures(
     for kh, kw in sizes:
         means = family_means(path, kh, kw)
         ex = _exemplars(path, meta, kh, kw, 24, seed)
-        fig, axes = plt.subplots(2, 4, figsize=(13, 5.6), gridspec_kw={"height_ratios": [1, 1.6]})
+        nf = len(PATTERN_FAMILIES)
+        fig, axes = plt.subplots(
+            2, nf + 1, figsize=(3.25 * (nf + 1), 5.6), gridspec_kw={"height_ratios": [1, 1.6]}
+        )
         for j, f in enumerate(PATTERN_FAMILIES):
             mean, n, label = means[f]
             F.plot_kernels(
@@ -216,8 +229,8 @@ def make_figures(
                 title=f"mean {label}",
             )
             F.plot_kernels(axes[1, j], ex[f], ncols=6, title=f"{f}: examples")
-        axes[0, 3].axis("off")
-        F.plot_kernels(axes[1, 3], ex[UNCLASSIFIED], ncols=6, title="unclassified: examples")
+        axes[0, nf].axis("off")
+        F.plot_kernels(axes[1, nf], ex[UNCLASSIFIED], ncols=6, title="unclassified: examples")
         fig.suptitle(f"Gallery of real {kh}x{kw} kernels (unit norm; red +, blue -)", fontsize=10)
         gallery.append(_save(fig, fig_dir / f"gallery_{kh}x{kw}.png"))
     made["gallery"] = gallery
@@ -260,19 +273,12 @@ def make_figures(
 
 
 def atlas_diagram(plt: Any, size: int = 15):
-    """The atlas: on/off-centre DoG and their first and second derivatives at a few orientations."""
-    from ..atlas import functional as AF
+    """The atlas: a few generated patterns of every registered family (its own diagram)."""
+    from ..atlas.registry import families
 
-    rows = [
-        ("centre (DoG)", np.concatenate([
-            AF.center_pattern(size, size, np.array([1.2, 2.0, 2.0, 1.2]), polarity=np.array([1, 1, -1, -1])),
-        ])),
-        ("first derivative", AF.first_derivative_pattern(size, size, 2.0, np.array([0.0, 45.0, 90.0, 135.0]))),
-        ("second derivative (bar)", AF.second_derivative_pattern(size, size, 2.0, np.array([0.0, 45.0, 90.0, 135.0]), kind="bar")),
-        ("second derivative (cross)", AF.second_derivative_pattern(size, size, 2.0, np.array([0.0, 22.5, 45.0, 67.5]), kind="cross")),
-    ]  # fmt: skip
-    fig, axes = plt.subplots(len(rows), 1, figsize=(6, 1.7 * len(rows)))
-    for ax, (name, k) in zip(axes, rows):
+    rows = [row for fam in families() for row in fam.diagram(size)]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(6, 1.7 * len(rows)), squeeze=False)
+    for ax, (name, k) in zip(axes[:, 0], rows):
         F.plot_kernels(ax, k, ncols=len(k), title=name)
     fig.tight_layout()
     return fig

@@ -31,7 +31,7 @@ def comparison_table(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
                 {"run": run, "model": m["model"], "size": f"{m['kh']}x{m['kw']}", "kernels": m["kernels"],
                  "coverage": m["coverage"], "null_coverage": m.get("null_coverage"),
                  "init_coverage": m.get("init_coverage"),
-                 **{f"share_{f}": m["family_shares"][f] for f in FAMILIES}}
+                 **{f"share_{f}": m["family_shares"].get(f) for f in FAMILIES}}
             )  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from ..taxonomy import FAMILIES
+from ..taxonomy import FAMILIES, FAMILY_COLORS
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not by every command
     from matplotlib.axes import Axes
@@ -45,13 +45,7 @@ def plain_text(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-FAMILY_COLORS: dict[str, str] = {
-    "center": "#1b9e77",
-    "first_derivative": "#d95f02",
-    "second_derivative": "#7570b3",
-    "unclassified": "#bdbdbd",
-    "degenerate": "#404040",
-}
+# FAMILY_COLORS: family -> colour, a live view of each family's definition (taxonomy)
 KERNEL_CMAP = "RdBu_r"  # diverging, centred on zero by symmetric limits
 
 

@@ -155,7 +155,7 @@ def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
                     "agreement_both_classified",
                 )
             ]
-        cells += [f"<td>{_pct(m['family_shares'][f])}</td>" for f in FAMILIES]
+        cells += [f"<td>{_pct(m['family_shares'].get(f))}</td>" for f in FAMILIES]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     th = "".join(f'<th class="{"l" if i < 2 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
     return f"<div class='tw'><table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
@@ -173,6 +173,18 @@ def _heldout(t: dict[str, Any]) -> str:
     n = t.get("heldout_surrogates")
     count = "" if n is None else f" <span class='ci'>n={n:,}</span>"
     return f"{_pct(t.get('heldout_rate'))}{_ci(t.get('heldout_interval'))}{count}"
+
+
+def _skipped_note(skipped: list[dict[str, Any]]) -> str:
+    """Kernel sizes the atlas cannot name: counted and listed with the reason."""
+    if not skipped:
+        return ""
+    items = "".join(
+        f"<li>{_e(r['model'])} ({_e(r['source'])}): {r['kernels']:,} kernels in {r['layers']} "
+        f"layers of size {r['kh']}x{r['kw']} &mdash; {_e(r['reason'])}</li>"
+        for r in skipped
+    )
+    return f"<p><b>Not analysed</b> (every other layer was):</p><ul>{items}</ul>"
 
 
 def _thresholds_table(thresholds: list[dict[str, Any]]) -> str:
@@ -226,6 +238,7 @@ def render_index(
         + "); <b>fresh init</b>: coverage of the held-out half of the same architecture freshly "
         "initialised. Coverage excludes degenerate kernels; family shares are of all kernels.</p>",
         _models_table(summary["models"], bool(ae)),
+        _skipped_note(summary.get("skipped") or []),
         *[
             _fig(
                 f,
@@ -264,8 +277,9 @@ def render_index(
             _fig(f, f"Gallery {f.removeprefix('gallery_').removesuffix('.png')}")
             for f in figures.get("gallery", [])
         ],
-        "<h2>The atlas</h2><p>The pattern families, generated (not hand-drawn): on- and off-centre difference of "
-        "Gaussians, and their first and second derivatives at a few orientations.</p>",
+        "<h2>The atlas</h2><p>The pattern families, generated (not hand-drawn) from each registered family's "
+        "definition: on- and off-centre difference of Gaussians, their first and second derivatives at a few "
+        "orientations, and the other registered families.</p>",
         *[_fig(f, "Atlas families") for f in figures.get("atlas", [])],
         f"<table><thead><tr><th class='l'>family</th><th class='l'>what</th><th class='l'>model</th></tr></thead><tbody>{fam_rows}</tbody></table>",
     ]

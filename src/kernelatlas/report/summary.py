@@ -26,7 +26,7 @@ from ..null import (
     get_null,
     wilson_interval,
 )
-from ..taxonomy import FAMILIES, PATTERN_FAMILIES
+from ..taxonomy import FAMILIES, PATTERN_FAMILIES, coverage_counts
 
 __all__ = [
     "MODEL_KEYS",
@@ -41,7 +41,10 @@ __all__ = [
 
 MODEL_KEYS = ["source", "model", "kh", "kw"]
 LAYER_KEYS = ["source", "model", "kh", "kw", "layer", "layer_index", "depth"]
-_COUNT_COLS = ["kernels", "classified", *[f"n_{f}" for f in FAMILIES]]
+
+
+def _count_cols() -> list[str]:
+    return ["kernels", "classified", *[f"n_{f}" for f in FAMILIES]]  # FAMILIES is live
 
 
 def _row_counts(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
@@ -96,7 +99,7 @@ def merge_counts(parts: Iterable[dict[str, pd.DataFrame]]) -> dict[str, pd.DataF
     merged = {}
     for key, keys in (("models", MODEL_KEYS), ("layers", LAYER_KEYS)):
         if not out[key]:
-            merged[key] = pd.DataFrame(columns=[*keys, *_COUNT_COLS])
+            merged[key] = pd.DataFrame(columns=[*keys, *_count_cols()])
             continue
         df = pd.concat(out[key], ignore_index=True)
         df = df.groupby(keys, sort=True, observed=True).sum().reset_index()
@@ -107,16 +110,19 @@ def merge_counts(parts: Iterable[dict[str, pd.DataFrame]]) -> dict[str, pd.DataF
 def coverage_tables(counts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Fractions from counts: coverage (classified / non-degenerate kernels) and family shares.
 
-    Coverage excludes degenerate kernels from the denominator (they are counted apart);
-    family shares are fractions of all kernels, so they sum to 1 across FAMILIES.
+    Coverage is :func:`kernelatlas.taxonomy.coverage` (degenerate kernels are counted apart,
+    out of the denominator); family shares are fractions of all kernels, so they sum to 1
+    across FAMILIES.
     """
     tables = {}
     for key, df in counts.items():
         df = df.copy()
         n = df["kernels"].to_numpy(dtype=np.float64)
-        live = n - df["n_degenerate"].to_numpy(dtype=np.float64)
+        for f in FAMILIES:  # a family no kernel fell into (or registered later) counts 0
+            if f"n_{f}" not in df.columns:
+                df[f"n_{f}"] = 0
+        df["coverage"] = coverage_counts(df["classified"], n, df["n_degenerate"])
         with np.errstate(invalid="ignore", divide="ignore"):
-            df["coverage"] = np.where(live > 0, df["classified"] / np.maximum(live, 1), np.nan)
             for f in FAMILIES:
                 df[f"share_{f}"] = np.where(n > 0, df[f"n_{f}"] / np.maximum(n, 1), np.nan)
             if "ae_kernels" in df.columns:
@@ -262,6 +268,7 @@ def build_summary(
     baselines: pd.DataFrame | None = None,
     autoencoder: dict[str, Any] | None = None,
     null: str | None = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The summary.json document (see summary.schema.json).
 
@@ -270,6 +277,9 @@ def build_summary(
     were calibrated on (default: ``config["null"]``). Each model row gets
     :func:`baseline_block`, and ``null_coverage`` / ``init_coverage``: the held-out rates of
     the calibrating null and of the fresh initialisation (None where unknown).
+
+    ``skipped`` lists, per (source, model, kh, kw), the layers and kernels of sizes the atlas
+    cannot name (``kernelatlas.sizes.unsupported_reason``), with that reason.
     """
     null = null or config.get("null", "gaussian")
     tables = coverage_tables(counts)
@@ -331,4 +341,5 @@ def build_summary(
             tables["layers"], LAYER_KEYS, ["ae_coverage", "agreement"] if autoencoder else []
         ),
         "autoencoder": autoencoder,
+        "skipped": list(skipped or []),
     }
