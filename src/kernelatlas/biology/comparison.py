@@ -30,7 +30,6 @@ from ..taxonomy import (
     CENTER,
     DEFAULT_NULL_FPR,
     FIRST_DERIVATIVE,
-    PATTERN_FAMILIES,
     SECOND_DERIVATIVE,
 )
 from . import statistics as S
@@ -100,7 +99,8 @@ _SPLIT_FITS = 3000  # above this many kernels of one size, fit each family's ker
 def _read(
     kernels: pd.DataFrame | str | os.PathLike[str], max_kernels: int | None, seed: int
 ) -> pd.DataFrame:
-    """The classified pattern-family rows of a kernels table, sampled per (source, model, size).
+    """The classified rows of the families with a biological counterpart (the keys of
+    ``FIT_COLUMNS_USED``) of a kernels table, sampled per (source, model, size).
 
     From a file only those rows and the columns read here are loaded: the metadata first,
     then the sampled rows' weights and fits (``kernels.parquet`` can hold millions of rows).
@@ -108,7 +108,7 @@ def _read(
     if isinstance(kernels, pd.DataFrame):
         df = _check(kernels)
         sel = df["classified"].to_numpy(dtype=bool) & np.isin(
-            df["family"].to_numpy(object), PATTERN_FAMILIES
+            df["family"].to_numpy(object), list(FIT_COLUMNS_USED)
         )
         return _sample(df[sel], max_kernels, seed)
     import pyarrow.dataset as ds
@@ -129,7 +129,7 @@ def _read(
     meta = _check(meta.assign(weights=None))
     meta["_row"] = np.arange(len(meta))
     sel = meta["classified"].to_numpy(dtype=bool) & np.isin(
-        meta["family"].to_numpy(object), PATTERN_FAMILIES
+        meta["family"].to_numpy(object), list(FIT_COLUMNS_USED)
     )
     rows = _sample(meta[sel], max_kernels, seed)["_row"].to_numpy()
     wanted = {*_KEYS, "family", "classified", "orientation", "weights",
