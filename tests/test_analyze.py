@@ -74,6 +74,59 @@ def test_trained_coverage_beats_null_and_fresh_init(run_dir: Path) -> None:
             assert m["coverage"] > m["init_coverage"], m
 
 
+BASELINES = {"gaussian", "init", "smooth", "phase", "covariance"}
+
+
+def test_coverage_beside_every_baseline(run_dir: Path) -> None:
+    doc = load_summary(run_dir)
+    assert doc["nulls"]["calibrated_on"] == "gaussian" and set(doc["nulls"]["kinds"]) == BASELINES
+    for m in doc["models"]:
+        b = m["baselines"]
+        assert set(b) == BASELINES, m["kh"]
+        for kind, v in b.items():
+            assert v["surrogates"] >= 1000, kind  # held-out surrogates, with their count
+            lo, hi = v["interval"]
+            assert lo <= v["coverage"] <= hi
+            assert v["excess"] == pytest.approx(m["coverage"] - v["coverage"])
+            lo, hi = v["excess_interval"]
+            assert lo < v["excess"] < hi
+            fam = sum(e["excess"] for e in v["family_excess"].values())
+            assert fam == pytest.approx(v["excess"])
+        strongest = max(b, key=lambda k: b[k]["coverage"])
+        assert m["strongest_baseline"] == strongest == m["excess"]["baseline"]
+        assert m["null_coverage"] == b["gaussian"]["coverage"]
+        assert m["init_coverage"] == b["init"]["coverage"]
+        # Smoothness and the model's own covariance explain far more than white noise does.
+        assert b["covariance"]["coverage"] > b["gaussian"]["coverage"] + 0.05
+    for t in doc["thresholds"]:
+        n, fpr = t["heldout_surrogates"], t["null_fpr"]
+        assert t["heldout_rate"] < fpr + 3 * np.sqrt(2 * fpr * (1 - fpr) / n)
+    html = (run_dir / "index.html").read_text()
+    assert "Coverage beside every baseline" in html and "covariance-matched GRF" in html
+    assert "iid Gaussian</b> null" in html
+
+
+def test_null_covariance_calibrates_on_the_models_covariance(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cov"
+    cfg = AnalysisConfig(quiet=True, null="covariance", fit=False, figures=False, n_null=5000,
+                         baselines=("gaussian", "covariance"))  # fmt: skip
+    doc = analyze([SOURCE], out, cfg).summary
+    assert load_summary(out)["config"]["null"] == "covariance"
+    gaussian = {(m["kh"], m["kw"]): m for m in load_summary(run_dir)["models"]}
+    for t in doc["thresholds"]:
+        assert t["null_kind"] == "covariance" and t["null_rate"] <= t["null_fpr"]
+        n, fpr = t["heldout_surrogates"], t["null_fpr"]
+        assert n == 5000 and abs(t["heldout_rate"] - fpr) < 3 * np.sqrt(2 * fpr * (1 - fpr) / n)
+    for m in doc["models"]:
+        assert set(m["baselines"]) == {"gaussian", "covariance"}
+        assert m["null_coverage"] == m["baselines"]["covariance"]["coverage"]
+        # Far fewer kernels beat their own covariance than beat white noise, but some do.
+        assert m["coverage"] < gaussian[(m["kh"], m["kw"])]["coverage"] - 0.1
+        assert m["excess"]["interval"][0] > 0, m
+    html = (out / "index.html").read_text()
+    assert "calibrated on the <b>covariance-matched GRF</b> null" in html
+
+
 def test_partial_counts_merge_exactly(run_dir: Path) -> None:
     df = pd.read_parquet(
         run_dir / "kernels.parquet",

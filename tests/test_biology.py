@@ -178,7 +178,8 @@ def test_compare_toy_table_known_values(toy_compare) -> None:
         val("share_center") == pytest.approx(3 / 11) and row.loc["share_center", "kernels_n"] == 11
     )
     assert val("phase") == pytest.approx(90.0, abs=0.01) and val("phase_purity") == 1.0
-    assert val("elongation") == pytest.approx(g[8] / g[5])
+    # drawn on the grid; read from the fits' own sigma_u / sigma_v (pixel-integrated model)
+    assert val("elongation") == pytest.approx(g[8] / g[5], rel=0.01)
     assert val("surround_ratio") == pytest.approx(2.0, rel=0.1)
     assert 0.0 <= val("opponent_ratio") < 0.3  # <= a = 0.3, lowered by the 5x5 support
     assert row.loc["surround_weight", "published_value"] == 0.55

@@ -24,9 +24,19 @@ import pyarrow.parquet as pq
 from . import __version__
 from .checks import check_device, check_scheduler, check_workers
 from .errors import KernelAtlasError
-from .null import DEFAULT_NULL_SIZE, NULL_KINDS, gaussian_null
+from .null import (
+    DEFAULT_BASELINES,
+    DEFAULT_NULL_SIZE,
+    ReferenceBuilder,
+    calibration_null,
+    gaussian_null,
+    get_null,
+    measure_baselines,
+    null_kinds,
+)
 from .outputs import ANALYSIS_FILES as OUTPUT_FILES
 from .report.summary import MODEL_KEYS, build_summary, merge_counts, partial_counts
+from .sizes import unsupported_reason
 from .taxonomy import DEFAULT_NULL_FPR
 
 __all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "AE_MODES", "OUTPUT_FILES"]
@@ -53,7 +63,7 @@ class AnalysisConfig:
 
     method: Literal["atlas", "autoencoder", "both"] = "atlas"
     fold_bn: bool = False
-    null: Literal["gaussian", "init"] = "gaussian"
+    null: str = "gaussian"
     null_fpr: float = DEFAULT_NULL_FPR
     n_null: int = DEFAULT_NULL_SIZE
     seed: int = 0
@@ -61,6 +71,7 @@ class AnalysisConfig:
     fit: bool = True
     init_baseline: bool = True
     ae: Literal["reference", "train"] = "reference"
+    baselines: tuple[str, ...] | None = None
     ae_epochs: int | None = None
     ae_max_train: int = 1_000_000
     device: str | None = None
@@ -71,14 +82,23 @@ class AnalysisConfig:
     scheduler: str | None = None
     n_workers: int | None = None
 
+    def baseline_kinds(self) -> tuple[str, ...]:
+        """The null kinds measured as baselines (registry order): ``baselines`` or the
+        default ones, always the calibrating ``null``, ``init`` only with ``init_baseline``."""
+        kinds = DEFAULT_BASELINES if self.baselines is None else tuple(self.baselines)
+        keep = {k for k in kinds if k != "init" or self.init_baseline} | {self.null}
+        return tuple(k for k in null_kinds() if k in keep)
+
     def validate(self) -> None:
         """Refuse invalid, contradictory and no-op options (one line each), before any work."""
         if self.method not in METHODS:
             raise KernelAtlasError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.ae not in AE_MODES:
             raise KernelAtlasError(f"ae must be one of {AE_MODES}, got {self.ae!r}")
-        if self.null not in NULL_KINDS:
-            raise KernelAtlasError(f"null must be one of {NULL_KINDS}, got {self.null!r}")
+        if self.null not in null_kinds():
+            raise KernelAtlasError(f"null must be one of {null_kinds()}, got {self.null!r}")
+        for kind in self.baselines or ():
+            get_null(kind)
         if not 0.0 < self.null_fpr < 1.0:
             raise KernelAtlasError(
                 f"null_fpr (--null-fpr) must be in (0, 1), got {self.null_fpr}: at 0 the "
@@ -172,13 +192,6 @@ def _harvest_init(keys: Sequence[str]) -> dict[str, Any]:
     return twins
 
 
-def _init_halves(kernels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of fresh-init kernels into a calibration half and a held-out half."""
-    order = np.random.default_rng(seed).permutation(len(kernels))
-    half = (len(kernels) + 1) // 2
-    return kernels[order[:half]], kernels[order[half:]]
-
-
 def _layer_kernels(res: Any, kh: int, kw: int) -> np.ndarray:
     arrays = [layer.weights for layer in res.layers if layer.weights.shape[1:] == (kh, kw)]
     return (
@@ -243,9 +256,13 @@ def analyse_record_batch(
         k = weights_array(sub.column("weights"), kh, kw)
         cols = [sub.select(_CARRY).to_pandas(), models[(kh, kw)]["atlas"].predict(k, details=True)]
         if cfg.fit:
-            from .fit import fit_kernels
+            fitter = models[(kh, kw)].get("fit")
+            if fitter is None:  # models built by hand: fit from this size's atlas
+                from .fit import KernelFitter
 
-            cols.append(fit_kernels(k, device=cfg.device, seed=cfg.seed))
+                fitter = KernelFitter((kh, kw), device=cfg.device, seed=cfg.seed)
+                fitter = fitter.fit(models[(kh, kw)]["atlas"])
+            cols.append(fitter.predict(k))
         if "ae" in models[(kh, kw)]:
             cols.append(models[(kh, kw)]["ae"].predict(k))
         df = pd.concat([c.reset_index(drop=True) for c in cols], axis=1)
@@ -371,73 +388,64 @@ def _analyze_into(
     bank = KernelBank(staging / "bank")
     status = _fill_bank(bank, sources, cfg)
     shapes = [s for s in bank.shapes() if s != (1, 1)]
+    skipped = _skipped_sizes(bank, shapes)  # sizes the atlas cannot name: counted, listed
+    shapes = [s for s in shapes if unsupported_reason(*s) is None]
     if not shapes:
-        raise KernelAtlasError("the sources yielded no depthwise kernels: nothing to analyse")
+        why = "; ".join(sorted({r["reason"] for r in skipped}))
+        raise KernelAtlasError(
+            "the sources yielded no depthwise kernels kernelatlas can name"
+            + (f" ({why})" if why else "")
+            + ": nothing to analyse"
+        )
 
-    twins = _harvest_init(list(status)) if (cfg.init_baseline or cfg.null == "init") else {}
+    kinds = cfg.baseline_kinds()
+    twins = _harvest_init(list(status)) if "init" in kinds else {}
     thresholds: list[dict[str, Any]] = []
-    baselines: list[dict[str, Any]] = []
+    baselines: list[pd.DataFrame] = []
     ae_by_size: list[dict[str, Any]] = []
     spectra: dict[str, Any] = {}
-    heldout: dict[tuple[int, int], float] = {}
     counts = []
     total = int(bank.counts().query("not (kh == 1 and kw == 1)")["kernels"].sum())
+    total -= sum(r["kernels"] for r in skipped)
     writer = None
     tmp_kernels = staging / "kernels.parquet.tmp"
     all_models: dict[tuple[int, int], dict[str, Any]] = {}
     bar = _progress(total, cfg.quiet, "analyse")
     try:
         for kh, kw in shapes:
-            twin_k = {src: _layer_kernels(t, kh, kw) for src, t in twins.items()}
-            twin_k = {src: k for src, k in twin_k.items() if len(k)}
-            init_k = (
-                np.concatenate(list(twin_k.values()))
-                if twin_k
-                else np.zeros((0, kh, kw), np.float32)
-            )
-            if cfg.null == "init":
-                # calibrate on one half of the fresh-init kernels; the other half is the
-                # independent check (the null rate and the init coverage reported)
-                halves = {src: _init_halves(k, cfg.seed) for src, k in twin_k.items()}
-                null = np.concatenate([c for c, _ in halves.values()]) if halves else init_k
-                if len(null) < 100:
-                    raise KernelAtlasError(
-                        f"--null init needs at least 200 freshly initialised {kh}x{kw} kernels of "
-                        "the same architecture (half to calibrate, half held out); none is known "
-                        "for these sources: use --null gaussian or analyse timm:NAME sources"
-                    )
-                held_out = np.concatenate([h for _, h in halves.values()])
-                judged = {src: h for src, (_, h) in halves.items()}
-            else:
-                null = None
-                held_out = gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919)
-                judged = twin_k
-            n_cal = (cfg.n_null if null is None else len(null)) + len(held_out)
-            n_cal += sum(len(k) for k in judged.values())
-            bar.set_description(f"calibrate {kh}x{kw}", n_cal, "kernel", counts="score")
+            bar.set_description(f"null references {kh}x{kw}")
+            refs = _null_references(bank, kh, kw, twins, kinds, cfg)
+            null = calibration_null(cfg.null, refs, cfg.n_null, seed=cfg.seed)
+            bar.set_description(f"calibrate {kh}x{kw}", len(null), "kernel", counts="score")
+            if cfg.null == "init" and len(null) < 100:
+                raise KernelAtlasError(
+                    f"--null init needs at least 200 freshly initialised {kh}x{kw} kernels of "
+                    "the same architecture (half to calibrate, half held out); none is known "
+                    "for these sources: use --null gaussian or analyse timm:NAME sources"
+                )
             atlas = Atlas(
                 kernel_size=(kh, kw), null_fpr=cfg.null_fpr, n_null=cfg.n_null, seed=cfg.seed
             ).fit(null=null)
-            heldout[(kh, kw)] = float(atlas.predict(held_out)["classified"].mean())
+            bar.set_description(f"baselines {kh}x{kw}", counts="score")
+            rows, pooled = measure_baselines(
+                atlas.predict, refs, kinds, cfg.n_null, seed=cfg.seed, calibrated=cfg.null
+            )
+            baselines.append(rows.assign(kh=kh, kw=kw))
+            held = {"heldout_surrogates": pooled["surrogates"], "heldout_classified": pooled["classified"]}  # fmt: skip
             for fam, thr in atlas.thresholds_.items():
                 thresholds.append(
                     {"kh": kh, "kw": kw, "method": "atlas", "family": fam, "threshold": float(thr),
-                     "null_kind": cfg.null, "null_fpr": cfg.null_fpr, "null_rate": float(atlas.null_rate_)}
+                     "null_kind": cfg.null, "null_fpr": cfg.null_fpr, "null_rate": float(atlas.null_rate_),
+                     "calibration_surrogates": int(atlas.n_null_), **held}
                 )  # fmt: skip
-            for src, k in judged.items():
-                pred = atlas.predict(k)
-                live = pred["family"] != "degenerate"
-                cov = float(pred["classified"][live].mean()) if live.any() else float("nan")
-                baselines.append(
-                    {
-                        "source": src,
-                        "init_source": twins[src].source,
-                        "kh": kh,
-                        "kw": kw,
-                        "init_coverage": cov,
-                    }
-                )
+            init_k = np.concatenate(
+                [r.init for r in refs.values() if r.init is not None] or [np.zeros((0, kh, kw))]
+            ).astype(np.float32)
             models: dict[str, Any] = {"atlas": atlas}
+            if cfg.fit:
+                from .fit import KernelFitter
+
+                models["fit"] = KernelFitter((kh, kw), device=cfg.device, seed=cfg.seed).fit(atlas)
             all_models[(kh, kw)] = models
             if cfg.method in ("autoencoder", "both"):
                 bar.set_description(*_ae_stage(kh, kw, cfg), counts="ae_epoch")
@@ -474,7 +482,7 @@ def _analyze_into(
             writer.close()
     os.replace(tmp_kernels, staging / "kernels.parquet")
 
-    base = _baseline_frame(bank, baselines, heldout)
+    base = _baseline_frame(bank, baselines)
     config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
     if twins and cfg.fold_bn:
         config_doc["notes"] = [INIT_FOLD_NOTE]
@@ -487,8 +495,10 @@ def _analyze_into(
     )
     merged = merge_counts(counts)
     summary = build_summary(
-        merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder
-    )
+        merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder,
+        null=cfg.null,
+        skipped=skipped,
+    )  # fmt: skip
     from .report import write_report
 
     write_report(staging, summary, spectra=spectra, figures=cfg.figures, progress=bar.progress)
@@ -555,17 +565,51 @@ def _autoencoder_for(bank: Any, kh: int, kw: int, cfg: AnalysisConfig) -> tuple[
     return ae, info
 
 
-def _baseline_frame(
-    bank: Any, baselines: list[dict[str, Any]], heldout: dict[tuple[int, int], float]
-) -> pd.DataFrame:
-    """Per (source, model, size): the rate on a held-out Gaussian null, and fresh-init coverage."""
-    counts = bank.counts()[MODEL_KEYS].drop_duplicates()
-    counts["null_coverage"] = [
-        heldout.get((kh, kw), np.nan) for kh, kw in zip(counts["kh"], counts["kw"])
-    ]
-    if baselines:
-        b = pd.DataFrame(baselines)[["source", "kh", "kw", "init_coverage"]]
-        counts = counts.merge(b, on=["source", "kh", "kw"], how="left")
-    else:
-        counts["init_coverage"] = np.nan
-    return counts
+def _null_references(
+    bank: Any, kh: int, kw: int, twins: dict[str, Any], kinds: Sequence[str], cfg: AnalysisConfig
+) -> dict[str, Any]:
+    """The null references of one kernel size, per bank source (one streamed pass)."""
+    from .bank import weights_array
+
+    counts = bank.counts().query("kh == @kh and kw == @kw")
+    expected = counts.groupby("source")["kernels"].sum().to_dict()
+    builder = ReferenceBuilder(
+        kh, kw, kinds=kinds, expected=expected, sample_size=2 * cfg.n_null, seed=cfg.seed
+    )
+    if any(get_null(k).reference not in ("none", "init") for k in kinds):
+        for batch in bank.iter_batches(kh=kh, kw=kw, columns=["source", "layer_index", "weights"]):
+            k = weights_array(batch["weights"], kh, kw)
+            src = batch["source"].to_numpy(object)
+            layer = batch["layer_index"].to_numpy()
+            for s in pd.unique(src):  # sources, not kernels
+                sel = src == s
+                builder.add(s, layer[sel], k[sel])
+    for key, twin in twins.items():  # keyed by the bank's source key
+        if key in expected:
+            builder.set_init(key, _layer_kernels(twin, kh, kw))
+    return builder.build()
+
+
+def _baseline_frame(bank: Any, baselines: list[pd.DataFrame]) -> pd.DataFrame:
+    """Baseline counts, one row per (source, model, kh, kw, kind)."""
+    rows = pd.concat(baselines, ignore_index=True).rename(columns={"model": "source"})
+    models = bank.counts()[MODEL_KEYS].drop_duplicates()
+    return models.merge(rows, on=["source", "kh", "kw"], how="inner")
+
+
+def _skipped_sizes(bank: Any, shapes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Per (source, model, size) the layers and kernels of sizes the atlas cannot name."""
+    bad = {s for s in shapes if unsupported_reason(*s) is not None}
+    if not bad:
+        return []
+    counts = bank.counts()
+    rows = []
+    for rec in counts.to_dict(orient="records"):
+        size = (int(rec["kh"]), int(rec["kw"]))
+        if size in bad:
+            rows.append(
+                {"source": str(rec["source"]), "model": str(rec["model"]), "kh": size[0],
+                 "kw": size[1], "layers": int(rec["layers"]), "kernels": int(rec["kernels"]),
+                 "reason": unsupported_reason(*size)}
+            )  # fmt: skip
+    return rows

@@ -15,6 +15,7 @@ import torch
 
 from .. import __version__
 from ..errors import FormatError, KernelAtlasError
+from ..estimator import BaseEstimator, Device, Interval, KernelSize
 from ..normalize import as_kernel_array, normalize
 from ..null import DEFAULT_NULL_SIZE, calibrate_threshold, gaussian_null, null_rate
 from ..progress import advance
@@ -73,7 +74,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-class KernelAutoencoder:
+class KernelAutoencoder(BaseEstimator):
     """One-dimensional cosine autoencoder for one kernel size (Babaiee et al., ICLR 2024).
 
     Kernels are centred and scaled to unit norm (:func:`kernelatlas.normalize.normalize`;
@@ -125,6 +126,24 @@ class KernelAutoencoder:
     >>> ae.transform(k).shape
     (256,)
     """
+
+    _parameter_constraints = {
+        "kernel_size": [KernelSize()],
+        "hidden": [Interval(int, 1, None)],
+        "epochs": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0.0, None, closed="neither")],
+        "device": [None, Device()],
+        "seed": [int],
+        "progress": ["boolean"],
+        "n_grid": [Interval(int, 2, None)],
+        "min_segment": [Interval(int, 1, None)],
+        "null_fpr": [Interval(float, 0.0, 1.0, closed="left")],
+        "null_size": [Interval(int, 1, None)],
+        "name_spectrum": ["boolean"],
+        "latent_noise": [Interval(float, 0.0, None)],
+        "search": ["boolean"],
+    }
 
     def __init__(
         self,

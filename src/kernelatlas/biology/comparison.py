@@ -30,7 +30,6 @@ from ..taxonomy import (
     CENTER,
     DEFAULT_NULL_FPR,
     FIRST_DERIVATIVE,
-    PATTERN_FAMILIES,
     SECOND_DERIVATIVE,
 )
 from . import statistics as S
@@ -76,17 +75,18 @@ COMPARE_COLUMNS: tuple[str, ...] = (
     "published_refs",
     "note",
 )
-# The fit columns read (one place: the names the fits issue is asked to keep or provide).
-# ``sigma_u`` / ``sigma_v`` (u = derivative direction, v = along the bar/edge) do not exist
-# yet: until they do, elongation comes from this module's own grid search.
+# The fit columns read, per family with a biological counterpart (the shift family has
+# none). ``sigma_u`` / ``sigma_v``: u = derivative direction, v = along the bar/edge.
 FIT_COLUMNS_USED: dict[str, tuple[str, ...]] = {
     CENTER: ("fit_r2_center", "fit_sigma_center", "fit_sigma2_center",
              "fit_surround_weight_center", "fit_x0_center", "fit_y0_center"),
     FIRST_DERIVATIVE: ("fit_r2_first_derivative", "fit_orientation_first_derivative",
-                       "fit_x0_first_derivative", "fit_y0_first_derivative"),
+                       "fit_x0_first_derivative", "fit_y0_first_derivative",
+                       "fit_sigma_u_first_derivative", "fit_sigma_v_first_derivative"),
     SECOND_DERIVATIVE: ("fit_r2_second_derivative", "fit_orientation_second_derivative",
                         "fit_cross_share_second_derivative", "fit_x0_second_derivative",
-                        "fit_y0_second_derivative"),
+                        "fit_y0_second_derivative", "fit_sigma_u_second_derivative",
+                        "fit_sigma_v_second_derivative"),
 }  # fmt: skip
 ELONGATION_COLUMNS: dict[str, tuple[str, str]] = {
     f: (f"fit_sigma_u_{f}", f"fit_sigma_v_{f}") for f in (FIRST_DERIVATIVE, SECOND_DERIVATIVE)
@@ -99,7 +99,8 @@ _SPLIT_FITS = 3000  # above this many kernels of one size, fit each family's ker
 def _read(
     kernels: pd.DataFrame | str | os.PathLike[str], max_kernels: int | None, seed: int
 ) -> pd.DataFrame:
-    """The classified pattern-family rows of a kernels table, sampled per (source, model, size).
+    """The classified rows of the families with a biological counterpart (the keys of
+    ``FIT_COLUMNS_USED``) of a kernels table, sampled per (source, model, size).
 
     From a file only those rows and the columns read here are loaded: the metadata first,
     then the sampled rows' weights and fits (``kernels.parquet`` can hold millions of rows).
@@ -107,7 +108,7 @@ def _read(
     if isinstance(kernels, pd.DataFrame):
         df = _check(kernels)
         sel = df["classified"].to_numpy(dtype=bool) & np.isin(
-            df["family"].to_numpy(object), PATTERN_FAMILIES
+            df["family"].to_numpy(object), list(FIT_COLUMNS_USED)
         )
         return _sample(df[sel], max_kernels, seed)
     import pyarrow.dataset as ds
@@ -128,7 +129,7 @@ def _read(
     meta = _check(meta.assign(weights=None))
     meta["_row"] = np.arange(len(meta))
     sel = meta["classified"].to_numpy(dtype=bool) & np.isin(
-        meta["family"].to_numpy(object), PATTERN_FAMILIES
+        meta["family"].to_numpy(object), list(FIT_COLUMNS_USED)
     )
     rows = _sample(meta[sel], max_kernels, seed)["_row"].to_numpy()
     wanted = {*_KEYS, "family", "classified", "orientation", "weights",
@@ -191,7 +192,7 @@ def _size_statistics(
     fam = df["family"].to_numpy(object)
     w = _weights(df["weights"], kh, kw)
     # rows of each family without that family's fit (none in the table, or NaN there)
-    need = {f: (fam == f) & ~np.isfinite(_col(df, f"fit_r2_{f}")) for f in PATTERN_FAMILIES}
+    need = {f: (fam == f) & ~np.isfinite(_col(df, f"fit_r2_{f}")) for f in FIT_COLUMNS_USED}
     need = {f: m for f, m in need.items() if m.any()}
     if fits and need and min(kh, kw) >= 3:
         from ..fit import fit_kernels
@@ -254,13 +255,11 @@ def _size_statistics(
     elong = np.full(n, np.nan)
     at_edge = np.zeros(n, dtype=bool)
     fitted = np.zeros(n, dtype=bool)
-    for f in (FIRST_DERIVATIVE, SECOND_DERIVATIVE):  # the fits' own sigmas, once they exist
-        su_col, sv_col = ELONGATION_COLUMNS[f]
-        if su_col in df.columns and sv_col in df.columns:
-            sel = (fam == f) & np.isfinite(ori)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                elong[sel] = (_col(df, sv_col) / _col(df, su_col))[sel]
-            fitted |= sel
+    for f in (FIRST_DERIVATIVE, SECOND_DERIVATIVE):  # the fits' own sigmas where they hold
+        su, sv = (_col(df, c) for c in ELONGATION_COLUMNS[f])
+        sel = (fam == f) & np.isfinite(ori) & _r2_ok(df, f) & (su > 0) & np.isfinite(sv)
+        elong[sel] = (sv / np.where(sel, su, 1.0))[sel]
+        fitted |= sel
     todo = oriented & np.isfinite(ori) & ~fitted
     if todo.any():
         r, e = S.elongation(w[todo], fam[todo], ori[todo], x0[todo], y0[todo])

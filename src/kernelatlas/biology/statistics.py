@@ -17,7 +17,9 @@ bar or edge).
   few cycles it approximates the folded spatial phase.
 - :func:`elongation`: ``sigma_v / sigma_u`` of an anisotropic Gaussian-derivative model
   (first or second derivative along ``u``), by a grid search over both sigmas at the
-  kernel's fitted orientation and centre: > 1 means elongated along the bar or edge.
+  kernel's fitted orientation and centre: > 1 means elongated along the bar or edge. The
+  comparison uses the fits' own ``fit_sigma_u_*`` / ``fit_sigma_v_*`` where a fit holds and
+  this grid search only for the kernels without one.
 - :func:`axis_orientation` and :func:`cardinal_sign`: the orientation folded to an axis in
   [0, 180) and +1 / -1 for axes within / beyond 22.5 degrees of horizontal or vertical, so
   the mean of :func:`cardinal_sign` is the cardinal-bias index (0 for uniform orientations).

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from ..null import NULL_KINDS
+from ..null import DEFAULT_BASELINES, NULL_KINDS
 from ..taxonomy import DEFAULT_NULL_FPR
 from .harvest_cmd import FOLD_BN_HELP, SOURCE_HELP, expand_sources, report_status, skipped_lines
 
@@ -25,6 +25,7 @@ def _analyze(args: argparse.Namespace) -> int:
         fit=not args.no_fit,
         init_baseline=not args.no_init_baseline,
         ae=args.ae,
+        baselines=None if args.baselines is None else tuple(args.baselines.split(",")),
         ae_epochs=args.ae_epochs,
         device=args.device,
         quiet=args.quiet,
@@ -106,9 +107,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--null",
         choices=NULL_KINDS,
         default="gaussian",
-        help="null to calibrate against: gaussian (iid Gaussian kernels) or init (half of the "
+        help="null to calibrate against: gaussian (iid Gaussian kernels), init (half of the "
         "fresh-init kernels of the same architecture; the other half is held out for the "
-        "reported null and init rates). Default gaussian",
+        "reported null and init rates), smooth, phase, covariance or covariance_layer "
+        "(docs/coverage.md). Default gaussian",
+    )
+    p.add_argument(
+        "--baselines",
+        metavar="KIND[,KIND...]",
+        default=None,
+        help=f"null kinds measured as baselines (default: {','.join(DEFAULT_BASELINES)}; "
+        f"also: {','.join(k for k in NULL_KINDS if k not in DEFAULT_BASELINES)}); the "
+        "calibrating --null is always one",
     )
     p.add_argument(
         "--null-fpr",

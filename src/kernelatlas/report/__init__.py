@@ -15,6 +15,7 @@ __all__ = [
     "write_json",
     "load_summary",
     "validate_summary",
+    "summary_schema",
     "SCHEMA_PATH",
 ]
 
@@ -45,13 +46,28 @@ def load_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+def summary_schema() -> dict[str, Any]:
+    """summary.schema.json with the family names of the registry filled in: the pattern
+    families' enum and the names every ``family_shares`` object must hold."""
+    from ..taxonomy import FAMILIES, PATTERN_FAMILIES
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    defs = schema["$defs"]
+    defs["pattern_family"] = {
+        "enum": list(PATTERN_FAMILIES),
+        "$comment": defs["pattern_family"]["$comment"],
+    }
+    defs["row"]["properties"]["family_shares"]["required"] = list(FAMILIES)
+    return schema
+
+
 def validate_summary(doc: dict[str, Any]) -> None:
-    """Check a summary document against summary.schema.json (needs ``jsonschema``)."""
+    """Check a summary document against :func:`summary_schema` (needs ``jsonschema``)."""
     import jsonschema
 
     from ..errors import KernelAtlasError
 
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = summary_schema()
     try:
         jsonschema.validate(doc, schema)
     except jsonschema.ValidationError as exc:

@@ -1,6 +1,6 @@
 """The built-in sections of the report page (see :mod:`.sections` for the registry).
 
-Order: 10 coverage, 20 explorer, 30 layers, 40 atlas (the seed's diagram and your
+Order: 10 coverage, 15 baselines, 20 explorer, 30 layers, 40 atlas (the seed's diagram and your
 means), 50 examples, 60 fits, 70 autoencoder, 90 method. Other stages register theirs
 between (e.g. 80 for biology).
 """
@@ -19,7 +19,8 @@ from . import figures as F
 from .html import _e, _num, _pct, legend_html, swatch
 from .sections import Figure, ReportContext, register_section
 
-__all__ = ["models_table", "layers_figure", "thresholds_table"]
+__all__ = ["models_table", "baselines_table", "family_excess_table", "nulls_table", "layers_figure",
+           "thresholds_table"]  # fmt: skip
 
 
 def _meta(ctx: ReportContext) -> pd.DataFrame:
@@ -48,24 +49,53 @@ def _has_kernels(ctx: ReportContext) -> bool:
 # --------------------------------------------------------------------------- coverage
 
 
+def _null_label(summary: dict[str, Any], kind: str | None) -> str:
+    """The display label of a null kind (from summary.json's ``nulls``), else its name."""
+    return str((summary.get("nulls") or {}).get("kinds", {}).get(kind, {}).get("label", kind))
+
+
+def _baseline_columns(rows: list[dict[str, Any]], kinds: list[str]) -> pd.DataFrame:
+    """``coverage_lo/hi`` and ``baseline_KIND`` (+ ``_lo/_hi``) columns of summary model rows."""
+    out: dict[str, list[Any]] = {"coverage_lo": [], "coverage_hi": []}
+    for r in rows:
+        iv = r.get("coverage_interval") or [np.nan, np.nan]
+        out["coverage_lo"].append(iv[0])
+        out["coverage_hi"].append(iv[1])
+        for k in kinds:
+            b = (r.get("baselines") or {}).get(k) or {}
+            biv = b.get("interval") or [np.nan, np.nan]
+            for suffix, v in (("", b.get("coverage")), ("_lo", biv[0]), ("_hi", biv[1])):
+                out.setdefault(f"baseline_{k}{suffix}", []).append(np.nan if v is None else v)
+    return pd.DataFrame(out, dtype=float)
+
+
 def _coverage_figures(ctx: ReportContext) -> Iterator[Figure]:
     models = _models(ctx)
     if not len(models):
         return
+    kinds = (ctx.summary.get("nulls") or {}).get("kinds", {})
+    null = _null_label(ctx.summary, ctx.summary["config"]["null"])
+    if kinds:
+        models = models.join(_baseline_columns(ctx.summary["models"], list(kinds)))
     series = F.coverage_series(
-        models, null_label=f"null ({ctx.summary['config']['null']}, held out)"
+        models,
+        null_label=f"null ({null}, held out)",
+        baselines={k: v["label"] for k, v in kinds.items()} or None,
     )
     fig, ax = ctx.plt.subplots(
         figsize=(8.5, 0.8 + 0.22 * len(models) * max(1.0, len(series) / 2.2))
     )
     F.plot_coverage(ax, models, labels=ctx.labels, series=series)
     ax.set_title(
-        "Classified share of the trained kernels, beside the null and fresh init", fontsize=9
+        f"Classified share of the trained kernels (thresholds from the {null} null), beside "
+        "every baseline (held-out surrogates; 95% intervals)",
+        fontsize=9,
     )
     yield ctx.save(
         fig,
         "coverage.png",
-        "Classified share of trained kernels beside the null and the fresh initialisation",
+        f"Classified share of trained kernels (thresholds from the {null} null) beside the "
+        "held-out coverage of every baseline, with 95% intervals",
     )
 
 
@@ -109,18 +139,154 @@ def models_table(ctx: ReportContext) -> str:
 @register_section("coverage", title="Coverage per model and kernel size", order=10,
                   figures=_coverage_figures)  # fmt: skip
 def _coverage(ctx: ReportContext) -> str:
-    null = (
-        "<b>null</b>: the rate on a held-out sample of iid Gaussian kernels; <b>fresh init</b>: coverage of "
-        "the same architecture freshly initialised. "
-        if ctx.summary["config"]["null"] == "gaussian"
-        else "<b>null</b>: the rate on the held-out half of the fresh-init kernels (the atlas is calibrated "
-        "on the other half); <b>fresh init</b>: coverage of each architecture's held-out fresh-init half. "
+    cfg = ctx.summary["config"]
+    null = _null_label(ctx.summary, cfg["null"])
+    held = (
+        "; with <code>--null init</code>, the half of the fresh-init kernels not used to calibrate"
+        if cfg["null"] == "init"
+        else ""
     )
     return (
         "<p>A kernel is <i>classified</i> when it matches an atlas pattern more closely than the "
         "calibrated threshold allows for null (random) kernels: at most the stated false-positive rate of null "
-        f"kernels pass. {null}Coverage excludes degenerate kernels; family shares are of all "
-        "kernels. Click a column to sort.</p>" + models_table(ctx) + ctx.figure_html("coverage")
+        f"kernels pass. The thresholds here were calibrated on the <b>{_e(null)}</b> null. <b>null</b>: the rate "
+        f"on held-out surrogates of that null (for this model{held}); <b>fresh init</b>: coverage of the held-out "
+        "half of the same architecture freshly initialised. Coverage excludes degenerate kernels; family shares "
+        "are of all kernels. Click a column to sort.</p>"
+        + models_table(ctx)
+        + _skipped_note(ctx.summary.get("skipped") or [])
+        + ctx.figure_html("coverage")
+    )
+
+
+def _skipped_note(skipped: list[dict[str, Any]]) -> str:
+    """Kernel sizes the atlas cannot name: counted and listed with the reason."""
+    if not skipped:
+        return ""
+    items = "".join(
+        f"<li>{_e(r['model'])} ({_e(r['source'])}): {r['kernels']:,} kernels in {r['layers']} "
+        f"layers of size {r['kh']}x{r['kw']} &mdash; {_e(r['reason'])}</li>"
+        for r in skipped
+    )
+    return f"<p><b>Not analysed</b> (every other layer was):</p><ul>{items}</ul>"
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def _ci(iv: Any, signed: bool = False) -> str:
+    if not iv:
+        return ""
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f" <span class='ci'>[{f.format(100 * iv[0])}, {f.format(100 * iv[1])}]</span>"
+
+
+def _pp(x: Any) -> str:
+    return "–" if x is None else f"{100 * float(x):+.1f} pp"
+
+
+def baselines_table(ctx: ReportContext) -> str:
+    """Coverage beside every baseline (held-out surrogates, with their count) and the excess."""
+    kinds = list((ctx.summary.get("nulls") or {}).get("kinds", {}))
+    head = ["model", "size", "classified", *(_null_label(ctx.summary, k) for k in kinds)]
+    head += ["strongest baseline", "excess over it"]
+    rows = []
+    for m in ctx.summary["models"]:
+        base = m.get("baselines") or {}
+        cells = [f'<td class="l">{_e(ctx.labels.get(m["source"], m["model"]))}</td>',
+                 f"<td>{m['kh']}x{m['kw']}</td>",
+                 f"<td data-v='{m['coverage']}'><b>{_pct(m['coverage'])}</b>"
+                 f"{_ci(m.get('coverage_interval'))}</td>"]  # fmt: skip
+        for k in kinds:
+            b = base.get(k)
+            cells.append(
+                "<td>–</td>"
+                if not b
+                else f"<td data-v='{b['coverage']}'>{_pct(b['coverage'])}{_ci(b['interval'])}"
+                f"<br><span class='ci'>n={b['surrogates']:,}</span></td>"
+            )
+        ex = m.get("excess") or {}
+        label = _null_label(ctx.summary, ex.get("baseline")) if ex else "–"
+        cells.append(f"<td class='l'>{_e(label)}</td>")
+        cells.append(
+            f"<td data-v='{ex.get('excess')}'><b>{_pp(ex.get('excess'))}</b>"
+            f"{_ci(ex.get('interval'), True)}</td>"
+        )
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    th = "".join(f'<th class="{"l" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
+    return (
+        f"<div class='tw'><table class='sortable-table' id='ka-baselines-table'><thead><tr>{th}</tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def family_excess_table(ctx: ReportContext) -> str:
+    """Per family: the trained share, the strongest baseline's share, and the excess."""
+    head = "<th class='l'>model</th><th>size</th><th class='l'>strongest baseline</th>" + "".join(
+        f"<th>{_e(f.replace('_', ' '))}: trained / baseline / excess</th>" for f in PATTERN_FAMILIES
+    )
+    rows = []
+    for m in ctx.summary["models"]:
+        ex = m.get("excess")
+        if not ex:
+            continue
+        b = m["baselines"][ex["baseline"]]
+        live = m["kernels"] - m["degenerate"]
+        cells = [f'<td class="l">{_e(ctx.labels.get(m["source"], m["model"]))}</td>'
+                 f"<td>{m['kh']}x{m['kw']}</td>",
+                 f"<td class='l'>{_e(_null_label(ctx.summary, ex['baseline']))}</td>"]  # fmt: skip
+        for f in PATTERN_FAMILIES:
+            share = (m.get("family_shares") or {}).get(f)
+            trained = share * m["kernels"] / live if live and share is not None else None
+            fe = (ex.get("family_excess") or {}).get(f) or {}
+            cells.append(
+                f"<td>{_pct(trained)} / {_pct((b.get('family_shares') or {}).get(f))} / "
+                f"<b>{_pp(fe.get('excess'))}</b>{_ci(fe.get('interval'), True)}</td>"
+            )
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f"<div class='tw'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+        "</table></div>"
+    )
+
+
+def nulls_table(nulls: dict[str, Any]) -> str:
+    """What each baseline keeps, rules out and leaves open (summary.json's ``nulls.kinds``)."""
+    rows = "".join(
+        f"<tr><td class='l'><b>{_e(k)}</b><br>{_e(v['label'])}</td><td class='l'>{_e(v['keeps'])}</td>"
+        f"<td class='l'>{_e(v['rules_out'])}</td><td class='l'>{_e(v['leaves_open'])}</td></tr>"
+        for k, v in nulls.get("kinds", {}).items()
+    )
+    return (
+        "<div class='tw'><table><thead><tr><th class='l'>baseline</th><th class='l'>its surrogates keep</th>"
+        "<th class='l'>beating it rules out</th><th class='l'>it does not rule out</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
+def _has_baselines(ctx: ReportContext) -> bool:
+    return bool((ctx.summary.get("nulls") or {}).get("kinds")) and bool(ctx.summary.get("models"))
+
+
+@register_section("baselines", title="Coverage beside every baseline", order=15,
+                  applies=_has_baselines)  # fmt: skip
+def _baselines(ctx: ReportContext) -> str:
+    nulls = ctx.summary.get("nulls") or {}
+    return (
+        "<p>Each baseline is a null kind: surrogate kernels that keep some property of real kernels and "
+        "nothing else, named under the same thresholds (held-out surrogates: never the ones the thresholds "
+        "were calibrated on; <i>n</i> = their count). The <b>excess</b> is the trained coverage minus the "
+        "strongest baseline's, in percentage points. Classified kernels beyond a baseline are structure that "
+        "its property does not explain; the excess over the covariance-matched null is conservative, since "
+        "that null is built from the model's own kernels and keeps part of the structure under test. "
+        f"Intervals: {_e(nulls.get('intervals', ''))}; the trained coverage's interval treats the kernels as "
+        "draws from what training produces.</p>"
+        + baselines_table(ctx)
+        + "<p>Per family (shares of non-degenerate kernels, so they add up to the coverage): trained share, "
+        "the strongest baseline's share, and the excess.</p>"
+        + family_excess_table(ctx)
+        + "<p>What each baseline rules out, and what it does not:</p>"
+        + nulls_table(nulls)
     )
 
 
@@ -486,15 +652,23 @@ def _biology(ctx: ReportContext) -> str:
 # --------------------------------------------------------------------------- method
 
 
+def _heldout(t: dict[str, Any]) -> str:
+    n = t.get("heldout_surrogates")
+    count = "" if n is None else f" <span class='ci'>n={n:,}</span>"
+    return f"{_pct(t.get('heldout_rate'))}{_ci(t.get('heldout_interval'))}{count}"
+
+
 def thresholds_table(thresholds: list[dict[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{t['kh']}x{t['kw']}</td><td class='l'>{_e(t['method'])}</td><td class='l'>{_e(t['family'])}</td>"
-        f"<td>{t['threshold']:.4f}</td><td class='l'>{_e(t['null_kind'])}</td><td>{_pct(t.get('null_rate'))}</td></tr>"
+        f"<td>{t['threshold']:.4f}</td><td class='l'>{_e(t['null_kind'])}</td><td>{_pct(t.get('null_rate'))}</td>"
+        f"<td>{_heldout(t)}</td></tr>"
         for t in thresholds
     )
     return (
         "<table><thead><tr><th>size</th><th class='l'>method</th><th class='l'>family</th><th>threshold</th>"
-        f"<th class='l'>null</th><th>null rate (calibration)</th></tr></thead><tbody>{rows}</tbody></table>"
+        "<th class='l'>null</th><th>null rate (calibration)</th><th>null rate (held-out)</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
     )
 
 
@@ -510,7 +684,7 @@ def _method(ctx: ReportContext) -> str:
         "a kernel's family is the one whose score clears its threshold by the largest margin "
         "<code>(score - threshold) / (1 - threshold)</code>, and its <code>score</code> column is that family's "
         "cosine (for an unclassified kernel, the closest family's). A cosine of 1 is a perfect match. Thresholds "
-        f"are calibrated per kernel size on {_e(cfg['null'])} null kernels so that at most "
+        f"are calibrated per kernel size on {_e(_null_label(s, cfg['null']))} null kernels so that at most "
         f"{100 * float(cfg['null_fpr']):g}% of them pass any family:</p>"
         + thresholds_table(s["thresholds"])
         + "<p><b>fit R&sup2;</b>: the share of the kernel's variance explained by the best bounded parametric fit "

@@ -58,10 +58,8 @@ class Panel:
 
 def _generator(family: str) -> tuple[tuple[str | None, ...], Callable[..., np.ndarray]]:
     """(the sub-shapes the diagram tells apart, generate(size, sigma, theta, polarity, shape))."""
-    try:
-        from ..atlas.registry import get_family
-    except ImportError:  # before the family registry: the built-in generators
-        return _builtin_generator(family)
+    from ..atlas.registry import get_family
+
     fam = get_family(family)
     takes_kind = "kind" in inspect.signature(fam.generate).parameters
     shapes: tuple[str | None, ...] = (
@@ -82,18 +80,6 @@ def _generator(family: str) -> tuple[tuple[str | None, ...], Callable[..., np.nd
         )[0]
 
     return shapes, gen
-
-
-def _builtin_generator(family: str) -> tuple[tuple[str | None, ...], Callable[..., np.ndarray]]:
-    from ..atlas import functional as AF
-
-    if family == "second_derivative":
-        return ("bar", "cross"), lambda s, sig, t, p, shape: AF.second_derivative_pattern(
-            s, s, sig, t, kind=shape, polarity=p or 1
-        )[0]
-    if family == "first_derivative":
-        return (None,), lambda s, sig, t, p, shape: AF.first_derivative_pattern(s, s, sig, t)[0]
-    return (None,), lambda s, sig, t, p, shape: AF.center_pattern(s, s, sig, polarity=p or 1)[0]
 
 
 # ----------------------------------------------------------------- layout

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from ..taxonomy import FAMILIES
+from ..taxonomy import FAMILIES, FAMILY_COLORS
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not by every command
     from matplotlib.axes import Axes
@@ -25,6 +25,7 @@ __all__ = [
     "COVERAGE_COLORS",
     "family_color",
     "family_handles",
+    "BASELINE_COLORS",
     "mosaic",
     "plot_kernels",
     "kernel_colorbar",
@@ -54,13 +55,7 @@ def plain_text(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-FAMILY_COLORS: dict[str, str] = {
-    "center": "#1b9e77",
-    "first_derivative": "#d95f02",
-    "second_derivative": "#7570b3",
-    "unclassified": "#bdbdbd",
-    "degenerate": "#404040",
-}
+# FAMILY_COLORS: family -> colour, a live view of each family's definition (taxonomy)
 KERNEL_CMAP = "RdBu_r"  # diverging, centred on zero by symmetric limits
 # Bars of the coverage chart that are not families.
 COVERAGE_COLORS: dict[str, str] = {
@@ -138,6 +133,17 @@ def kernel_colorbar(fig: Any, axes: Any, *, label: str = "weight / max |weight| 
     return cb
 
 
+# Baseline bars, from the weakest null to the strongest (unknown kinds: grey).
+BASELINE_COLORS: dict[str, str] = {
+    "gaussian": "#b2182b",
+    "init": "#f4a582",
+    "smooth": "#fddbc7",
+    "phase": "#d6604d",
+    "covariance": "#67001f",
+    "covariance_layer": "#3f0010",
+}
+
+
 def coverage_series(
     models: pd.DataFrame,
     *,
@@ -149,16 +155,16 @@ def coverage_series(
 
     Without ``baselines``: trained, the null and the fresh init (``null_coverage``,
     ``init_coverage``); with ``baselines`` (null kind -> legend label): one bar per column
-    ``baseline_KIND`` instead, coloured from ``baseline_colors``. Then the autoencoder's.
+    ``baseline_KIND`` instead, coloured from ``baseline_colors`` (default :data:`BASELINE_COLORS`, grey for
+    unknown kinds). Then the autoencoder's.
     """
     series = [("coverage", "trained", COVERAGE_COLORS["coverage"])]
     if baselines is None:
         extra = [("null_coverage", null_label, COVERAGE_COLORS["null_coverage"]),
                  ("init_coverage", "same arch., fresh init", COVERAGE_COLORS["init_coverage"])]  # fmt: skip
     else:
-        reds = ["#b2182b", "#f4a582", "#d6604d", "#67001f", "#fddbc7", "#3f0010"]
-        extra = [(f"baseline_{k}", lab, (baseline_colors or {}).get(k, reds[i % len(reds)]))
-                 for i, (k, lab) in enumerate(baselines.items())]  # fmt: skip
+        colors = {**BASELINE_COLORS, **(baseline_colors or {})}
+        extra = [(f"baseline_{k}", lab, colors.get(k, "#999999")) for k, lab in baselines.items()]
     extra.append(("ae_coverage", "autoencoder (paper rule)", COVERAGE_COLORS["ae_coverage"]))
     for col, name, color in extra:
         if col in models and models[col].notna().any():

@@ -39,11 +39,18 @@ def _pct(x: Any) -> str:
 def coverage_table(summary: dict[str, Any]) -> str:
     """The coverage of every (source, size) of an analysis, as a text table."""
     labels = source_labels([*summary.get("models", []), *summary.get("layers", [])])
-    head = ["model", "source", "size", "kernels", "classified", "null", "init", "top family"]
+    head = ["model", "source", "size", "kernels", "classified", "null", "init",
+            "excess (strongest baseline)", "top family"]  # fmt: skip
     rows = []
     for m in summary["models"]:
         shares = {f: (m.get("family_shares") or {}).get(f) or 0.0 for f in PATTERN_FAMILIES}
         top = max(shares, key=lambda f: shares[f]) if shares else "-"
+        ex = m.get("excess") or {}
+        excess = (
+            f"{100 * ex['excess']:+.1f} pp ({ex['baseline']})"
+            if ex.get("excess") is not None
+            else "-"
+        )
         rows.append(
             [
                 labels.get(m["source"], m["model"]),
@@ -53,17 +60,29 @@ def coverage_table(summary: dict[str, Any]) -> str:
                 _pct(m["coverage"]),
                 _pct(m.get("null_coverage")),
                 _pct(m.get("init_coverage")),
+                excess,
                 f"{top.replace('_', ' ')} {_pct(shares.get(top))}" if shares else "-",
             ]
         )
-    table = format_table(head, rows, right=[False, False, True, True, True, True, True, False])
-    cfg = summary.get("config", {})
-    note = (
-        f"classified: at thresholds calibrated on the {cfg.get('null', 'gaussian')} null "
-        f"({100 * float(cfg.get('null_fpr', 0.01)):g}% false positives); null: the held-out null's "
-        "rate; init: fresh init of the same architecture"
+    for r in summary.get("skipped") or []:
+        rows.append(
+            [labels.get(r["source"], r["model"]), str(r["source"]), f"{r['kh']}x{r['kw']}",
+             f"{int(r['kernels']):,}", "-", "-", "-", "-",
+             f"not analysed ({r['layers']} layers): {r['reason']}"]
+        )  # fmt: skip
+    table = format_table(
+        head, rows, right=[False, False, True, True, True, True, True, False, False]
     )
-    if cfg.get("null") == "init":
+    cfg = summary.get("config", {})
+    kind = cfg.get("null", "gaussian")
+    label = (summary.get("nulls") or {}).get("kinds", {}).get(kind, {}).get("label", kind)
+    note = (
+        f"classified: at thresholds calibrated on the {label} null "
+        f"({100 * float(cfg.get('null_fpr', 0.01)):g}% false positives); null: the held-out "
+        "rate of that null; init: fresh init of the same architecture; excess: over the "
+        "strongest baseline (summary.json has every baseline, with intervals)"
+    )
+    if kind == "init":
         note += (
             "; the init null is calibrated on half of the fresh-init kernels, and null and init are "
             "rates on the other half"

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import KernelAtlasError
-from ..taxonomy import FAMILIES
+from ..taxonomy import FAMILIES, coverage
 from .init import depthwise_convs
 
 __all__ = ["CoverageTracker", "HISTORY_COLUMNS", "plot_coverage", "shared_atlas"]
@@ -77,7 +77,8 @@ class CoverageTracker:
     ----------
     layers : the tracked ``(name, conv)`` pairs.
     history : DataFrame with columns :data:`HISTORY_COLUMNS` (coverage = fraction of the
-        layer's kernels the atlas classifies; ``share_<family>`` = fraction per family).
+        layer's non-degenerate kernels the atlas classifies,
+        :func:`kernelatlas.taxonomy.coverage`; ``share_<family>`` = fraction per family).
 
     Examples
     --------
@@ -143,7 +144,7 @@ class CoverageTracker:
                     "kh": kh,
                     "kw": kw,
                     "n_kernels": len(k),
-                    "coverage": float(classified[lo:hi].mean()),
+                    "coverage": coverage(classified[lo:hi], fam),
                 }
                 row.update({f"share_{f}": float(np.mean(fam == f)) for f in FAMILIES})
                 rows.append(row)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import KernelAtlasError
-from ..taxonomy import CENTER, FIRST_DERIVATIVE, PATTERN_FAMILIES, SECOND_DERIVATIVE
+from ..taxonomy import CENTER, FIRST_DERIVATIVE, PATTERN_FAMILIES
 from .schemes import KernelParametrization, init_depthwise_, register_scheme
 
 __all__ = [
@@ -162,7 +162,7 @@ def dog_kernels(
     >>> k.shape
     (4, 7, 7)
     """
-    from ..atlas import functional as F
+    from ..atlas.registry import get_family
 
     config = config or DoGConfig()
     config.validate()
@@ -170,17 +170,20 @@ def dog_kernels(
     is_center = _spread(n, config.center_fraction)
     n_c, n_d = int(is_center.sum()), int((~is_center).sum())
     out = np.empty((n, kh, kw), dtype=np.float32)
-    if n_c:
+    if n_c:  # drawn from the registered centre family's generator
         sig = rng.uniform(lo, hi, n_c)
         ratios = np.resize(np.asarray(config.surround_ratios, dtype=np.float64), n_c)
         pol = np.where(_spread(n_c, config.on_fraction), 1, -1)
-        out[is_center] = F.center_pattern(
-            kh, kw, sig, surround_ratio=ratios, surround_weight=1.0, polarity=pol
-        )
-    if n_d:
+        out[is_center] = get_family(CENTER).generate(
+            kh, kw, n_c, rng=rng, scale=sig, polarity=pol, surround_ratio=ratios,
+            surround_weight=1.0,
+        )  # fmt: skip
+    if n_d:  # and from the first-derivative family's
         sig = rng.uniform(lo, hi, n_d)
         theta = (rng.uniform(0, 360) + 360.0 * np.arange(n_d) / n_d) % 360.0
-        out[~is_center] = F.first_derivative_pattern(kh, kw, sig, theta)
+        out[~is_center] = get_family(FIRST_DERIVATIVE).generate(
+            kh, kw, n_d, rng=rng, scale=sig, orientation=theta
+        )
     return out
 
 
@@ -249,11 +252,12 @@ def atlas_kernels(
     array that is analysed with :class:`~kernelatlas.atlas.Atlas`) are resampled with
     replacement among its classified pattern kernels, so the family shares *among
     classified kernels* and the joint (orientation, polarity, scale) distribution are
-    reproduced; each row is rendered with :mod:`kernelatlas.atlas.functional` (second
-    derivatives as bars). Rows of the same kernel size are preferred; otherwise scales are
+    reproduced; each row is rendered by its family's generator
+    (:meth:`kernelatlas.atlas.family.PatternFamily.generate`, every registered family;
+    second derivatives as bars). Rows of the same kernel size are preferred; otherwise scales are
     rescaled by the ratio of kernel sizes.
     """
-    from ..atlas import functional as F
+    from ..atlas.registry import get_family
 
     df = _reference_frame(reference)
     keep = np.array(df["family"].isin(PATTERN_FAMILIES), dtype=bool)
@@ -288,16 +292,13 @@ def atlas_kernels(
     orient = np.where(np.isfinite(orient), orient, rng.uniform(0, 360, n))
     pol = np.where(col("polarity", 1.0) < 0, -1, 1)
     out = np.empty((n, kh, kw), dtype=np.float32)
-    for family in PATTERN_FAMILIES:  # three vectorised calls, not a loop over kernels
+    for family in PATTERN_FAMILIES:  # one vectorised call per family, not per kernel
         m = fam == family
-        if not m.any():
-            continue
-        if family == CENTER:
-            out[m] = F.center_pattern(kh, kw, scale[m], surround_ratio=1.6, polarity=pol[m])
-        elif family == FIRST_DERIVATIVE:
-            out[m] = F.first_derivative_pattern(kh, kw, scale[m], orient[m])
-        elif family == SECOND_DERIVATIVE:
-            out[m] = F.second_derivative_pattern(kh, kw, scale[m], orient[m], polarity=pol[m])
+        if m.any():
+            out[m] = get_family(family).generate(
+                kh, kw, int(m.sum()), rng=rng, scale=scale[m], orientation=orient[m],
+                polarity=pol[m],
+            )  # fmt: skip
     return out
 
 
