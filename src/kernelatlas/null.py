@@ -589,15 +589,14 @@ def heldout_surrogates(
     return _mixture(kind, refs, n, seed, "heldout")
 
 
-_COUNT_FAMILIES = ("center", "first_derivative", "second_derivative")
-
-
 def _tally(pred: pd.DataFrame) -> dict[str, Any]:
+    from .taxonomy import PATTERN_FAMILIES  # the registry's families, read live
+
     fam = pred["family"].to_numpy(object)
     live = fam != "degenerate"
     cls = pred["classified"].to_numpy(bool) & live
     row: dict[str, Any] = {"surrogates": int(live.sum()), "classified": int(cls.sum())}
-    for f in _COUNT_FAMILIES:
+    for f in PATTERN_FAMILIES:
         row[f"n_{f}"] = int((cls & (fam == f)).sum())
     return row
 
@@ -616,8 +615,8 @@ def measure_baselines(
     Returns
     -------
     rows : DataFrame, one row per (model, kind) that could be built, columns ``model, kind,
-        surrogates`` (non-degenerate), ``classified, n_center, n_first_derivative,
-        n_second_derivative``.
+        surrogates`` (non-degenerate), ``classified`` and ``n_FAMILY`` per registered
+        pattern family.
     pooled : for ``calibrated`` (the kind the thresholds came from), the counts on its
         held-out mixture (as :func:`heldout_surrogates` draws it), or None.
     """
@@ -646,7 +645,9 @@ def measure_baselines(
                 pooled = _tally(
                     pd.concat([preds[m].iloc[:k] for m, k in alloc.items()], ignore_index=True)
                 )
-    cols = ["model", "kind", "surrogates", "classified", *[f"n_{f}" for f in _COUNT_FAMILIES]]
+    from .taxonomy import PATTERN_FAMILIES
+
+    cols = ["model", "kind", "surrogates", "classified", *[f"n_{f}" for f in PATTERN_FAMILIES]]
     return pd.DataFrame(rows, columns=cols), pooled
 
 

@@ -215,16 +215,17 @@ def baseline_block(
     for r in rows.to_dict(orient="records"):
         m, c = int(r["surrogates"]), int(r["classified"])
         d, lo, hi = difference_interval(classified, live, c, m)
+        n_fam = {f: int(r.get(f"n_{f}") or 0) for f in PATTERN_FAMILIES}  # absent: none counted
         fam = {}
         for f in PATTERN_FAMILIES:
-            fd, flo, fhi = difference_interval(family_counts[f], live, int(r[f"n_{f}"]), m)
+            fd, flo, fhi = difference_interval(family_counts.get(f, 0), live, n_fam[f], m)
             fam[f] = {"excess": _nan_to_none(float(fd)), "interval": _interval(flo, fhi)}
         base[r["kind"]] = {
             "surrogates": m,
             "classified": c,
             "coverage": _rate(c, m),
             "interval": _interval(*wilson_interval(c, m)),
-            "family_shares": {f: _rate(int(r[f"n_{f}"]), m) for f in PATTERN_FAMILIES},
+            "family_shares": {f: _rate(n_fam[f], m) for f in PATTERN_FAMILIES},
             "excess": _nan_to_none(float(d)),
             "excess_interval": _interval(lo, hi),
             "family_excess": fam,
