@@ -23,8 +23,9 @@ from kernelatlas.atlas.registry import (
 from kernelatlas.errors import KernelAtlasError
 from kernelatlas.fit import fit_columns, fit_kernels
 from kernelatlas.report import summary_schema, validate_summary
-from kernelatlas.report.build import atlas_diagram
-from kernelatlas.report.html import render_index
+from kernelatlas.report.diagram import diagram_columns, diagram_patterns
+from kernelatlas.report.html import render_page
+from kernelatlas.report.sections import ReportContext, sections
 from kernelatlas.report.summary import build_summary, merge_counts, partial_counts
 from kernelatlas.taxonomy import FAMILIES, FAMILY_COLORS, FAMILY_INFO, PATTERN_FAMILIES
 from kernelatlas.train.init import atlas_kernels
@@ -120,7 +121,7 @@ def test_every_family_has_what_each_stage_needs():
         assert fam.diagram(9)
 
 
-def test_a_registered_family_reaches_every_stage(checker):
+def test_a_registered_family_reaches_every_stage(checker, tmp_path):
     # taxonomy: live views follow the registry
     assert "checker" in PATTERN_FAMILIES and FAMILIES[-3:] == (
         "checker",
@@ -165,17 +166,16 @@ def test_a_registered_family_reaches_every_stage(checker):
     del doc["models"][0]["family_shares"]["checker"]
     with pytest.raises(KernelAtlasError, match="checker"):
         validate_summary(doc)
-    page = render_index(build_summary(counts, config=doc["config"], thresholds=[]), {})
+    ctx = ReportContext(tmp_path, build_summary(counts, config=doc["config"], thresholds=[]))
+    page = render_page(ctx, [s for s in sections() if s.name == "atlas"])
     assert "#123456" in page and "p * (-1)^(i + j)" in page
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = atlas_diagram(plt, size=9)
-    assert "checker" in [ax.get_title() for ax in fig.axes]
-    plt.close(fig)
+    # the atlas diagram: a column drawn from the family's own generator
+    cols = [c for c in diagram_columns() if c[0] is not None and c[0].family == "checker"]
+    assert cols
+    (pattern, _), *_ = diagram_patterns(cols, size=9)
+    c = _checker(9, 9) - _checker(9, 9).mean()
+    assert abs(float((pattern * c).sum() / np.linalg.norm(c))) > 0.999  # the checkerboard, unit
 
 
 def test_unregistered_family_is_gone_everywhere(checker):
