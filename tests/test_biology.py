@@ -23,8 +23,10 @@ from kernelatlas.biology import (
     sources,
 )
 from kernelatlas.biology import statistics as S
+from kernelatlas.biology.comparison import _published
 from kernelatlas.biology.literature import CITATION_COLUMNS, DOI_PATTERN
 from kernelatlas.errors import KernelAtlasError
+from kernelatlas.taxonomy import PATTERN_FAMILIES
 
 # statistics in the reference table that no compared statistic reads (context for the docs)
 _CONTEXT_ONLY = {"dog_model", "gabor_model"}
@@ -45,6 +47,10 @@ def test_every_reference_value_has_a_full_citation() -> None:
             assert np.isnan(row["value"]), f"{row['ref_id']}: a number in a qualitative row"
         else:
             assert np.isfinite(row["value"]), f"{row['ref_id']}: {row['value_kind']} without value"
+            # a number says where it stands and what page it was read on
+            assert row["location"].strip() and row["verified_from"].strip(), row["ref_id"]
+        if row["value_kind"] == "lower_bound":
+            assert row["note"].strip(), f"{row['ref_id']}: a bound without its conversion"
         if not row["doi_verified"]:
             assert row["note"].strip(), f"{row['ref_id']}: unverified DOI without a note why"
     # one citation per paper: rows of one ref_id agree on every citation column
@@ -56,6 +62,22 @@ def test_every_reference_value_has_a_full_citation() -> None:
     # the one number this release maps onto a statistic is the one in the abstract
     ck = ref[(ref["ref_id"] == "croner_kaplan_1995") & (ref["statistic"] == "surround_weight")]
     assert ck["value"].tolist() == [0.55]
+
+
+def test_published_value_from_point_estimates_only() -> None:
+    ref = reference()
+    sw, card = STATISTICS["surround_weight"], STATISTICS["cardinal_bias"]
+    # a qualitative statistic takes no number, even from a numeric row (hammond_1974's bound)
+    value, relation, refs = _published(card, ref)
+    assert np.isnan(value) and relation == "qualitative"
+    assert "hammond_1974" in refs and "li_peterson_freeman_2003" in refs
+    # several point estimates: their median, numeric rows listed first
+    extra = ref[ref["ref_id"] == "croner_kaplan_1995"].assign(ref_id="other", value=0.75)
+    bound = extra.assign(ref_id="bound", value=5.0, value_kind="lower_bound")
+    value, relation, refs = _published(sw, pd.concat([ref, extra, bound]))
+    assert value == pytest.approx(0.65) and relation == "="
+    assert refs.split(";")[:2] == ["croner_kaplan_1995", "other"] and "bound" in refs
+    assert _published(sw, ref.iloc[:0]) == (pytest.approx(np.nan, nan_ok=True), "", "")
 
 
 def test_sources_one_row_per_paper() -> None:
@@ -206,9 +228,7 @@ def test_compare_pairs_init_by_model_and_refuses_bad_tables(toy_compare) -> None
 
 def test_null_statistics_rest_on_the_calibrated_share() -> None:
     null = null_statistics(3, 3, n=4000, n_null=2000, null_fpr=0.01, fits=False)
-    assert set(null["model"]) == {NULL_SOURCE} and set(null["family"]) <= set(S.ORIENTED) | {
-        "center"
-    }
+    assert set(null["model"]) == {NULL_SOURCE} and set(null["family"]) <= set(PATTERN_FAMILIES)
     assert 10 <= len(null) <= 100  # about 1% of 4,000 classified
     again = null_statistics(3, 3, n=4000, n_null=2000, null_fpr=0.01, fits=False)
     pd.testing.assert_frame_equal(null, again)  # deterministic given the seed

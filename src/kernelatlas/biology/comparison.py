@@ -92,6 +92,7 @@ ELONGATION_COLUMNS: dict[str, tuple[str, str]] = {
     f: (f"fit_sigma_u_{f}", f"fit_sigma_v_{f}") for f in (FIRST_DERIVATIVE, SECOND_DERIVATIVE)
 }
 _R2_OK = (0.0, 1.0 + 1e-6)
+_POINT_KINDS = ("mean", "median", "share")  # reference rows that give a comparable number
 _SPLIT_FITS = 3000  # above this many kernels of one size, fit each family's kernels apart
 
 
@@ -457,11 +458,20 @@ def _reduce(stat: S.Statistic, frame: pd.DataFrame) -> tuple[float, float, float
 
 
 def _published(stat: S.Statistic, ref: pd.DataFrame) -> tuple[float, str, str]:
+    """The published value, relation and reference ids a statistic is compared with.
+
+    Only a statistic with a numeric relation (``=``, ``<=``) takes a number, and only from
+    rows holding a point estimate (``mean``, ``median``, ``share``); a bound or count stays
+    in the reference table. Several numbers: their median (each row keeps its own
+    species and cell class in the table; ``published_refs`` lists the numeric rows first).
+    """
     rows = ref[ref["statistic"].isin(stat.references)]
-    values = rows["value"].dropna()
-    value = float(values.iloc[0]) if len(values) == 1 else np.nan
-    relation = stat.relation if len(values) == 1 else ("qualitative" if len(rows) else "")
-    return value, relation, ";".join(dict.fromkeys(rows["ref_id"]))
+    usable = rows["value_kind"].isin(_POINT_KINDS) & np.isfinite(rows["value"].to_numpy(float))
+    numeric = rows[usable] if stat.relation != "qualitative" else rows.iloc[:0]
+    refs = ";".join(dict.fromkeys([*numeric["ref_id"], *rows["ref_id"]]))
+    if len(numeric):
+        return float(np.median(numeric["value"].to_numpy(float))), stat.relation, refs
+    return np.nan, ("qualitative" if len(rows) else ""), refs
 
 
 def _note(stat: S.Statistic, frame: pd.DataFrame, kh: int, kw: int) -> str:

@@ -31,7 +31,7 @@ CITATION_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 # Crossref's recommended pattern for modern DOIs.
 DOI_PATTERN = re.compile(r"^10\.\d{4,9}/[-._;()/:A-Za-z0-9]+$")
-_VALUE_KINDS = ("mean", "median", "share", "count", "qualitative")
+_VALUE_KINDS = ("mean", "median", "share", "count", "lower_bound", "qualitative")
 
 
 @lru_cache(maxsize=1)
