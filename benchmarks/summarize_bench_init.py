@@ -1,170 +1,180 @@
-"""Summary table, verdict and plot of any ``bench-init.json``, including one cut short.
+"""Summary, verdict and plots of bench-train / bench-init JSONs: shards, cut runs, 0.1.0 files.
 
-``kernelatlas bench-init`` rewrites ``OUT/bench-init.json`` after every run but writes
-``summary.md`` and ``bench-init.png`` only when every run has finished. This script builds
-them from whatever the JSON holds, with the benchmark's own functions
-(:func:`kernelatlas.train.bench.summarize`, ``verdict``, ``summary_markdown``,
-``plot_benchmark``), and says which runs are missing and where a verdict rests on fewer
-than the configured seeds.
+``kernelatlas bench-train`` (and ``bench-init``) rewrite ``OUT/<name>.json`` after every run
+with the summary and verdict recomputed, but the Markdown and the figures are written only
+when every run has finished. This script rebuilds them from whatever the JSON(s) hold,
+with the benchmark's own functions (:func:`kernelatlas.train.bench.merge_documents`,
+:func:`~kernelatlas.train.bench.finalize`, :mod:`kernelatlas.train.report`):
+
+- several JSONs (the shards of ``benchmarks/gpu_run.sh``, same configuration) are merged;
+- the runs the configuration asks for that are missing are listed;
+- a kernelatlas 0.1.0 ``bench-init.json`` (before the bench-train schema) is converted:
+  its ``[step, accuracy]`` curves get the seconds of each evaluation interpolated from the
+  run's total training time (stated in the output), and it is re-judged by today's rule.
 
 Usage::
 
-    .venv/bin/python benchmarks/summarize_bench_init.py OUT/bench-init.json \
-        [--md OUT/summary.md] [--png OUT/bench-init.png] [--complete-seeds]
+    .venv/bin/python benchmarks/summarize_bench_init.py IN.json [IN2.json ...] \\
+        [--json OUT.json] [--md OUT.md] [--png OUT.png] [--coverage-png OUT.png] [--heading-level 3]
 
-``--complete-seeds`` keeps, per (dataset, arch), only the seeds for which every scheme ran
-(a cut run usually ends in the middle of a seed, which leaves schemes with unequal seed
-counts). Nothing is written back into the JSON.
+Nothing is written back into the input files.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 from kernelatlas.errors import KernelAtlasError
-from kernelatlas.train.bench import (
-    BENCH_SCHEMES,
-    plot_benchmark,
-    summarize,
-    summary_markdown,
-    verdict,
+from kernelatlas.train.bench import SCHEMA, _write_json, finalize, merge_documents, plan_settings
+from kernelatlas.train.config import BenchConfig, parse_regime
+from kernelatlas.train.report import plot_curves, summary_markdown
+
+V0_NOTE = (
+    "converted from a kernelatlas 0.1.0 bench-init.json: no step-0 evaluation, the seconds "
+    "of each evaluation interpolated linearly from the run's total training time"
 )
 
 
-def missing_runs(doc: dict[str, Any]) -> list[str]:
-    """The runs the JSON's config asks for that the JSON does not hold, one line each."""
-    cfg = doc["config"]
-    needs_ref = any(BENCH_SCHEMES[s][0] in ("atlas", "covariance") for s in cfg["schemes"])
-    have = {(r["dataset"], r["arch"], r["scheme"], r["seed"]) for r in doc["runs"]}
-    refs = {(r["dataset"], r["arch"]) for r in doc.get("references", [])}
-    out = []
-    for d in cfg["datasets"]:
-        for a in cfg["archs"]:
-            if needs_ref and (d, a) not in refs:
-                out.append(f"{d}/{a}: reference run")
-            for seed in range(cfg["seeds"]):
-                lost = [s for s in cfg["schemes"] if (d, a, s, seed) not in have]
-                if len(lost) == len(cfg["schemes"]):
-                    out.append(f"{d}/{a} seed {seed}: all schemes")
-                elif lost:
-                    out.append(f"{d}/{a} seed {seed}: {', '.join(lost)}")
-    return out
-
-
-def complete_seed_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Runs of the seeds for which every configured scheme ran, per (dataset, arch)."""
-    schemes = set(doc["config"]["schemes"])
-    seen: dict[tuple[str, str, int], set[str]] = {}
+def convert_v0(doc: dict[str, Any]) -> dict[str, Any]:
+    """A 0.1.0 ``bench-init.json`` in the bench-train schema (curves and runs only)."""
+    runs = []
+    order = {}
     for r in doc["runs"]:
-        seen.setdefault((r["dataset"], r["arch"], r["seed"]), set()).add(r["scheme"])
-    return [r for r in doc["runs"] if seen[(r["dataset"], r["arch"], r["seed"])] >= schemes]
-
-
-def caveats(summary: list[dict[str, Any]], configured_seeds: int) -> list[str]:
-    """Where the verdict's seed statistics are thinner than the configuration intended."""
-    out = []
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in summary:
-        groups.setdefault((r["dataset"], r["arch"]), []).append(r)
-    for (d, a), rows in groups.items():
-        counts = sorted({r["seeds"] for r in rows})
-        if counts[0] < configured_seeds or len(counts) > 1:
-            per = ", ".join(f"{r['scheme']} {r['seeds']}" for r in rows)
-            out.append(
-                f"{d}/{a}: seeds per scheme ({per}) below the configured {configured_seeds} "
-                "or unequal; its spreads and any 'CLEAR WIN' rest on too few seeds to support "
-                "a claim (one seed: spread 0)."
-            )
-    return out
-
-
-def summary_document(doc: dict[str, Any], *, complete_seeds: bool = False) -> str:
-    """The Markdown summary of ``doc``: provenance, missing runs, table, verdict, caveats."""
-    runs = complete_seed_runs(doc) if complete_seeds else doc["runs"]
-    if not runs:
-        raise KernelAtlasError("no finished runs in this bench-init.json: nothing to summarise")
-    cfg, env = doc["config"], doc["environment"]
-    summ = summarize(runs)
-    needs_ref = any(BENCH_SCHEMES[s][0] in ("atlas", "covariance") for s in cfg["schemes"])
-    expected = (
-        len(cfg["datasets"])
-        * len(cfg["archs"])
-        * (len(cfg["schemes"]) * cfg["seeds"] + int(needs_ref))
-    )
-    done = len(doc["runs"]) + len(doc.get("references", []))
-    lines = [
-        f"# bench-init summary ({cfg['name']})",
-        "",
-        f"- command: `{doc.get('command', '')}`",
-        f"- device: {env['device']} ({env['device_name']}), torch {env['torch']}, "
-        f"kernelatlas {doc['kernelatlas_version']}",
-        f"- runs in the JSON: {done} of {expected} (references included)"
-        + ("" if "summary" in doc else "; the benchmark did not finish"),
-        f"- summarised: {'only seeds with every scheme' if complete_seeds else 'every run'} "
-        f"({len(runs)} runs)",
-        "",
-    ]
-    for ref in doc.get("references", []):
-        lines.append(
-            f"- reference {ref['dataset']}/{ref['arch']}: final acc {ref['final_acc']:.4f}, "
-            f"atlas coverage {ref['atlas_coverage']:.1%}"
+        key = (r["dataset"], r["n_train"], r["arch"])
+        order.setdefault(key, len(order))
+        total = float(r["total_steps"])
+        per_step = float(r.get("train_time_s", 0.0)) / total
+        losses = r.get("train_loss") or [None] * len(r["curve"])
+        runs.append(
+            {
+                "scheme": r["scheme"],
+                "lever": "init" if r["scheme"] != "default" else "control",
+                "arch": r["arch"],
+                "dataset": r["dataset"],
+                "regime": str(r["n_train"]),
+                "n_train": r["n_train"],
+                "n_test": r.get("n_test"),
+                "seed": r["seed"],
+                "setting_index": order[key],
+                "total_steps": r["total_steps"],
+                "eval_every": r["eval_every"],
+                "trainable_params": r.get("trainable_params", 0),
+                "final_accuracy": r["final_acc"],
+                "train_seconds": r.get("train_time_s", 0.0),
+                "cpu_seconds": r.get("train_time_s", 0.0),
+                "eval_seconds": r.get("eval_time_s", 0.0),
+                "curve": [
+                    {
+                        "step": int(step),
+                        "accuracy": float(acc),
+                        "loss": loss,
+                        "seconds": per_step * step,
+                        "cpu_seconds": per_step * step,
+                    }
+                    for (step, acc), loss in zip(r["curve"], losses, strict=True)
+                ],
+            }
         )
-    miss = missing_runs(doc)
-    lines += ["", "Missing runs: " + ("; ".join(miss) if miss else "none") + ".", ""]
-    lines += [summary_markdown(summ), *verdict(summ)]
-    notes = caveats(summ, cfg["seeds"])
-    if notes:
-        lines += ["", "Caveats:", *(f"- {n}" for n in notes)]
-    return "\n".join(lines) + "\n"
+    cfg = dict(doc["config"])
+    cfg.setdefault("steps", max(r["total_steps"] for r in doc["runs"]))
+    cfg.setdefault("eval_every", doc["runs"][0]["eval_every"])
+    cfg.setdefault("n_test", None)
+    return {
+        "schema": SCHEMA,
+        "kernelatlas_version": doc["kernelatlas_version"],
+        "command": doc.get("command", ""),
+        "config": cfg,
+        "shard": None,
+        "environment": doc["environment"],
+        "rule": "",
+        "converted": V0_NOTE,
+        "references": doc.get("references", []),
+        "skipped": [],
+        "runs": runs,
+        "complete": "summary" in doc,
+    }
 
 
-def plot(doc: dict[str, Any], path: Path, *, complete_seeds: bool = False) -> Path:
-    """``plot_benchmark`` on the summarised runs; the title says how many runs and seeds."""
-    runs = complete_seed_runs(doc) if complete_seeds else doc["runs"]
-    view = copy.deepcopy(doc)
-    view["runs"] = runs
-    view["summary"] = summarize(runs)
-    counts = sorted({r["seeds"] for r in view["summary"]})
-    if "summary" not in doc:
-        view["config"]["name"] = f"{doc['config']['name']}, cut short"
-    view["config"]["seeds"] = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return plot_benchmark(view, path)
+def load_any(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KernelAtlasError(f"{path}: cannot read ({exc})") from None
+    if doc.get("schema") == SCHEMA:
+        return doc
+    if isinstance(doc.get("runs"), list) and doc["runs"] and "final_acc" in doc["runs"][0]:
+        return convert_v0(doc)
+    raise KernelAtlasError(f"{path}: neither a {SCHEMA} document nor a 0.1.0 bench-init.json")
+
+
+def missing_runs(doc: dict[str, Any]) -> list[str]:
+    """The runs the document's configuration asks for that it does not hold."""
+    cfg = doc["config"]
+    if "converted" in doc:  # 0.1.0 configurations name their sizes differently
+        return []
+    bc = BenchConfig(
+        datasets=tuple(cfg["datasets"]),
+        regimes=tuple(parse_regime(r) for r in cfg["regimes"]),
+        archs=tuple(cfg["archs"]),
+    )
+    skipped = {(s["arch"], s["scheme"]) for s in doc.get("skipped", [])}
+    have = {(r["dataset"], r["regime"], r["arch"], r["scheme"], r["seed"]) for r in doc["runs"]}
+    out = []
+    for d, n, a in plan_settings(bc):
+        regime = "all" if n is None else next(r for r in cfg["regimes"] if parse_regime(r) == n)
+        for seed in range(cfg["seeds"]):
+            lost = [
+                s
+                for s in cfg["schemes"]
+                if (a, s) not in skipped and (d, regime, a, s, seed) not in have
+            ]
+            if lost:
+                out.append(f"{d}/{regime}/{a} seed {seed}: {', '.join(lost)}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", type=Path, help="a bench-init.json (finished or not)")
-    ap.add_argument("--md", type=Path, help="summary path (default: summary.md beside the JSON)")
-    ap.add_argument("--png", type=Path, help="plot path (default: bench-init.png beside it)")
-    ap.add_argument("--complete-seeds", action="store_true", help="only seeds with all schemes")
-    args = ap.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("inputs", nargs="+", type=Path)
+    p.add_argument("--json", type=Path, help="write the merged/summarised document here")
+    p.add_argument("--md", type=Path)
+    p.add_argument("--png", type=Path)
+    p.add_argument("--coverage-png", type=Path)
+    p.add_argument("--heading-level", type=int, default=2, help="Markdown level of the title")
+    args = p.parse_args(argv)
     try:
-        doc = json.loads(args.json.read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: cannot read {args.json}: {e}") from None
-    md = args.md or args.json.with_name("summary.md")
-    png = args.png or args.json.with_name("bench-init.png")
-    with warnings.catch_warnings():
-        # std of a single seed: numpy warns; summarize() already treats it as no spread
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            text = summary_document(doc, complete_seeds=args.complete_seeds)
-            plot(doc, png, complete_seeds=args.complete_seeds)
-        except KernelAtlasError as e:
-            raise SystemExit(f"error: {e}") from None
-        except KeyError as e:
-            raise SystemExit(f"error: {args.json} is not a bench-init.json (no {e})") from None
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, md)
-    sys.stdout.write(text)
+        docs = [load_any(path) for path in args.inputs]
+        doc = merge_documents(docs) if len(docs) > 1 else finalize(docs[0])
+        if "converted" in doc:
+            doc["rule"] = doc["verdict"]["rule"]
+        lost = missing_runs(doc)
+        md = summary_markdown(doc, heading_level=args.heading_level)
+        if "converted" in doc:
+            md += f"\n({doc['converted']}.)\n"
+        if lost:
+            md += "\nMissing runs (the run was cut): " + "; ".join(lost) + ".\n"
+        if args.json:
+            _write_json(args.json, doc)
+        if args.md:
+            tmp = args.md.with_name(f".{args.md.name}.tmp")
+            tmp.write_text(md)
+            os.replace(tmp, args.md)
+        else:
+            print(md)
+        if args.png:
+            plot_curves(doc, args.png)
+        if args.coverage_png:
+            plot_curves(doc, args.coverage_png, value="coverage")
+    except KernelAtlasError as exc:
+        print(f"summarize_bench_init: error: {exc}", file=sys.stderr)
+        return 2
+    if lost:
+        print(f"{len(lost)} (setting, seed) groups incomplete", file=sys.stderr)
     return 0
 
 

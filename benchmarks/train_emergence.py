@@ -5,6 +5,8 @@ Trains timm's ConvNeXt with the convnext_atto shape (``--width 1 --depth 1``: ex
 half-width, half-depth version for a CPU) from scratch on Fashion-MNIST at 64 px, records
 the atlas coverage of every depthwise layer with :class:`kernelatlas.train.CoverageTracker`,
 and saves state_dict checkpoints at log-spaced steps (step 0 included) for later analysis.
+It trains with kernelatlas's one training loop (:func:`kernelatlas.train.train_model`, the
+loop of ``bench-train``); ``--init`` is any registered scheme (``kernelatlas schemes``).
 
 Outputs under ``--out``: ``checkpoints/step_XXXXXX.pt`` (``torch.save(state_dict)``; load
 with ``torch.load(path, weights_only=True)`` into the model described in
@@ -31,11 +33,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kernelatlas import __version__
-from kernelatlas.train import CoverageTracker, init_depthwise_, plot_coverage
-from kernelatlas.train.bench import _param_groups, _resized, _schedule, _sync, evaluate
+from kernelatlas.train import (
+    CoverageTracker,
+    LoopConfig,
+    init_depthwise_,
+    list_schemes,
+    plot_coverage,
+    train_model,
+)
 from kernelatlas.train.data import load_dataset
 from kernelatlas.train.models import build_model
 
@@ -69,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=2000, help="0: all 10,000 images")
     p.add_argument("--every", type=int, default=20, help="coverage every N steps")
     p.add_argument("--checkpoints", type=int, default=6, help="number of checkpoints")
-    p.add_argument("--init", default="default", help="depthwise init scheme (default: timm's)")
+    p.add_argument(
+        "--init", default="default", choices=list_schemes(), help="scheme (default: timm's init)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--data-dir", default=None)
@@ -88,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         n_test=args.n_test or None,
         seed=args.seed,
         root=args.data_dir,
-    )
-    data = _resized(data, args.image_size, dev)
+    ).to(dev)
     model_spec = {
         "builder": "kernelatlas.train.models.build_model",
         "arch": "convnext",
@@ -107,38 +115,39 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     if args.init != "default":
-        init_depthwise_(model, args.init, seed=args.seed)
-    model.to(dev).train()
+        init_depthwise_(model, args.init, seed=args.seed, total_steps=args.steps)
+    model.to(dev)
     tracker = CoverageTracker(model, every=args.every)
-    opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(args.steps, max(1, args.steps // 20)))
-    ckpts = set(checkpoint_steps(args.steps, args.checkpoints))
-    gen = torch.Generator().manual_seed(args.seed)
-    n, bs = len(data.y_train), args.batch_size
-    per_epoch = n // bs
-    saved, perm = [], None
-    started = time.perf_counter()
-    for step in range(args.steps + 1):
-        if step > 0:
-            j = (step - 1) % per_epoch
-            if j == 0:
-                perm = torch.randperm(n, generator=gen).to(dev)
-            idx = perm[j * bs : (j + 1) * bs]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        tracker.step(step)
+    ckpts = checkpoint_steps(args.steps, args.checkpoints)
+    cfg = LoopConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        image_size=args.image_size,
+    )
+
+    def save(step: int, m: torch.nn.Module) -> None:
         if step in ckpts:
             path = out / "checkpoints" / f"step_{step:06d}.pt"
-            _save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-            acc = evaluate(model, data.x_test, data.y_test, batch_size=1000, amp=False)
-            _sync(dev)
-            saved.append({"step": step, "path": str(path.relative_to(out)), "test_acc": acc})
-            print(f"step {step}: test acc {acc:.4f}, checkpoint {path.name}", flush=True)
-    if args.steps % args.every:
-        tracker.record(args.steps)
+            _save({k: v.detach().cpu() for k, v in m.state_dict().items()}, path)
+
+    started = time.perf_counter()
+    res = train_model(
+        model, data, cfg, seed=args.seed, tracker=tracker, eval_steps=ckpts, on_step=save
+    )
+    saved = []
+    for point in res.curve:
+        path = out / "checkpoints" / f"step_{point['step']:06d}.pt"
+        saved.append(
+            {
+                "step": point["step"],
+                "path": str(path.relative_to(out)),
+                "test_acc": point["accuracy"],
+            }
+        )
+        print(f"step {point['step']}: test acc {point['accuracy']:.4f}, checkpoint {path.name}")
+    n, bs = len(data.y_train), args.batch_size
     hist = tracker.history
     doc = {
         "kernelatlas_version": __version__,

@@ -84,6 +84,59 @@ def test_trained_coverage_beats_null_and_fresh_init(run_dir: Path) -> None:
             assert m["coverage"] > m["init_coverage"], m
 
 
+BASELINES = {"gaussian", "init", "smooth", "phase", "covariance"}
+
+
+def test_coverage_beside_every_baseline(run_dir: Path) -> None:
+    doc = load_summary(run_dir)
+    assert doc["nulls"]["calibrated_on"] == "gaussian" and set(doc["nulls"]["kinds"]) == BASELINES
+    for m in doc["models"]:
+        b = m["baselines"]
+        assert set(b) == BASELINES, m["kh"]
+        for kind, v in b.items():
+            assert v["surrogates"] >= 1000, kind  # held-out surrogates, with their count
+            lo, hi = v["interval"]
+            assert lo <= v["coverage"] <= hi
+            assert v["excess"] == pytest.approx(m["coverage"] - v["coverage"])
+            lo, hi = v["excess_interval"]
+            assert lo < v["excess"] < hi
+            fam = sum(e["excess"] for e in v["family_excess"].values())
+            assert fam == pytest.approx(v["excess"])
+        strongest = max(b, key=lambda k: b[k]["coverage"])
+        assert m["strongest_baseline"] == strongest == m["excess"]["baseline"]
+        assert m["null_coverage"] == b["gaussian"]["coverage"]
+        assert m["init_coverage"] == b["init"]["coverage"]
+        # Smoothness and the model's own covariance explain far more than white noise does.
+        assert b["covariance"]["coverage"] > b["gaussian"]["coverage"] + 0.05
+    for t in doc["thresholds"]:
+        n, fpr = t["heldout_surrogates"], t["null_fpr"]
+        assert t["heldout_rate"] < fpr + 3 * np.sqrt(2 * fpr * (1 - fpr) / n)
+    html = (run_dir / "index.html").read_text()
+    assert "Coverage beside every baseline" in html and "covariance-matched GRF" in html
+    assert "iid Gaussian</b> null" in html
+
+
+def test_null_covariance_calibrates_on_the_models_covariance(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cov"
+    cfg = AnalysisConfig(quiet=True, null="covariance", fit=False, figures=False, n_null=5000,
+                         baselines=("gaussian", "covariance"))  # fmt: skip
+    doc = analyze([SOURCE], out, cfg).summary
+    assert load_summary(out)["config"]["null"] == "covariance"
+    gaussian = {(m["kh"], m["kw"]): m for m in load_summary(run_dir)["models"]}
+    for t in doc["thresholds"]:
+        assert t["null_kind"] == "covariance" and t["null_rate"] <= t["null_fpr"]
+        n, fpr = t["heldout_surrogates"], t["null_fpr"]
+        assert n == 5000 and abs(t["heldout_rate"] - fpr) < 3 * np.sqrt(2 * fpr * (1 - fpr) / n)
+    for m in doc["models"]:
+        assert set(m["baselines"]) == {"gaussian", "covariance"}
+        assert m["null_coverage"] == m["baselines"]["covariance"]["coverage"]
+        # Far fewer kernels beat their own covariance than beat white noise, but some do.
+        assert m["coverage"] < gaussian[(m["kh"], m["kw"])]["coverage"] - 0.1
+        assert m["excess"]["interval"][0] > 0, m
+    html = (out / "index.html").read_text()
+    assert "calibrated on the <b>covariance-matched GRF</b> null" in html
+
+
 def test_partial_counts_merge_exactly(run_dir: Path) -> None:
     df = pd.read_parquet(
         run_dir / "kernels.parquet",
@@ -112,16 +165,31 @@ def test_figures_are_real_images(run_dir: Path) -> None:
         "layers.png",
         "atlas.png",
         "fits_by_depth.png",
-        "gallery_3x3.png",
-        "gallery_5x5.png",
+        "examples_3x3.png",
+        "examples_5x5.png",
+        "biology_summary.png",
+        "biology_3x3.png",
+        "biology_5x5.png",
     } <= names
     for p in pngs:
         img = mpimg.imread(p)
         assert img.shape[0] > 100 and img.shape[1] > 100, p.name
         assert float(img[..., :3].std()) > 0.02, f"{p.name} is blank"
     html = (run_dir / "index.html").read_text()
-    for p in pngs:
-        assert f"figures/{p.name}" in html
+    for p in pngs:  # inline (the page is self-contained), named after its file
+        assert f'data-file="figures/{p.name}"' in html
+
+
+def test_report_compares_with_biology(run_dir: Path) -> None:
+    """summary.json and index.html carry the comparison, with the null and the fresh init."""
+    bio = load_summary(run_dir)["biology"]
+    assert {(r["kh"], r["kw"]) for r in bio["rows"]} == {(3, 3), (5, 5)}
+    card = [r for r in bio["rows"] if r["statistic"] == "cardinal_bias"]
+    assert all(r["kernels_n"] > 100 and r["null_n"] > 0 for r in card), card
+    assert any(r["init_n"] > 0 for r in bio["rows"])  # timm:efficientnet_lite0@init
+    assert {s["ref_id"] for s in bio["sources"]} >= {"croner_kaplan_1995", "ringach_2002"}
+    html = (run_dir / "index.html").read_text()
+    assert "id='biology'" in html and "croner_kaplan_1995" in html
 
 
 def test_rerun_resumes_without_duplicates(run_dir: Path, tmp_path: Path) -> None:
@@ -167,32 +235,21 @@ def test_cli_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
 
 @pytest.mark.browser
 def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    """Open index.html from disk in Debian's Chromium: every image loads, no console error."""
-    if not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists():
-        pytest.fail(
-            "Chromium is missing: run `make setup` (apt-get install chromium chromium-driver)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    """The single file, copied alone into another folder, in Debian's Chromium: every image
+    loads, nothing is fetched, the explorer filters, shows a kernel's details as
+    kernels.parquet holds them, and downloads the CSV and summary.json; no console error."""
+    from tests.browser import chromium, exercise_report, missing
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--no-first-run", "--window-size=1280,2000", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    if missing():
+        pytest.fail(missing())
+    page = tmp_path / "elsewhere" / "report.html"
+    page.parent.mkdir()
+    shutil.copy(run_dir / "index.html", page)  # the page alone: no figures/, no parquet
+    driver = chromium(tmp_path)
     try:
-        driver.get((run_dir / "index.html").resolve().as_uri())
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);"
-        )
-        assert len(images) == len(list((run_dir / "figures").glob("*.png")))
-        broken = [src for src, done, width in images if not done or width == 0]
-        assert not broken, f"broken images: {broken}"
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert not errors, errors
+        got = exercise_report(driver, run_dir, page)
+        assert driver.execute_script("return document.getElementById('biology') !== null")
+        assert got["kernels_in_page"] == got["kernels"] == 2624 + 6336 and got["filtered"] > 100
         assert driver.save_screenshot(str(tmp_path / "report.png"))
         assert (tmp_path / "report.png").stat().st_size > 20_000
     finally:
@@ -213,6 +270,8 @@ def test_method_both_adds_autoencoder_columns_and_agreement(tmp_path: Path) -> N
         assert col in df.columns
     doc = load_summary(out)
     assert {r["threshold_rule"] for r in doc["autoencoder"]["by_size"]} == {"paper", "null"}
+    # The shipped reference autoencoders (3x3, 5x5), not per-run training.
+    assert {r["autoencoder"] for r in doc["autoencoder"]["by_size"]} == {"reference"}
     for m in doc["models"]:
         sel = df[(df["kh"] == m["kh"]) & (df["kw"] == m["kw"])]
         ref = agreement(sel[["ae_family", "ae_classified"]], sel[["family", "classified"]])

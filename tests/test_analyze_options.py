@@ -16,7 +16,8 @@ import pytest
 from kernelatlas.atlas import Atlas
 from kernelatlas.bank import KernelBank
 from kernelatlas.harvest import HarvestResult, LayerKernels, harvest
-from kernelatlas.pipeline import INIT_FOLD_NOTE, _init_halves, analyze
+from kernelatlas.null import split_halves
+from kernelatlas.pipeline import INIT_FOLD_NOTE, analyze
 from tests.hostile.cli import run_cli
 
 SOURCE = "pp_lcnet_orientation"  # ONNX (folds batch norms); twin timm:lcnet_100@init
@@ -39,7 +40,7 @@ def test_null_init_reports_the_held_out_half(init_run) -> None:
     assert {t["null_kind"] for t in res.summary["thresholds"]} == {"init"}
     for m in res.summary["models"]:
         k = (m["kh"], m["kw"])
-        calib, held = _init_halves(twin.kernels(k), seed=3)
+        calib, held = split_halves(twin.kernels(k), seed=3)
         assert abs(len(calib) - len(held)) <= 1 and len(held) >= 100
         atlas = Atlas(kernel_size=k, null_fpr=0.01, seed=3).fit(null=calib)
         rate = float(atlas.predict(held)["classified"].mean())

@@ -82,7 +82,7 @@ def test_parameter_errors():
     with pytest.raises(KernelAtlasError, match="common length"):
         F.first_derivative_pattern(7, 7, [1.0, 2.0], [0.0, 1.0, 2.0])
     with pytest.raises(KernelAtlasError, match="between"):
-        F.first_derivative_pattern(1, 7, 1.0, 0.0)
+        F.first_derivative_pattern(0, 7, 1.0, 0.0)
     with pytest.raises(KernelAtlasError, match="kind"):
         F.second_derivative_pattern(7, 7, 1.0, 0.0, kind="saddle")
     with pytest.raises(KernelAtlasError, match="surround_weight"):

@@ -26,17 +26,24 @@ FAST = dict(hidden=128, epochs=100, batch_size=128, lr=1e-2, device="cpu")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def synthetic_bank(k: int = 7, n: int = 300, seed: int = 0, noise: float = 0.05):
-    """Kernels drawn from four known patterns (+ noise) and their true family/label."""
+def synthetic_bank(k: int = 7, n: int = 240, seed: int = 0, noise: float = 0.2):
+    """A mixture of five known patterns (the atlas's generators, random scale) + noise.
+
+    Centre on/off, first derivatives at 4 orientations, second-derivative bars (both
+    polarities) at 2 orientations; noise of L2 norm ``noise`` relative to the unit pattern
+    (0.2: SNR 5); any scale. Returns kernels and their true segment label.
+    """
     rng = np.random.default_rng(seed)
-    sig = rng.uniform(0.9, 1.4, n)
+    sig = lambda: rng.uniform(0.9, 1.4, n)  # noqa: E731
+    bar = lambda p: F.second_derivative_pattern(  # noqa: E731
+        k, k, sig(), rng.integers(0, 2, n) * 90.0, kind="bar", polarity=p
+    )
     parts = {
-        "center+": F.center_pattern(k, k, sig, polarity=1),
-        "center-": F.center_pattern(k, k, sig, polarity=-1),
-        "first_derivative": F.first_derivative_pattern(k, k, sig, rng.integers(0, 4, n) * 90.0),
-        "second_derivative+": F.second_derivative_pattern(
-            k, k, sig, rng.integers(0, 2, n) * 90.0, kind="bar", polarity=1
-        ),
+        "center+": F.center_pattern(k, k, sig(), polarity=1),
+        "center-": F.center_pattern(k, k, sig(), polarity=-1),
+        "first_derivative": F.first_derivative_pattern(k, k, sig(), rng.integers(0, 4, n) * 90.0),
+        "second_derivative+": bar(1),
+        "second_derivative-": bar(-1),
     }
     labels = np.repeat(list(parts), n)
     x = np.concatenate(list(parts.values()))
@@ -55,7 +62,9 @@ def ae7(bank7):
     return KernelAutoencoder(7, seed=0, **FAST).fit(bank7[0])
 
 
-def test_segments_are_named_after_the_families(ae7, bank7):
+def test_named_segments_recover_each_family_of_a_noisy_mixture(ae7, bank7):
+    """The known answer: every family's kernels land in a segment named after it (>= 95%
+    each; measured 100% at SNR 5, docs/autoencoder.md), and predict() names them so."""
     x, labels = bank7
     seg = ae7.segments_
     assert list(seg.columns) == list(SEGMENT_COLUMNS)
@@ -66,12 +75,35 @@ def test_segments_are_named_after_the_families(ae7, bank7):
     # Contiguous cover of [0, 1].
     assert seg["z_start"].iloc[0] == 0.0 and seg["z_end"].iloc[-1] == 1.0
     assert np.allclose(seg["z_start"].to_numpy()[1:], seg["z_end"].to_numpy()[:-1])
-    # Each kernel's segment is its own family's.
     lab = seg["label"].to_numpy()[ae7.segment_of(x)]
-    assert (lab == labels).mean() > 0.95
-    pred = ae7.predict(x)
+    fam = ae7.predict(x)["ae_family"].to_numpy()
     truth = np.array([s.rstrip("+-") for s in labels])
-    assert (pred["ae_family"].to_numpy() == truth).mean() > 0.95
+    for name in np.unique(labels):
+        own = labels == name
+        assert (lab[own] == name).mean() >= 0.95, (name, seg)
+        assert (fam[own] == truth[own]).mean() >= 0.95, name
+
+
+def test_rename_spectrum_and_saved_masses_match_the_fit(ae7, bank7, tmp_path):
+    before = ae7.segments_.copy()
+    assert ae7.latent_counts_.sum() == ae7.n_train_
+    back = KernelAutoencoder.load(ae7.save(tmp_path / "ae"), device="cpu").rename_spectrum()
+    pd.testing.assert_frame_equal(back.segments_, before)
+    # Masses from the stored grid counts equal those from the latents themselves.
+    from kernelatlas.autoencoder.spectrum import segment_spectrum
+
+    direct = segment_spectrum(ae7.spectrum_, ae7.transform(bank7[0]), min_run=ae7.min_segment)
+    assert np.allclose(direct["mass"], before["mass"])
+
+
+def test_calibrate_at_another_null_rate():
+    x, _ = synthetic_bank(k=3, n=60)
+    ae = KernelAutoencoder(3, seed=0, **dict(FAST, epochs=5), null_size=4000).fit(x)
+    t1 = ae.threshold_
+    assert ae.calibrate(null_fpr=0.05).threshold_ > t1 and ae.null_fpr == 0.05
+    assert ae.null_coverage_ == pytest.approx(0.05, abs=0.015)
+    with pytest.raises(KernelAtlasError, match="null_fpr"):
+        ae.calibrate(null_fpr=2.0)
 
 
 def test_spectrum_columns_and_grid(ae7):
@@ -190,12 +222,12 @@ def test_input_errors(ae7, tmp_path):
             KernelAutoencoder(7, device="cuda").fit(np.ones((4, 7, 7)))
 
 
-def test_kmeans_baseline_recovers_clusters(bank7):
-    x, labels = bank7
-    res = kmeans_unit_kernels(x, k=8, seed=0, device="cpu")
-    again = kmeans_unit_kernels(x, k=8, seed=0, device="cpu")
+def test_kmeans_baseline_recovers_clusters():
+    x, labels = synthetic_bank(noise=0.05)  # 10 sub-clusters (orientations) of 5 labels
+    res = kmeans_unit_kernels(x, k=16, seed=0, device="cpu")
+    again = kmeans_unit_kernels(x, k=16, seed=0, device="cpu")
     assert np.array_equal(res.labels, again.labels)
-    assert res.centers.shape == (8, 7, 7)
+    assert res.centers.shape == (16, 7, 7)
     # Every cluster is (nearly) pure in the true labels.
     ct = pd.crosstab(res.labels, labels)
     purity = ct.max(axis=1).sum() / ct.to_numpy().sum()
@@ -218,3 +250,17 @@ def test_agreement_with_the_atlas(ae7, bank7):
     assert agreement(flipped, at)["agreement"] < 0.5
     with pytest.raises(KernelAtlasError, match="one row per kernel"):
         agreement(pred.iloc[:3], at)
+
+
+def test_agreement_counts_only_kernels_one_method_classifies():
+    fams = ["unclassified", "center", "center", "unclassified", "degenerate", "first_derivative"]
+    ae = pd.DataFrame({"ae_family": fams[:5] + ["center"]})
+    atlas = pd.DataFrame({"family": ["unclassified", "center", "unclassified", "center",
+                                     "center", "first_derivative"]})  # fmt: skip
+    res = agreement(ae, atlas)
+    # Row 0 (both unclassified) and row 4 (degenerate) say nothing: left out.
+    assert res["n"] == 5 and res["n_either_classified"] == 4
+    assert res["agreement"] == pytest.approx(1 / 4)
+    assert res["n_both_classified"] == 2 and res["agreement_both_classified"] == 0.5
+    none = agreement(ae.iloc[[0]], atlas.iloc[[0]])
+    assert none["n_either_classified"] == 0 and np.isnan(none["agreement"])

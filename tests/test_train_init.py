@@ -76,7 +76,7 @@ def test_dog_config_sets_the_mix(atlas7):
         init_depthwise_(_dw_net(), "dog", config=DoGConfig(on_fraction=1.5))
 
 
-def test_master_key_7x7_are_the_published_filters(atlas7):
+def test_master_key_7x7_are_the_published_filters():
     mk = F.master_key_filters()
     bank = master_key_kernels(16, 7, 7, rng=np.random.default_rng(0))
     unit = mk / np.linalg.norm(mk.reshape(8, -1), axis=1)[:, None, None]
@@ -84,8 +84,10 @@ def test_master_key_7x7_are_the_published_filters(atlas7):
     match = np.einsum("nij,mij->nm", bank, unit)
     assert np.allclose(match.max(1), 1.0, atol=1e-5)
     assert np.bincount(match.argmax(1), minlength=8).tolist() == [2] * 8
-    df = atlas7.predict(bank)
-    # Lindeberg's model: filters 1-6 first derivatives, 7-8 centre (Gaussian-like, on-centre)
+    # Lindeberg's model: filters 1-6 first derivatives, 7-8 centre (Gaussian-like, on-centre);
+    # the scale-space families name them so (with the shift family too, 1 and 4 are shifts)
+    scale_space = ("center", "first_derivative", "second_derivative")
+    df = Atlas(kernel_size=7, n_null=4000, families=scale_space).fit().predict(bank)
     fams = df.groupby(match.argmax(1))["family"].first().tolist()
     assert fams == ["first_derivative"] * 6 + ["center"] * 2
 

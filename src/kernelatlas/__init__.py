@@ -31,6 +31,9 @@ _API: dict[str, str] = {
     "get_source": "kernelatlas.harvest.zoo",
     "Atlas": "kernelatlas.atlas",
     "fit_kernels": "kernelatlas.fit",
+    "KernelFitter": "kernelatlas.fit",
+    "register_family": "kernelatlas.atlas.registry",
+    "PatternFamily": "kernelatlas.atlas.family",
     "KernelAutoencoder": "kernelatlas.autoencoder",
     "discover_master_keys": "kernelatlas.autoencoder",
     "analyze": "kernelatlas.pipeline",
@@ -38,10 +41,16 @@ _API: dict[str, str] = {
     "read_kernels": "kernelatlas.results",
     "AnalysisConfig": "kernelatlas.pipeline",
     "init_depthwise_": "kernelatlas.train",
+    "bake_": "kernelatlas.train",
+    "register_scheme": "kernelatlas.train",
+    "list_schemes": "kernelatlas.train",
     "CoverageTracker": "kernelatlas.train",
 }
 
-__all__ = ["__version__", *_API]
+# public subpackages reached as attributes (``kernelatlas.biology.compare(...)``)
+_SUBPACKAGES: tuple[str, ...] = ("biology",)
+
+__all__ = ["__version__", *_API, *_SUBPACKAGES]
 
 
 # public functions that share their name with a module of this package
@@ -51,6 +60,8 @@ _SHADOWED = frozenset({"harvest", "normalize"})
 def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"kernelatlas.{name}")
     raise AttributeError(f"module 'kernelatlas' has no attribute {name!r}")
 
 

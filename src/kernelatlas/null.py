@@ -1,25 +1,334 @@
-"""The null: random kernels that any "classified" rule is calibrated against.
+"""The null: random kernels that any "classified" rule is calibrated against, and the
+baselines every coverage figure stands beside.
 
-One place for the null (design rule): the atlas classifier and the autoencoder both draw
-their null kernels and their thresholds from here, so a coverage figure and its null rate
-always come from the same definition.
+One place for the null (design rule): the atlas classifier, the autoencoder and the
+pipeline draw their null kernels, thresholds, baselines and intervals from here, so a
+coverage figure and its null rate always come from the same definition.
 
-- ``gaussian``: iid N(0, 1) weights (after normalisation: uniform on the sphere of
-  zero-mean kernels).
-- ``init``: freshly initialised kernels of a real architecture (e.g. ``timm:NAME@init``),
-  passed in as an array by the caller.
+Null kinds
+----------
+A kind is one entry of the registry :data:`NULLS` (add one with :func:`register_null`: one
+function that draws ``n`` surrogates). Built in, from the weakest to the strongest:
+
+``gaussian``
+    iid N(0, 1) weights (after normalisation: uniform on the sphere of zero-mean kernels).
+``init``
+    freshly initialised kernels of the same architecture (``timm:NAME@init``), where the
+    registry knows it. Finite: split in two seeded halves, one to calibrate, one held out.
+``smooth``
+    iid N(0, 1) on a ``(kh+2) x (kw+2)`` grid through the fixed low-pass
+    :data:`SMOOTH_FILTER` (the mean over a pixel and its 4 neighbours), kept where the
+    filter fits (``valid``): a stationary field with correlation 0.4 between 4-neighbours
+    and diagonal neighbours, 0.2 at two pixels along a row or column, 0 beyond.
+``phase``
+    each analysed kernel's amplitude spectrum with random phases (:func:`phase_randomize`):
+    the surrogate of kernel ``k`` has exactly the 2-D DFT amplitude ``|fft2(k)|`` of ``k`` at
+    every frequency, with the phases of the DFT of real white noise (so Hermitian symmetry
+    holds and the surrogate is real; the float32 surrogates keep it to float32 rounding).
+    Circular: the kernel is treated as one period.
+``covariance``
+    a zero-mean Gaussian random field with the second moment ``E[u u^T]`` of the model's own
+    unit kernels (centred, unit norm, as the atlas sees them; degenerate ones left out), per
+    model and kernel size (Trockman et al., ICLR 2023, initialise from this).
+``covariance_layer``
+    the same with one second moment per depthwise layer, each surrogate from a layer drawn
+    in proportion to the layers' kernel counts. Not a default baseline (``baseline=False``).
+
+Calibration and baselines
+-------------------------
+:func:`calibration_null` gives the null an :class:`~kernelatlas.atlas.Atlas` is fitted on
+for one kernel size (a mixture over the analysed models, in proportion to their kernels);
+:func:`measure_baselines` gives, per model and kind, the counts of *held-out* surrogates
+(an independent stream, or for a finite kind the other half) under the thresholds in force.
+Every draw comes from a stream keyed by (seed, kind, part, model, size), so results are
+deterministic given the seed and one model's surrogates do not change when another model is
+added. Rates carry Wilson score intervals, differences Newcombe's hybrid score interval.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from statistics import NormalDist
+from typing import Any, Literal
+
 import numpy as np
+import pandas as pd
 
 from .errors import KernelAtlasError
 
-__all__ = ["NULL_KINDS", "DEFAULT_NULL_SIZE", "gaussian_null", "calibrate_threshold", "null_rate"]
+__all__ = [
+    "NULL_KINDS",
+    "DEFAULT_BASELINES",
+    "DEFAULT_NULL_SIZE",
+    "NULLS",
+    "NullKind",
+    "NullReference",
+    "ReferenceBuilder",
+    "register_null",
+    "get_null",
+    "null_kinds",
+    "gaussian_null",
+    "smooth_field",
+    "phase_randomize",
+    "draw_surrogates",
+    "calibration_null",
+    "heldout_surrogates",
+    "split_halves",
+    "measure_baselines",
+    "calibrate_threshold",
+    "null_rate",
+    "wilson_interval",
+    "difference_interval",
+    "INTERVAL_LEVEL",
+    "INTERVAL_METHOD",
+    "SMOOTH_FILTER",
+]
 
-NULL_KINDS: tuple[str, ...] = ("gaussian", "init")
 DEFAULT_NULL_SIZE = 20_000
+# Surrogates are drawn (and their float64 intermediates held) this many at a time.
+DRAW_CHUNK = 16_384
+# Second moments are d x d float64 per model (per layer for covariance_layer): beyond this
+# many pixels (64x64) the covariance kinds are not built.
+MAX_COVARIANCE_PIXELS = 4096
+# The smooth null's low-pass: the mean over a pixel and its four neighbours.
+SMOOTH_FILTER = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.float64) / 5.0
+INTERVAL_LEVEL = 0.95
+INTERVAL_METHOD = (
+    "Wilson score interval (95%) for each rate; Newcombe's hybrid score interval (method 10, "
+    "from the two Wilson intervals) for a difference of two independent rates"
+)
+
+Reference = Literal["none", "moments", "layer_moments", "sample", "init"]
+
+
+# --------------------------------------------------------------------------- references
+@dataclass
+class NullReference:
+    """What the model-dependent null kinds are built from, for one model and kernel size.
+
+    Attributes
+    ----------
+    kh, kw : kernel size.
+    count : non-degenerate analysed kernels of this model and size.
+    moment : [d, d] float64 mean of ``u u^T`` over the unit kernels ``u`` (d = kh*kw).
+    layer_counts, layer_moments : [L] and [L, d, d], the same per depthwise layer.
+    sample : [m, kh, kw] float32, the non-degenerate kernels (a seeded uniform sample of
+        ``sample_size`` where there are more).
+    init : [k, kh, kw] float32 freshly initialised kernels of the same architecture.
+    """
+
+    kh: int
+    kw: int
+    count: int = 0
+    moment: np.ndarray | None = None
+    layer_counts: np.ndarray | None = None
+    layer_moments: np.ndarray | None = None
+    sample: np.ndarray | None = None
+    init: np.ndarray | None = None
+
+    @cached_property
+    def factor(self) -> np.ndarray:
+        """``L`` with ``L @ L.T == moment``, so ``z @ L.T`` is N(0, moment) for white ``z``."""
+        return _psd_factor(self.moment)
+
+    @cached_property
+    def layer_factors(self) -> np.ndarray:
+        return np.stack([_psd_factor(m) for m in self.layer_moments])
+
+    @cached_property
+    def amplitude(self) -> np.ndarray:
+        """``|fft2(sample)|`` in float64."""
+        return np.abs(np.fft.fft2(self.sample.astype(np.float64)))
+
+
+def _psd_factor(moment: np.ndarray | None) -> np.ndarray:
+    if moment is None:
+        raise KernelAtlasError("no second moment was collected for this null")
+    sym = (moment + moment.T) / 2
+    w, v = np.linalg.eigh(sym)
+    return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+class ReferenceBuilder:
+    """Collect :class:`NullReference` s from a stream of analysed kernels of one size.
+
+    Parameters
+    ----------
+    kh, kw : kernel size.
+    kinds : the null kinds that will be drawn (only what they need is collected).
+    expected : model -> number of its kernels of this size (sets the sample rate).
+    sample_size : kernels kept per model for the ``phase`` null.
+    seed : seed of the sample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> b = ReferenceBuilder(3, 3, kinds=["covariance"], expected={"m": 100})
+    >>> b.add("m", np.zeros(100, int), np.random.default_rng(0).standard_normal((100, 3, 3)))
+    >>> b.build()["m"].moment.shape
+    (9, 9)
+    """
+
+    def __init__(
+        self,
+        kh: int,
+        kw: int,
+        *,
+        kinds: Iterable[str],
+        expected: Mapping[str, int],
+        sample_size: int = 2 * DEFAULT_NULL_SIZE,
+        seed: int = 0,
+    ) -> None:
+        self.kh, self.kw = int(kh), int(kw)
+        needs = {get_null(k).reference for k in kinds}
+        small = self.kh * self.kw <= MAX_COVARIANCE_PIXELS
+        self._layers = "layer_moments" in needs and small
+        self._moments = ("moments" in needs and small) or self._layers
+        self._sample = "sample" in needs
+        self._expected = dict(expected)
+        self._sample_size = int(sample_size)
+        self._seed = int(seed)
+        self._count: dict[str, int] = {}
+        self._sums: dict[tuple[str, int], np.ndarray] = {}
+        self._layer_n: dict[tuple[str, int], int] = {}
+        self._kept: dict[str, list[np.ndarray]] = {}
+        self._rngs: dict[str, np.random.Generator] = {}
+        self._init: dict[str, np.ndarray] = {}
+
+    def add(self, model: str, layer: np.ndarray, kernels: np.ndarray) -> None:
+        """Add kernels [N, kh, kw] of ``model`` with their layer codes [N] (any ints)."""
+        from .normalize import normalize
+
+        nz = normalize(kernels)
+        live = ~nz.degenerate
+        self._count[model] = self._count.get(model, 0) + int(live.sum())
+        if self._moments:
+            u = nz.unit[live].reshape(-1, self.kh * self.kw).astype(np.float64)
+            codes = np.asarray(layer)[live] if self._layers else np.zeros(len(u), np.int64)
+            for code in np.unique(codes):  # layers, not kernels
+                sel = u[codes == code]
+                key = (model, int(code))
+                self._sums[key] = self._sums.get(key, 0.0) + sel.T @ sel
+                self._layer_n[key] = self._layer_n.get(key, 0) + len(sel)
+        if self._sample:
+            keep = min(1.0, self._sample_size / max(1, self._expected.get(model, 1)))
+            k = np.asarray(kernels, dtype=np.float32)[live]
+            if keep < 1.0:
+                rng = self._rngs.setdefault(
+                    model, _rng(self._seed, "reference", "sample", model, self.kh, self.kw)
+                )
+                k = k[rng.random(len(k)) < keep]
+            self._kept.setdefault(model, []).append(k)
+
+    def set_init(self, model: str, kernels: np.ndarray) -> None:
+        """The freshly initialised kernels [k, kh, kw] of ``model``'s architecture."""
+        if len(kernels):
+            self._init[model] = np.asarray(kernels, dtype=np.float32)
+
+    def build(self) -> dict[str, NullReference]:
+        """model -> :class:`NullReference` (every model added or expected)."""
+        out = {}
+        for model in sorted(set(self._count) | set(self._init) | set(self._expected)):
+            ref = NullReference(self.kh, self.kw, count=self._count.get(model, 0))
+            keys = sorted(k for k in self._sums if k[0] == model)
+            if keys and ref.count:
+                n = np.array([self._layer_n[k] for k in keys], dtype=np.float64)
+                sums = np.stack([self._sums[k] for k in keys])
+                ref.moment = sums.sum(0) / n.sum()
+                if self._layers:
+                    ref.layer_counts = n.astype(np.int64)
+                    ref.layer_moments = sums / n[:, None, None]
+            if self._sample and model in self._kept:
+                s = np.concatenate(self._kept[model])
+                ref.sample = s if len(s) else None
+            ref.init = self._init.get(model)
+            out[model] = ref
+        return out
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class NullKind:
+    """One null kind: how its surrogates are drawn and what beating it means.
+
+    ``draw(ref, n, rng)`` returns ``n`` surrogates [n, kh, kw] (for a ``finite`` kind: its
+    whole pool, which is split in halves). ``reference`` says what it is built from:
+    ``none`` (nothing: one draw per size serves every model), ``moments``,
+    ``layer_moments``, ``sample`` (the analysed kernels) or ``init``. ``seed_offsets``
+    (calibration, held-out): plain ``default_rng(seed + offset)`` streams instead of the
+    keyed ones (the Gaussian null keeps 0.1.0's: ``gaussian_null(seed)`` calibrates, exactly
+    as ``Atlas.fit()`` does, and ``seed + 7919`` is held out).
+    """
+
+    name: str
+    label: str
+    keeps: str
+    rules_out: str
+    leaves_open: str
+    reference: Reference
+    draw: Callable[[NullReference, int, np.random.Generator], np.ndarray] = field(repr=False)
+    finite: bool = False
+    baseline: bool = True
+    seed_offsets: tuple[int, int] | None = None
+
+    def available(self, ref: NullReference) -> bool:
+        """Whether ``ref`` holds what this kind is built from."""
+        return {
+            "none": True,
+            "moments": ref.moment is not None and ref.count > 0,
+            "layer_moments": ref.layer_moments is not None and ref.count > 0,
+            "sample": ref.sample is not None and len(ref.sample) > 0,
+            "init": ref.init is not None and len(ref.init) > 1,
+        }[self.reference]
+
+
+NULLS: dict[str, NullKind] = {}
+
+
+def register_null(
+    name: str,
+    *,
+    label: str,
+    keeps: str,
+    rules_out: str,
+    leaves_open: str,
+    reference: Reference = "none",
+    finite: bool = False,
+    baseline: bool = True,
+    seed_offsets: tuple[int, int] | None = None,
+) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Register ``draw(ref, n, rng) -> [n, kh, kw]`` as the null kind ``name``.
+
+    Duplicates are refused. ``baseline=True`` makes it one of the baselines every analysis
+    measures (:data:`DEFAULT_BASELINES`); any kind can be calibrated on (``--null NAME``).
+    """
+
+    def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        if name in NULLS:
+            raise KernelAtlasError(f"null kind {name!r} is already registered")
+        NULLS[name] = NullKind(name, label, keeps, rules_out, leaves_open, reference, fn,
+                               finite, baseline, seed_offsets)  # fmt: skip
+        return fn
+
+    return deco
+
+
+def get_null(name: str) -> NullKind:
+    """The registered null kind ``name`` (a one-line error naming the kinds otherwise)."""
+    try:
+        return NULLS[name]
+    except KeyError:
+        raise KernelAtlasError(
+            f"unknown null kind {name!r}: choose from {', '.join(NULLS)}"
+        ) from None
+
+
+def null_kinds(*, baseline_only: bool = False) -> tuple[str, ...]:
+    """Names of the registered null kinds (registry order), optionally the default baselines."""
+    return tuple(k for k, v in NULLS.items() if v.baseline or not baseline_only)
 
 
 def gaussian_null(n: int, kh: int, kw: int | None = None, *, seed: int = 0) -> np.ndarray:
@@ -29,6 +338,320 @@ def gaussian_null(n: int, kh: int, kw: int | None = None, *, seed: int = 0) -> n
     return rng.standard_normal((n, kh, kw), dtype=np.float32)
 
 
+def smooth_field(n: int, kh: int, kw: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` kernels of iid N(0, 1) noise through :data:`SMOOTH_FILTER` (valid), float64."""
+    fh, fw = SMOOTH_FILTER.shape
+    z = rng.standard_normal((n, kh + fh - 1, kw + fw - 1))
+    out = np.zeros((n, kh, kw))
+    for i, j in zip(*np.nonzero(SMOOTH_FILTER)):  # the filter's taps, not kernels
+        out += SMOOTH_FILTER[i, j] * z[:, i : i + kh, j : j + kw]
+    return out
+
+
+def phase_randomize(
+    kernels: np.ndarray, rng: np.random.Generator, *, amplitude: np.ndarray | None = None
+) -> np.ndarray:
+    """Each kernel's 2-D DFT amplitude with random phases: real surrogates [N, kh, kw], float64.
+
+    The phases are those of ``fft2`` of real white noise: uniform and independent except for
+    the Hermitian symmetry ``phi(-f) = -phi(f)`` (0 or pi where ``f = -f``), so the inverse
+    transform is real and ``|fft2(surrogate)| == |fft2(kernel)|`` at every frequency.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> k = np.random.default_rng(0).standard_normal((4, 5, 5))
+    >>> s = phase_randomize(k, np.random.default_rng(1))
+    >>> bool(np.allclose(np.abs(np.fft.fft2(s)), np.abs(np.fft.fft2(k))))
+    True
+    """
+    amp = np.abs(np.fft.fft2(np.asarray(kernels, np.float64))) if amplitude is None else amplitude
+    phase = np.fft.fft2(rng.standard_normal(amp.shape))
+    mag = np.abs(phase)
+    unit = np.where(mag > 0, phase / np.where(mag > 0, mag, 1.0), 1.0)
+    return np.fft.ifft2(amp * unit).real
+
+
+# --------------------------------------------------------------------------- built-in kinds
+@register_null(
+    "gaussian",
+    label="iid Gaussian",
+    keeps="nothing: iid N(0, 1) weights, no spatial structure",
+    rules_out="chance alignment of unstructured weights with the atlas's templates",
+    leaves_open="everything beyond 'not white noise', smoothness alone included",
+    seed_offsets=(0, 7919),
+)
+def _draw_gaussian(ref: NullReference, n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((n, ref.kh, ref.kw), dtype=np.float32)
+
+
+@register_null(
+    "init",
+    label="fresh init (same architecture)",
+    keeps="the architecture's initial weights (timm:NAME@init), split in halves",
+    rules_out="patterns that the architecture or its initialiser put there before training",
+    leaves_open="any structure training adds, generic smoothness included",
+    reference="init",
+    finite=True,
+)
+def _draw_init(ref: NullReference, n: int, rng: np.random.Generator) -> np.ndarray:
+    return ref.init
+
+
+@register_null(
+    "smooth",
+    label="smooth noise (5-point mean)",
+    keeps="a fixed short-range correlation: iid noise through the 5-point cross mean",
+    rules_out="names that any kernel with that (model-independent) smoothness gets",
+    leaves_open="the model's own smoothness, anisotropy and correlation length",
+)
+def _draw_smooth(ref: NullReference, n: int, rng: np.random.Generator) -> np.ndarray:
+    return smooth_field(n, ref.kh, ref.kw, rng).astype(np.float32)
+
+
+@register_null(
+    "phase",
+    label="phase-randomised",
+    keeps="each kernel's exact 2-D DFT amplitude (its power at every spatial frequency)",
+    rules_out="names explained by each kernel's frequency content alone (how smooth, how "
+    "oriented); beating it needs phase structure: lobes placed and aligned about the centre",
+    leaves_open="that phase structure may itself follow from the population covariance",
+    reference="sample",
+)
+def _draw_phase(ref: NullReference, n: int, rng: np.random.Generator) -> np.ndarray:
+    idx = rng.integers(len(ref.sample), size=n)
+    return phase_randomize(ref.sample[idx], rng, amplitude=ref.amplitude[idx]).astype(np.float32)
+
+
+@register_null(
+    "covariance",
+    label="covariance-matched GRF",
+    keeps="the second moment of the model's own unit kernels (all second-order structure: "
+    "smoothness, anisotropy, centring, the leading modes)",
+    rules_out="names implied by the kernels' second-order statistics, i.e. by what a "
+    "covariance initialisation (Trockman et al., 2023) already gives",
+    leaves_open="conservative: built from the kernels under test, it keeps the share of the "
+    "atlas patterns that lives in the covariance, so a small excess does not mean the "
+    "kernels are not DoG-like, only that a Gaussian mix of their own modes is as DoG-like",
+    reference="moments",
+)
+def _draw_covariance(ref: NullReference, n: int, rng: np.random.Generator) -> np.ndarray:
+    f = ref.factor
+    return (
+        (rng.standard_normal((n, f.shape[1])) @ f.T).reshape(n, ref.kh, ref.kw).astype(np.float32)
+    )
+
+
+@register_null(
+    "covariance_layer",
+    label="covariance-matched GRF per layer",
+    keeps="the second moment of each layer's unit kernels (layers drawn by their size)",
+    rules_out="names implied by each layer's own second-order statistics",
+    leaves_open="more conservative still: few kernels per layer pin the covariance to them",
+    reference="layer_moments",
+    baseline=False,
+)
+def _draw_covariance_layer(ref: NullReference, n: int, rng: np.random.Generator) -> np.ndarray:
+    counts = ref.layer_counts.astype(np.float64)
+    layer = rng.choice(len(counts), size=n, p=counts / counts.sum())
+    z = rng.standard_normal((n, ref.kh * ref.kw))
+    out = np.empty_like(z)
+    for lay in np.unique(layer):  # layers, not kernels
+        sel = layer == lay
+        out[sel] = z[sel] @ ref.layer_factors[lay].T
+    return out.reshape(n, ref.kh, ref.kw).astype(np.float32)
+
+
+NULL_KINDS: tuple[str, ...] = null_kinds()
+DEFAULT_BASELINES: tuple[str, ...] = null_kinds(baseline_only=True)
+
+
+# --------------------------------------------------------------------------- drawing
+def _rng(seed: int, kind: str, part: str, model: str, kh: int, kw: int) -> np.random.Generator:
+    key = zlib.crc32(f"{kind}\0{part}\0{model}\0{kh}x{kw}".encode())
+    return np.random.default_rng(np.random.SeedSequence([int(seed) % (1 << 64), key]))
+
+
+def draw_surrogates(
+    kind: str,
+    ref: NullReference,
+    n: int,
+    *,
+    seed: int = 0,
+    part: Literal["calibration", "heldout"] = "heldout",
+    model: str = "",
+) -> np.ndarray:
+    """Surrogates [n, kh, kw] (float32) of one null kind for one model, seed-deterministic.
+
+    ``part`` picks an independent stream (``calibration`` or ``heldout``); a finite kind
+    returns the matching half of its pool instead (``n`` is then ignored). Kinds built from
+    nothing ignore ``model`` (one draw per size serves every model).
+    """
+    entry = get_null(kind)
+    if part not in ("calibration", "heldout"):
+        raise KernelAtlasError(f"part must be 'calibration' or 'heldout', got {part!r}")
+    if not entry.available(ref):
+        raise KernelAtlasError(
+            f"the {kind} null needs {entry.reference} for {ref.kh}x{ref.kw} kernels of "
+            f"{model or 'this model'}, and none was collected"
+        )
+    key = "" if entry.reference == "none" else model
+    if entry.finite:
+        pool = np.asarray(entry.draw(ref, 0, _rng(seed, kind, "pool", key, ref.kh, ref.kw)))
+        halves = split_halves(pool, seed=seed, kind=kind)
+        return halves[0 if part == "calibration" else 1].astype(np.float32)
+    if entry.seed_offsets is not None:
+        offset = entry.seed_offsets[0 if part == "calibration" else 1]
+        rng = np.random.default_rng(int(seed) + offset)
+    else:
+        rng = _rng(seed, kind, part, key, ref.kh, ref.kw)
+    chunks = [entry.draw(ref, min(DRAW_CHUNK, n - s), rng) for s in range(0, n, DRAW_CHUNK)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, ref.kh, ref.kw), np.float32)
+
+
+def split_halves(
+    pool: np.ndarray, *, seed: int = 0, kind: str = "init"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A finite null's seeded split of its pool [k, kh, kw]: (calibration half, held-out half).
+
+    The calibration half takes the odd kernel out. The permutation depends on the seed, the
+    kind, the kernel size and the pool's length only.
+    """
+    pool = np.asarray(pool)
+    perm = _rng(seed, kind, "split", "", pool.shape[1], pool.shape[2]).permutation(len(pool))
+    half = (len(pool) + 1) // 2
+    return pool[perm[:half]], pool[perm[half:]]
+
+
+def _allocate(n: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """``n`` split in proportion to ``weights`` (largest remainder; ties by name)."""
+    names = sorted(weights)
+    w = np.array([max(0.0, float(weights[k])) for k in names])
+    if w.sum() <= 0:
+        return dict.fromkeys(names, 0)
+    exact = n * w / w.sum()
+    base = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - base), kind="stable")
+    base[order[: n - int(base.sum())]] += 1
+    return dict(zip(names, base.tolist()))
+
+
+def _usable(kind: str, refs: Mapping[str, NullReference]) -> dict[str, NullReference]:
+    entry = get_null(kind)
+    return {m: r for m, r in refs.items() if entry.available(r)}
+
+
+def _mixture(
+    kind: str, refs: Mapping[str, NullReference], n: int, seed: int, part: str
+) -> np.ndarray:
+    entry = get_null(kind)
+    usable = _usable(kind, refs)
+    if not usable:
+        any_ref = next(iter(refs.values()), None)
+        size = f"{any_ref.kh}x{any_ref.kw} " if any_ref else ""
+        hint = {
+            "init": "use another --null or analyse sources whose fresh init is known (timm:NAME)",
+            "moments": "the kernels are too large or all degenerate",
+            "layer_moments": "the kernels are too large or all degenerate",
+            "sample": "every kernel is degenerate",
+        }.get(entry.reference, "")
+        raise KernelAtlasError(f"no {size}kernels to build the {kind} null from: {hint}")
+    if entry.reference == "none":
+        return draw_surrogates(kind, next(iter(usable.values())), n, seed=seed, part=part)
+    if entry.finite:
+        return np.concatenate(
+            [draw_surrogates(kind, r, 0, seed=seed, part=part, model=m) for m, r in usable.items()]
+        )
+    alloc = _allocate(n, {m: r.count for m, r in usable.items()})
+    return np.concatenate(
+        [
+            draw_surrogates(kind, usable[m], k, seed=seed, part=part, model=m)
+            for m, k in alloc.items()
+        ]
+    )
+
+
+def calibration_null(
+    kind: str, refs: Mapping[str, NullReference], n: int = DEFAULT_NULL_SIZE, *, seed: int = 0
+) -> np.ndarray:
+    """The calibration null of one kernel size: ``n`` surrogates of ``kind`` [n, kh, kw].
+
+    A mixture over the models in ``refs`` in proportion to their non-degenerate kernels (a
+    single model: its own null); for a finite kind, every model's calibration half.
+    """
+    return _mixture(kind, refs, n, seed, "calibration")
+
+
+def heldout_surrogates(
+    kind: str, refs: Mapping[str, NullReference], n: int = DEFAULT_NULL_SIZE, *, seed: int = 0
+) -> np.ndarray:
+    """The held-out counterpart of :func:`calibration_null` (independent stream / other half)."""
+    return _mixture(kind, refs, n, seed, "heldout")
+
+
+def _tally(pred: pd.DataFrame) -> dict[str, Any]:
+    from .taxonomy import PATTERN_FAMILIES  # the registry's families, read live
+
+    fam = pred["family"].to_numpy(object)
+    live = fam != "degenerate"
+    cls = pred["classified"].to_numpy(bool) & live
+    row: dict[str, Any] = {"surrogates": int(live.sum()), "classified": int(cls.sum())}
+    for f in PATTERN_FAMILIES:
+        row[f"n_{f}"] = int((cls & (fam == f)).sum())
+    return row
+
+
+def measure_baselines(
+    predict: Callable[[np.ndarray], pd.DataFrame],
+    refs: Mapping[str, NullReference],
+    kinds: Iterable[str],
+    n: int = DEFAULT_NULL_SIZE,
+    *,
+    seed: int = 0,
+    calibrated: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """Held-out surrogates of every kind and model, named by ``predict`` (e.g. Atlas.predict).
+
+    Returns
+    -------
+    rows : DataFrame, one row per (model, kind) that could be built, columns ``model, kind,
+        surrogates`` (non-degenerate), ``classified`` and ``n_FAMILY`` per registered
+        pattern family.
+    pooled : for ``calibrated`` (the kind the thresholds came from), the counts on its
+        held-out mixture (as :func:`heldout_surrogates` draws it), or None.
+    """
+    rows, pooled = [], None
+    for kind in kinds:
+        entry = get_null(kind)
+        usable = _usable(kind, refs)
+        if not usable:
+            continue
+        if entry.reference == "none":  # one draw per size serves every model
+            pred = predict(draw_surrogates(kind, next(iter(usable.values())), n, seed=seed))
+            tally = _tally(pred)
+            rows += [{"model": m, "kind": kind, **tally} for m in usable]
+            if kind == calibrated:
+                pooled = tally
+            continue
+        preds = {}
+        for m, r in usable.items():
+            preds[m] = predict(draw_surrogates(kind, r, n, seed=seed, model=m))
+            rows.append({"model": m, "kind": kind, **_tally(preds[m])})
+        if kind == calibrated:
+            if entry.finite:
+                pooled = _tally(pd.concat(preds.values(), ignore_index=True))
+            else:  # the first n_m of each model's iid draw: a sample of the mixture
+                alloc = _allocate(n, {m: r.count for m, r in usable.items()})
+                pooled = _tally(
+                    pd.concat([preds[m].iloc[:k] for m, k in alloc.items()], ignore_index=True)
+                )
+    from .taxonomy import PATTERN_FAMILIES
+
+    cols = ["model", "kind", "surrogates", "classified", *[f"n_{f}" for f in PATTERN_FAMILIES]]
+    return pd.DataFrame(rows, columns=cols), pooled
+
+
+# --------------------------------------------------------------------------- thresholds
 def calibrate_threshold(
     null_scores: np.ndarray, fpr: float, *, higher_is_better: bool = True
 ) -> float:
@@ -58,3 +681,54 @@ def null_rate(null_scores: np.ndarray, threshold: float, *, higher_is_better: bo
     if s.size == 0:
         return float("nan")
     return float(np.mean(s > threshold) if higher_is_better else np.mean(s < threshold))
+
+
+# --------------------------------------------------------------------------- intervals
+def _z(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise KernelAtlasError(f"interval level must be in (0, 1), got {level}")
+    return NormalDist().inv_cdf((1.0 + level) / 2.0)
+
+
+def wilson_interval(k: Any, n: Any, level: float = INTERVAL_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (lo, hi) of the rate ``k / n`` (vectorised; NaN where n == 0).
+
+    Examples
+    --------
+    >>> lo, hi = wilson_interval(10, 100)
+    >>> round(float(lo), 4), round(float(hi), 4)
+    (0.0552, 0.1744)
+    """
+    z = _z(level)
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        den = 1.0 + z * z / n
+        centre = (p + z * z / (2 * n)) / den
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    lo = np.where(n > 0, np.where(k <= 0, 0.0, np.clip(centre - half, 0.0, 1.0)), np.nan)
+    hi = np.where(n > 0, np.where(k >= n, 1.0, np.clip(centre + half, 0.0, 1.0)), np.nan)
+    return lo, hi
+
+
+def difference_interval(
+    k1: Any, n1: Any, k2: Any, n2: Any, level: float = INTERVAL_LEVEL
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``k1/n1 - k2/n2`` and Newcombe's hybrid score interval (method 10), vectorised.
+
+    Examples
+    --------
+    >>> d, lo, hi = difference_interval(56, 70, 48, 80)  # Newcombe (1998), Table II
+    >>> round(float(d), 2), round(float(lo), 4), round(float(hi), 4)
+    (0.2, 0.0524, 0.3339)
+    """
+    l1, u1 = wilson_interval(k1, n1, level)
+    l2, u2 = wilson_interval(k2, n2, level)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p1 = np.asarray(k1, np.float64) / np.asarray(n1, np.float64)
+        p2 = np.asarray(k2, np.float64) / np.asarray(n2, np.float64)
+    d = p1 - p2
+    lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, lo, hi

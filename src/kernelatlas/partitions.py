@@ -5,8 +5,9 @@ engine (:mod:`kernelatlas.engine`) calls :func:`run_partition` on each, in any p
 and in any order: it classifies (and fits) the partition's kernels with the
 :class:`SizeModels` of their size, writes the analysed rows as one part file of
 kernels.parquet under a temporary name, and returns a small :class:`PartResult`: the
-part's temporary path, exact integer counts per layer (:class:`PartCounts`), the gallery
-statistic (``report.build.GalleryStats``) and the seconds spent per stage. The driver adds
+part's temporary path, exact integer counts per layer (:class:`PartCounts`), the atlas
+diagram's panel sums (``report.diagram.PanelStats``, so the report's means read no weights
+again) and the seconds spent per stage. The driver adds
 the counts up and renames the parts into place (:class:`PartsMerger`); it never sees a row.
 
 This module imports neither :mod:`kernelatlas.pipeline` nor an engine.
@@ -34,7 +35,8 @@ from .report.summary import LAYER_KEYS, MODEL_KEYS, count_matrix, merge_counts
 if TYPE_CHECKING:
     from .atlas import Atlas
     from .autoencoder import KernelAutoencoder
-    from .report.build import GalleryStats
+    from .fit import KernelFitter
+    from .report.diagram import Panel, PanelStats
 
 __all__ = [
     "CARRY_COLUMNS",
@@ -88,12 +90,15 @@ class SizeModels:
     Attributes
     ----------
     atlas : the calibrated :class:`~kernelatlas.atlas.Atlas`.
-    autoencoder : the trained :class:`~kernelatlas.autoencoder.KernelAutoencoder`, when the
-        analysis runs one (``method`` autoencoder or both).
+    autoencoder : the trained (or reference) :class:`~kernelatlas.autoencoder.KernelAutoencoder`,
+        when the analysis runs one (``method`` autoencoder or both).
+    fitter : the :class:`~kernelatlas.fit.KernelFitter` fitted from ``atlas`` (None: the
+        partition fits one from ``atlas`` when the job fits).
     """
 
     atlas: Atlas
     autoencoder: KernelAutoencoder | None = None
+    fitter: KernelFitter | None = None
 
 
 @dataclass(frozen=True)
@@ -103,15 +108,16 @@ class PartitionJob:
     Attributes
     ----------
     models : fitted models per kernel size; rows of other sizes are dropped.
-    fit : run the parametric fits (``fit_kernels``).
+    fit : run the parametric fits (each size's ``SizeModels.fitter``).
     seed, device : of the fits.
     batch_size : kernels analysed at a time (bounds memory).
     with_weights : copy each kernel's weights into kernels.parquet (otherwise only its
         bank reference ``bank_file, bank_row``).
     parts_dir : folder the part files are written into (under temporary names); None:
         the analysed table travels back in the result instead.
-    stats : compute the gallery statistic (``report.build.GalleryStats``: mean kernels and
-        exemplars, seeded by ``seed``).
+    stats : compute the panel sums of the atlas diagram (``report.diagram.PanelStats``)
+        over ``panels`` (``report.diagram.diagram_columns()``, made by the driver from the
+        family registry; None: no statistic).
     """
 
     models: Mapping[tuple[int, int], SizeModels]
@@ -122,6 +128,7 @@ class PartitionJob:
     with_weights: bool = False
     parts_dir: str | None = None
     stats: bool = True
+    panels: tuple[tuple[Panel | None, ...], ...] | None = None
 
 
 @dataclass
@@ -149,7 +156,7 @@ class PartResult:
     tmp_path: str | None
     table: pa.Table | None
     counts: PartCounts | None
-    family_stats: dict[tuple[int, int], GalleryStats]
+    panel_stats: dict[tuple[int, int], PanelStats]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -193,11 +200,11 @@ def analyse_batch(
     Returns the kernels.parquet rows: :data:`CARRY_COLUMNS`, ``bank_file, bank_row``
     (``first_row`` is the batch's first row in its bank file), the atlas columns, the fit
     and autoencoder columns, and ``weights`` with ``job.with_weights``; None when no row
-    has a model (1x1 rows are never harvested). ``seconds``, ``stats`` (the gallery
+    has a model (1x1 rows are never harvested). ``seconds``, ``stats`` (the panel
     statistic per size) and ``counts`` (``LAYER_KEYS`` tuple -> count row) are added to.
     """
     from .bank import weights_array
-    from .report.build import gallery_stats, sample_keys
+    from .report.diagram import panel_stats
 
     sec = seconds if seconds is not None else {}
     kh_all = batch.column("kh").to_numpy()
@@ -213,14 +220,18 @@ def analyse_batch(
         sub = batch if whole else batch.take(pa.array(idx))
         k = weights_array(sub.column("weights"), kh, kw)
         t = time.perf_counter()
-        pred = models.atlas.predict(k)
+        pred = models.atlas.predict(k, details=True)
         sec["classify"] = sec.get("classify", 0.0) + time.perf_counter() - t
         frames = [pred]
         if job.fit:
-            from .fit import fit_kernels
-
             t = time.perf_counter()
-            frames.append(fit_kernels(k, device=job.device, seed=job.seed))
+            fitter = models.fitter
+            if fitter is None:  # models built by hand: fit from this size's atlas
+                from .fit import KernelFitter
+
+                fitter = KernelFitter((kh, kw), device=job.device, seed=job.seed)
+                fitter = fitter.fit(models.atlas)
+            frames.append(fitter.predict(k))
             sec["fits"] = sec.get("fits", 0.0) + time.perf_counter() - t
         if models.autoencoder is not None:
             t = time.perf_counter()
@@ -236,13 +247,13 @@ def analyse_batch(
                 None if ae is None else ae["ae_family"].to_numpy(object),
                 None if ae is None else ae["ae_classified"].to_numpy(bool),
             )  # fmt: skip
-        if stats is not None:
-            keys = sample_keys(
-                np.full(len(idx), bank_file, dtype=object), first_row + idx, job.seed
-            )
-            part = gallery_stats(
-                k, family, live, pred["polarity"].to_numpy(), pred["orientation"].to_numpy(), keys
-            )
+        if stats is not None and job.panels is not None:
+            sel = np.flatnonzero(live)
+            shape = pred["shape"].to_numpy(object)[sel] if "shape" in pred.columns else None
+            part = panel_stats(
+                k[sel], family[sel], shape, pred["orientation"].to_numpy()[sel],
+                pred["polarity"].to_numpy()[sel], [list(c) for c in job.panels],
+            )  # fmt: skip
             have = stats.get((kh, kw))
             stats[(kh, kw)] = part if have is None else have.merge(part)
         sec["stats"] = sec.get("stats", 0.0) + time.perf_counter() - t
@@ -361,7 +372,7 @@ def run_partitions(parts: Iterable[Partition], job: PartitionJob) -> list[PartRe
 class PartsMerger:
     """The driver's side: adds up partition results and puts the part files in place.
 
-    ``add`` takes results in partition order (the gallery statistic is a float sum, added
+    ``add`` takes results in partition order (the panel statistic is a float sum, added
     in that order so that every engine gives the same figures); ``finish`` renames the
     parts to ``part-000000.parquet``... in bank order (or writes the returned tables) and
     removes leftover temporary files (a retried task's).
@@ -371,7 +382,7 @@ class PartsMerger:
         self.parts_dir = Path(parts_dir)
         self._counts: dict[tuple[Any, ...], np.ndarray] = {}
         self._names: list[str] | None = None
-        self.family_stats: dict[tuple[int, int], GalleryStats] = {}
+        self.panel_stats: dict[tuple[int, int], PanelStats] = {}
         self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.rows = 0
         self._parts: list[tuple[tuple[str, int], str | None, pa.Table | None]] = []
@@ -392,9 +403,9 @@ class PartsMerger:
         for key, row in zip(c.keys, c.counts, strict=True):
             have = self._counts.get(key)
             self._counts[key] = row.copy() if have is None else have + row
-        for size, g in res.family_stats.items():
-            have = self.family_stats.get(size)
-            self.family_stats[size] = g if have is None else have.merge(g)
+        for size, g in res.panel_stats.items():
+            have = self.panel_stats.get(size)
+            self.panel_stats[size] = g if have is None else have.merge(g)
         self._parts.append((res.partition.sort_key, res.tmp_path, res.table))
 
     def counts(self) -> dict[str, pd.DataFrame]:

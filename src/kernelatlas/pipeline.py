@@ -17,7 +17,6 @@ one run per output) is :mod:`kernelatlas.outputs`'s.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -30,23 +29,37 @@ import pandas as pd
 
 from .checks import check_device, check_scheduler, check_workers
 from .errors import KernelAtlasError
-from .null import DEFAULT_NULL_SIZE, NULL_KINDS, gaussian_null
+from .null import (
+    DEFAULT_BASELINES,
+    DEFAULT_NULL_SIZE,
+    NullReference,
+    ReferenceBuilder,
+    calibration_null,
+    gaussian_null,
+    get_null,
+    measure_baselines,
+    null_kinds,
+)
 from .outputs import ANALYSIS_FILES as OUTPUT_FILES
 from .partitions import Partition, PartitionJob, SizeModels
 from .report.summary import MODEL_KEYS, build_summary
 from .results import KERNELS_NAME
+from .sizes import unsupported_reason
 from .taxonomy import DEFAULT_NULL_FPR
 
-__all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "OUTPUT_FILES", "STAGE_NAMES"]
+__all__ = [
+    "AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "AE_MODES", "OUTPUT_FILES",
+    "STAGE_NAMES",
+]  # fmt: skip
 
 METHODS = ("atlas", "autoencoder", "both")
-#: Null kinds whose kernels do not come from the analysed models (a calibration for them
-#: needs no pass over the bank, so classification can start while harvesting goes on).
-_DATA_FREE_NULLS = frozenset({"gaussian", "init"})
+# reference: the shipped per-size reference autoencoders (a size without one falls back to
+# per-run training, said in summary.json); train: one trained on this run's kernels per size.
+AE_MODES = ("reference", "train")
 #: Stages of ``AnalysisResult.timings["stages_s"]``, in pipeline order.
 STAGE_NAMES: tuple[str, ...] = (
     "harvest", "calibrate", "autoencoder_train", "read", "classify", "fits", "autoencoder",
-    "stats", "write", "merge", "summary", "figures",
+    "stats", "write", "merge", "baselines", "summary", "figures",
 )  # fmt: skip
 
 
@@ -56,13 +69,15 @@ class AnalysisConfig:
 
     method: Literal["atlas", "autoencoder", "both"] = "atlas"
     fold_bn: bool = False
-    null: Literal["gaussian", "init"] = "gaussian"
+    null: str = "gaussian"
     null_fpr: float = DEFAULT_NULL_FPR
     n_null: int = DEFAULT_NULL_SIZE
     seed: int = 0
     batch_size: int = 65_536
     fit: bool = True
     init_baseline: bool = True
+    ae: Literal["reference", "train"] = "reference"
+    baselines: tuple[str, ...] | None = None
     ae_epochs: int | None = None
     ae_max_train: int = 1_000_000
     device: str | None = None
@@ -75,12 +90,23 @@ class AnalysisConfig:
     with_weights: bool = False
     recalibrate: bool = False
 
+    def baseline_kinds(self) -> tuple[str, ...]:
+        """The null kinds measured as baselines (registry order): ``baselines`` or the
+        default ones, always the calibrating ``null``, ``init`` only with ``init_baseline``."""
+        kinds = DEFAULT_BASELINES if self.baselines is None else tuple(self.baselines)
+        keep = {k for k in kinds if k != "init" or self.init_baseline} | {self.null}
+        return tuple(k for k in null_kinds() if k in keep)
+
     def validate(self) -> None:
         """Refuse invalid, contradictory and no-op options (one line each), before any work."""
         if self.method not in METHODS:
             raise KernelAtlasError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.null not in NULL_KINDS:
-            raise KernelAtlasError(f"null must be one of {NULL_KINDS}, got {self.null!r}")
+        if self.ae not in AE_MODES:
+            raise KernelAtlasError(f"ae must be one of {AE_MODES}, got {self.ae!r}")
+        if self.null not in null_kinds():
+            raise KernelAtlasError(f"null must be one of {null_kinds()}, got {self.null!r}")
+        for kind in self.baselines or ():
+            get_null(kind)
         if not 0.0 < self.null_fpr < 1.0:
             raise KernelAtlasError(
                 f"null_fpr (--null-fpr) must be in (0, 1), got {self.null_fpr}: at 0 the "
@@ -142,11 +168,10 @@ class AnalysisResult:
 
 # --------------------------------------------------------------------------- stages
 def _progress(total: int, quiet: bool, desc: str):
-    from tqdm.auto import tqdm
+    """The job's stages (calibrate, autoencoder, classify, figures), each with its own bar."""
+    from .progress import Progress
 
-    return tqdm(
-        total=total, disable=quiet, unit="kernel", desc=desc, file=sys.stderr, dynamic_ncols=True
-    )
+    return Progress(quiet=quiet).stages()
 
 
 #: Why the fresh-init twins are never batch-norm folded (stated in summary.json).
@@ -172,13 +197,6 @@ def _harvest_init(keys: Sequence[str]) -> dict[str, Any]:
         if twin is not None:
             twins[key] = harvest(twin)
     return twins
-
-
-def _init_halves(kernels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of fresh-init kernels into a calibration half and a held-out half."""
-    order = np.random.default_rng(seed).permutation(len(kernels))
-    half = (len(kernels) + 1) // 2
-    return kernels[order[:half]], kernels[order[half:]]
 
 
 def _layer_kernels(res: Any, kh: int, kw: int) -> np.ndarray:
@@ -284,12 +302,12 @@ class _Run:
     def __init__(self, bank: Any, cfg: AnalysisConfig, stages: _Stages, parts_dir: Path) -> None:
         self.bank, self.cfg, self.stages = bank, cfg, stages
         self.parts_dir = parts_dir
+        self.kinds = cfg.baseline_kinds()
         self.twins: dict[str, Any] = {}
         self.models: dict[tuple[int, int], SizeModels] = {}
         self.job: PartitionJob | None = None
         self.thresholds: list[dict[str, Any]] = []
-        self.baselines: list[dict[str, Any]] = []
-        self.heldout: dict[tuple[int, int], float] = {}
+        self.baselines: list[pd.DataFrame] = []
         self.calibration: list[dict[str, Any]] = []
         self.ae_by_size: list[dict[str, Any]] = []
         self.spectra: dict[str, Any] = {}
@@ -297,93 +315,123 @@ class _Run:
         self.bar: Any = None
         self._lock = threading.Lock()
         self.partitions = 0
+        self._measured: set[tuple[int, int]] = set()
+        self.panels: tuple[tuple[Any, ...], ...] | None = None
+        if cfg.figures:  # the atlas diagram's panels, from the family registry as it is now
+            from .report.diagram import diagram_columns
+
+            self.panels = tuple(tuple(c) for c in diagram_columns())
 
     def progress(self) -> Any:
-        """The progress bar (made when the first source is in the bank)."""
+        """The job's stages (made when first needed)."""
         with self._lock:
             if self.bar is None:
                 self.bar = _progress(0, self.cfg.quiet, "analyse")
             return self.bar
 
+    def references(self, kh: int, kw: int) -> dict[str, NullReference]:
+        """The null references of one size, per bank source (the bank must be complete)."""
+        return _null_references(self.bank, kh, kw, self.twins, self.kinds, self.cfg)
+
     def add_size(self, kh: int, kw: int) -> None:
-        """Calibrate (or load) the atlas of one kernel size, measure its baselines, train
-        its autoencoder when asked, and make the job that carries it."""
+        """Calibrate (or load) the atlas of one kernel size, measure its baselines (now, or
+        after the map when the bank is still filling), train or load its autoencoder when
+        asked, and make the job that carries it."""
         from .atlas import Atlas  # noqa: F401  (torch's import is not the calibration's time)
         from .calibration import calibrate
 
         cfg = self.cfg
-        if self.bar is not None:
-            self.bar.set_description(f"calibrate {kh}x{kw}")
+        bar = self.progress()
         t = time.perf_counter()
-        twin_k = {src: _layer_kernels(tw, kh, kw) for src, tw in self.twins.items()}
-        twin_k = {src: k for src, k in twin_k.items() if len(k)}
-        init_k = (
-            np.concatenate(list(twin_k.values())) if twin_k else np.zeros((0, kh, kw), np.float32)
-        )
-        null = heldout = None
-        judged = twin_k
-        if cfg.null == "init":
-            # calibrate on one half of the fresh-init kernels; the other half is the
-            # independent check (the null rate and the init coverage reported)
-            halves = {src: _init_halves(k, cfg.seed) for src, k in twin_k.items()}
-            null = np.concatenate([c for c, _ in halves.values()]) if halves else init_k
-            if len(null) < 100:
+        refs = None
+        if _streams(cfg):  # a null built from nothing: no reference is needed to draw it
+            null = calibration_null(cfg.null, {"": NullReference(kh, kw)}, cfg.n_null,
+                                    seed=cfg.seed)  # fmt: skip
+        else:
+            bar.set_description(f"null references {kh}x{kw}")
+            refs = self.references(kh, kw)
+            null = calibration_null(cfg.null, refs, cfg.n_null, seed=cfg.seed)
+            if cfg.null == "init" and len(null) < 100:
                 raise KernelAtlasError(
                     f"--null init needs at least 200 freshly initialised {kh}x{kw} kernels of "
                     "the same architecture (half to calibrate, half held out); none is known "
                     "for these sources: use --null gaussian or analyse timm:NAME sources"
                 )
-            heldout = np.concatenate([h for _, h in halves.values()])
-            judged = {src: h for src, (_, h) in halves.items()}
+        bar.set_description(f"calibrate {kh}x{kw}", len(null), "kernel", counts="score")
         cal = calibrate(
             kh, kw, null_kind=cfg.null, null_fpr=cfg.null_fpr, n_null=cfg.n_null, seed=cfg.seed,
-            null=null, heldout=heldout, refresh=cfg.recalibrate,
+            null=null, refresh=cfg.recalibrate,
         )  # fmt: skip
         atlas = cal.atlas
-        self.heldout[(kh, kw)] = cal.heldout_rate
         self.calibration.append(
             {"kh": kh, "kw": kw, "cached": cal.cached, "seconds": round(cal.seconds, 4)}
+        )
+        fitter = None
+        if cfg.fit:
+            from .fit import KernelFitter
+
+            fitter = KernelFitter((kh, kw), device=cfg.device, seed=cfg.seed).fit(atlas)
+        self.stages.add("calibrate", time.perf_counter() - t)
+        if refs is not None:
+            self.measure_baselines(kh, kw, atlas, refs)
+        ae = None
+        if cfg.method in ("autoencoder", "both"):
+            assert refs is not None  # never streaming
+            init = [r.init for r in refs.values() if r.init is not None]
+            init_k = np.concatenate(init or [np.zeros((0, kh, kw))]).astype(np.float32)
+            ae = self._autoencoder(kh, kw, init_k)
+        self.models[(kh, kw)] = SizeModels(atlas=atlas, autoencoder=ae, fitter=fitter)
+        self.job = PartitionJob(
+            models=dict(self.models), fit=cfg.fit, seed=cfg.seed, device=cfg.device,
+            batch_size=cfg.batch_size, with_weights=cfg.with_weights,
+            parts_dir=str(self.parts_dir), stats=cfg.figures, panels=self.panels,
+        )  # fmt: skip
+        self._classify_stage = None  # the stages above ended it: a new one counts from here
+
+    def measure_baselines(
+        self, kh: int, kw: int, atlas: Any, refs: dict[str, NullReference] | None = None
+    ) -> None:
+        """Held-out surrogates of every baseline kind named by the size's atlas, and the
+        held-out rate of the calibrating null (:func:`kernelatlas.null.measure_baselines`)."""
+        cfg = self.cfg
+        t = time.perf_counter()
+        if refs is None:
+            self.progress().set_description(f"null references {kh}x{kw}")
+            refs = self.references(kh, kw)
+        self.progress().set_description(f"baselines {kh}x{kw}", counts="score")
+        rows, pooled = measure_baselines(
+            atlas.predict, refs, self.kinds, cfg.n_null, seed=cfg.seed, calibrated=cfg.null
+        )
+        self.baselines.append(rows.assign(kh=kh, kw=kw))
+        held = (
+            {"heldout_surrogates": pooled["surrogates"], "heldout_classified": pooled["classified"]}
+            if pooled is not None
+            else {}
         )
         for fam, thr in atlas.thresholds_.items():
             self.thresholds.append(
                 {"kh": kh, "kw": kw, "method": "atlas", "family": fam, "threshold": float(thr),
-                 "null_kind": cfg.null, "null_fpr": cfg.null_fpr, "null_rate": float(atlas.null_rate_)}
+                 "null_kind": cfg.null, "null_fpr": cfg.null_fpr, "null_rate": float(atlas.null_rate_),
+                 "calibration_surrogates": int(atlas.n_null_), **held}
             )  # fmt: skip
-        for src, k in judged.items():
-            pred = atlas.predict(k)
-            live = pred["family"] != "degenerate"
-            cov = float(pred["classified"][live].mean()) if live.any() else float("nan")
-            self.baselines.append(
-                {"source": src, "init_source": self.twins[src].source, "kh": kh, "kw": kw,
-                 "init_coverage": cov}
-            )  # fmt: skip
-        self.stages.add("calibrate", time.perf_counter() - t)
-        ae = None
-        if cfg.method in ("autoencoder", "both"):
-            ae = self._train_autoencoder(kh, kw, init_k)
-        self.models[(kh, kw)] = SizeModels(atlas=atlas, autoencoder=ae)
-        self.job = PartitionJob(
-            models=dict(self.models), fit=cfg.fit, seed=cfg.seed, device=cfg.device,
-            batch_size=cfg.batch_size, with_weights=cfg.with_weights,
-            parts_dir=str(self.parts_dir), stats=cfg.figures,
-        )  # fmt: skip
+        self._measured.add((kh, kw))
+        self.stages.add("baselines", time.perf_counter() - t)
 
-    def _train_autoencoder(self, kh: int, kw: int, init_k: np.ndarray) -> Any:
-        from .autoencoder import KernelAutoencoder
+    def finish_baselines(self) -> None:
+        """Measure the baselines of the sizes calibrated while the bank was filling."""
+        for size, models in sorted(self.models.items()):
+            if size not in self._measured:
+                self.measure_baselines(*size, models.atlas)
 
+    def _autoencoder(self, kh: int, kw: int, init_k: np.ndarray) -> Any:
         cfg = self.cfg
         t = time.perf_counter()
-        if self.bar is not None:
-            self.bar.set_description(f"autoencoder {kh}x{kw}")
-        train = _bank_sample(self.bank, kh, kw, cfg.ae_max_train, cfg.seed)
-        kwargs = {"epochs": cfg.ae_epochs} if cfg.ae_epochs else {}
-        ae = KernelAutoencoder(
-            kernel_size=(kh, kw), seed=cfg.seed, device=cfg.device, **kwargs
-        ).fit(train)
+        self.progress().set_description(*_ae_stage(kh, kw, cfg), counts="ae_epoch")
+        ae, ae_info = _autoencoder_for(self.bank, kh, kw, cfg)
         ae_null = float(ae.null_coverage(gaussian_null(cfg.n_null, kh, kw, seed=cfg.seed + 7919)))
         self.ae_by_size.append(
             {"kh": kh, "kw": kw, "threshold": float(ae.threshold_), "threshold_rule": str(ae.threshold_rule_),
-             "null_coverage": ae_null, "trained_on": int(len(train)),
+             "null_coverage": ae_null, **ae_info,
              "init_coverage": float(ae.null_coverage(init_k)) if len(init_k) else None}
         )  # fmt: skip
         spec = ae.spectrum()
@@ -406,7 +454,7 @@ class _Run:
 
     def partitions_of(self, path: str) -> Iterator[tuple[Partition, PartitionJob]]:
         """The partitions of one bank file with the job that has their sizes' models
-        (calibrating the sizes not seen yet)."""
+        (calibrating the sizes not seen yet; sizes the atlas cannot name are left out)."""
         import pyarrow.parquet as pq
 
         from .partitions import file_partitions
@@ -414,28 +462,37 @@ class _Run:
         pf = pq.ParquetFile(path)
         sizes = pf.read(columns=["kh", "kw"]).group_by(["kh", "kw"]).aggregate([])
         for kh, kw in sorted(zip(sizes["kh"].to_pylist(), sizes["kw"].to_pylist())):
-            if (kh, kw) != (1, 1) and (kh, kw) not in self.models:
+            if unsupported_reason(kh, kw) is None and (kh, kw) not in self.models:
                 self.add_size(int(kh), int(kw))
+        if self.job is None:
+            return  # no size of this file can be named
         bar = self.progress()
-        bar.total = (bar.total or 0) + pf.metadata.num_rows
-        bar.set_description("analyse")
-        bar.refresh()
+        if self._classify_stage is None:
+            desc = "classify and fit" if self.cfg.fit else "classify"
+            self._classify_stage = bar.set_description(
+                desc, 0, "kernel", counts="fit" if self.cfg.fit else None
+            )
+        self._classify_stage.total += pf.metadata.num_rows
         for part in file_partitions(path):
             self.partitions += 1
-            assert self.job is not None
             yield part, self.job
+
+    _classify_stage: Any = None
 
 
 def _streams(cfg: AnalysisConfig) -> bool:
     """Whether sources are classified as they are harvested: nothing needs the whole bank
-    first (no autoencoder to train on it, no null built from it)."""
-    return cfg.method == "atlas" and cfg.null in _DATA_FREE_NULLS
+    before classifying (no autoencoder to train on it, a calibrating null drawn from
+    nothing). The baselines are then measured after the last partition."""
+    return cfg.method == "atlas" and get_null(cfg.null).reference == "none"
 
 
-def _no_kernels() -> KernelAtlasError:
+def _no_kernels(skipped: list[dict[str, Any]]) -> KernelAtlasError:
+    why = "; ".join(sorted({r["reason"] for r in skipped}))
     return KernelAtlasError(
-        "no depthwise kernels in any source: check the models hold depthwise convolutions "
-        "(groups == in_channels)"
+        "the sources yielded no depthwise kernels kernelatlas can name"
+        + (f" ({why})" if why else "")
+        + ": nothing to analyse"
     )
 
 
@@ -457,7 +514,7 @@ def _tasks(
         if is_bank_dir(src):
             linked.update(link_bank(src, run.bank, fold_bn=cfg.fold_bn))
     models = [s for s in sources if not is_bank_dir(s)]
-    if cfg.init_baseline or cfg.null == "init":
+    if "init" in run.kinds:
         from .harvest import source_key
 
         keys = list(linked) + [k for s in models if (k := source_key(s, fold_bn=cfg.fold_bn))]
@@ -491,7 +548,7 @@ def _tasks(
         for path in sorted(files, key=lambda p: Path(p).name):
             yield from run.partitions_of(path)
     if not run.models:
-        raise _no_kernels()
+        raise _no_kernels(_skipped_sizes(run.bank, run.bank.shapes()))
 
 
 def _analyze_into(
@@ -522,6 +579,7 @@ def _analyze_into(
                 stages.add("merge", time.perf_counter() - t)
                 run.progress().update(res.rows)
             map_t, map_cpu = time.perf_counter() - map_t, time.process_time() - map_cpu
+            run.finish_baselines()  # sizes calibrated while the bank was filling
         finally:
             if run.bar is not None:
                 run.bar.close()
@@ -537,24 +595,29 @@ def _analyze_into(
     t = time.perf_counter()
     counts = bank.counts()
     merged = merger.counts()
-    base = _baseline_frame(counts, run.baselines, run.heldout)
+    skipped = _skipped_sizes(bank, bank.shapes())  # sizes the atlas cannot name: listed
+    base = _baseline_frame(counts, run.baselines)
     config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
     if run.twins and cfg.fold_bn:
         config_doc["notes"] = [INIT_FOLD_NOTE]
+    from .report.spectra import spectra_docs
+
     autoencoder = (
         {"by_size": sorted(run.ae_by_size, key=lambda r: (r["kh"], r["kw"])),
-         "spectra_sizes": sorted(run.spectra)}
+         "spectra_sizes": sorted(run.spectra), "spectra": spectra_docs(run.spectra)}
         if run.ae_by_size else None
     )  # fmt: skip
     thresholds = sorted(run.thresholds, key=lambda r: (r["kh"], r["kw"]))  # stable: family order
     summary = build_summary(
-        merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder
-    )
+        merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder,
+        null=cfg.null, skipped=skipped,
+    )  # fmt: skip
     stages.add("summary", time.perf_counter() - t)
     t = time.perf_counter()
     write_report(
         staging, summary, spectra=run.spectra, figures=cfg.figures,
-        family_stats=merger.family_stats if cfg.figures else None,
+        panel_stats=(run.panels, merger.panel_stats) if run.panels is not None else None,
+        progress=run.progress().progress,
     )  # fmt: skip
     stages.add("figures", time.perf_counter() - t)
     harvested = counts
@@ -573,17 +636,109 @@ def _analyze_into(
     return summary, merged, harvested, timings
 
 
-def _baseline_frame(
-    counts: pd.DataFrame, baselines: list[dict[str, Any]], heldout: dict[tuple[int, int], float]
-) -> pd.DataFrame:
-    """Per (source, model, size): the rate on a held-out Gaussian null, and fresh-init coverage."""
-    counts = counts[MODEL_KEYS].drop_duplicates()
-    counts["null_coverage"] = [
-        heldout.get((kh, kw), np.nan) for kh, kw in zip(counts["kh"], counts["kw"])
-    ]
-    if baselines:
-        b = pd.DataFrame(baselines)[["source", "kh", "kw", "init_coverage"]]
-        counts = counts.merge(b, on=["source", "kh", "kw"], how="left")
-    else:
-        counts["init_coverage"] = np.nan
-    return counts
+def _ae_stage(kh: int, kw: int, cfg: AnalysisConfig) -> tuple[str, int, str]:
+    """The progress stage of one size's autoencoder: its epochs when it trains, none when
+    the shipped reference is used."""
+    import inspect
+
+    from .autoencoder import KernelAutoencoder
+    from .autoencoder.reference import has_reference
+
+    if cfg.ae == "reference" and has_reference((kh, kw)):
+        return f"autoencoder {kh}x{kw} (reference)", 0, "epoch"
+    epochs = cfg.ae_epochs or inspect.signature(KernelAutoencoder).parameters["epochs"].default
+    return f"autoencoder {kh}x{kw}", int(epochs), "epoch"
+
+
+def _autoencoder_for(bank: Any, kh: int, kw: int, cfg: AnalysisConfig) -> tuple[Any, dict]:
+    """The autoencoder of one size and what summary.json says about it.
+
+    ``cfg.ae == "reference"``: the shipped reference (the same for every run, so a model's
+    AE figures do not depend on its company); a size without one, and ``"train"``: trained
+    on this run's kernels (a seeded sample of at most ``cfg.ae_max_train``).
+    """
+    from .autoencoder import KernelAutoencoder
+    from .autoencoder.reference import has_reference, load_reference, why_no_reference
+
+    if cfg.ae == "reference" and has_reference((kh, kw)):
+        ae = load_reference((kh, kw), device=cfg.device)
+        if ae.threshold_rule_ == "null" and ae.null_fpr != cfg.null_fpr:
+            ae.calibrate(null_fpr=cfg.null_fpr)
+        prov = ae.provenance_
+        info = {
+            "autoencoder": "reference",
+            "trained_on": int(ae.n_train_),
+            "reference": {
+                "name": f"ae_{kh}x{kw}",
+                "kernelatlas_version": prov["kernelatlas_version"],
+                "bank_sha256": prov["bank"]["sha256"],
+                "models": int(prov["bank"]["models"]),
+                "sources": [s["name"] for s in prov["sources"]],
+            },
+            "note": None,
+        }
+        return ae, info
+    train = _bank_sample(bank, kh, kw, cfg.ae_max_train, cfg.seed)
+    kwargs = {"epochs": cfg.ae_epochs} if cfg.ae_epochs else {}
+    ae = KernelAutoencoder(
+        kernel_size=(kh, kw), seed=cfg.seed, device=cfg.device, null_fpr=cfg.null_fpr, **kwargs
+    ).fit(train)
+    note = None
+    if cfg.ae == "reference":
+        note = (
+            f"no reference autoencoder for {kh}x{kw} ({why_no_reference((kh, kw))}): trained"
+            f" on this run's {len(train):,} kernels, so these autoencoder figures depend on"
+            " what else is in the run"
+        )
+    info = {"autoencoder": "run", "trained_on": int(len(train)), "reference": None, "note": note}
+    return ae, info
+
+
+def _null_references(
+    bank: Any, kh: int, kw: int, twins: dict[str, Any], kinds: Sequence[str], cfg: AnalysisConfig
+) -> dict[str, Any]:
+    """The null references of one kernel size, per bank source (one streamed pass)."""
+    from .bank import weights_array
+
+    counts = bank.counts().query("kh == @kh and kw == @kw")
+    expected = counts.groupby("source")["kernels"].sum().to_dict()
+    builder = ReferenceBuilder(
+        kh, kw, kinds=kinds, expected=expected, sample_size=2 * cfg.n_null, seed=cfg.seed
+    )
+    if any(get_null(k).reference not in ("none", "init") for k in kinds):
+        for batch in bank.iter_batches(kh=kh, kw=kw, columns=["source", "layer_index", "weights"]):
+            k = weights_array(batch["weights"], kh, kw)
+            src = batch["source"].to_numpy(object)
+            layer = batch["layer_index"].to_numpy()
+            for s in pd.unique(src):  # sources, not kernels
+                sel = src == s
+                builder.add(s, layer[sel], k[sel])
+    for key, twin in twins.items():  # keyed by the bank's source key
+        if key in expected:
+            builder.set_init(key, _layer_kernels(twin, kh, kw))
+    return builder.build()
+
+
+def _baseline_frame(counts: pd.DataFrame, baselines: list[pd.DataFrame]) -> pd.DataFrame:
+    """Baseline counts, one row per (source, model, kh, kw, kind)."""
+    rows = pd.concat(baselines, ignore_index=True).rename(columns={"model": "source"})
+    models = counts[MODEL_KEYS].drop_duplicates()
+    return models.merge(rows, on=["source", "kh", "kw"], how="inner")
+
+
+def _skipped_sizes(bank: Any, shapes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Per (source, model, size) the layers and kernels of sizes the atlas cannot name."""
+    bad = {s for s in shapes if unsupported_reason(*s) is not None}
+    if not bad:
+        return []
+    counts = bank.counts()
+    rows = []
+    for rec in counts.to_dict(orient="records"):
+        size = (int(rec["kh"]), int(rec["kw"]))
+        if size in bad:
+            rows.append(
+                {"source": str(rec["source"]), "model": str(rec["model"]), "kh": size[0],
+                 "kw": size[1], "layers": int(rec["layers"]), "kernels": int(rec["kernels"]),
+                 "reason": unsupported_reason(*size)}
+            )  # fmt: skip
+    return rows

@@ -1,7 +1,7 @@
 """Pure pattern generators and metrics of the atlas (torchvision ``functional`` style).
 
 Every generator returns zero-mean, unit-L2 float32 patterns ``[N, kh, kw]`` for any kernel
-size (odd or even, 2..128), with parameters that broadcast (scalars or 1-D arrays of one
+size (odd or even, 1..128 per side, :mod:`kernelatlas.sizes`), with parameters that broadcast (scalars or 1-D arrays of one
 common length ``N``) and sub-pixel centre offsets ``(dx, dy)`` in pixels. Conventions
 (``x`` right, ``y`` *up*, orientation counter-clockwise from +x, polarity) are those of
 :mod:`kernelatlas.taxonomy`.
@@ -37,11 +37,15 @@ import numpy as np
 import torch
 
 from ..errors import KernelAtlasError
+from ..sizes import MAX_SIDE, MIN_SIDE, parse_kernel_size
 
 __all__ = [
     "MIN_SIZE",
     "MAX_SIZE",
     "gaussian_basis",
+    "affine_gaussian_basis",
+    "affine_gaussian_edges",
+    "edges_to_pixels",
     "center_pattern",
     "first_derivative_pattern",
     "second_derivative_pattern",
@@ -49,10 +53,11 @@ __all__ = [
     "cosine_similarity",
     "angular_difference",
     "master_key_filters",
+    "discrete_gaussian",
 ]
 
-MIN_SIZE = 2
-MAX_SIZE = 128
+MIN_SIZE = MIN_SIDE  # the one range (kernelatlas.sizes)
+MAX_SIZE = MAX_SIDE
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -64,14 +69,10 @@ ArrayLike = float | int | Sequence[float] | np.ndarray
 
 def _check_size(kh: int, kw: int) -> tuple[int, int]:
     try:
-        kh, kw = int(kh), int(kw)
+        size = (int(kh), int(kw))
     except (TypeError, ValueError):
         raise KernelAtlasError(f"kernel size must be integers, got {kh!r} x {kw!r}") from None
-    if not (MIN_SIZE <= kh <= MAX_SIZE and MIN_SIZE <= kw <= MAX_SIZE):
-        raise KernelAtlasError(
-            f"kernel size must be between {MIN_SIZE} and {MAX_SIZE}, got {kh}x{kw}"
-        )
-    return kh, kw
+    return parse_kernel_size(size, name="kernel size")
 
 
 def _coords(kh: int, kw: int, dtype: torch.dtype, device: torch.device | str | None = None):
@@ -139,6 +140,123 @@ def gaussian_basis(
         out["Gxy"] = outer(gy1, gx1)
         out["Gyy"] = outer(gy2, gx0)
     return out
+
+
+def edges_to_pixels(h: torch.Tensor) -> torch.Tensor:
+    """Pixel values [kh, kw, ...] from an edge grid [kh+1, kw+1, ...] (rows from the top,
+    columns from the left): the second difference ``H(x1, y1) - H(x0, y1) - H(x1, y0) +
+    H(x0, y0)`` over each pixel's corners."""
+    dx = h[:, 1:] - h[:, :-1]
+    return dx[:-1] - dx[1:]  # rows run downwards, y upwards
+
+
+def affine_gaussian_edges(
+    kh: int,
+    kw: int,
+    sigma_u: torch.Tensor,
+    sigma_v: torch.Tensor,
+    theta: torch.Tensor,
+    x0: torch.Tensor,
+    y0: torch.Tensor,
+    *,
+    order: int = 2,
+) -> dict[str, torch.Tensor]:
+    """Edge grids [kh+1, kw+1, N] (batch last) whose pixel second differences
+    (:func:`edges_to_pixels`) are the pixel-integrated derivatives of an affine Gaussian.
+
+    ``hx`` -> ``Gx``, ``hy`` -> ``Gy`` (``order >= 1``); ``g`` -> ``Gxy`` and the
+    pixel-axis factors ``ex``, ``ey`` [kw+1 or kh+1, N] with ``Gxx`` from
+    ``qr * g - ex * hx`` and ``Gyy`` from ``qp * g - ey * hy`` (``order == 2``; ``qr``,
+    ``qp`` [N] are returned too). The second difference is linear, so a steered mix of
+    derivatives costs one difference of the mixed grids. Terms constant along an axis are
+    dropped (their second difference is zero).
+    """
+    dtype, dev = sigma_u.dtype, sigma_u.device
+    c, s = torch.cos(theta), torch.sin(theta)
+    au, av = 1.0 / sigma_u.square(), 1.0 / sigma_v.square()
+    p = c * c * au + s * s * av  # precision matrix [[p, q], [q, r]]
+    q = c * s * (au - av)
+    r = s * s * au + c * c * av
+    det = au * av
+    wx, wy = r / det, p / det  # marginal variances of x and y
+    ex = (torch.arange(kw + 1, dtype=dtype, device=dev) - kw / 2.0)[:, None] - x0[None, :]
+    ey = (kh / 2.0 - torch.arange(kh + 1, dtype=dtype, device=dev))[:, None] - y0[None, :]
+    # half the marginal densities: Phi = (1 + erf) / 2, and the 1/2 alone cancels
+    nx = torch.exp(-0.5 * ex * ex / wx) * (0.5 * torch.rsqrt(2 * math.pi * wx))  # [kw+1, N]
+    ny = torch.exp(-0.5 * ey * ey / wy) * (0.5 * torch.rsqrt(2 * math.pi * wy))  # [kh+1, N]
+    qr, qp = q / r, q / p
+    # conditional standardised coordinates / sqrt(2): y given x, x given y
+    wyx = (ey[:, None, :] + (qr * ex)[None]).mul_(torch.sqrt(0.5 * r))
+    wxy = (ex[None] + (qp * ey)[:, None, :]).mul_(torch.sqrt(0.5 * p))
+    out: dict[str, torch.Tensor] = {}
+    if order >= 2:
+        # G at the corners: the x marginal times the conditional density of y
+        g = torch.exp(wyx.square().neg_()).mul_((nx * torch.sqrt(r) * (2.0 * _INV_SQRT2PI))[None])
+        out.update(g=g, ex=ex / wx, ey=ey / wy, qr=qr, qp=qp)
+    out["hx"] = torch.special.erf(wyx).mul_(nx[None])  # int_{-inf}^y G dy' (+ y-constants)
+    out["hy"] = torch.special.erf(wxy).mul_(ny[:, None])  # int_{-inf}^x G dx'
+    return out
+
+
+def affine_gaussian_last(
+    kh: int,
+    kw: int,
+    sigma_u: torch.Tensor,
+    sigma_v: torch.Tensor,
+    theta: torch.Tensor,
+    x0: torch.Tensor,
+    y0: torch.Tensor,
+    *,
+    order: int = 2,
+) -> dict[str, torch.Tensor]:
+    """:func:`affine_gaussian_basis` with the batch as the *last* axis ([kh, kw, N])."""
+    e = affine_gaussian_edges(kh, kw, sigma_u, sigma_v, theta, x0, y0, order=order)
+    out = {"Gx": edges_to_pixels(e["hx"]), "Gy": edges_to_pixels(e["hy"])}
+    if order >= 2:
+        out["Gxx"] = edges_to_pixels(e["qr"] * e["g"] - e["ex"][None] * e["hx"])
+        out["Gxy"] = edges_to_pixels(e["g"])
+        out["Gyy"] = edges_to_pixels(e["qp"] * e["g"] - e["ey"][:, None] * e["hy"])
+    return out
+
+
+def affine_gaussian_basis(
+    kh: int,
+    kw: int,
+    sigma_u: torch.Tensor,
+    sigma_v: torch.Tensor,
+    theta: torch.Tensor,
+    x0: torch.Tensor,
+    y0: torch.Tensor,
+    *,
+    order: int = 2,
+) -> dict[str, torch.Tensor]:
+    """Pixel-integrated derivatives of an anisotropic (affine) Gaussian, exact, batched.
+
+    The Gaussian has scale ``sigma_u`` along ``u = (cos theta, sin theta)`` (``theta`` in
+    radians, counter-clockwise from +x, y up) and ``sigma_v`` across it, centred at
+    ``(x0, y0)``; all tensors [N]. A derivative integrated over a pixel reduces to line
+    integrals of the Gaussian along the pixel's edges, and each of those is closed-form
+    (a 1-D Gaussian times a normal CDF, from the Gaussian's factorisation into a marginal
+    and a conditional), so no pixel is sampled or approximated; with
+    ``sigma_u == sigma_v`` this equals :func:`gaussian_basis`'s derivatives.
+
+    Returns
+    -------
+    dict of [N, kh, kw] tensors: ``Gx, Gy`` (``order >= 1``) and ``Gxx, Gxy, Gyy``
+    (``order == 2``), derivatives along +x and +y; not centred or normalised.
+    """
+    out = affine_gaussian_last(kh, kw, sigma_u, sigma_v, theta, x0, y0, order=order)
+    return {k: v.permute(2, 0, 1).contiguous() for k, v in out.items()}
+
+
+def gaussian_last(
+    kh: int, kw: int, sigma: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor
+) -> torch.Tensor:
+    """Pixel-integrated isotropic Gaussians [kh, kw, N] (integral 1), batch last."""
+    x, y = _coords(kh, kw, sigma.dtype, sigma.device)
+    gx = _profiles(x[:, None] - x0[None, :], sigma[None, :])[0]  # [kw, N]
+    gy = _profiles(y[:, None] - y0[None, :], sigma[None, :])[0]  # [kh, N]
+    return gy[:, None, :] * gx[None, :, :]
 
 
 def _centre_unit(p: torch.Tensor, what: str) -> np.ndarray:
@@ -227,7 +345,7 @@ def center_pattern(
 
     Parameters
     ----------
-    kh, kw : kernel size (2..128, odd or even).
+    kh, kw : kernel size (1..128 per side, odd or even).
     sigma : centre sigma in pixels (> 0); scalar or [N].
     surround_ratio : surround sigma / centre sigma (> 1).
     surround_weight : ``a`` in [0, 1].
@@ -363,6 +481,27 @@ def angular_difference(a: ArrayLike, b: ArrayLike, period: float = 360.0) -> np.
     """Absolute circular difference of angles in degrees, in ``[0, period / 2]``."""
     d = np.mod(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), period)
     return np.minimum(d, period - d)
+
+
+def discrete_gaussian(sigma: float, radius: int) -> np.ndarray:
+    """Lindeberg's discrete analogue of the Gaussian, ``T(n; s) = exp(-s) I_n(s)``,
+    ``s = sigma^2``, for ``n = -radius..radius`` (float64 [2 * radius + 1]).
+
+    The kernel of discrete scale-space theory (its variance is exactly ``sigma^2``; sums
+    to 1 over all ``n``), the model Lindeberg, Babaiee and Kiasari fit to the master-key
+    filters. Computed from ``I_n(s) exp(-s) = (1/pi) int_0^pi exp(s (cos t - 1)) cos(n t) dt``
+    (the trapezoidal rule is spectrally accurate for this periodic integrand).
+    """
+    if not sigma > 0 or int(radius) < 0:
+        raise KernelAtlasError("discrete_gaussian needs sigma > 0 and radius >= 0")
+    s = float(sigma) ** 2
+    m = max(64, int(16 * (1 + math.sqrt(s))) + 2 * int(radius))
+    t = np.linspace(0.0, math.pi, 2 * m + 1)
+    n = np.arange(-int(radius), int(radius) + 1)
+    f = np.exp(s * (np.cos(t) - 1.0))[None] * np.cos(n[:, None] * t[None])
+    w = np.full(t.shape, t[1] - t[0])
+    w[[0, -1]] *= 0.5
+    return (f @ w) / math.pi
 
 
 def master_key_filters() -> np.ndarray:

@@ -15,14 +15,17 @@ import torch
 
 from .. import __version__
 from ..errors import FormatError, KernelAtlasError
+from ..estimator import BaseEstimator, Device, Interval, KernelSize
 from ..normalize import as_kernel_array, normalize
 from ..null import DEFAULT_NULL_SIZE, calibrate_threshold, gaussian_null, null_rate
+from ..progress import advance
 from ..taxonomy import DEFAULT_NULL_FPR, DEGENERATE, PAPER_AE_THRESHOLDS, UNCLASSIFIED
 from ._net import AENet, cosine_distance
 from .spectrum import (
     SEGMENT_COLUMNS,
     SPECTRUM_COLUMNS,
     assign_segments,
+    grid_counts,
     name_patterns,
     segment_label,
     segment_spectrum,
@@ -71,7 +74,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-class KernelAutoencoder:
+class KernelAutoencoder(BaseEstimator):
     """One-dimensional cosine autoencoder for one kernel size (Babaiee et al., ICLR 2024).
 
     Kernels are centred and scaled to unit norm (:func:`kernelatlas.normalize.normalize`;
@@ -111,6 +114,8 @@ class KernelAutoencoder:
         (:data:`kernelatlas.autoencoder.spectrum.SEGMENT_COLUMNS`).
     loss_history_ : list of the mean training loss per epoch.
     n_train_, n_degenerate_ : kernels trained on, and dropped as degenerate.
+    latent_counts_ : int64 [n_grid], training kernels per cell of the latent grid (the
+        segments' ``mass``; kept so that :meth:`rename_spectrum` can re-name the line).
 
     Examples
     --------
@@ -121,6 +126,24 @@ class KernelAutoencoder:
     >>> ae.transform(k).shape
     (256,)
     """
+
+    _parameter_constraints = {
+        "kernel_size": [KernelSize()],
+        "hidden": [Interval(int, 1, None)],
+        "epochs": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0.0, None, closed="neither")],
+        "device": [None, Device()],
+        "seed": [int],
+        "progress": ["boolean"],
+        "n_grid": [Interval(int, 2, None)],
+        "min_segment": [Interval(int, 1, None)],
+        "null_fpr": [Interval(float, 0.0, 1.0, closed="left")],
+        "null_size": [Interval(int, 1, None)],
+        "name_spectrum": ["boolean"],
+        "latent_noise": [Interval(float, 0.0, None)],
+        "search": ["boolean"],
+    }
 
     def __init__(
         self,
@@ -287,6 +310,7 @@ class KernelAutoencoder:
                 if bar is not None:
                     bar.update(1)
             history.append(float(run.item()) / n)
+            advance(1, "ae_epoch")
             if bar is not None:
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
         if bar is not None:
@@ -299,7 +323,34 @@ class KernelAutoencoder:
         self.n_features_in_ = kh * kw
         self._calibrate()
         train_z, _ = self._encode_distance(x_np)
-        self._name(train_z)
+        self.latent_counts_ = grid_counts(train_z, int(self.n_grid))
+        self._name()
+        return self
+
+    def calibrate(self, null_fpr: float | None = None) -> KernelAutoencoder:
+        """Set ``threshold_`` again (and ``null_coverage_``), e.g. at another ``null_fpr``.
+
+        Sizes with a paper threshold keep it; others are calibrated on a fresh Gaussian
+        null draw of ``null_size`` kernels (seeded by ``seed``), at ``null_fpr`` (default:
+        the parameter). The network is unchanged. Returns ``self``.
+        """
+        self._check_fitted()
+        if null_fpr is not None:
+            if not 0.0 <= float(null_fpr) < 1.0:
+                raise KernelAtlasError(f"null_fpr must be in [0, 1), got {null_fpr!r}")
+            self.null_fpr = float(null_fpr)
+        self._calibrate()
+        return self
+
+    def rename_spectrum(self) -> KernelAutoencoder:
+        """Name the decoded latent line again with the atlas in force (``spectrum_``,
+        ``segments_``); segment masses come from ``latent_counts_``. Returns ``self``.
+
+        The decoded curve is the network's; its names are the atlas's, so an autoencoder
+        saved under another atlas version is named in today's vocabulary after this.
+        """
+        self._check_fitted()
+        self._name()
         return self
 
     def _calibrate(self) -> None:
@@ -317,13 +368,16 @@ class KernelAutoencoder:
         fresh = gaussian_null(int(self.null_size), kh, kw, seed=int(self.seed) + 1)
         self.null_coverage_ = self.null_coverage(fresh)
 
-    def _name(self, train_z: np.ndarray) -> None:
+    def _name(self) -> None:
         if not self.name_spectrum:
             self.spectrum_ = None
             self.segments_ = None
             return
         self.spectrum_ = self.spectrum(int(self.n_grid))
-        self.segments_ = segment_spectrum(self.spectrum_, train_z, min_run=int(self.min_segment))
+        counts = getattr(self, "latent_counts_", None)
+        self.segments_ = segment_spectrum(
+            self.spectrum_, min_run=int(self.min_segment), counts=counts
+        )
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -466,6 +520,9 @@ class KernelAutoencoder:
                 "loss_history": self.loss_history_,
                 "n_train": self.n_train_,
                 "n_degenerate": self.n_degenerate_,
+                "latent_counts": None
+                if getattr(self, "latent_counts_", None) is None
+                else [int(c) for c in self.latent_counts_],
                 "spectrum": _records(self.spectrum_),
                 "segments": _records(self.segments_),
             },
@@ -537,6 +594,8 @@ class KernelAutoencoder:
         ae.n_train_ = int(fitted["n_train"])
         ae.n_degenerate_ = int(fitted["n_degenerate"])
         ae.n_features_in_ = kh * kw
+        counts = fitted.get("latent_counts")
+        ae.latent_counts_ = None if counts is None else np.asarray(counts, dtype=np.int64)
         sp, sg = fitted.get("spectrum"), fitted.get("segments")
         ae.spectrum_ = None if sp is None else pd.DataFrame(sp)[list(SPECTRUM_COLUMNS)]
         ae.segments_ = None if sg is None else pd.DataFrame(sg)[list(SEGMENT_COLUMNS)]

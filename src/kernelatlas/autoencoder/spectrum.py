@@ -27,6 +27,7 @@ __all__ = [
     "segment_label",
     "segment_spectrum",
     "assign_segments",
+    "grid_counts",
 ]
 
 SPECTRUM_COLUMNS: tuple[str, ...] = (
@@ -126,7 +127,11 @@ def _smooth(labels: np.ndarray, min_run: int) -> np.ndarray:
 
 
 def segment_spectrum(
-    spectrum: pd.DataFrame, latents: np.ndarray | None = None, *, min_run: int = 3
+    spectrum: pd.DataFrame,
+    latents: np.ndarray | None = None,
+    *,
+    min_run: int = 3,
+    counts: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Cut a named spectrum into contiguous segments of one label.
 
@@ -137,6 +142,8 @@ def segment_spectrum(
     latents : optional latents [N] of the kernels the autoencoder was fitted on; each
         segment's ``mass`` is the fraction of them that falls into it (NaN without).
     min_run : runs shorter than this many grid points are merged into a neighbour.
+    counts : instead of ``latents``, how many kernels fall into each grid point's cell
+        [n_grid] (:func:`grid_counts`); gives the same ``mass``.
 
     Returns
     -------
@@ -174,7 +181,13 @@ def segment_spectrum(
                 out[s] = np.median(w)
         return out
 
-    if latents is None:
+    if counts is not None:
+        c = np.asarray(counts, dtype=np.float64).reshape(-1)
+        if c.size != z.size:
+            raise KernelAtlasError(f"counts has {c.size} cells for a grid of {z.size} points")
+        seg_counts = np.bincount(seg_of_grid, weights=c, minlength=starts.size)
+        mass = seg_counts / max(c.sum(), 1.0)
+    elif latents is None:
         mass = np.full(starts.size, np.nan)
     else:
         lat = np.asarray(latents, dtype=np.float64)
@@ -199,6 +212,20 @@ def segment_spectrum(
         },
         columns=list(SEGMENT_COLUMNS),
     )
+
+
+def grid_counts(latents: np.ndarray, n_grid: int) -> np.ndarray:
+    """How many finite latents fall into each cell of an ``n_grid``-point grid on [0, 1].
+
+    Cell ``i`` holds the latents nearest to grid point ``i / (n_grid - 1)`` (boundaries
+    halfway between grid points, as in :func:`segment_spectrum`). int64 [n_grid].
+    """
+    lat = np.asarray(latents, dtype=np.float64)
+    lat = lat[np.isfinite(lat)]
+    z = np.linspace(0.0, 1.0, int(n_grid))
+    mid = (z[1:] + z[:-1]) / 2
+    idx = np.searchsorted(mid, lat, side="right")
+    return np.bincount(idx, minlength=int(n_grid)).astype(np.int64)
 
 
 def assign_segments(latents: np.ndarray, segments: pd.DataFrame) -> np.ndarray:

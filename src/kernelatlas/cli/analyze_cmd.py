@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from ..null import NULL_KINDS
+from ..null import DEFAULT_BASELINES, NULL_KINDS
 from ..taxonomy import DEFAULT_NULL_FPR
 from .harvest_cmd import FOLD_BN_HELP, SOURCE_HELP, expand_sources, report_status, skipped_lines
 
@@ -24,6 +24,8 @@ def _analyze(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         fit=not args.no_fit,
         init_baseline=not args.no_init_baseline,
+        ae=args.ae,
+        baselines=None if args.baselines is None else tuple(args.baselines.split(",")),
         ae_epochs=args.ae_epochs,
         device=args.device,
         quiet=args.quiet,
@@ -42,8 +44,13 @@ def _analyze(args: argparse.Namespace) -> int:
             report_status(res.harvest)
         for note in res.summary["config"].get("notes", []):
             print(f"kernelatlas: note: {note}", file=sys.stderr)
-        print(_coverage_table(res.summary))
-        print(f"report: {res.out / 'index.html'}")
+        for r in (res.summary.get("autoencoder") or {}).get("by_size", []):
+            if r.get("note"):
+                print(f"kernelatlas: note: {r['note']}", file=sys.stderr)
+    # --quiet silences progress only: the result and where it is always print.
+    print(_coverage_table(res.summary))
+    print(f"report: {res.out / 'index.html'}")
+    if not args.quiet:
         print(f"kernelatlas: {timing_line(res.timings)}", file=sys.stderr)
     return 0
 
@@ -66,33 +73,19 @@ def timing_line(timings: dict) -> str:
 
 
 def _coverage_table(summary: dict) -> str:
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:5.1f}%"
+    from ..report.terminal import coverage_table
 
-    null = "null" if summary["config"]["null"] == "gaussian" else "null*"
-    head = f"{'model':28s} {'size':>5s} {'kernels':>8s} {'classified':>10s} {null:>7s} {'init':>7s}  top family"
-    lines = [head, "-" * len(head)]
-    for m in summary["models"]:
-        shares = {
-            k: v for k, v in m["family_shares"].items() if k not in ("unclassified", "degenerate")
-        }
-        top = max(shares, key=lambda k: shares[k] or 0)
-        lines.append(
-            f"{m['model'][:28]:28s} {m['kh']}x{m['kw']:<3d} {m['kernels']:8d} {pct(m['coverage']):>10s} "
-            f"{pct(m.get('null_coverage')):>7s} {pct(m.get('init_coverage')):>7s}  {top} {pct(shares[top])}"
-        )
-    if summary["config"]["null"] == "init":
-        lines.append(
-            "null*: calibrated on half of the fresh-init kernels; null and init are rates on "
-            "the other half"
-        )
-    return "\n".join(lines)
+    return coverage_table(summary)
 
 
 def _compare(args: argparse.Namespace) -> int:
+    import json
+
     from ..report.compare import compare
 
-    out = compare(args.runs, args.out, labels=args.labels, force=args.force)
+    out = compare(args.runs, args.out, labels=args.labels, force=args.force, strict=args.strict)
+    for d in json.loads((out / "comparison.json").read_text())["differences"]:
+        print(f"kernelatlas: warning: not comparable: {d} (flagged in the report)", file=sys.stderr)
     print(f"report: {out / 'index.html'}")
     return 0
 
@@ -135,9 +128,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--null",
         choices=NULL_KINDS,
         default="gaussian",
-        help="null to calibrate against: gaussian (iid Gaussian kernels) or init (half of the "
+        help="null to calibrate against: gaussian (iid Gaussian kernels), init (half of the "
         "fresh-init kernels of the same architecture; the other half is held out for the "
-        "reported null and init rates). Default gaussian",
+        "reported null and init rates), smooth, phase, covariance or covariance_layer "
+        "(docs/coverage.md). Default gaussian",
+    )
+    p.add_argument(
+        "--baselines",
+        metavar="KIND[,KIND...]",
+        default=None,
+        help=f"null kinds measured as baselines (default: {','.join(DEFAULT_BASELINES)}; "
+        f"also: {','.join(k for k in NULL_KINDS if k not in DEFAULT_BASELINES)}); the "
+        "calibrating --null is always one",
     )
     p.add_argument(
         "--null-fpr",
@@ -177,7 +179,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="autoencoder training epochs (only with --method autoencoder or both)",
+        help="epochs of per-run autoencoder training (--ae train, or a size without a "
+        "reference; only with --method autoencoder or both)",
+    )
+    p.add_argument(
+        "--ae",
+        choices=["reference", "train"],
+        default="reference",
+        help="autoencoder per kernel size: the shipped reference, trained once on every real "
+        "model (default; a size without one is trained on this run, as the summary says), or "
+        "train one on this run's kernels",
     )
     p.add_argument(
         "--device",
@@ -206,7 +217,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="workers of the local Dask cluster (default: one per core; at most 4 per core); "
         "needs --engine dask",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (the result table and report path still print)",
+    )
     p.set_defaults(func=_analyze)
 
     c = sub.add_parser(
@@ -233,5 +248,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="LABEL",
         help="one name per run (default: folder names)",
+    )
+    c.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse runs that differ in null, false-positive rate, method or kernelatlas version "
+        "(default: compare them and flag it)",
     )
     c.set_defaults(func=_compare)

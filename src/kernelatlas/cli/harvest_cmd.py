@@ -57,7 +57,11 @@ def register(subparsers: Any) -> None:
 
 
 def _fmt_counts(counts: dict[tuple[int, int], tuple[int, int]]) -> str:
-    return ", ".join(f"{kh}x{kw}: {n_l} L / {n_k:,} k" for (kh, kw), (n_l, n_k) in counts.items())
+    """``3x3: 7 layers, 2,624 kernels; 5x5: ...`` (whole words: "k" read as thousands)."""
+    return "; ".join(
+        f"{kh}x{kw}: {n_l} layer{'s' * (n_l != 1)}, {n_k:,} kernel{'s' * (n_k != 1)}"
+        for (kh, kw), (n_l, n_k) in counts.items()
+    )
 
 
 def _formats(args: argparse.Namespace) -> int:
@@ -84,7 +88,9 @@ def _sources(args: argparse.Namespace) -> int:
     names = list_sources(args.pattern)
     if not names:
         raise KernelAtlasError(f"no registered source matches {args.pattern!r}")
-    width = max(len(n) for n in names)
+    width = max(len(n) for n in [*names, "source"])
+    print(f"{'source':<{width}}  {'format':<10} {'cache':<10}  depthwise kernels per size")
+    print(f"{'-' * width}  {'-' * 10} {'-' * 10}  {'-' * 26}")
     for name in names:
         info = get_source(name)
         state = "cached" if is_cached(info) else "not cached"

@@ -7,9 +7,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .html import render_index
+from .html import render_page
 
-__all__ = ["write_report", "write_json", "load_summary", "validate_summary", "SCHEMA_PATH"]
+__all__ = [
+    "write_report",
+    "rebuild_report",
+    "write_json",
+    "load_summary",
+    "validate_summary",
+    "summary_schema",
+    "SCHEMA_PATH",
+]
 
 SCHEMA_PATH = Path(__file__).with_name("summary.schema.json")
 
@@ -38,13 +46,28 @@ def load_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+def summary_schema() -> dict[str, Any]:
+    """summary.schema.json with the family names of the registry filled in: the pattern
+    families' enum and the names every ``family_shares`` object must hold."""
+    from ..taxonomy import FAMILIES, PATTERN_FAMILIES
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    defs = schema["$defs"]
+    defs["pattern_family"] = {
+        "enum": list(PATTERN_FAMILIES),
+        "$comment": defs["pattern_family"]["$comment"],
+    }
+    defs["row"]["properties"]["family_shares"]["required"] = list(FAMILIES)
+    return schema
+
+
 def validate_summary(doc: dict[str, Any]) -> None:
-    """Check a summary document against summary.schema.json (needs ``jsonschema``)."""
+    """Check a summary document against :func:`summary_schema` (needs ``jsonschema``)."""
     import jsonschema
 
     from ..errors import KernelAtlasError
 
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = summary_schema()
     try:
         jsonschema.validate(doc, schema)
     except jsonschema.ValidationError as exc:
@@ -57,27 +80,65 @@ def write_report(
     *,
     spectra: dict[str, Any] | None = None,
     figures: bool = True,
-    family_stats: dict[tuple[int, int], Any] | None = None,
-) -> None:
-    """Write summary.json, figures/*.png and index.html into ``run_dir``.
+    progress: Any = None,
+    explorer_limit: int | None = None,
+    panel_stats: tuple[Any, dict[tuple[int, int], Any]] | None = None,
+) -> Path:
+    """Write summary.json, figures/*.png and the single-file index.html into ``run_dir``.
 
-    ``family_stats``: the gallery statistic per kernel size, when the analysis computed it
-    while classifying (``report.build.GalleryStats``); otherwise it is read again."""
-    from .build import make_figures
+    The page is built from the registered sections (:mod:`kernelatlas.report.sections`)
+    out of ``summary`` and ``run_dir/kernels.parquet``; ``progress`` (a
+    :class:`kernelatlas.progress.Progress`) shows the stages; ``explorer_limit`` caps the
+    kernels embedded in the page (default :data:`kernelatlas.report.explorer.EXPLORER_LIMIT`).
+    With ``figures``, the "compared with biology" section is computed too and stored in
+    ``summary["biology"]`` (None without figures); see :mod:`kernelatlas.biology.report`.
+    ``panel_stats``: (the diagram's columns, the ``report.diagram.PanelStats`` per kernel
+    size) when the analysis computed them while classifying; otherwise the atlas section
+    reads kernels.parquet (and the weights through the bank) again.
+    Returns the page's path.
+    """
+    from .build import FIGURE_DPI, make_figures
+    from .sections import ReportContext, sections
 
+    run_dir = Path(run_dir)
+    biology = None
+    if figures and (run_dir / "kernels.parquet").exists():
+        import contextlib
+
+        from ..biology.report import biology_section
+
+        stage = progress.stage("compare with biology", 0) if progress else contextlib.nullcontext()
+        with stage:
+            biology = biology_section(run_dir, summary)
+    summary["biology"] = biology.doc() if biology is not None else None
     write_json(run_dir / "summary.json", summary)
-    made = (
-        make_figures(
-            run_dir,
-            summary,
-            spectra=spectra,
-            seed=int(summary["config"].get("seed", 0)),
-            family_stats=family_stats,
-        )
-        if figures
-        else {}
+    ctx = ReportContext(
+        run_dir,
+        summary,
+        spectra=dict(spectra or {}),
+        seed=int(summary["config"].get("seed", 0)),
+        dpi=FIGURE_DPI,
     )
-    page = render_index(summary, made)
+    if explorer_limit is not None:
+        ctx.cache["explorer_limit"] = int(explorer_limit)
+    if biology is not None:
+        ctx.cache["biology"] = biology
+    if panel_stats is not None:
+        ctx.cache["panel_stats"] = panel_stats
+    wanted = [s for s in sections() if s.wanted(ctx)]
+    if figures:
+        make_figures(ctx, wanted, progress)
+    page = render_page(ctx, wanted)
     tmp = run_dir / ".index.html.tmp"
-    tmp.write_text(page)
+    tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, run_dir / "index.html")
+    return run_dir / "index.html"
+
+
+def rebuild_report(
+    run_dir: str | os.PathLike[str], *, progress: Any = None, explorer_limit: int | None = None
+) -> Path:
+    """Draw the figures and write index.html of an analysis directory again, from its
+    summary.json and kernels.parquet alone (e.g. after upgrading kernelatlas)."""
+    summary = load_summary(run_dir)
+    return write_report(Path(run_dir), summary, progress=progress, explorer_limit=explorer_limit)

@@ -1,26 +1,31 @@
-"""The self-contained HTML report (relative links to figures/ only; opens from disk)."""
+"""The report page: one self-contained HTML file (figures, data and scripts inline).
+
+The page is assembled from the registered sections (:mod:`.sections`); figures are inline
+``data:`` images and the explorer's data is one JSON document in the page, so the file works
+when moved or mailed, with no network. The same figures are PNG files under ``figures/``
+and every kernel is in ``kernels.parquet`` beside it, for those who keep the folder.
+"""
 
 from __future__ import annotations
 
 import html
 import json
+import math
+from importlib import resources
 from typing import Any
 
-from ..taxonomy import FAMILIES, FAMILY_INFO, PAPER_AE_THRESHOLDS
-from .figures import FAMILY_COLORS
+from ..taxonomy import FAMILIES, FAMILY_INFO
+from .figures import family_color
 
-__all__ = ["render_index", "CSS"]
+__all__ = ["render_page", "CSS", "asset", "json_script"]
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:0 auto;padding:1.2em;color:#222}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:12.5px;margin:.6em 0}th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}img{max-width:100%;height:auto;border:0}
-.meta{color:#666;font-size:12px}.sw{display:inline-block;width:.9em;height:.9em;vertical-align:middle;margin-right:.3em}
-figure{margin:.8em 0}figcaption{color:#555;font-size:12.5px}code,pre{background:#f6f6f6;padding:1px 4px}
-pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}.tw{overflow-x:auto}
-@media print{body{max-width:none}h2{page-break-after:avoid}figure{page-break-inside:avoid}}
-"""
+
+def asset(name: str) -> str:
+    """The text of a file shipped in ``kernelatlas/report/assets`` (package data)."""
+    return resources.files("kernelatlas.report").joinpath("assets", name).read_text("utf-8")
+
+
+CSS = asset("report.css")
 
 
 def _e(x: Any) -> str:
@@ -28,148 +33,90 @@ def _e(x: Any) -> str:
 
 
 def _pct(x: Any) -> str:
-    return "–" if x is None else f"{100 * float(x):.1f}%"
+    """A fraction as a percentage; '–' for missing values (None, NaN), never 'nan%'."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
-def _fig(name: str, caption: str) -> str:
-    return f'<figure><img src="figures/{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
+def _num(x: Any) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if not math.isfinite(v) else f"{int(v):,}"
 
 
-def _models_table(models: list[dict[str, Any]], with_ae: bool) -> str:
-    head = ["model", "source", "size", "kernels", "degenerate", "classified", "null", "fresh init"]
-    if with_ae:
-        head += ["AE classified", "AE null", "AE/atlas agree", "agree (both classified)"]
-    head += [f.replace("_", " ") for f in FAMILIES]
-    rows = []
-    for m in models:
-        cells = [
-            f'<td class="l">{_e(m["model"])}</td>',
-            f'<td class="l">{_e(m["source"])}</td>',
-            f"<td>{m['kh']}x{m['kw']}</td>",
-            f"<td>{m['kernels']:,}</td>",
-            f"<td>{m['degenerate']:,}</td>",
-            f"<td><b>{_pct(m['coverage'])}</b></td>",
-            f"<td>{_pct(m.get('null_coverage'))}</td>",
-            f"<td>{_pct(m.get('init_coverage'))}</td>",
-        ]
-        if with_ae:
-            cells += [
-                f"<td>{_pct(m.get(k))}</td>"
-                for k in (
-                    "ae_coverage",
-                    "ae_null_coverage",
-                    "agreement",
-                    "agreement_both_classified",
-                )
-            ]
-        cells += [f"<td>{_pct(m['family_shares'][f])}</td>" for f in FAMILIES]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    th = "".join(f'<th class="{"l" if i < 2 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
-    return f"<div class='tw'><table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+def json_script(element_id: str, doc: Any) -> str:
+    """``doc`` as a JSON data block (``</`` escaped so the text never closes the script)."""
+    text = json.dumps(doc, allow_nan=False, separators=(",", ":"))
+    text = text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    return f'<script type="application/json" id="{_e(element_id)}">{text}</script>'
 
 
-def _thresholds_table(thresholds: list[dict[str, Any]]) -> str:
-    rows = "".join(
-        f"<tr><td>{t['kh']}x{t['kw']}</td><td class='l'>{_e(t['method'])}</td><td class='l'>{_e(t['family'])}</td>"
-        f"<td>{t['threshold']:.4f}</td><td class='l'>{_e(t['null_kind'])}</td><td>{_pct(t.get('null_rate'))}</td></tr>"
-        for t in thresholds
-    )
-    return (
-        "<table><thead><tr><th>size</th><th class='l'>method</th><th class='l'>family</th><th>threshold</th>"
-        f"<th class='l'>null</th><th>null rate (calibration)</th></tr></thead><tbody>{rows}</tbody></table>"
+def swatch(family: str) -> str:
+    return f"<span class='sw' style='background:{family_color(family)}'></span>"
+
+
+def legend_html(families: Any = None) -> str:
+    return " ".join(
+        f"<span class='lg'>{swatch(f)}{_e(f.replace('_', ' '))}</span>"
+        for f in (FAMILIES if families is None else families)
     )
 
 
-def render_index(
-    summary: dict[str, Any], figures: dict[str, list[str]], *, title: str = "kernelatlas report"
-) -> str:
-    """The report page as one HTML string."""
-    cfg = summary["config"]
-    ae = summary.get("autoencoder")
-    legend = " ".join(
-        f'<span class="sw" style="background:{FAMILY_COLORS[f]}"></span>{_e(f)}' for f in FAMILIES
-    )
-    fam_rows = "".join(
-        f"<tr><td class='l'><span class='sw' style='background:{FAMILY_COLORS[f]}'></span>{_e(f)}</td>"
-        f"<td class='l'>{_e(FAMILY_INFO[f].description)}</td><td class='l'><code>{_e(FAMILY_INFO[f].formula)}</code></td></tr>"
+def families_doc() -> list[dict[str, Any]]:
+    """The family registry as the page's scripts see it (names, colours, periods)."""
+    return [
+        {
+            "name": f,
+            "color": family_color(f),
+            "period": FAMILY_INFO[f].orientation_period,
+            "polarity": bool(FAMILY_INFO[f].has_polarity),
+            "pattern": f not in ("unclassified", "degenerate"),
+            "description": FAMILY_INFO[f].description,
+        }
         for f in FAMILIES
-    )
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
+    ]
+
+
+def render_page(ctx: Any, wanted: list[Any], *, title: str = "kernelatlas report") -> str:
+    """The page of a :class:`~.sections.ReportContext` with the sections in ``wanted``."""
+    summary = ctx.summary
+    cfg = summary["config"]
+    bodies = []
+    for sec in wanted:
+        body = sec.render(ctx)
+        bodies.append(
+            f"<section id='sec-{_e(sec.name)}' data-section='{_e(sec.name)}'>"
+            f"<h2>{_e(sec.title)}</h2>{body}</section>"
+        )
+    nav = " · ".join(f"<a href='#sec-{_e(s.name)}'>{_e(s.title)}</a>" for s in wanted)
+    ctx.data.setdefault("families", families_doc())
+    ctx.data.setdefault("summary", summary)
+    head = (
         f"<p class='meta'>kernelatlas {_e(summary['kernelatlas_version'])} · {_e(summary['created'])} · "
-        f"sources: {_e(', '.join(cfg['sources']))} · method: {_e(cfg['method'])} · null: {_e(cfg['null'])} "
-        f"at {100 * cfg['null_fpr']:g}% false-positive rate</p>",
-        "<h2>Coverage per model and kernel size</h2>",
-        "<p>A kernel is <i>classified</i> when the atlas explains it better than the calibrated threshold, "
-        "which at most the stated fraction of null (random) kernels pass. <b>null</b>: the rate on a held-out "
-        + (
-            "sample of iid Gaussian kernels; <b>fresh init</b>: coverage of the same architecture freshly initialised. "
-            if cfg["null"] == "gaussian"
-            else "half of the fresh-init kernels (the atlas is calibrated on the other half); <b>fresh init</b>: "
-            "coverage of each architecture's held-out fresh-init half. "
-        )
-        + "Coverage excludes degenerate kernels; family shares are of all kernels.</p>",
-        _models_table(summary["models"], bool(ae)),
-        *[
-            _fig(
-                f,
-                "Classified share of trained kernels beside the null and the fresh initialisation",
-            )
-            for f in figures.get("coverage", [])
-        ],
-        "<h2>Layer by layer</h2>",
-        f"<p>Family shares of each depthwise layer against its relative depth, one panel per model. {legend}</p>",
-        *[_fig(f, "Family shares against relative depth") for f in figures.get("layers", [])],
-        "<h2>Gallery</h2><p>For each family, the mean of its classified kernels (sign-aligned; oriented families "
-        "around their most common orientation) and random real examples; the last panel shows unclassified kernels. "
-        "Each kernel is centred and scaled to unit norm; red is positive, blue negative, white zero.</p>",
-        *[
-            _fig(f, f"Gallery {f.removeprefix('gallery_').removesuffix('.png')}")
-            for f in figures.get("gallery", [])
-        ],
-        "<h2>The atlas</h2><p>The pattern families, generated (not hand-drawn): on- and off-centre difference of "
-        "Gaussians, and their first and second derivatives at a few orientations.</p>",
-        *[_fig(f, "Atlas families") for f in figures.get("atlas", [])],
-        f"<table><thead><tr><th class='l'>family</th><th class='l'>what</th><th class='l'>model</th></tr></thead><tbody>{fam_rows}</tbody></table>",
-    ]
-    if figures.get("fits"):
-        parts += [
-            "<h2>Fitted scale and orientation by depth</h2>",
-            "<p>Left: the Gaussian scale of the best parametric fit per kernel, by relative depth. Right: the "
-            "orientation of first-derivative kernels by depth tercile.</p>",
-            *[_fig(f, "Fitted scale and orientation by depth") for f in figures["fits"]],
+        f"sources: {_e(', '.join(map(str, cfg['sources'])))} · method: {_e(cfg['method'])} · null: "
+        f"{_e(cfg['null'])} at {100 * float(cfg['null_fpr']):g}% false-positive rate</p>"
+        "<p class='files'>This page is one self-contained file: it works when moved or mailed, with no "
+        "network. <b>Download from it:</b> <button type='button' class='dl' data-download='csv-all'>"
+        "kernels.csv</button> (the per-kernel table without weights) · <button type='button' class='dl' "
+        "data-download='summary'>summary.json</button>. <b>Beside it</b>, when the folder is kept: "
+        "<a href='kernels.parquet'>kernels.parquet</a> (every kernel, every column, with weights) · "
+        "<a href='summary.json'>summary.json</a> · <a href='figures/'>figures/</a> (these figures as PNG) · "
+        "<code>bank/</code> (the harvested kernels).</p>"
+    )
+    return "\n".join(
+        [
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+            f"<header><h1>{_e(title)}</h1>{head}<nav>{nav}</nav></header>",
+            *bodies,
+            json_script("ka-data", ctx.data),
+            f"<script>{asset('explorer.js')}</script>",
+            "</body></html>",
         ]
-    if ae:
-        rows = "".join(
-            f"<tr><td>{r['kh']}x{r['kw']}</td><td>{r['threshold']:.3f}</td><td class='l'>{_e(r['threshold_rule'])}</td>"
-            f"<td>{_pct(r['null_coverage'])}</td><td>{_pct(r.get('init_coverage'))}</td><td>{r['trained_on']:,}</td></tr>"
-            for r in ae["by_size"]
-        )
-        parts += [
-            "<h2>Autoencoder (the paper's method)</h2>",
-            "<p>One autoencoder per kernel size with a cosine loss and a 1-D sigmoid latent (Babaiee et al., ICLR 2024). "
-            f"A kernel is classified when the cosine distance to its reconstruction is below the paper's threshold "
-            f"({', '.join(f'{k}x{k}: {v}' for k, v in PAPER_AE_THRESHOLDS.items())}), or, for other sizes, below a "
-            "threshold calibrated on the null. The decoded spectrum along the latent is named by the atlas.</p>",
-            "<table><thead><tr><th>size</th><th>distance threshold</th><th class='l'>rule</th><th>null classified</th>"
-            f"<th>fresh init classified</th><th>trained on</th></tr></thead><tbody>{rows}</tbody></table>",
-            *[
-                _fig(f, "Autoencoder latent histogram with the decoded spectrum")
-                for f in figures.get("autoencoder", [])
-            ],
-        ]
-    parts += [
-        "<h2>How this was computed</h2>",
-        f"<p>Command: <code>{_e(cfg.get('command') or 'kernelatlas.analyze (Python API)')}</code></p>",
-        "<p>Kernels are centred (mean subtracted) and scaled to unit L2 norm; zero, constant and non-finite "
-        "kernels are <i>degenerate</i>. Thresholds (per kernel size and family):</p>",
-        _thresholds_table(summary["thresholds"]),
-        f"<pre>{_e(json.dumps({'config': cfg, 'versions': summary['versions']}, indent=1))}</pre>",
-        "<p class='meta'>Files: <a href='summary.json'>summary.json</a> · <code>kernels.parquet</code> "
-        "(one row per kernel) · <code>bank/</code> (the harvested kernel bank).</p>",
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+    )

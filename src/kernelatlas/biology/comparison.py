@@ -1,0 +1,600 @@
+"""The comparison: the user's kernels beside published receptive-field statistics.
+
+For every (source, model, kernel size) of a kernels table (``kernels.parquet`` or its
+DataFrame) and every statistic of :data:`~kernelatlas.biology.statistics.STATISTICS`:
+the kernels' value, the same statistic on the null (iid Gaussian kernels through the same
+atlas and fits) and on freshly initialised kernels of the same architecture (where given),
+the number of kernels behind each, and the published value or finding it is compared with.
+
+Only classified kernels count (their family is the atlas's); the null and the fresh-init
+kernels are named by an :class:`~kernelatlas.atlas.Atlas` calibrated like the analysis's
+(iid Gaussian null at ``null_fpr``, ``n_null`` kernels, ``seed``), so "classified" means the
+same thing in every column.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ..errors import KernelAtlasError
+from ..null import DEFAULT_NULL_SIZE, gaussian_null
+from ..taxonomy import (
+    CENTER,
+    DEFAULT_NULL_FPR,
+    FIRST_DERIVATIVE,
+    SECOND_DERIVATIVE,
+)
+from . import statistics as S
+from .literature import reference
+
+__all__ = [
+    "compare",
+    "kernel_statistics",
+    "label_kernels",
+    "null_statistics",
+    "null_table",
+    "group_statistics",
+    "NULL_SOURCE",
+    "COMPARE_COLUMNS",
+    "STAT_COLUMNS",
+    "FIT_COLUMNS_USED",
+    "BIOLOGY_NULL_SIZE",
+    "GROUPS",
+]
+
+GROUPS: tuple[str, ...] = ("kernels", "null", "init")
+BIOLOGY_NULL_SIZE = 50_000  # null kernels drawn for the biology null (about 1% are classified)
+_NULL_SEED_OFFSET = 104_729  # the biology null is held out from the calibration null
+_KEYS = ["source", "model", "kh", "kw"]
+STAT_COLUMNS: tuple[str, ...] = (
+    *_KEYS,
+    "family",
+    "surround_ratio",
+    "surround_weight",
+    "opponent_ratio",
+    "phase",
+    "elongation",
+    "elongation_at_edge",
+    "orientation",
+)
+COMPARE_COLUMNS: tuple[str, ...] = (
+    *_KEYS,
+    "statistic",
+    "label",
+    *(f"{g}_{c}" for g in GROUPS for c in ("value", "lo", "hi", "n")),
+    "published_value",
+    "published_relation",
+    "published_refs",
+    "note",
+)
+# The fit columns read, per family with a biological counterpart (the shift family has
+# none). ``sigma_u`` / ``sigma_v``: u = derivative direction, v = along the bar/edge.
+FIT_COLUMNS_USED: dict[str, tuple[str, ...]] = {
+    CENTER: ("fit_r2_center", "fit_sigma_center", "fit_sigma2_center",
+             "fit_surround_weight_center", "fit_x0_center", "fit_y0_center"),
+    FIRST_DERIVATIVE: ("fit_r2_first_derivative", "fit_orientation_first_derivative",
+                       "fit_x0_first_derivative", "fit_y0_first_derivative",
+                       "fit_sigma_u_first_derivative", "fit_sigma_v_first_derivative"),
+    SECOND_DERIVATIVE: ("fit_r2_second_derivative", "fit_orientation_second_derivative",
+                        "fit_cross_share_second_derivative", "fit_x0_second_derivative",
+                        "fit_y0_second_derivative", "fit_sigma_u_second_derivative",
+                        "fit_sigma_v_second_derivative"),
+}  # fmt: skip
+ELONGATION_COLUMNS: dict[str, tuple[str, str]] = {
+    f: (f"fit_sigma_u_{f}", f"fit_sigma_v_{f}") for f in (FIRST_DERIVATIVE, SECOND_DERIVATIVE)
+}
+_R2_OK = (0.0, 1.0 + 1e-6)
+_POINT_KINDS = ("mean", "median", "share")  # reference rows that give a comparable number
+_SPLIT_FITS = 3000  # above this many kernels of one size, fit each family's kernels apart
+
+
+# --------------------------------------------------------------------------- inputs
+def _read(
+    kernels: pd.DataFrame | str | os.PathLike[str], max_kernels: int | None, seed: int
+) -> pd.DataFrame:
+    """The classified rows of the families with a biological counterpart (the keys of
+    ``FIT_COLUMNS_USED``) of a kernels table, sampled per (source, model, size).
+
+    From a file only those rows and the columns read here are loaded: the metadata first,
+    then the sampled rows' weights and fits (``kernels.parquet`` can hold millions of rows).
+    """
+    if isinstance(kernels, pd.DataFrame):
+        df = _check(kernels)
+        sel = df["classified"].to_numpy(dtype=bool) & np.isin(
+            df["family"].to_numpy(object), list(FIT_COLUMNS_USED)
+        )
+        return _sample(df[sel], max_kernels, seed)
+    from ..results import BANK_REF_COLUMNS, kernel_weights, kernels_dataset, kernels_path
+
+    path = Path(kernels)
+    try:
+        path = kernels_path(kernels)  # an analysis folder, or its kernels.parquet (file or parts)
+        dataset = kernels_dataset(path)
+        names = dataset.schema.names
+        meta = dataset.to_table(columns=[c for c in (*_KEYS, "family", "classified")
+                                         if c in names]).to_pandas()  # fmt: skip
+    except (OSError, ValueError, pa.ArrowException, KernelAtlasError) as exc:
+        raise KernelAtlasError(
+            f"cannot read a kernels table from {path}: pass kernels.parquet of "
+            f"`kernelatlas analyze` or its DataFrame ({exc})"
+        ) from None
+    meta = _check(meta.assign(weights=None))
+    meta["_row"] = np.arange(len(meta))
+    sel = meta["classified"].to_numpy(dtype=bool) & np.isin(
+        meta["family"].to_numpy(object), list(FIT_COLUMNS_USED)
+    )
+    rows = _sample(meta[sel], max_kernels, seed)["_row"].to_numpy()
+    wanted = {*_KEYS, "family", "classified", "orientation", "weights",
+              *(c for cols in FIT_COLUMNS_USED.values() for c in cols),
+              *(c for cols in ELONGATION_COLUMNS.values() for c in cols)}  # fmt: skip
+    if "weights" not in names:  # the table references the run's bank (the default layout)
+        wanted |= set(BANK_REF_COLUMNS)
+    df = dataset.take(rows, columns=[c for c in names if c in wanted]).to_pandas()
+    if "weights" not in df.columns:
+        w = np.empty(len(df), dtype=object)
+        for _, idx in df.groupby(["kh", "kw"], sort=False).indices.items():  # sizes
+            k = kernel_weights(path, df.iloc[idx])
+            w[idx] = list(k.reshape(len(idx), -1))
+        df = df.drop(columns=list(BANK_REF_COLUMNS)).assign(weights=w)
+    return _check(df)
+
+
+def _check(df: pd.DataFrame) -> pd.DataFrame:
+    need = ["model", "kh", "kw", "family", "classified", "weights"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise KernelAtlasError(
+            f"the kernels table lacks column(s) {missing}: pass kernels.parquet of "
+            "`kernelatlas analyze` (weights included) or a DataFrame with those columns"
+        )
+    if "source" not in df.columns:
+        df = df.assign(source=df["model"])
+    return df
+
+
+def _weights(col: pd.Series, kh: int, kw: int) -> np.ndarray:
+    if len(col) == 0:
+        return np.zeros((0, kh, kw), np.float32)
+    arr = np.stack([np.asarray(w, dtype=np.float32).reshape(-1) for w in col.to_numpy()])
+    if arr.shape[1] != kh * kw:
+        raise KernelAtlasError(f"weights of {arr.shape[1]} values in rows marked {kh}x{kw}")
+    return arr.reshape(-1, kh, kw)
+
+
+def _sample(df: pd.DataFrame, max_kernels: int | None, seed: int) -> pd.DataFrame:
+    """At most ``max_kernels`` rows per (source, model, size), a seeded uniform sample."""
+    if max_kernels is None:
+        return df
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, idx in df.groupby(_KEYS, sort=False).indices.items():  # groups, not kernels
+        keep.append(
+            idx if len(idx) <= max_kernels else np.sort(rng.choice(idx, max_kernels, replace=False))
+        )
+    return df.iloc[np.sort(np.concatenate(keep))] if keep else df.iloc[:0]
+
+
+def _col(df: pd.DataFrame, name: str) -> np.ndarray:
+    return df[name].to_numpy(dtype=np.float64) if name in df.columns else np.full(len(df), np.nan)
+
+
+def _r2_ok(df: pd.DataFrame, fam: str) -> np.ndarray:
+    r2 = _col(df, f"fit_r2_{fam}")
+    return np.isfinite(r2) & (r2 >= _R2_OK[0]) & (r2 <= _R2_OK[1])
+
+
+# --------------------------------------------------------------------------- per kernel
+def _size_statistics(
+    df: pd.DataFrame, kh: int, kw: int, device: str | None, seed: int, fits: bool
+) -> pd.DataFrame:
+    """The per-kernel statistics of classified pattern kernels of one size (``df`` rows)."""
+    df = df.reset_index(drop=True)
+    fam = df["family"].to_numpy(object)
+    w = _weights(df["weights"], kh, kw)
+    # rows of each family without that family's fit (none in the table, or NaN there)
+    need = {f: (fam == f) & ~np.isfinite(_col(df, f"fit_r2_{f}")) for f in FIT_COLUMNS_USED}
+    need = {f: m for f, m in need.items() if m.any()}
+    if fits and need and min(kh, kw) >= 3:
+        from ..fit import fit_kernels
+
+        # Many kernels: each is fitted with its own family's model only (the only one read
+        # here). Few: one call for all (each call pays a fixed set-up cost).
+        df = df.copy()
+        rows_all = np.flatnonzero(np.logical_or.reduce(list(need.values())))
+        groups = ([((f,), np.flatnonzero(m)) for f, m in need.items()] if rows_all.size > _SPLIT_FITS
+                  else [(tuple(need), rows_all)])  # fmt: skip
+        for fams, rows in groups:
+            res = fit_kernels(w[rows], families=fams, device=device, seed=seed)
+            for g in fams:
+                own = fam[rows] == g  # write each row's own family's columns only
+                for c in FIT_COLUMNS_USED[g]:
+                    if c not in df.columns:
+                        df[c] = np.nan
+                    df.loc[rows[own], c] = res[c].to_numpy(dtype=np.float64)[own]
+    out = pd.DataFrame({k: df[k].to_numpy() for k in _KEYS})
+    out["family"] = fam
+    n = len(df)
+    is_c, is_1, is_2 = (fam == CENTER), (fam == FIRST_DERIVATIVE), (fam == SECOND_DERIVATIVE)
+
+    ok_c = is_c & _r2_ok(df, CENTER)
+    s1, s2 = _col(df, "fit_sigma_center"), _col(df, "fit_sigma2_center")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["surround_ratio"] = np.where(ok_c, s2 / s1, np.nan)
+    out["surround_weight"] = np.where(ok_c, _col(df, "fit_surround_weight_center"), np.nan)
+    opp = np.full(n, np.nan)
+    if is_c.any():
+        opp[is_c] = S.opponent_ratio(
+            w[is_c],
+            np.where(ok_c, s1, np.nan)[is_c],
+            np.where(ok_c, _col(df, "fit_x0_center"), np.nan)[is_c],
+            np.where(ok_c, _col(df, "fit_y0_center"), np.nan)[is_c],
+        )
+    out["opponent_ratio"] = opp
+
+    oriented = is_1 | is_2
+    phase = np.full(n, np.nan)
+    if oriented.any():
+        phase[oriented] = S.symmetry_phase(w[oriented])
+    out["phase"] = phase
+
+    # orientation and centre of the kernel's own family fit; crosses have no bar axis
+    ori = np.full(n, np.nan)
+    x0 = np.full(n, np.nan)
+    y0 = np.full(n, np.nan)
+    for f, sel in ((FIRST_DERIVATIVE, is_1), (SECOND_DERIVATIVE, is_2)):
+        unfitted = sel & ~np.isfinite(_col(df, f"fit_r2_{f}"))  # fits=False: the atlas's
+        ori[unfitted] = _col(df, "orientation")[unfitted]  # orientation, about the centre
+        good = sel & _r2_ok(df, f)
+        if f == SECOND_DERIVATIVE:
+            good &= _col(df, "fit_cross_share_second_derivative") < 0.5
+        ori[good] = _col(df, f"fit_orientation_{f}")[good]
+        x0[good] = _col(df, f"fit_x0_{f}")[good]
+        y0[good] = _col(df, f"fit_y0_{f}")[good]
+    out["orientation"] = S.axis_orientation(ori)
+
+    elong = np.full(n, np.nan)
+    at_edge = np.zeros(n, dtype=bool)
+    fitted = np.zeros(n, dtype=bool)
+    for f in (FIRST_DERIVATIVE, SECOND_DERIVATIVE):  # the fits' own sigmas where they hold
+        su, sv = (_col(df, c) for c in ELONGATION_COLUMNS[f])
+        sel = (fam == f) & np.isfinite(ori) & _r2_ok(df, f) & (su > 0) & np.isfinite(sv)
+        elong[sel] = (sv / np.where(sel, su, 1.0))[sel]
+        fitted |= sel
+    todo = oriented & np.isfinite(ori) & ~fitted
+    if todo.any():
+        r, e = S.elongation(w[todo], fam[todo], ori[todo], x0[todo], y0[todo])
+        elong[todo], at_edge[todo] = r, e
+    out["elongation"] = elong
+    out["elongation_at_edge"] = at_edge
+    return out[list(STAT_COLUMNS)]
+
+
+def kernel_statistics(
+    kernels: pd.DataFrame | str | os.PathLike[str],
+    *,
+    max_kernels: int | None = 20_000,
+    seed: int = 0,
+    device: str | None = None,
+    fits: bool = True,
+) -> pd.DataFrame:
+    """Per-kernel dimensionless statistics of the classified kernels of a kernels table.
+
+    Parameters
+    ----------
+    kernels : DataFrame with ``model, kh, kw, family, classified, weights`` (and ``source``
+        and the ``fit_*`` columns where present), or a path to ``kernels.parquet`` or its
+        analysis directory.
+    max_kernels : at most this many classified kernels per (source, model, size), a seeded
+        uniform sample (None: all).
+    seed : seed of that sample and of any fit run here.
+    device : torch device for fits computed here (fit columns missing from the table).
+    fits : fit the kernels whose fit columns are missing (as ``kernelatlas.fit_kernels``).
+        False: no fits run here; without fit columns the surround statistics are NaN and
+        orientation and elongation use the atlas's orientation about the kernel centre
+        (second-derivative crosses included). Compare like with like: use the same for
+        the null (:func:`null_statistics`).
+
+    Returns
+    -------
+    DataFrame, one row per sampled classified kernel, columns :data:`STAT_COLUMNS`: the
+    family and ``surround_ratio, surround_weight, opponent_ratio`` (centre family),
+    ``phase, elongation, elongation_at_edge, orientation`` (axis, degrees; oriented
+    families); NaN where a statistic does not apply or its fit is unusable
+    (R^2 outside [0, 1]).
+    """
+    df = _read(kernels, max_kernels, seed)
+    parts = []
+    for (kh, kw), idx in df.groupby(["kh", "kw"], sort=True).indices.items():
+        parts.append(_size_statistics(df.iloc[idx], int(kh), int(kw), device, seed, fits))
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("source", "model", "family")
+                                          else float) for c in STAT_COLUMNS})  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- null, init
+@lru_cache(maxsize=8)
+def _atlas(kh: int, kw: int, null_fpr: float, n_null: int, seed: int):
+    from ..atlas import Atlas
+
+    return Atlas(kernel_size=(kh, kw), null_fpr=null_fpr, n_null=n_null, seed=seed).fit()
+
+
+def label_kernels(
+    kernels: np.ndarray,
+    *,
+    source: str,
+    model: str,
+    null_fpr: float = DEFAULT_NULL_FPR,
+    n_null: int = DEFAULT_NULL_SIZE,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A kernels table for bare kernels [N, kh, kw]: the atlas's names, calibrated as analyze does.
+
+    Rows carry ``source, model, kh, kw``, the atlas columns and ``weights``; the fits are left
+    to :func:`kernel_statistics` (it fits only the classified rows).
+    """
+    k = np.asarray(kernels, dtype=np.float32)
+    if k.ndim != 3:
+        raise KernelAtlasError(f"expected kernels [N, kh, kw], got shape {k.shape}")
+    n, kh, kw = k.shape
+    pred = _atlas(kh, kw, float(null_fpr), int(n_null), int(seed)).predict(k) if n else None
+    df = pd.DataFrame({"source": [source] * n, "model": [model] * n, "kh": kh, "kw": kw})
+    if pred is not None:
+        df = pd.concat([df, pred.reset_index(drop=True)], axis=1)
+    else:
+        df["family"], df["classified"] = pd.Series(dtype=object), pd.Series(dtype=bool)
+    df["weights"] = list(k.reshape(n, -1))
+    return df
+
+
+NULL_SOURCE = "<null>"  # source and model name of the null's rows
+
+
+def null_table(
+    kh: int,
+    kw: int,
+    *,
+    n: int = BIOLOGY_NULL_SIZE,
+    null_fpr: float = DEFAULT_NULL_FPR,
+    n_null: int = DEFAULT_NULL_SIZE,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A kernels table of ``n`` iid Gaussian kernels of one size, named by the calibrated atlas.
+
+    The sample is held out from the calibration null (another seed); its rows have source
+    and model :data:`NULL_SOURCE`.
+    """
+    z = gaussian_null(int(n), kh, kw, seed=int(seed) + _NULL_SEED_OFFSET)
+    return label_kernels(
+        z, source=NULL_SOURCE, model=NULL_SOURCE, null_fpr=null_fpr, n_null=n_null, seed=seed
+    )
+
+
+def null_statistics(
+    kh: int,
+    kw: int,
+    *,
+    n: int = BIOLOGY_NULL_SIZE,
+    null_fpr: float = DEFAULT_NULL_FPR,
+    n_null: int = DEFAULT_NULL_SIZE,
+    seed: int = 0,
+    device: str | None = None,
+    fits: bool = True,
+) -> pd.DataFrame:
+    """:func:`kernel_statistics` of ``n`` iid Gaussian kernels of one size through the same atlas and fits.
+
+    The sample is held out from the calibration null (another seed); about ``null_fpr`` of
+    it is classified, so the null's statistics rest on roughly ``n * null_fpr`` kernels.
+    """
+    table = null_table(kh, kw, n=n, null_fpr=null_fpr, n_null=n_null, seed=seed)
+    return kernel_statistics(table, max_kernels=None, seed=seed, device=device, fits=fits)
+
+
+def _sizes(stats: pd.DataFrame) -> list[tuple[int, int]]:
+    return sorted({(int(a), int(b)) for a, b in zip(stats["kh"], stats["kw"])})
+
+
+def group_statistics(
+    kernels: pd.DataFrame | str | os.PathLike[str] | None,
+    *,
+    init: pd.DataFrame | None = None,
+    null: bool = True,
+    sizes: list[tuple[int, int]] | None = None,
+    null_fpr: float = DEFAULT_NULL_FPR,
+    n_null: int = DEFAULT_NULL_SIZE,
+    n_biology_null: int = BIOLOGY_NULL_SIZE,
+    seed: int = 0,
+    max_kernels: int | None = 20_000,
+    device: str | None = None,
+    fits: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Per-kernel statistics of each group: ``kernels``, ``null`` (one sample per kernel size)
+    and ``init`` (where given); the arguments are :func:`compare`'s.
+
+    The null and the fresh-init kernels of one size are fitted in one call (fits have a
+    fixed set-up cost). ``kernels`` None: only the null (for ``sizes``) and init groups.
+    """
+    out: dict[str, pd.DataFrame] = {}
+    if kernels is not None:
+        out["kernels"] = kernel_statistics(
+            kernels, max_kernels=max_kernels, seed=seed, device=device, fits=fits
+        )
+    if sizes is None:
+        sizes = _sizes(out["kernels"]) if "kernels" in out else []
+    sizes = [(kh, kw) for kh, kw in sizes if min(kh, kw) >= 3]  # the atlas's sizes only
+    tables = []
+    if null:
+        tables += [null_table(kh, kw, n=n_biology_null, null_fpr=null_fpr, n_null=n_null,
+                              seed=seed) for kh, kw in sizes]  # fmt: skip
+    if init is not None:
+        tables.append(_check(init))
+    if tables:
+        both = kernel_statistics(
+            pd.concat(tables, ignore_index=True),
+            max_kernels=max_kernels, seed=seed, device=device, fits=fits,
+        )  # fmt: skip
+        is_null = (both["source"] == NULL_SOURCE).to_numpy()
+        if null:
+            out["null"] = both[is_null].reset_index(drop=True)
+        if init is not None:
+            out["init"] = both[~is_null].reset_index(drop=True)
+    return out
+
+
+# --------------------------------------------------------------------------- reduce
+def _reduce(stat: S.Statistic, frame: pd.DataFrame) -> tuple[float, float, float, int]:
+    v = stat.values(frame)
+    n = int(v.size)
+    if n == 0:
+        return np.nan, np.nan, np.nan, 0
+    if stat.reduce == "median":
+        q25, q50, q75 = np.quantile(v, [0.25, 0.5, 0.75])
+        return float(q50), float(q25), float(q75), n
+    m = float(v.mean())
+    se = float(np.sqrt(max(float((v * v).mean()) - m * m, 0.0) / n))
+    return m, m - 1.96 * se, m + 1.96 * se, n
+
+
+def _published(stat: S.Statistic, ref: pd.DataFrame) -> tuple[float, str, str]:
+    """The published value, relation and reference ids a statistic is compared with.
+
+    Only a statistic with a numeric relation (``=``, ``<=``) takes a number, and only from
+    rows holding a point estimate (``mean``, ``median``, ``share``); a bound or count stays
+    in the reference table. Several numbers: their median (each row keeps its own
+    species and cell class in the table; ``published_refs`` lists the numeric rows first).
+    """
+    rows = ref[ref["statistic"].isin(stat.references)]
+    usable = rows["value_kind"].isin(_POINT_KINDS) & np.isfinite(rows["value"].to_numpy(float))
+    numeric = rows[usable] if stat.relation != "qualitative" else rows.iloc[:0]
+    refs = ";".join(dict.fromkeys([*numeric["ref_id"], *rows["ref_id"]]))
+    if len(numeric):
+        return float(np.median(numeric["value"].to_numpy(float))), stat.relation, refs
+    return np.nan, ("qualitative" if len(rows) else ""), refs
+
+
+def _note(stat: S.Statistic, frame: pd.DataFrame, kh: int, kw: int) -> str:
+    notes = []
+    fam = frame["family"].to_numpy(object)
+    if stat.quantity not in ("family",):
+        in_scope = np.isin(fam, stat.scope)
+        usable = np.isfinite(frame[stat.quantity].to_numpy(dtype=np.float64)) & in_scope
+        dropped = int(in_scope.sum() - usable.sum())
+        if dropped:
+            notes.append(f"{dropped} kernel(s) without a usable fit or bar axis left out")
+    if stat.name == "elongation" and len(frame):
+        edge = frame["elongation_at_edge"].to_numpy(dtype=bool)[np.isin(fam, stat.scope)]
+        if edge.size and edge.mean() > 0.2:
+            notes.append(f"{100 * edge.mean():.0f}% at the sigma grid's edge ({kh}x{kw} support)")
+    if stat.name == "surround_ratio" and len(frame):
+        r = frame["surround_ratio"].to_numpy(dtype=np.float64)
+        s2 = r[np.isfinite(r)]
+        if s2.size:
+            notes.append(f"support {kh}x{kw}: a surround wider than the kernel is not measurable")
+    return "; ".join(notes)
+
+
+def compare(
+    kernels: pd.DataFrame | str | os.PathLike[str],
+    *,
+    init: pd.DataFrame | None = None,
+    null: bool = True,
+    null_fpr: float = DEFAULT_NULL_FPR,
+    n_null: int = DEFAULT_NULL_SIZE,
+    n_biology_null: int = BIOLOGY_NULL_SIZE,
+    seed: int = 0,
+    max_kernels: int | None = 20_000,
+    device: str | None = None,
+    fits: bool = True,
+    statistics: Mapping[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """The tidy table behind the biology figures: per model, size and statistic, the
+    kernels' value beside the null's, the fresh initialisation's and the published one.
+
+    Parameters
+    ----------
+    kernels : a kernels table (DataFrame or path to ``kernels.parquet`` / its directory).
+    init : a kernels table of freshly initialised kernels whose ``model`` and ``source``
+        name the trained model they are the twin of (e.g. from :func:`label_kernels`);
+        None: the init columns are NaN.
+    null : compute the null columns (iid Gaussian kernels, one sample per kernel size).
+    null_fpr, n_null, seed : the atlas calibration of the null and init kernels (use the
+        analysis's: ``summary["config"]``); ``seed`` also seeds samples and fits.
+    n_biology_null : null kernels drawn per size (about ``null_fpr`` of them classified).
+    max_kernels : classified kernels per (source, model, size) at most (seeded sample).
+    device : torch device for fits computed here.
+    fits : run the parametric fits where the table has none, for the null and init too
+        (see :func:`kernel_statistics`).
+    statistics : precomputed per-kernel tables ``{"kernels": ..., "null": ..., "init": ...}``
+        (from :func:`group_statistics`) to reuse; missing groups are computed.
+
+    Returns
+    -------
+    DataFrame, columns :data:`COMPARE_COLUMNS`, one row per (source, model, kh, kw,
+    statistic). ``<group>_value`` is the median (``lo``/``hi``: quartiles) or the mean of an
+    indicator (``lo``/``hi``: normal 95% interval); ``<group>_n`` the kernels behind it.
+    ``published_value`` is set where one published number maps onto the statistic
+    (``published_relation``: ``=`` or ``<=`` an upper bound); ``published_refs`` lists the
+    reference rows (:func:`kernelatlas.biology.reference`) it is compared with.
+
+    Examples
+    --------
+    >>> from kernelatlas.biology import compare
+    >>> table = compare("report/kernels.parquet")  # doctest: +SKIP
+    >>> table.query("statistic == 'cardinal_bias'")[["model", "kh", "kernels_value", "null_value"]]  # doctest: +SKIP
+    """
+    stats = dict(statistics or {})
+    if (
+        "kernels" not in stats
+        or (null and "null" not in stats)
+        or (init is not None and "init" not in stats)
+    ):
+        todo = group_statistics(
+            None if "kernels" in stats else kernels,
+            init=None if "init" in stats else init,
+            null=null and "null" not in stats,
+            sizes=None if "kernels" not in stats else _sizes(stats["kernels"]),
+            null_fpr=null_fpr, n_null=n_null, n_biology_null=n_biology_null, seed=seed,
+            max_kernels=max_kernels, device=device, fits=fits,
+        )  # fmt: skip
+        stats = {**todo, **stats}
+    k = stats["kernels"]
+    ref = reference()
+    keys = k[_KEYS].drop_duplicates().sort_values(_KEYS).itertuples(index=False)
+    rows: list[dict[str, Any]] = []
+    for key in keys:
+        src, model, kh, kw = key
+        frames = {
+            "kernels": k[
+                (k["source"] == src) & (k["model"] == model) & (k["kh"] == kh) & (k["kw"] == kw)
+            ],
+        }
+        if "null" in stats:
+            nf = stats["null"]
+            frames["null"] = nf[(nf["kh"] == kh) & (nf["kw"] == kw)]
+        if "init" in stats:
+            f = stats["init"]
+            frames["init"] = f[(f["model"] == model) & (f["kh"] == kh) & (f["kw"] == kw)]
+        for stat in S.STATISTICS.values():
+            row: dict[str, Any] = {"source": src, "model": model, "kh": int(kh), "kw": int(kw),
+                                   "statistic": stat.name, "label": stat.label}  # fmt: skip
+            for g in GROUPS:
+                v, lo, hi, n = _reduce(stat, frames[g]) if g in frames else (np.nan,) * 3 + (0,)
+                row.update({f"{g}_value": v, f"{g}_lo": lo, f"{g}_hi": hi, f"{g}_n": n})
+            row["published_value"], row["published_relation"], row["published_refs"] = _published(
+                stat, ref
+            )
+            row["note"] = _note(stat, frames["kernels"], int(kh), int(kw))
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+    for g in GROUPS:
+        out[f"{g}_n"] = out[f"{g}_n"].astype(np.int64)
+    return out

@@ -1,0 +1,321 @@
+"""The seed's diagram, generated: on- and off-centre DoG and their derivatives, beside the
+mean of the user's own kernels in each panel.
+
+"The complete diagram of the On and Off DoG filters and their derivatives": one row of
+on (+) patterns and one of off (-) patterns; one column per family, sub-shape (bars and
+crosses) and orientation, every panel labelled with its sigma and angle. Below it, for each
+kernel size of the run, the same grid filled with the mean of the run's classified kernels
+that fall in that panel (same family and shape, same polarity, orientation within half a
+bin), with the number of kernels averaged. On- and off-centre kernels are never averaged
+together; kernels are centred and unit-normalised first (never sign-flipped).
+
+The columns come from the family registry (orientation period, polarity, sub-shapes), so
+a family registered later gets its columns without a change here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as ds
+
+from ..taxonomy import FAMILY_INFO, PATTERN_FAMILIES
+
+__all__ = [
+    "Panel", "PanelStats", "diagram_columns", "diagram_patterns", "panel_stats", "panel_means",
+    "unit_kernels", "plot_diagram",
+]  # fmt: skip
+
+ROWS = ((1, "on (+)"), (-1, "off (-)"))
+DIAGRAM_SIZE = 15
+DIAGRAM_SIGMA = 2.0
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel: which kernels it holds (family, shape, orientation, polarity)."""
+
+    family: str
+    shape: str | None  # a sub-shape told apart (bar / cross), or None
+    orientation: float | None  # degrees, or None for unoriented families
+    polarity: int  # +1 / -1 where the family has a polarity, else 0
+    half_width: float  # orientation tolerance, degrees
+
+    def title(self, sigma: float | None = None) -> str:
+        bits = []
+        if sigma is not None:
+            bits.append(f"σ={sigma:g} px")
+        if self.orientation is not None:
+            bits.append(f"θ={self.orientation:g}°")
+        return ", ".join(bits)
+
+
+# ----------------------------------------------------------------- family generators
+
+
+def _generator(family: str) -> tuple[tuple[str | None, ...], Callable[..., np.ndarray]]:
+    """(the sub-shapes the diagram tells apart, generate(size, sigma, theta, polarity, shape))."""
+    from ..atlas.registry import get_family
+
+    fam = get_family(family)
+    takes_kind = "kind" in inspect.signature(fam.generate).parameters
+    shapes: tuple[str | None, ...] = (
+        tuple(fam.shapes) if takes_kind and len(getattr(fam, "shapes", ())) > 1 else (None,)
+    )
+
+    def gen(size: int, sigma: float, theta: float | None, polarity: int, shape: str | None):
+        kw: dict[str, Any] = {"kind": shape} if shape is not None else {}
+        return fam.generate(
+            size,
+            size,
+            1,
+            rng=np.random.default_rng(0),
+            scale=np.array([sigma]),
+            orientation=np.array([np.nan if theta is None else theta]),
+            polarity=np.array([polarity or 1.0]),
+            **kw,
+        )[0]
+
+    return shapes, gen
+
+
+# ----------------------------------------------------------------- layout
+
+
+def _orientations(period: float | None, has_polarity: bool) -> list[float | None]:
+    if not period:
+        return [None]
+    if period == 360.0 and not has_polarity:  # the off row holds the opposite direction
+        return [0.0, 90.0]
+    return [float(t) for t in np.arange(4) * period / 4]
+
+
+def diagram_columns(families: list[str] | None = None) -> list[list[Panel | None]]:
+    """Columns of the diagram: for each, the on-row and off-row :class:`Panel` (None: no
+    such panel, e.g. the off row of a family with neither polarity nor direction)."""
+    cols = []
+    for f in PATTERN_FAMILIES if families is None else families:
+        info = FAMILY_INFO[f]
+        period, pol = info.orientation_period, bool(info.has_polarity)
+        half = (period or 360.0) / 8
+        shapes, _ = _generator(f)
+        for shape in shapes:
+            for theta in _orientations(period, pol):
+                col: list[Panel | None] = []
+                for sign, _label in ROWS:
+                    if pol:
+                        col.append(Panel(f, shape, theta, sign, half))
+                    elif period == 360.0 and theta is not None:
+                        t = theta if sign > 0 else (theta + 180.0) % 360.0
+                        col.append(Panel(f, shape, t, 0, half))
+                    else:
+                        col.append(Panel(f, shape, theta, 0, half) if sign > 0 else None)
+                cols.append(col)
+    return cols
+
+
+def diagram_patterns(
+    columns: list[list[Panel | None]], size: int = DIAGRAM_SIZE, sigma: float = DIAGRAM_SIGMA
+) -> list[list[np.ndarray | None]]:
+    """The generated pattern of every panel (unit norm), same layout as ``columns``."""
+    out = []
+    for col in columns:
+        row = []
+        for panel in col:
+            if panel is None:
+                row.append(None)
+                continue
+            _, gen = _generator(panel.family)
+            row.append(gen(size, sigma, panel.orientation, panel.polarity, panel.shape))
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------- the user's means
+
+
+def _in_panel(panel: Panel, fam: np.ndarray, shape: np.ndarray | None, ori: np.ndarray, pol: np.ndarray) -> np.ndarray:  # fmt: skip
+    sel = fam == panel.family
+    if panel.shape is not None and shape is not None:
+        sel &= shape == panel.shape
+    if panel.polarity:
+        sel &= pol == panel.polarity
+    if panel.orientation is not None:
+        period = FAMILY_INFO[panel.family].orientation_period or 360.0
+        d = np.abs((ori - panel.orientation + period / 2) % period - period / 2)
+        sel &= d <= panel.half_width
+    return sel
+
+
+def unit_kernels(kernels: np.ndarray) -> np.ndarray:
+    """Centred, unit-norm kernels [N, kh, kw] in float32 (the panel means' input; rows that
+    are all zero stay zero). Classified kernels are never degenerate, so this equals
+    :func:`kernelatlas.normalize.normalize`'s ``unit`` on them, to float32 precision."""
+    k = np.asarray(kernels, dtype=np.float32)
+    flat = k.reshape(len(k), -1)
+    c = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("ij,ij->i", c, c))
+    return (c / np.maximum(norm, 1e-30)[:, None]).reshape(k.shape)
+
+
+@dataclass
+class PanelStats:
+    """The panel means of one kernel size as a statistic that adds up over any split of the
+    kernels (batches, partitions, workers): per panel of :func:`diagram_columns` (flattened,
+    column by column, on row then off row; None panels left out), the float64 sum of the
+    unit kernels in it and their number."""
+
+    sums: np.ndarray  # [P, kh, kw] float64
+    counts: np.ndarray  # [P] int64
+
+    def merge(self, other: PanelStats) -> PanelStats:
+        """The statistic of both sets of kernels."""
+        return PanelStats(self.sums + other.sums, self.counts + other.counts)
+
+    def means(
+        self, columns: list[list[Panel | None]]
+    ) -> tuple[list[list[np.ndarray | None]], list[list[int]]]:
+        """(mean unit kernel, count) of every panel, laid out as ``columns``."""
+        means: list[list[np.ndarray | None]] = []
+        ns: list[list[int]] = []
+        k = 0
+        for col in columns:
+            mrow: list[np.ndarray | None] = []
+            nrow: list[int] = []
+            for panel in col:
+                if panel is None:
+                    mrow.append(None)
+                    nrow.append(0)
+                    continue
+                mrow.append(self.sums[k] / max(int(self.counts[k]), 1))
+                nrow.append(int(self.counts[k]))
+                k += 1
+            means.append(mrow)
+            ns.append(nrow)
+        return means, ns
+
+
+def panel_stats(
+    kernels: np.ndarray,
+    family: np.ndarray,
+    shape: np.ndarray | None,
+    orientation: np.ndarray,
+    polarity: np.ndarray,
+    columns: list[list[Panel | None]],
+) -> PanelStats:
+    """The :class:`PanelStats` of classified kernels [N, kh, kw] from their atlas columns
+    (``shape`` None: a table without the atlas's ``shape`` column)."""
+    n, kh, kw = np.shape(kernels)
+    flat = [p for col in columns for p in col if p is not None]
+    sums = np.zeros((len(flat), kh, kw))
+    counts = np.zeros(len(flat), np.int64)
+    if n:
+        unit = unit_kernels(kernels).reshape(n, kh * kw)
+        fam = np.asarray(family, dtype=object)
+        shp = None if shape is None else np.asarray(shape, dtype=object)
+        ori = np.asarray(orientation, dtype=float)
+        pol = np.asarray(polarity, dtype=float)
+        for k, panel in enumerate(flat):  # a few dozen panels, not kernels
+            sel = _in_panel(panel, fam, shp, ori, pol)
+            if sel.any():
+                sums[k] = unit[sel].sum(0, dtype=np.float64).reshape(kh, kw)
+                counts[k] = int(sel.sum())
+    return PanelStats(sums, counts)
+
+
+def panel_means(
+    path: Path, kh: int, kw: int, columns: list[list[Panel | None]], *, batch_size: int = 65_536
+) -> tuple[list[list[np.ndarray | None]], list[list[int]]]:
+    """Mean unit kernel and count of the classified ``kh x kw`` kernels in every panel.
+
+    Streams ``path`` (kernels.parquet, a file or a folder of parts) in batches, the weights
+    through :func:`kernelatlas.results.kernel_weights`; kernels are centred and
+    unit-normalised, never sign-flipped, so on- and off-polarity kernels stay apart. (An
+    analysis computes the same :class:`PanelStats` while it classifies.)
+    """
+    from ..results import BANK_REF_COLUMNS, kernel_weights, kernels_dataset
+
+    dataset = kernels_dataset(path)
+    names = dataset.schema.names
+    has_shape = "shape" in names
+    refs = ["weights", "kh", "kw"] if "weights" in names else list(BANK_REF_COLUMNS)
+    cols = ["family", "orientation", "polarity", *refs] + (["shape"] if has_shape else [])
+    flt = (ds.field("kh") == kh) & (ds.field("kw") == kw) & ds.field("classified")
+    total = panel_stats(np.zeros((0, kh, kw)), [], None, [], [], columns)
+    for batch in dataset.to_batches(columns=cols, filter=flt, batch_size=batch_size):
+        if batch.num_rows == 0:
+            continue
+        col = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in cols if c in ("family", "shape", "orientation", "polarity")}  # fmt: skip
+        part = panel_stats(
+            kernel_weights(path, batch), col["family"], col.get("shape"), col["orientation"],
+            col["polarity"], columns,
+        )  # fmt: skip
+        total = total.merge(part)
+    return total.means(columns)
+
+
+# ----------------------------------------------------------------- the figure
+
+
+def _col_header(panel: Panel) -> str:
+    name = panel.family.replace("_", "\n")
+    return f"{name}\n({panel.shape})" if panel.shape else name
+
+
+def plot_diagram(
+    plt: Any,
+    columns: list[list[Panel | None]],
+    patterns: list[list[np.ndarray | None]],
+    means: dict[str, tuple[list[list[np.ndarray | None]], list[list[int]]]],
+    *,
+    sigma: float = DIAGRAM_SIGMA,
+    size: int = DIAGRAM_SIZE,
+) -> Any:
+    """The labelled figure: the generated on/off rows, then the user's on/off means per size."""
+    from .figures import kernel_colorbar, plot_kernels
+
+    blocks = [(f"atlas {size}x{size}", patterns, None)] + [
+        (f"your {key} kernels (mean)", m, n) for key, (m, n) in means.items()
+    ]
+    nrows, ncols = 2 * len(blocks), len(columns)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(1.05 * ncols + 1.2, 1.25 * nrows + 0.4), squeeze=False
+    )
+    for b, (label, pats, counts) in enumerate(blocks):
+        for r, (_sign, row_label) in enumerate(ROWS):
+            ax_row = axes[2 * b + r]
+            for c, col in enumerate(columns):
+                ax, panel = ax_row[c], col[r]
+                if panel is None:
+                    ax.axis("off")
+                    continue
+                k = pats[c][r]
+                if counts is None:
+                    title = panel.title(sigma)
+                    if b == 0 and r == 0:
+                        title = f"{_col_header(panel)}\n{title}"
+                    plot_kernels(ax, k[None], ncols=1, title=title, fontsize=7)
+                else:
+                    n = counts[c][r]
+                    sub = (
+                        f"{panel.title()}\nn={n:,}" if panel.orientation is not None else f"n={n:,}"
+                    )
+                    img = k[None] if n else np.full((1, *k.shape), np.nan)
+                    plot_kernels(ax, img, ncols=1, title=sub, fontsize=7)
+                    if not n:
+                        ax.text(0.5, 0.5, "none", ha="center", va="center", color="#888",
+                                fontsize=8, transform=ax.transAxes)  # fmt: skip
+            ax_row[0].annotate(f"{label}\n{row_label}", (-0.12, 0.5), xycoords="axes fraction",
+                               fontsize=7.5, ha="right", va="center")  # fmt: skip
+    kernel_colorbar(fig, axes.ravel().tolist(), label="weight / max |weight| (each panel)")
+    fig.suptitle(
+        "On- and off-centre DoG and their first and second derivatives (generated), beside the mean "
+        "of your classified kernels in each panel (n kernels; on and off never averaged together)",
+        fontsize=9,
+    )
+    return fig
