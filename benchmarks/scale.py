@@ -281,7 +281,12 @@ def partition_costs(k: int, work: Path) -> dict[str, Any]:
         bank.add(HarvestResult(f"synthetic{k}", f"synthetic{k}", "numpy", layers))
         t_bank = time.perf_counter() - t
         atlas = calibrate(k, k, null_fpr=0.01, n_null=20_000).atlas
-        job = PartitionJob({(k, k): SizeModels(atlas)}, parts_dir=str(folder / "parts"))
+        from kernelatlas.report.diagram import diagram_columns
+
+        panels = tuple(tuple(c) for c in diagram_columns())  # as an analysis with figures
+        job = PartitionJob(
+            {(k, k): SizeModels(atlas)}, parts_dir=str(folder / "parts"), panels=panels
+        )
         [part] = bank_partitions(bank)
         run_partition(part, job)  # warm up
         best: dict[str, float] | None = None
