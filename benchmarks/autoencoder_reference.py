@@ -185,16 +185,10 @@ _by_size: list[dict] = []
 
 
 def models(tmp: Path, left_out: dict[str, str]) -> list[dict]:
-    from kernelatlas.harvest import get_source, list_sources
+    from kernelatlas.harvest import list_sources
     from kernelatlas.pipeline import AnalysisConfig, analyze
 
-    names = []
-    for n in list_sources():
-        thin = [f"{kh}x{kw}" for kh, kw in get_source(n).expected_counts if min(kh, kw) < 3]
-        if thin:  # the atlas refuses kernels thinner than 3 (1-D kernels: issue 11)
-            left_out[n] = f"{', '.join(thin)} kernels abort analyze (atlas needs >= 3x3)"
-        else:
-            names.append(n)
+    names = list(list_sources())  # 1-D layers: the 1-D atlas, an autoencoder trained per run
     cfg = AnalysisConfig(quiet=True, method="both", fit=False, figures=False)
     res = analyze(names, tmp / "all", cfg)
     by_size = {(r["kh"], r["kw"]): r for r in res.summary["autoencoder"]["by_size"]}

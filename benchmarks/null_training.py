@@ -58,6 +58,7 @@ def analyse_snapshot(
         wilson_interval,
     )
     from kernelatlas.report.summary import baseline_block
+    from kernelatlas.taxonomy import PATTERN_FAMILIES
 
     builder = ReferenceBuilder(KS, KS, kinds=DEFAULT_BASELINES, expected={"net": len(kernels)},
                                sample_size=2 * n_null, seed=seed)  # fmt: skip
@@ -75,10 +76,7 @@ def analyse_snapshot(
         if null == "gaussian":
             rows, _ = measure_baselines(atlas.predict, refs, DEFAULT_BASELINES, n_null, seed=seed,
                                         calibrated=null)  # fmt: skip
-            counts = {
-                f: int((fam == f).sum())
-                for f in ("center", "first_derivative", "second_derivative")
-            }
+            counts = {f: int((fam == f).sum()) for f in PATTERN_FAMILIES}
             block = baseline_block(k, live, counts, rows)
             out.update(
                 {"kernels": int(len(kernels)), "classified": k, "coverage": k / live, **block}

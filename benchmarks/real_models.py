@@ -23,9 +23,10 @@ from kernelatlas import __version__
 from kernelatlas.harvest.zoo import list_sources
 from kernelatlas.null import NULLS
 from kernelatlas.pipeline import AnalysisConfig, analyze
+from kernelatlas.taxonomy import PATTERN_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMS = ("center", "first_derivative", "second_derivative")
+FAMS = tuple(PATTERN_FAMILIES)  # every registered pattern family
 
 
 def pct(x: float | None) -> str:
@@ -224,22 +225,22 @@ def _kept_sections(text: str) -> list[str]:
 
 def _slim(summary: dict[str, Any]) -> dict[str, Any]:
     """What the document needs of a summary (no per-layer rows)."""
-    keys = ("kernelatlas_version", "config", "thresholds", "nulls", "models", "autoencoder")
+    keys = (
+        "kernelatlas_version",
+        "config",
+        "thresholds",
+        "nulls",
+        "models",
+        "skipped",
+        "autoencoder",
+    )
     return {k: summary.get(k) for k in keys}
 
 
 def loadable_sources() -> tuple[list[str], dict[str, str]]:
-    """Registered sources the atlas can analyse, and why the others are left out."""
-    from kernelatlas.harvest.zoo import get_source
-
-    names, left_out = [], {}
-    for n in list_sources():
-        thin = [f"{kh}x{kw}" for kh, kw in get_source(n).expected_counts if min(kh, kw) < 3]
-        if thin:  # the atlas refuses kernels thinner than 3 (1-D kernels: issue 11)
-            left_out[n] = f"its {', '.join(thin)} kernels abort analyze (the atlas needs >= 3x3)"
-        else:
-            names.append(n)
-    return names, left_out
+    """Every registered source (1-D layers are named by the 1-D atlas; sizes the atlas
+    cannot name are listed in each summary's ``skipped``), and none left out."""
+    return list(list_sources()), {}
 
 
 def run(out: Path, method: str) -> dict[str, Any]:
