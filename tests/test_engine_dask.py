@@ -63,7 +63,7 @@ def _run(engine, parts, job, folder: Path) -> tuple[pa.Table, PartsMerger]:
 
 def test_analyze_dask_matches_local_every_column(scheduler, tmp_path: Path) -> None:
     base = {"fit": False, "init_baseline": False, "quiet": True, "batch_size": 1000,
-            "n_null": 5000, "with_weights": True}  # fmt: skip
+            "n_null": 5000, "with_weights": True, "baselines": ("gaussian",)}  # fmt: skip
     local = analyze(SOURCES, tmp_path / "local", AnalysisConfig(**base))
     dask = analyze(SOURCES, tmp_path / "dask", AnalysisConfig(**base, engine="dask",
                                                              scheduler=scheduler))  # fmt: skip

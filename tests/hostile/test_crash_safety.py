@@ -101,7 +101,7 @@ def _analyze_state(out: Path) -> tuple[str, ...]:
 
 def test_killed_analyze_shows_old_or_new_state_and_resumes(tmp_path):
     rng = np.random.default_rng(11)
-    common = ["--out", "out", "--no-fit", "--no-init-baseline"]
+    common = ["--out", "out", "--no-fit", "--no-init-baseline", "--baselines", "gaussian"]
     t_first = _run(["analyze", SOURCES[0], *common], tmp_path)
     assert _analyze_state(tmp_path / "out") == (SOURCES[0],)
     seen, killed = set(), 0

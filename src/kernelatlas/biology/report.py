@@ -162,12 +162,18 @@ def biology_section(
     run_dir: str | os.PathLike[str],
     summary: dict[str, Any],
     *,
-    init: bool = True,
+    init: bool | None = None,
     n_biology_null: int = BIOLOGY_NULL_SIZE,
     max_kernels: int | None = 20_000,
 ) -> BiologySection:
-    """The comparison for an analysis directory, calibrated as its summary's config says."""
+    """The comparison for an analysis directory, calibrated as its summary's config says.
+
+    ``init``: compare with the freshly initialised twins (None: as the analysis did, i.e.
+    not with ``--no-init-baseline``).
+    """
     cfg = summary.get("config", {})
+    if init is None:
+        init = bool(cfg.get("init_baseline", True))
     kw = {"null_fpr": float(cfg.get("null_fpr", DEFAULT_NULL_FPR)),
           "n_null": int(cfg.get("n_null", DEFAULT_NULL_SIZE)), "seed": int(cfg.get("seed", 0))}  # fmt: skip
     device = cfg.get("device")
