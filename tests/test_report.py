@@ -142,6 +142,10 @@ def test_explorer_data_matches_kernels_parquet(collide: dict) -> None:
     np.testing.assert_allclose(q / 127 * peak, w, atol=float(peak.max()) / 127)
     # Sources keep their own labels although the three files share one model name.
     assert len({s["label"] for s in pay["sources"]}) == 3
+    # The layer menu follows the network: within each source, increasing layer index.
+    by_src = pd.DataFrame({"s": lay["source"], "i": lay["layer_index"]})
+    assert all(g["i"].is_monotonic_increasing for _, g in by_src.groupby("s", sort=False))
+    assert by_src["s"].is_monotonic_increasing  # sources one after the other
 
 
 def test_stratified_sample_is_stated_and_per_layer(collide: dict) -> None:
@@ -318,7 +322,12 @@ def test_figures_draw_without_library_warnings(collide: dict) -> None:
 
 
 def test_diagram_on_off_rows_from_the_registry(collide: dict) -> None:
-    from kernelatlas.report.diagram import diagram_columns, diagram_patterns, panel_means
+    from kernelatlas.report.diagram import (
+        diagram_columns,
+        diagram_patterns,
+        panel_means,
+        panel_sigma,
+    )
 
     cols = diagram_columns()
     assert {c[0].family for c in cols} == set(PATTERN_FAMILIES)
@@ -336,6 +345,12 @@ def test_diagram_on_off_rows_from_the_registry(collide: dict) -> None:
         assert "σ=" in col[0].title(2.0)
         if info.orientation_period:
             assert "θ=" in col[0].title(2.0)
+        if col[0].family == "shift":  # drawn at its own scale: one off-centre tap
+            assert panel_sigma("shift", 2.0) <= 0.5 and float((on**2).max()) > 0.8
+            mid = on.shape[0] // 2
+            assert abs(on[mid, mid]) < 0.2
+        else:
+            assert panel_sigma(col[0].family, 2.0) == 2.0
     # Your means: the on-centre panel holds only on-centre kernels, the off-centre one only
     # off-centre kernels (never averaged together), with their counts.
     means, ns = panel_means(collide["out"] / "kernels.parquet", 3, 3, cols)
@@ -442,3 +457,38 @@ def test_quiet_silences_progress_only(
     assert "kernelatlas: calibrate" not in cap.err and "%" not in cap.err
     assert cap.out.splitlines()[0].split()[:3] == ["model", "source", "size"]
     assert src in cap.out and f"report: {(out / 'index.html').resolve()}" in cap.out
+
+
+def test_summary_layers_in_network_order() -> None:
+    """Layers by index, not by name (EfficientNet-Lite0 was listed #0, #1, #15, #2, ...)."""
+    from kernelatlas.report.summary import merge_counts, partial_counts
+
+    idx = [0, 1, 15, 2, 10, 3]
+    rows = pd.DataFrame({"source": "m", "model": "m", "kh": 3, "kw": 3,
+                         "layer": [f"_blocks.{i}._depthwise" for i in idx], "layer_index": idx,
+                         "depth": [i / 15 for i in idx], "family": "center", "classified": True})  # fmt: skip
+    merged = merge_counts([partial_counts(rows.iloc[:3]), partial_counts(rows.iloc[3:])])
+    assert merged["layers"]["layer_index"].tolist() == sorted(idx)
+
+
+def test_compare_family_labels_never_overlap(collide: dict, tmp_path: Path, monkeypatch) -> None:
+    """The families figure of `compare`: one readable label per (run, source, size) row."""
+    from kernelatlas.report.compare import compare
+    from kernelatlas.report.sections import ReportContext
+
+    seen: dict[str, list] = {}
+    save = ReportContext.save
+
+    def spy(self, fig, file, caption):
+        if file == "families.png":
+            fig.canvas.draw()
+            r = fig.canvas.get_renderer()
+            seen["boxes"] = [t.get_window_extent(r) for t in fig.axes[0].get_yticklabels()]
+        return save(self, fig, file, caption)
+
+    monkeypatch.setattr(ReportContext, "save", spy)
+    a = collide["out"]
+    compare([a, a], tmp_path / "cmp", labels=["a run with a long name", "another run"])
+    boxes = seen["boxes"]
+    assert len(boxes) == 12  # 2 runs x 3 sources x 2 sizes
+    assert not any(b.overlaps(c) for i, b in enumerate(boxes) for c in boxes[i + 1 :])

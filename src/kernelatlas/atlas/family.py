@@ -324,8 +324,8 @@ class PatternFamily:
     ``orientation_period`` (degrees or None), ``has_polarity``, ``color`` (report colour),
     ``order`` (position among the families: columns, tables and figures follow it),
     ``shapes`` (labels of the sub-shapes the atlas reports in its ``shape`` detail column),
-    ``model`` (its :class:`FitModel` subclass, None = not fitted) and ``reference`` (where
-    the model comes from).
+    ``model`` (its :class:`FitModel` subclass, None = not fitted), ``reference`` (where
+    the model comes from) and ``diagram_scale`` (the scale the report's diagram draws it at).
     """
 
     name: ClassVar[str]
@@ -338,6 +338,9 @@ class PatternFamily:
     shapes: ClassVar[tuple[str, ...]] = ("",)
     model: ClassVar[type[FitModel] | None] = None
     reference: ClassVar[str] = ""
+    #: The scale the report's atlas diagram draws this family at (None: the diagram's
+    #: common sigma; a family of fixed small scale, such as ``shift``, gives its own).
+    diagram_scale: ClassVar[float | None] = None
 
     def info(self) -> FamilyInfo:
         """The taxonomy entry."""

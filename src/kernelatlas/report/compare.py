@@ -116,16 +116,19 @@ def _figures(ctx: ReportContext, table: pd.DataFrame, layers: pd.DataFrame, runs
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     figs.append(ctx.save(fig, "layers.png", "Coverage against relative depth, per run"))
 
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(table) + 2), 3.6))
-    bottom = np.zeros(len(table))
+    # Horizontal stacked bars: one row per (run, source, size), its label never overprinted.
+    fig, ax = plt.subplots(figsize=(8.5, 0.9 + 0.32 * max(len(table), 1)))
+    y = np.arange(len(table))
+    left = np.zeros(len(table))
     for f in FAMILIES:
         v = pd.to_numeric(table[f"share_{f}"]).astype(float).fillna(0).to_numpy()
-        ax.bar(np.arange(len(table)), v, bottom=bottom, color=family_color(f))
-        bottom += v
-    ax.set_xticks(np.arange(len(table)),
-                  [f"{r}\n{labels.get(s, s)} {z}" for r, s, z in zip(table["run"], table["source"], table["size"])],
-                  fontsize=6, rotation=90 if len(table) > 8 else 0)  # fmt: skip
-    ax.set_ylabel("share of kernels")
+        ax.barh(y, v, left=left, color=family_color(f), height=0.8)
+        left += v
+    names = [f"{r}: {labels.get(s, s)} {z}" for r, s, z in zip(table["run"], table["source"], table["size"])]  # fmt: skip
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()  # first run on top, as in the table
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of kernels")
     ax.legend(handles=family_handles(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # fmt: skip
     figs.append(ctx.save(fig, "families.png", "Family shares per run"))
     return figs

@@ -58,6 +58,14 @@ class Panel:
 # ----------------------------------------------------------------- family generators
 
 
+def panel_sigma(family: str, sigma: float) -> float:
+    """The scale a family's panels are drawn at: its own ``diagram_scale``, else ``sigma``."""
+    from ..atlas.registry import get_family
+
+    own = getattr(get_family(family), "diagram_scale", None)
+    return float(sigma if own is None else own)
+
+
 def _generator(family: str) -> tuple[tuple[str | None, ...], Callable[..., np.ndarray]]:
     """(the sub-shapes the diagram tells apart, generate(size, sigma, theta, polarity, shape))."""
     from ..atlas.registry import get_family
@@ -131,7 +139,15 @@ def diagram_patterns(
                 row.append(None)
                 continue
             _, gen = _generator(panel.family)
-            row.append(gen(size, sigma, panel.orientation, panel.polarity, panel.shape))
+            row.append(
+                gen(
+                    size,
+                    panel_sigma(panel.family, sigma),
+                    panel.orientation,
+                    panel.polarity,
+                    panel.shape,
+                )
+            )
         out.append(row)
     return out
 
@@ -296,7 +312,7 @@ def plot_diagram(
                     continue
                 k = pats[c][r]
                 if counts is None:
-                    title = panel.title(sigma)
+                    title = panel.title(panel_sigma(panel.family, sigma))
                     if b == 0 and r == 0:
                         title = f"{_col_header(panel)}\n{title}"
                     plot_kernels(ax, k[None], ncols=1, title=title, fontsize=7)

@@ -108,6 +108,14 @@ def explorer_payload(
     if not len(layers):
         layers = pd.DataFrame(columns=[*_LAYER_KEY, "model", "kh", "kw", "depth", "kernels"])
     sources = list(dict.fromkeys(layers["source"]))
+    # network order within each source (the page's layer menu lists them in this order)
+    order = layers["source"].map({s: i for i, s in enumerate(sources)})
+    layers = (
+        layers.assign(_src=order, _idx=pd.to_numeric(layers["layer_index"]))
+        .sort_values(["_src", "_idx"], kind="stable")
+        .drop(columns=["_src", "_idx"])
+        .reset_index(drop=True)
+    )
     src_code = {s: i for i, s in enumerate(sources)}
     counts = layers["kernels"].to_numpy(dtype=np.int64)
     quotas = layer_quotas(counts, limit, min_per_layer)

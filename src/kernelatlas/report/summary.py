@@ -126,6 +126,9 @@ def merge_counts(parts: Iterable[dict[str, pd.DataFrame]]) -> dict[str, pd.DataF
             continue
         df = pd.concat(out[key], ignore_index=True)
         df = df.groupby(keys, sort=True, observed=True).sum().reset_index()
+        if key == "layers":  # network order within each model (not the layer names' order)
+            order = ["source", "model", "layer_index", "kh", "kw", "layer"]
+            df = df.sort_values(order, kind="stable").reset_index(drop=True)
         merged[key] = df
     return merged
 

@@ -96,6 +96,7 @@ class Shift(PatternFamily):
     order = 40
     shapes = ("shift",)
     reference = "kernelatlas issue 12: off-centre near-delta kernels of trained DS-CNNs"
+    diagram_scale = SIGMA_MIN  # a near-delta: drawn at its own scale, not the diagram's
 
     def basis(self, kh: int, kw: int) -> DenseBasis | None:
         pos = _positions(kh, kw)
