@@ -126,8 +126,10 @@ def test_resume_shards_and_merge(tiny_doc, tmp_path, one_torch_thread):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "bench-train.png").write_bytes(b"not ours")
-    with pytest.raises(KernelAtlasError, match="did not write it"):
+    with pytest.raises(KernelAtlasError, match="not a kernelatlas output.*--force"):
         run_benchmark(_tiny(), foreign, log=None)
+    with pytest.raises(KernelAtlasError, match="did not write it"):
+        run_benchmark(_tiny(), foreign, force=True, log=None)
     assert (foreign / "bench-train.png").read_bytes() == b"not ours"
     (tmp_path / "alien.json").write_text('{"runs": []}')
     with pytest.raises(KernelAtlasError, match="not a kernelatlas.bench-train/1"):

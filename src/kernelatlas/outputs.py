@@ -8,7 +8,9 @@ Rules, checked before anything is written (each refusal is one
 - It must be absent, empty, or a kernelatlas folder of the same kind (its marker, see
   :mod:`kernelatlas.atomic`, or the files of a kernelatlas 0.1.0 output) that holds only
   what kernelatlas writes there. Anything else is refused; ``force=True`` (``--force``)
-  replaces a folder that is not kernelatlas's.
+  replaces a folder that is not kernelatlas's, or, for a folder that runs add to
+  (``bench-train``, ``autoencoder train``), writes beside its files, never over them, and
+  leaves it unmarked.
 - It is never a file, never an input, never a folder that holds an input, never inside an
   input folder, and a replaced output is never the current directory, one of its parents,
   the home folder, ``/`` or a folder right under it (not even with ``force``).
@@ -45,6 +47,7 @@ from .errors import KernelAtlasError
 
 __all__ = [
     "ANALYSIS_FILES",
+    "BENCH_SUFFIXES",
     "OUTPUT_KINDS",
     "Staging",
     "replacing",
@@ -64,12 +67,18 @@ ANALYSIS_FILES: tuple[str, ...] = (
     "figures",
     "bank",
 )
+#: What ``bench-train`` and ``bench-init`` write into their output folder: NAME + suffix.
+BENCH_SUFFIXES: tuple[str, ...] = (".json", ".md", ".png", "-coverage.png")
 # kind -> (files a kernelatlas 0.1.0 folder of that kind may hold, the file that must be there)
 _LEGACY: dict[str, tuple[frozenset[str], str | None]] = {
     "analysis": (frozenset(ANALYSIS_FILES), "summary.json"),
     "comparison": (frozenset({"comparison.json", "index.html", "figures"}), "comparison.json"),
     "bank": (frozenset(), None),  # any number of *.parquet files written by kernelatlas
     "autoencoders": (frozenset(), None),  # ae_KHxKW/ folders with config.json
+    **{  # bench-train / bench-init: NAME.json and its report files
+        name: (frozenset(name + suffix for suffix in BENCH_SUFFIXES), f"{name}.json")
+        for name in ("bench-train", "bench-init")
+    },
 }
 #: Kinds of output folder kernelatlas writes.
 OUTPUT_KINDS: tuple[str, ...] = tuple(_LEGACY)
@@ -111,6 +120,7 @@ def _legacy_kind(folder: Path, kind: str) -> bool:
         return bool(subs) and all(
             p.name.startswith("ae_") and (p / "config.json").is_file() for p in subs
         )
+    names = {n for n in names if not (n.startswith(".") and n.endswith(".tmp"))}
     if not names or not names <= allowed or required not in names:
         return False
     try:
@@ -180,6 +190,7 @@ def check_out(
     inputs: Iterable[str | os.PathLike[str]] = (),
     force: bool = False,
     replace: bool = True,
+    forceable: bool | None = None,
 ) -> Path:
     """Check that ``out`` may be written (see the module docstring); return it resolved.
 
@@ -188,8 +199,11 @@ def check_out(
     out : the output folder as the user gave it.
     kind : what is written there (one of :data:`OUTPUT_KINDS`).
     inputs : paths the run reads (model files, bank and run folders).
-    force : replace a non-empty folder that is not kernelatlas's.
+    force : replace a non-empty folder that is not kernelatlas's (``replace=False``: write
+        beside its files).
     replace : the run replaces ``out`` as a whole (False: it adds to it, as a bank).
+    forceable : whether the command offers ``--force`` (the refusal names it); default
+        ``replace``.
     """
     if kind not in OUTPUT_KINDS:
         raise KernelAtlasError(f"unknown output kind {kind!r}; known: {OUTPUT_KINDS}")
@@ -230,13 +244,13 @@ def check_out(
         if not is_kernelatlas_dir(target, kind):
             other = read_marker(target)
             what = f"a kernelatlas {other['kind']} folder" if other else "not a kernelatlas output"
-            if replace and force:
+            if force:
                 return target
-            hint = (
-                "choose a new or empty folder, or pass --force to replace it"
-                if replace
-                else "choose a new or empty folder"
-            )
+            hint = "choose a new or empty folder"
+            if replace:
+                hint += ", or pass --force to replace it"
+            elif forceable:
+                hint += ", or pass --force to write beside its files (never over them)"
             raise KernelAtlasError(f"--out {shown} is not empty and is {what}: {hint}")
         extra = _foreign(target, kind) if replace and not force else None
         if extra is not None:
@@ -408,13 +422,29 @@ def replacing(
 
 @contextlib.contextmanager
 def appending(
-    out: str | os.PathLike[str], *, kind: str, inputs: Iterable[str | os.PathLike[str]] = ()
+    out: str | os.PathLike[str],
+    *,
+    kind: str,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    force: bool | None = None,
 ) -> Iterator[Path]:
-    """Check, lock and mark folder ``out`` that the run adds to (a kernel bank); yield it."""
-    target = check_out(out, kind=kind, inputs=inputs, replace=False)
+    """Check, lock and mark folder ``out`` that the run adds to (a kernel bank, a benchmark);
+    yield it.
+
+    ``force`` (None: the command has no ``--force``) lets the run write into a folder that
+    is not kernelatlas's, beside its files; such a folder is not marked (it is the user's).
+    A folder the run created and left empty is removed.
+    """
+    checks = dict(kind=kind, inputs=list(inputs), force=bool(force), forceable=force is not None)
+    target = check_out(out, replace=False, **checks)
     with output_lock(target):
+        target = check_out(target, replace=False, **checks)  # again, under the lock
         created = not target.exists()
-        mark_dir(target, kind)
+        if created or not any(p.name != MARKER for p in target.iterdir()):
+            mark_dir(target, kind)
+            write_marker(target, kind)  # an empty folder becomes this kind's
+        elif is_kernelatlas_dir(target, kind):
+            mark_dir(target, kind)  # a 0.1.0 output gets its marker
         try:
             yield target
         finally:

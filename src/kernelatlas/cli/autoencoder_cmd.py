@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
         help="output folder: new, empty or earlier autoencoders (ae_KHxKW/ are replaced)",
     )
     t.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even when it is a non-empty folder kernelatlas did not write "
+        "(beside its files: none is overwritten or deleted; the folder stays unmarked)",
+    )
+    t.add_argument(
         "--kernel-size",
         type=_kernel_size,
         action="append",
@@ -61,15 +67,33 @@ def register(subparsers: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..outputs import check_out, output_lock
+    from ..outputs import appending
 
     if args.device is not None:
         from ..checks import check_device
 
         check_device(args.device)
-    out = check_out(args.out, kind="autoencoders", inputs=[args.bank], replace=False)
-    with output_lock(out):
+    with appending(args.out, kind="autoencoders", inputs=[args.bank], force=args.force) as out:
         return _train_into(args, out)
+
+
+def _ours(folder: Any) -> bool:
+    """Whether ``folder`` (an ``ae_KHxKW/`` to be replaced) is absent or kernelatlas's."""
+    import json
+
+    from ..atomic import read_marker
+    from ..autoencoder.model import CONFIG_FILE, FORMAT
+
+    if not folder.exists() and not folder.is_symlink():
+        return True
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (read_marker(folder) or {}).get("kind") == "autoencoder":
+        return True
+    try:  # saved by kernelatlas 0.1.0 (no marker)
+        return json.loads((folder / CONFIG_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _train_into(args: argparse.Namespace, out: Any) -> int:
@@ -88,6 +112,12 @@ def _train_into(args: argparse.Namespace, out: Any) -> int:
         sizes = bank_sizes(args.bank)
     if not sizes:
         raise KernelAtlasError(f"{args.bank} holds no kernels: harvest some sources into it")
+    for kh, kw in sizes:  # before any training: never over a folder kernelatlas did not write
+        if not _ours(out / f"ae_{kh}x{kw}"):
+            raise KernelAtlasError(
+                f"--out {args.out} holds ae_{kh}x{kw}, which kernelatlas did not write and "
+                "would overwrite: move it out, or choose another --out"
+            )
     rows = []
     for kh, kw in sizes:
         kernels = kernels_from(args.bank, (kh, kw))
@@ -104,8 +134,6 @@ def _train_into(args: argparse.Namespace, out: Any) -> int:
             seed=args.seed,
             progress=not args.quiet,
         ).fit(kernels)
-        out.mkdir(parents=True, exist_ok=True)
-        write_marker(out, "autoencoders")
         target = ae.save(out / f"ae_{kh}x{kw}")
         write_marker(target, "autoencoder")
         cov = ae.coverage(kernels)

@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -55,31 +56,24 @@ def _bench(args: argparse.Namespace, *, name: str) -> int:
 
         torch.set_num_threads(args.threads)
     from ..checks import check_device
-    from ..outputs import output_lock, resolve_out
-
-    check_device(args.device)
-    out = resolve_out(args.out)
-    with output_lock(out):  # one run at a time per output folder
-        return _run(args, cfg, out, name)
-
-
-def _run(args: argparse.Namespace, cfg, out, name: str) -> int:
     from ..train.bench import run_benchmark
 
-    doc = run_benchmark(
+    check_device(args.device)
+    doc = run_benchmark(  # checks --out, then holds its lock (one run per folder)
         cfg,
-        out,
+        args.out,
         device=args.device,
         data_root=args.data_dir,
         command=shlex.join(["kernelatlas", *sys.argv[1:]]),
         name=name,
         shard=args.shard,
         resume=args.resume,
+        force=args.force,
         log=None if args.quiet else lambda m: print(m, flush=True),
     )
     if not args.quiet:
         print("\n".join(doc["verdict"]["lines"][-2:]))
-        print(f"results: {args.out}/{name}.json, {name}.md, {name}.png")
+        print(f"results: {Path(args.out) / name}.json, {name}.md, {name}.png")
     return 0
 
 
@@ -155,7 +149,17 @@ def _add_bench_args(p: argparse.ArgumentParser, *, name: str) -> None:
         "animal_*_version_3.gz)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress log")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=f"output folder: new, empty or an earlier {name} output (--resume continues it)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even when it is a non-empty folder kernelatlas did not write "
+        "(beside its files: none is overwritten or deleted; the folder stays unmarked)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

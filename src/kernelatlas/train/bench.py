@@ -234,13 +234,17 @@ def run_benchmark(
     shard: tuple[int, int] | None = None,
     resume: bool = False,
     write_report: bool = True,
+    force: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Run the benchmark into ``out``; returns the final JSON document.
 
     Writes ``out/<name>.json`` after every run and, at the end, ``out/<name>.md`` (tables
     and verdict), ``out/<name>.png`` (accuracy curves) and ``out/<name>-coverage.png``
-    (coverage curves).
+    (coverage curves). ``out`` must be absent, empty or an earlier output of ``name``
+    (its ``.kernelatlas`` marker, which a folder this creates gets), never a dataset's
+    folder; one run at a time per ``out`` (:mod:`kernelatlas.outputs`). ``force`` writes
+    into another folder beside its files, never over them, and leaves it unmarked.
     """
     cfg.validate()
     if shard is not None:
@@ -254,8 +258,32 @@ def run_benchmark(
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..outputs import appending
+    from .data import dataset_paths
+
+    kind = "bench-init" if name == "bench-init" else "bench-train"
+    inputs = dataset_paths(cfg.datasets, data_root)
+    with appending(out, kind=kind, inputs=inputs, force=force) as folder:
+        return _run_into(
+            cfg, folder, dev, data_root, command, name, shard, resume, write_report, log
+        )
+
+
+def _run_into(
+    cfg: BenchConfig,
+    out: Path,
+    dev: torch.device,
+    data_root: str | os.PathLike[str] | None,
+    command: str,
+    name: str,
+    shard: tuple[int, int] | None,
+    resume: bool,
+    write_report: bool,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """:func:`run_benchmark` in checked, locked folder ``out``."""
+    from ..outputs import BENCH_SUFFIXES
+
     path = out / f"{name}.json"
     log = log or (lambda _m: None)
     doc: dict[str, Any] = {
@@ -275,7 +303,7 @@ def run_benchmark(
         "runs": [],
         "complete": False,
     }
-    report_files = [out / f"{name}{suffix}" for suffix in (".md", ".png", "-coverage.png")]
+    report_files = [out / f"{name}{suffix}" for suffix in BENCH_SUFFIXES if suffix != ".json"]
     if not path.exists() and any(p.exists() for p in report_files):
         found = next(p for p in report_files if p.exists())
         raise KernelAtlasError(

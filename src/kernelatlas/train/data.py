@@ -44,6 +44,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "ImageDataset",
     "load_dataset",
+    "dataset_paths",
     "read_idx",
     "read_array_pickle",
 ]
@@ -203,6 +204,28 @@ def _animal_dir(root: str | os.PathLike[str] | None) -> Path:
         "dataset animals needs the files of animal-mnist: `pip install --no-deps "
         f"animal-mnist==0.4` (or put {' and '.join(_ANIMAL_FILES)} in KERNELATLAS_DATA_DIR)"
     )
+
+
+def dataset_paths(
+    datasets: tuple[str, ...] | list[str], root: str | os.PathLike[str] | None = None
+) -> list[Path]:
+    """The files and folders that ``datasets`` are read from (those found; a missing one
+    is said by :func:`load_dataset`), so that no output is ever written over them."""
+    out: list[Path] = []
+    if _data_root(root) is not None:
+        out.append(_data_root(root))
+    finders = {
+        "fashion_mnist": lambda: _data_root(root) or FASHION_MNIST_DIR,
+        "mnist5k": lambda: _mnist5k_path(root),
+        "animals": lambda: _animal_dir(root),
+    }
+    for name in datasets:
+        if name in finders:
+            try:
+                out.append(finders[name]())
+            except KernelAtlasError:
+                pass
+    return out
 
 
 class _ArrayUnpickler(pickle.Unpickler):
