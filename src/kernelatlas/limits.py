@@ -9,6 +9,12 @@ in powers of 1024 are accepted, e.g. ``512M``), default :data:`DEFAULT_MAX_TENSO
 (2 GiB, far above any depthwise weight: EfficientNet-B7's largest is under 1 MiB). It
 bounds the float32 copy kernelatlas makes of one tensor, so peak memory per reader stays
 within a small multiple of it.
+
+The work budget ``KERNELATLAS_MAX_WORK_BYTES`` (default :data:`DEFAULT_MAX_WORK_BYTES`,
+512 MiB) sizes the batches that the atlas scores and the null draws stream in
+(:func:`rows_per_batch`): a batch of large kernels (a 128x128 kernel has 16,384 taps) holds
+fewer rows, so peak memory stays near a small multiple of the budget whatever the kernel
+size. Small kernels never reach it: their batches are the fixed sizes they always had.
 """
 
 from __future__ import annotations
@@ -27,9 +33,13 @@ __all__ = [
     "ENV_MAX_TENSOR_BYTES",
     "DEFAULT_MAX_SOURCE_BYTES",
     "ENV_MAX_SOURCE_BYTES",
+    "DEFAULT_MAX_WORK_BYTES",
+    "ENV_MAX_WORK_BYTES",
     "TensorTooLargeError",
     "max_tensor_bytes",
     "max_source_bytes",
+    "max_work_bytes",
+    "rows_per_batch",
     "check_tensor",
     "source_budget",
     "charge",
@@ -44,6 +54,11 @@ ENV_MAX_TENSOR_BYTES = "KERNELATLAS_MAX_TENSOR_BYTES"
 DEFAULT_MAX_SOURCE_BYTES = 4 * 1024**3
 #: Environment variable that overrides the per-source ceiling.
 ENV_MAX_SOURCE_BYTES = "KERNELATLAS_MAX_SOURCE_BYTES"
+
+#: Default memory one streamed batch (atlas scoring, null draws) may use (bytes).
+DEFAULT_MAX_WORK_BYTES = 512 * 1024**2
+#: Environment variable that overrides the work budget.
+ENV_MAX_WORK_BYTES = "KERNELATLAS_MAX_WORK_BYTES"
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -66,6 +81,26 @@ def max_tensor_bytes() -> int:
 def max_source_bytes() -> int:
     """The per-source ceiling in bytes (``KERNELATLAS_MAX_SOURCE_BYTES`` or the default)."""
     return _size_from_env(ENV_MAX_SOURCE_BYTES, DEFAULT_MAX_SOURCE_BYTES)
+
+
+def max_work_bytes() -> int:
+    """The work budget in bytes (``KERNELATLAS_MAX_WORK_BYTES`` or the default)."""
+    return _size_from_env(ENV_MAX_WORK_BYTES, DEFAULT_MAX_WORK_BYTES)
+
+
+def rows_per_batch(bytes_per_row: int, cap: int, *, parallel: int = 1) -> int:
+    """Rows of a streamed batch: ``cap``, or fewer so that ``parallel`` batches of
+    ``bytes_per_row`` each fit in :func:`max_work_bytes` (at least one row).
+
+    Examples
+    --------
+    >>> rows_per_batch(49 * 4, 8192)  # 7x7 float32 rows: the cap
+    8192
+    >>> rows_per_batch(16384 * 64, 8192) < 8192  # 128x128 rows, 64 bytes a tap
+    True
+    """
+    per = max(int(bytes_per_row), 1) * max(int(parallel), 1)
+    return max(1, min(int(cap), max_work_bytes() // per))
 
 
 class _Budget:

@@ -48,7 +48,7 @@ added. Rates carry Wilson score intervals, differences Newcombe's hybrid score i
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from statistics import NormalDist
@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import KernelAtlasError
+from .limits import max_work_bytes, rows_per_batch
 
 __all__ = [
     "NULL_KINDS",
@@ -75,6 +76,10 @@ __all__ = [
     "phase_randomize",
     "draw_surrogates",
     "calibration_null",
+    "calibration_stream",
+    "NullStream",
+    "iter_surrogates",
+    "draw_rows",
     "heldout_surrogates",
     "split_halves",
     "measure_baselines",
@@ -88,8 +93,11 @@ __all__ = [
 ]
 
 DEFAULT_NULL_SIZE = 20_000
-# Surrogates are drawn (and their float64 intermediates held) this many at a time.
+# Surrogates are drawn (and their float64 intermediates held) this many at a time, fewer
+# for large kernels (:func:`draw_rows`: at most ~DRAW_BYTES_PER_TAP bytes a tap of each row
+# within the work budget, kernelatlas.limits); 3x3..15x15 always draw DRAW_CHUNK.
 DRAW_CHUNK = 16_384
+DRAW_BYTES_PER_TAP = 128  # phase randomisation: a few float64/complex128 copies of a row
 # Second moments are d x d float64 per model (per layer for covariance_layer): beyond this
 # many pixels (64x64) the covariance kinds are not built.
 MAX_COVARIANCE_PIXELS = 4096
@@ -140,8 +148,12 @@ class NullReference:
 
     @cached_property
     def amplitude(self) -> np.ndarray:
-        """``|fft2(sample)|`` in float64."""
-        return np.abs(np.fft.fft2(self.sample.astype(np.float64)))
+        """``|fft2(sample)|`` in float64 (transformed :func:`draw_rows` kernels at a time)."""
+        step = draw_rows(self.kh, self.kw)
+        out = np.empty(self.sample.shape, np.float64)
+        for s in range(0, len(self.sample), step):  # chunks of a bounded size, not kernels
+            out[s : s + step] = np.abs(np.fft.fft2(self.sample[s : s + step].astype(np.float64)))
+        return out
 
 
 def _psd_factor(moment: np.ndarray | None) -> np.ndarray:
@@ -160,7 +172,8 @@ class ReferenceBuilder:
     kh, kw : kernel size.
     kinds : the null kinds that will be drawn (only what they need is collected).
     expected : model -> number of its kernels of this size (sets the sample rate).
-    sample_size : kernels kept per model for the ``phase`` null.
+    sample_size : kernels kept per model for the ``phase`` null (at most what four work
+        budgets hold at 12 bytes a tap, kernel and amplitude: all of 40,000 up to 28x28).
     seed : seed of the sample.
 
     Examples
@@ -189,7 +202,9 @@ class ReferenceBuilder:
         self._moments = ("moments" in needs and small) or self._layers
         self._sample = "sample" in needs
         self._expected = dict(expected)
-        self._sample_size = int(sample_size)
+        self._sample_size = min(
+            int(sample_size), max(1, 4 * max_work_bytes() // (12 * self.kh * self.kw))
+        )
         self._seed = int(seed)
         self._count: dict[str, int] = {}
         self._sums: dict[tuple[str, int], np.ndarray] = {}
@@ -472,6 +487,12 @@ def _rng(seed: int, kind: str, part: str, model: str, kh: int, kw: int) -> np.ra
     return np.random.default_rng(np.random.SeedSequence([int(seed) % (1 << 64), key]))
 
 
+def draw_rows(kh: int, kw: int) -> int:
+    """Surrogates drawn at a time for ``kh x kw`` kernels: :data:`DRAW_CHUNK`, fewer where a
+    chunk's float64 intermediates would exceed the work budget (e.g. 256 for 128x128)."""
+    return rows_per_batch(DRAW_BYTES_PER_TAP * int(kh) * int(kw), DRAW_CHUNK)
+
+
 def draw_surrogates(
     kind: str,
     ref: NullReference,
@@ -485,7 +506,26 @@ def draw_surrogates(
 
     ``part`` picks an independent stream (``calibration`` or ``heldout``); a finite kind
     returns the matching half of its pool instead (``n`` is then ignored). Kinds built from
-    nothing ignore ``model`` (one draw per size serves every model).
+    nothing ignore ``model`` (one draw per size serves every model). The concatenation of
+    :func:`iter_surrogates`, which streams the same surrogates in chunks.
+    """
+    chunks = list(iter_surrogates(kind, ref, n, seed=seed, part=part, model=model))
+    return np.concatenate(chunks) if chunks else np.zeros((0, ref.kh, ref.kw), np.float32)
+
+
+def iter_surrogates(
+    kind: str,
+    ref: NullReference,
+    n: int,
+    *,
+    seed: int = 0,
+    part: Literal["calibration", "heldout"] = "heldout",
+    model: str = "",
+) -> Iterator[np.ndarray]:
+    """:func:`draw_surrogates` in chunks of at most :func:`draw_rows` kernels (float32).
+
+    Only one chunk is held at a time, so drawing a null of large kernels stays within the
+    work budget; the chunks concatenate to exactly what :func:`draw_surrogates` returns.
     """
     entry = get_null(kind)
     if part not in ("calibration", "heldout"):
@@ -499,14 +539,16 @@ def draw_surrogates(
     if entry.finite:
         pool = np.asarray(entry.draw(ref, 0, _rng(seed, kind, "pool", key, ref.kh, ref.kw)))
         halves = split_halves(pool, seed=seed, kind=kind)
-        return halves[0 if part == "calibration" else 1].astype(np.float32)
+        yield halves[0 if part == "calibration" else 1].astype(np.float32)
+        return
     if entry.seed_offsets is not None:
         offset = entry.seed_offsets[0 if part == "calibration" else 1]
         rng = np.random.default_rng(int(seed) + offset)
     else:
         rng = _rng(seed, kind, part, key, ref.kh, ref.kw)
-    chunks = [entry.draw(ref, min(DRAW_CHUNK, n - s), rng) for s in range(0, n, DRAW_CHUNK)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, ref.kh, ref.kw), np.float32)
+    step = draw_rows(ref.kh, ref.kw)
+    for s in range(0, n, step):  # chunks of a bounded size, not kernels
+        yield np.asarray(entry.draw(ref, min(step, n - s), rng), dtype=np.float32)
 
 
 def split_halves(
@@ -541,9 +583,42 @@ def _usable(kind: str, refs: Mapping[str, NullReference]) -> dict[str, NullRefer
     return {m: r for m, r in refs.items() if entry.available(r)}
 
 
+@dataclass(frozen=True)
+class NullStream:
+    """A null of one kernel size, drawn chunk by chunk when iterated (:func:`calibration_stream`).
+
+    ``len()`` is its number of kernels; iterating yields float32 chunks [m, kh, kw] (each
+    drawn afresh, the same every time); ``np.asarray`` concatenates them.
+    :meth:`kernelatlas.atlas.Atlas.fit` takes it in place of an array and scores it chunk
+    by chunk, so the whole null is never in memory at once.
+    """
+
+    parts: tuple[Callable[[], Iterator[np.ndarray]], ...] = field(repr=False)
+    n: int
+    kh: int
+    kw: int
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for part in self.parts:
+            yield from part()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.concatenate([*self, np.zeros((0, self.kh, self.kw), np.float32)])
+        return out if dtype is None else out.astype(dtype)
+
+
 def _mixture(
     kind: str, refs: Mapping[str, NullReference], n: int, seed: int, part: str
 ) -> np.ndarray:
+    return np.asarray(_mixture_stream(kind, refs, n, seed, part))
+
+
+def _mixture_stream(
+    kind: str, refs: Mapping[str, NullReference], n: int, seed: int, part: str
+) -> NullStream:
     entry = get_null(kind)
     usable = _usable(kind, refs)
     if not usable:
@@ -556,19 +631,21 @@ def _mixture(
             "sample": "every kernel is degenerate",
         }.get(entry.reference, "")
         raise KernelAtlasError(f"no {size}kernels to build the {kind} null from: {hint}")
+    first = next(iter(usable.values()))
+
+    def stream(ref: NullReference, k: int, model: str) -> Callable[[], Iterator[np.ndarray]]:
+        return lambda: iter_surrogates(kind, ref, k, seed=seed, part=part, model=model)  # type: ignore[arg-type]
+
     if entry.reference == "none":
-        return draw_surrogates(kind, next(iter(usable.values())), n, seed=seed, part=part)
-    if entry.finite:
-        return np.concatenate(
-            [draw_surrogates(kind, r, 0, seed=seed, part=part, model=m) for m, r in usable.items()]
-        )
+        return NullStream((stream(first, n, ""),), n, first.kh, first.kw)
+    if entry.finite:  # the pools are already in memory: their halves, drawn now
+        halves = [draw_surrogates(kind, r, 0, seed=seed, part=part, model=m)  # type: ignore[arg-type]
+                  for m, r in usable.items()]  # fmt: skip
+        parts = tuple((lambda h=h: iter((h,))) for h in halves)
+        return NullStream(parts, sum(len(h) for h in halves), first.kh, first.kw)
     alloc = _allocate(n, {m: r.count for m, r in usable.items()})
-    return np.concatenate(
-        [
-            draw_surrogates(kind, usable[m], k, seed=seed, part=part, model=m)
-            for m, k in alloc.items()
-        ]
-    )
+    parts = tuple(stream(usable[m], k, m) for m, k in alloc.items())
+    return NullStream(parts, n, first.kh, first.kw)
 
 
 def calibration_null(
@@ -580,6 +657,14 @@ def calibration_null(
     single model: its own null); for a finite kind, every model's calibration half.
     """
     return _mixture(kind, refs, n, seed, "calibration")
+
+
+def calibration_stream(
+    kind: str, refs: Mapping[str, NullReference], n: int = DEFAULT_NULL_SIZE, *, seed: int = 0
+) -> NullStream:
+    """:func:`calibration_null` as a :class:`NullStream`: the same kernels, drawn in chunks
+    when :meth:`~kernelatlas.atlas.Atlas.fit` scores them (bounded memory for large kernels)."""
+    return _mixture_stream(kind, refs, n, seed, "calibration")
 
 
 def heldout_surrogates(
@@ -599,6 +684,14 @@ def _tally(pred: pd.DataFrame) -> dict[str, Any]:
     for f in PATTERN_FAMILIES:
         row[f"n_{f}"] = int((cls & (fam == f)).sum())
     return row
+
+
+def _predict_stream(
+    predict: Callable[[np.ndarray], pd.DataFrame], chunks: Iterable[np.ndarray]
+) -> pd.DataFrame:
+    """``predict`` of each chunk, concatenated (one chunk of surrogates held at a time)."""
+    preds = [predict(c) for c in chunks]
+    return pd.concat(preds, ignore_index=True) if len(preds) > 1 else preds[0]
 
 
 def measure_baselines(
@@ -627,7 +720,9 @@ def measure_baselines(
         if not usable:
             continue
         if entry.reference == "none":  # one draw per size serves every model
-            pred = predict(draw_surrogates(kind, next(iter(usable.values())), n, seed=seed))
+            pred = _predict_stream(
+                predict, iter_surrogates(kind, next(iter(usable.values())), n, seed=seed)
+            )
             tally = _tally(pred)
             rows += [{"model": m, "kind": kind, **tally} for m in usable]
             if kind == calibrated:
@@ -635,7 +730,7 @@ def measure_baselines(
             continue
         preds = {}
         for m, r in usable.items():
-            preds[m] = predict(draw_surrogates(kind, r, n, seed=seed, model=m))
+            preds[m] = _predict_stream(predict, iter_surrogates(kind, r, n, seed=seed, model=m))
             rows.append({"model": m, "kind": kind, **_tally(preds[m])})
         if kind == calibrated:
             if entry.finite:

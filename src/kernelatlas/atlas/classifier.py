@@ -32,6 +32,7 @@ on a null of the same size in the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -39,8 +40,9 @@ import torch
 
 from ..errors import KernelAtlasError
 from ..estimator import BaseEstimator, Device, Interval, KernelSize
+from ..limits import rows_per_batch
 from ..normalize import as_kernel_array, normalize
-from ..null import DEFAULT_NULL_SIZE, calibrate_threshold, gaussian_null, null_rate
+from ..null import DEFAULT_NULL_SIZE, NullStream, calibrate_threshold, draw_rows, null_rate
 from ..progress import advance
 from ..sizes import check_supported, parse_kernel_size
 from ..taxonomy import DEFAULT_NULL_FPR, DEGENERATE, UNCLASSIFIED, coverage
@@ -126,27 +128,29 @@ class Atlas(BaseEstimator):
         self.families = families
 
     # ------------------------------------------------------------------ fit / predict
-    def fit(self, null: np.ndarray | None = None) -> Atlas:
+    def fit(self, null: np.ndarray | NullStream | None = None) -> Atlas:
         """Build the bank for ``kernel_size`` and calibrate per-family thresholds on a null.
 
         Parameters
         ----------
-        null : None for ``n_null`` iid Gaussian kernels (``seed``), or an array [M, kh, kw]
-            of null kernels, e.g. freshly initialised kernels of the same architecture.
+        null : None for ``n_null`` iid Gaussian kernels (``seed``; drawn and scored in
+            chunks), an array [M, kh, kw] of null kernels, e.g. freshly initialised kernels
+            of the same architecture, or a :class:`~kernelatlas.null.NullStream` (scored
+            chunk by chunk: :func:`kernelatlas.null.calibration_stream`).
         """
         kh, kw = parse_kernel_size(self.kernel_size)
         check_supported(kh, kw)
-        if null is None:
-            null_arr = gaussian_null(int(self.n_null), kh, kw, seed=int(self.seed))
+        if null is None:  # gaussian_null(n_null, seed), drawn and scored chunk by chunk
+            rng = np.random.default_rng(int(self.seed))
+            n, step = int(self.n_null), draw_rows(kh, kw)
+            chunks: Iterable[np.ndarray] = (
+                rng.standard_normal((min(step, n - s), kh, kw), dtype=np.float32)
+                for s in range(0, n, step)
+            )
             kind = "gaussian"
         else:
-            null_arr = as_kernel_array(null)
+            chunks = null if isinstance(null, NullStream) else (null,)
             kind = "init"
-            if null_arr.shape[1:] != (kh, kw):
-                raise KernelAtlasError(
-                    f"null kernels are {null_arr.shape[1]}x{null_arr.shape[2]} but the Atlas is "
-                    f"for {kh}x{kw}: pass null kernels of the same size"
-                )
         self._device = torch.device(self.device) if self.device else torch.device("cpu")
         chosen = None
         if self.families is not None:
@@ -161,7 +165,11 @@ class Atlas(BaseEstimator):
         self._bank = bank
         self._weights = bank.weights.to(self._device)
         names = bank.names
-        scores, degenerate = self._score_all(null_arr)
+        parts = [self._score_all(self._check_null(c, kh, kw)) for c in chunks]
+        if not parts:
+            raise KernelAtlasError("cannot calibrate on an empty null: pass null kernels")
+        scores = {f: FamilyScore.concat([p[0][f] for p in parts]) for f in names}
+        degenerate = np.concatenate([p[1] for p in parts])
         s = _stack(scores, names)[~degenerate]
         if s.shape[0] == 0:
             raise KernelAtlasError(
@@ -199,6 +207,16 @@ class Atlas(BaseEstimator):
         self.kernel_shape_ = (kh, kw)
         return self
 
+    @staticmethod
+    def _check_null(null: object, kh: int, kw: int) -> np.ndarray:
+        arr = as_kernel_array(null)
+        if arr.shape[1:] != (kh, kw):
+            raise KernelAtlasError(
+                f"null kernels are {arr.shape[1]}x{arr.shape[2]} but the Atlas is "
+                f"for {kh}x{kw}: pass null kernels of the same size"
+            )
+        return arr
+
     def _score_batch(self, batch: np.ndarray) -> tuple[dict[str, FamilyScore], np.ndarray]:
         nz = normalize(batch)
         x = torch.from_numpy(nz.unit.reshape(nz.unit.shape[0], self._bank.kh * self._bank.kw))
@@ -214,11 +232,11 @@ class Atlas(BaseEstimator):
         with one intra-op thread each scales much better than splitting every small op.
         """
         n = kernels.shape[0]
-        bs = int(self.batch_size)
+        jobs = torch.get_num_threads() if self._device.type == "cpu" else 1
+        bs = self._rows_per_batch(jobs)
         batches = [kernels[s : s + bs] for s in range(0, n, bs)]
         if not batches:
             batches = [np.zeros((0, *self._bank_shape()), np.float32)]
-        jobs = torch.get_num_threads() if self._device.type == "cpu" else 1
         if jobs > 1 and len(batches) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -233,6 +251,13 @@ class Atlas(BaseEstimator):
         names = self._bank.names
         merged = {f: FamilyScore.concat([r[0][f] for r in results]) for f in names}
         return merged, np.concatenate([r[1] for r in results])
+
+    def _rows_per_batch(self, jobs: int) -> int:
+        """``batch_size``, or fewer rows where ``jobs`` batches of this size's kernels would
+        exceed the work budget (:func:`kernelatlas.limits.rows_per_batch`): a row costs about
+        40 bytes a tap (normalisation in float64) and 12 bytes a template (the product)."""
+        d, c = self._bank.kh * self._bank.kw, int(self._bank.weights.shape[1])
+        return rows_per_batch(40 * d + 12 * c, int(self.batch_size), parallel=jobs)
 
     def _bank_shape(self) -> tuple[int, int]:
         return self._bank.kh, self._bank.kw

@@ -7,7 +7,12 @@ neighbour inhibits).
 
 Atlas: explicit unit templates, one near-delta (a pixel-integrated Gaussian of sigma
 0.25 px, the atlas's smallest scale) on every pixel outside the centre family's offset
-range (``max(|dx|, |dy|) > 0.5``); the sign of the cosine is the polarity, the orientation
+range (``max(|dx|, |dy|) > 0.5``) and within :data:`MAX_SHIFT_RADIUS` (3.5 px, Chebyshev)
+of the centre: every off-centre tap of a kernel up to 8x8, the nearest 48 (odd sides) or
+60 (even sides) taps of a larger one. A shift is a neighbour driving the neuron; a template
+per tap of a 128x128 kernel would be 16,383 templates of 16,384 taps (2 GiB in float64) for
+patterns no trained model shows, so larger offsets are left to the ``unclassified`` rest.
+The sign of the cosine is the polarity, the orientation
 is the direction from the kernel centre to that pixel. 1-D kernels: the taps along them.
 
 Fit: a pixel-integrated Gaussian blob with sigma in [0.1, 0.5] px and its centre anywhere
@@ -28,19 +33,23 @@ from ..registry import register_family
 from ..templates import SIGMA_MIN
 from ._common import clip_start, draw, separable_gaussian
 
-__all__ = ["Shift", "ShiftModel", "SHIFT"]
+__all__ = ["Shift", "ShiftModel", "SHIFT", "MAX_SHIFT_RADIUS"]
 
 SHIFT = "shift"
 SIGMA_RANGE = (0.1, 0.5)
+#: Largest offset (Chebyshev, px) of a shift template: covers every tap of an 8x8 kernel.
+MAX_SHIFT_RADIUS = 3.5
 
 
 def _positions(kh: int, kw: int) -> np.ndarray:
-    """(dx, dy) of every off-centre pixel [P, 2] (x right, y up), nearest first."""
+    """(dx, dy) of every off-centre pixel within :data:`MAX_SHIFT_RADIUS` [P, 2] (x right,
+    y up), nearest first."""
     x = np.arange(kw) - (kw - 1) / 2.0
     y = (kh - 1) / 2.0 - np.arange(kh)
     xx, yy = np.meshgrid(x, y)
     pos = np.stack([xx.ravel(), yy.ravel()], axis=1)
-    pos = pos[np.abs(pos).max(axis=1) > 0.5]
+    cheb = np.abs(pos).max(axis=1)
+    pos = pos[(cheb > 0.5) & (cheb <= MAX_SHIFT_RADIUS)]
     order = np.lexsort((np.arctan2(pos[:, 1], pos[:, 0]) % (2 * np.pi), np.hypot(*pos.T)))
     return pos[order]
 
@@ -86,7 +95,7 @@ class Shift(PatternFamily):
     )
     formula = (
         "p * G(x - dx, y - dy; s), s <= 0.5 px, (dx, dy) an off-centre tap "
-        "(max(|dx|, |dy|) > 1/2), integrated over each pixel; orientation = direction of "
+        "(1/2 < max(|dx|, |dy|) <= 3.5), integrated over each pixel; orientation = direction of "
         "(dx, dy)"
     )
     orientation_period = 360.0
