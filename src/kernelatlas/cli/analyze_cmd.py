@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from ..null import DEFAULT_BASELINES, NULL_KINDS
+from ..null import DEFAULT_BASELINES, DEFAULT_NULL_SIZE, NULL_KINDS
 from ..taxonomy import DEFAULT_NULL_FPR
 from .harvest_cmd import FOLD_BN_HELP, SOURCE_HELP, expand_sources, report_status, skipped_lines
 
@@ -20,6 +20,7 @@ def _analyze(args: argparse.Namespace) -> int:
         fold_bn=args.fold_bn,
         null=args.null,
         null_fpr=args.null_fpr,
+        n_null=args.n_null,
         seed=args.seed,
         batch_size=args.batch_size,
         fit=not args.no_fit,
@@ -147,6 +148,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_NULL_FPR,
         metavar="RATE",
         help=f"share of null kernels allowed to be classified, in (0, 1) (default {DEFAULT_NULL_FPR})",
+    )
+    p.add_argument(
+        "--n-null",
+        type=int,
+        default=DEFAULT_NULL_SIZE,
+        metavar="N",
+        help=f"null kernels per size to calibrate on, and per kind for each baseline (>= 100; "
+        f"default {DEFAULT_NULL_SIZE:,}); time grows with N times the kernel area",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the null, fits and autoencoder")
     p.add_argument(
