@@ -80,6 +80,7 @@ __all__ = [
     "NullStream",
     "iter_surrogates",
     "draw_rows",
+    "size_reason",
     "heldout_surrogates",
     "split_halves",
     "measure_baselines",
@@ -329,6 +330,17 @@ def register_null(
         return fn
 
     return deco
+
+
+def size_reason(kind: str, kh: int, kw: int) -> str | None:
+    """Why ``kind`` is not built for ``kh x kw`` kernels (one line), or None when it is."""
+    if get_null(kind).reference in ("moments", "layer_moments") and kh * kw > MAX_COVARIANCE_PIXELS:
+        return (
+            f"the {kind} null is not built for {kh}x{kw} kernels: its {kh * kw}x{kh * kw} second "
+            f"moment and factorisation grow as the area squared and cubed (limit "
+            f"{MAX_COVARIANCE_PIXELS} taps, 64x64); that baseline is left out at this size"
+        )
+    return None
 
 
 def get_null(name: str) -> NullKind:
@@ -630,6 +642,9 @@ def _mixture_stream(
             "layer_moments": "the kernels are too large or all degenerate",
             "sample": "every kernel is degenerate",
         }.get(entry.reference, "")
+        why = any_ref and size_reason(kind, any_ref.kh, any_ref.kw)
+        if why:
+            raise KernelAtlasError(f"{why.split(';')[0]}: calibrate on another --null")
         raise KernelAtlasError(f"no {size}kernels to build the {kind} null from: {hint}")
     first = next(iter(usable.values()))
 
