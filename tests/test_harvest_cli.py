@@ -26,7 +26,14 @@ def test_harvest_prints_table_and_resumes(tmp_path, shipped, capsys):
         main(["harvest", "mediapipe/iris_landmark", "mediapipe/hand_recrop", "--out", str(out)])
         == 0
     )
-    assert "total: 1,648 kernels" in capsys.readouterr().out
+    text = capsys.readouterr()
+    assert "total: 1,648 kernels" in text.out
+    # hand_recrop is harvested (its 3x3 layers); only its 1x1 layers are left out
+    assert (
+        "kernelatlas: note: mediapipe/hand_recrop: 13 1x1 layers skipped (nothing spatial to "
+        "analyse)\n" in text.err
+    ), text.err
+    assert "not harvested" not in text.err
     assert len(KernelBank(out)) == 1648
 
 

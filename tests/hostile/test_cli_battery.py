@@ -250,8 +250,8 @@ def test_warnings_are_one_line_each(tmp_path) -> None:
     assert "UserWarning" not in run.stderr and "Traceback" not in run.stderr
     warned = [ln for ln in run.lines if ln.startswith("kernelatlas: warning:")]
     assert len(warned) == 1 and "no depthwise convolution" in warned[0], run.lines
-    skipped = [ln for ln in run.lines if ln.startswith("kernelatlas: skipped:")]
-    assert len(skipped) == 1 and "1x1" in skipped[0], run.lines  # counted by reason
+    skipped = [ln for ln in run.lines if ln.startswith("kernelatlas: note:")]
+    assert len(skipped) == 1 and "1 1x1 layer skipped" in skipped[0], run.lines  # by reason
     assert run.code == 2 and run.lines[-1].startswith("kernelatlas: error:")
     assert not (tmp_path / "bank").exists()  # nothing was written: no empty bank folder
 

@@ -147,7 +147,7 @@ def report_status(counts: Any) -> None:
 
 @contextlib.contextmanager
 def skipped_lines() -> Iterator[None]:
-    """Print the readers' skipped-layer counts as ``kernelatlas: skipped: ...`` lines when
+    """Print the readers' skipped-layer counts as ``kernelatlas: note: ...`` lines when
     the block ends; other warnings go on (``cli.main`` prints kernelatlas's, one line each)."""
     import warnings
 
@@ -160,7 +160,7 @@ def skipped_lines() -> Iterator[None]:
     finally:  # also when the command fails: what was skipped explains the error
         for w in caught:
             if issubclass(w.category, SkippedLayersWarning):
-                print(f"kernelatlas: skipped: {w.message}", file=sys.stderr)
+                print(f"kernelatlas: note: {w.message}", file=sys.stderr)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
