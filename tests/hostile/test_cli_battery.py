@@ -99,6 +99,7 @@ CASES = [
     ("protocol-5 pickle payload", _source("proto5.pt"), "calls posix.system"),
     ("--device banana", _analyze("--device", "banana"), "not a torch device"),
     ("--device cuda:99", _analyze("--device", "cuda:99"), "cuda"),
+    ("--device cuda without a GPU", _analyze("--device", "cuda"), "no CUDA GPU: use --device cpu"),
     ("unknown --scheduler scheme", _analyze("--engine", "dask", "--scheduler", "foo://h:1"),
      "not a Dask scheduler address"),
     ("--scheduler garbage", _analyze("--engine", "dask", "--scheduler", "a b"),
@@ -134,6 +135,8 @@ CASES = [
 def test_one_line_exit_2_nothing_touched(files, case, command, says) -> None:
     if case == "--device cuda:99" and torch.cuda.device_count() > 99:  # pragma: no cover
         pytest.skip("a machine with 100 GPUs")
+    if case == "--device cuda without a GPU" and torch.cuda.is_available():  # pragma: no cover
+        pytest.skip("this machine has a CUDA GPU")
     before = snapshot(files["dir"])
     run = run_cli(command(files))
     line = run.one_line_error()
