@@ -113,7 +113,7 @@ def expand_sources(sources: list[str]) -> list[str]:
     from pathlib import Path
 
     from ..errors import KernelAtlasError
-    from ..harvest.zoo import list_sources
+    from ..harvest.zoo import did_you_mean, list_sources
 
     out: list[str] = []
     for s in sources:
@@ -121,8 +121,8 @@ def expand_sources(sources: list[str]) -> list[str]:
             found = sorted(glob.glob(str(Path(s).expanduser()))) + list_sources(s)
             if not found:
                 raise KernelAtlasError(
-                    f"nothing matches {s!r}: no file, and no registered source "
-                    "(see `kernelatlas sources`)"
+                    f"nothing matches {s!r}: no file, and no registered source"
+                    f"{did_you_mean(s)} (see `kernelatlas sources`)"
                 )
             out += [f for f in found if f not in out]
         else:
@@ -192,7 +192,7 @@ def _harvest(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from ..errors import KernelAtlasError
     from ..harvest.cache import cached_path, fetch_many
-    from ..harvest.zoo import list_sources
+    from ..harvest.zoo import did_you_mean, list_sources
 
     if args.all:
         names = list_sources()
@@ -204,7 +204,8 @@ def _fetch(args: argparse.Namespace) -> int:
             found = list_sources(pat)
             if not found:
                 raise KernelAtlasError(
-                    f"no registered source matches {pat!r} (see `kernelatlas sources`)"
+                    f"no registered source matches {pat!r}{did_you_mean(pat)} "
+                    "(see `kernelatlas sources`)"
                 )
             names += [n for n in found if n not in names]
     fetch_many(names, quiet=args.quiet)

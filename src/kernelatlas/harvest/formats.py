@@ -194,8 +194,11 @@ def check_regular_file(path: str | os.PathLike[str]) -> int:
             raise FormatError(
                 f"{p} is a dangling symlink (to {os.readlink(p)}): point it at a weight file"
             ) from None
+        from .zoo import did_you_mean
+
         raise FormatError(
-            f"{p}: no such file or registered source (`kernelatlas sources` lists names)"
+            f"{p}: no such file or registered source{did_you_mean(str(path))} "
+            "(`kernelatlas sources` lists names)"
         ) from None
     except OSError as exc:  # ELOOP, ENAMETOOLONG, EACCES on a parent...
         raise FormatError(f"{p}: cannot open ({exc.strerror})") from None
