@@ -91,7 +91,10 @@ CASES = [
     ("socket", _source("sock.pt"), "socket"),
     ("dangling symlink", _source("dangling.pt"), "dangling symlink"),
     ("symlink loop", _source("loop.pt"), "symbolic links"),
-    ("folder", _source("folder.pt"), "is a directory"),
+    ("folder", _source("folder.pt"), "is a directory, neither a kernel bank nor a TF.js model"),
+    ("folder of weight files", lambda f: ["analyze", str(f["dir"]), "--out", str(f["dir"].parent / "o")],
+     "bank folder written by `kernelatlas harvest --out`; it holds .npy/.onnx/.pt files: name "
+     "them, e.g. "),
     ("missing file", lambda f: ["analyze", str(f["dir"] / "no.pt"), "--out", str(f["previous"])],
      "no such file"),
     ("1x40000 kernel", _source("wide.npy"), "kw 40000 is outside"),

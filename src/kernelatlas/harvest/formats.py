@@ -179,6 +179,36 @@ _FILE_KINDS = (
 )
 
 
+def _folder_hint(folder: Path) -> str:
+    """Why a folder is not a source, and what is: its weight files (by suffix) if any."""
+    import itertools
+
+    exts = {e for spec in list_formats() for e in spec.extensions}
+
+    def is_file(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_file()
+        except OSError:  # a symlink loop
+            return False
+
+    try:
+        with os.scandir(folder) as it:
+            names = [f.name for f in itertools.islice(it, 10_000) if is_file(f)]
+    except OSError:
+        names = []
+    found = sorted({Path(n).suffix.lower() for n in names} & exts)
+    what = (
+        f"; it holds {'/'.join(found)} files: name them, e.g. '{folder / ('*' + found[0])}'"
+        if found
+        else ""
+    )
+    return (
+        ", neither a kernel bank nor a TF.js model folder (model.json): pass a weight file, "
+        "a TF.js model folder or, to `analyze`, a bank folder written by "
+        f"`kernelatlas harvest --out`{what}"
+    )
+
+
 def check_regular_file(path: str | os.PathLike[str]) -> int:
     """Refuse anything but a regular file of known size, before a byte of it is read;
     return its size.
@@ -203,7 +233,7 @@ def check_regular_file(path: str | os.PathLike[str]) -> int:
     except OSError as exc:  # ELOOP, ENAMETOOLONG, EACCES on a parent...
         raise FormatError(f"{p}: cannot open ({exc.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise FormatError(f"{p} is a directory; pass a weight file")
+        raise FormatError(f"{p} is a directory{_folder_hint(p)}")
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
         raise FormatError(f"{p} is {kind}, not a regular file: kernelatlas reads weight files only")
