@@ -44,6 +44,11 @@ def test_outputs_exist_and_schema(run_dir: Path) -> None:
     assert not list(run_dir.parent.glob(".report.*")), "staging left behind"
 
 
+def test_load_summary_takes_the_folder_or_the_file(run_dir: Path) -> None:
+    assert load_summary(run_dir / "summary.json") == load_summary(run_dir)
+    assert load_summary(str(run_dir / "summary.json"))["models"]
+
+
 def test_kernels_table_matches_bank_and_summary(run_dir: Path) -> None:
     table = pq.read_table(run_dir / "kernels.parquet")
     assert table.schema.metadata[b"kernelatlas_version"]
