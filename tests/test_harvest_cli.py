@@ -21,7 +21,12 @@ def test_harvest_prints_table_and_resumes(tmp_path, shipped, capsys):
     out = tmp_path / "bank"
     assert main(["harvest", "mediapipe/iris*", "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "mediapipe/iris_landmark" in text and "1536" in text and "total: 1,536 kernels" in text
+    assert "mediapipe/iris_landmark" in text and "total: 1,536 kernels" in text
+    head, rule, row = text.splitlines()[:3]
+    assert head.split() == ["source", "model", "size", "layers", "kernels", "status"]
+    assert row.split() == ["mediapipe/iris_landmark", "iris_landmark", "3x3", "26", "1,536",
+                           "harvested"]  # fmt: skip
+    assert "1536" not in text  # thousands separated, as in `analyze` and `sources`
     assert (
         main(["harvest", "mediapipe/iris_landmark", "mediapipe/hand_recrop", "--out", str(out)])
         == 0

@@ -182,9 +182,15 @@ def _harvest(args: argparse.Namespace) -> int:
                     sources, out, fold_bn=args.fold_bn, progress=not args.quiet
                 )
     report_status(counts)
-    table = counts.assign(size=counts["kh"].astype(str) + "x" + counts["kw"].astype(str))
-    table = table[["source", "model", "size", "layers", "kernels", "status"]]
-    print(table.to_string(index=False))
+    from ..report.terminal import format_table
+
+    rows = [
+        [str(r.source), str(r.model), f"{r.kh}x{r.kw}", f"{int(r.layers):,}", f"{int(r.kernels):,}",
+         str(r.status)]
+        for r in counts.itertuples(index=False)
+    ]  # fmt: skip
+    head = ["source", "model", "size", "layers", "kernels", "status"]
+    print(format_table(head, rows, right=[False, False, True, True, True, False]))
     print(f"total: {int(counts['kernels'].sum()):,} kernels -> {args.out}")
     return 0
 
