@@ -44,6 +44,11 @@ def test_outputs_exist_and_schema(run_dir: Path) -> None:
     assert not list(run_dir.parent.glob(".report.*")), "staging left behind"
 
 
+def test_load_summary_takes_the_folder_or_the_file(run_dir: Path) -> None:
+    assert load_summary(run_dir / "summary.json") == load_summary(run_dir)
+    assert load_summary(str(run_dir / "summary.json"))["models"]
+
+
 def test_kernels_table_matches_bank_and_summary(run_dir: Path) -> None:
     table = pq.read_table(run_dir / "kernels.parquet")
     assert table.schema.metadata[b"kernelatlas_version"]
@@ -282,3 +287,13 @@ def test_method_both_adds_autoencoder_columns_and_agreement(tmp_path: Path) -> N
         p.name for p in (out / "figures").iterdir()
     }
     assert res.summary["autoencoder"]["by_size"][0]["trained_on"] > 0
+    # The terminal table shows the autoencoder beside the atlas, per (source, size).
+    from kernelatlas.report.terminal import coverage_table
+
+    lines = coverage_table(doc).splitlines()
+    head = [h.strip() for h in lines[0].split("  ") if h.strip()]
+    for col in ("atlas classified", "atlas null", "AE classified", "AE null", "agreement (both)"):
+        assert col in head, head
+    for m, line in zip(doc["models"], lines[2:]):
+        assert f"{100 * m['ae_coverage']:.1f}%" in line and f"{100 * m['coverage']:.1f}%" in line
+        assert f"{100 * m['agreement']:.1f}%" in line, line

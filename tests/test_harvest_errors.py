@@ -155,3 +155,20 @@ def test_cli_user_errors_one_line_exit_2(tmp_path, capsys):
     assert main(["harvest", "nosuch/*", "--out", str(tmp_path / "b")]) == 2
     assert main(["fetch", "not_a_source"]) == 2
     assert main(["sources", "zzz*"]) == 2
+
+
+def test_a_text_file_named_pt_is_not_a_pytorch_file(tmp_path, capsys):
+    (tmp_path / "fake.pt").write_text("hello")
+    assert main(["analyze", str(tmp_path / "fake.pt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"kernelatlas: error: {tmp_path / 'fake.pt'}: not a PyTorch file (no zip archive or "
+        "pickle header); check that it is the weight file, or download or export it again"
+    ), err
+    # A file that starts like torch.save's legacy format but ends early is "truncated".
+    torch.save({"w": torch.zeros(4, 1, 3, 3)}, tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    data = (tmp_path / "legacy.pt").read_bytes()
+    (tmp_path / "legacy.pt").write_bytes(data[:40])
+    with pytest.raises(FormatError, match="truncated or corrupt PyTorch pickle"):
+        harvest(tmp_path / "legacy.pt")

@@ -217,6 +217,33 @@ def test_terminal_table_never_cuts_names() -> None:
     assert "nan" not in text
 
 
+def _ae_summary(method: str) -> dict:
+    row = {"source": "a.onnx", "model": "a", "kh": 3, "kw": 3, "kernels": 2_624, "degenerate": 0,
+           "classified": 10, "coverage": 0.25, "null_coverage": 0.011, "init_coverage": 0.012,
+           "ae_coverage": 0.375, "ae_null_coverage": 0.0105, "agreement": 0.4251,
+           "agreement_both_classified": 0.919,
+           "family_shares": {f: 0.1 for f in PATTERN_FAMILIES}}  # fmt: skip
+    cfg = {"null": "gaussian", "null_fpr": 0.01, "method": method}
+    return {"models": [row], "layers": [], "config": cfg}
+
+
+@pytest.mark.parametrize("method", ["autoencoder", "both"])
+def test_terminal_table_shows_the_autoencoder(method: str) -> None:
+    lines = coverage_table(_ae_summary(method)).splitlines()
+    head = [h.strip() for h in lines[0].split("  ") if h.strip()]
+    ae, atlas = head.index("AE classified"), head.index("atlas classified")
+    assert head[ae : ae + 3] == ["AE classified", "AE null", "agreement (both)"]
+    assert (ae < atlas) == (method == "autoencoder")  # the method asked for comes first
+    cells = [c.strip() for c in lines[2].split("  ") if c.strip()]
+    assert cells[ae : ae + 3] == ["37.5%", "1.1%", "42.5% (91.9%)"]
+    assert cells[atlas] == "25.0%" and "2,624" in cells
+    assert "AE classified: the autoencoder" in lines[-1] and "agreement:" in lines[-1]
+    plain = coverage_table(_ae_summary("atlas") | {"models": [
+        {k: v for k, v in _ae_summary("atlas")["models"][0].items() if not k.startswith(("ae_", "agree"))}
+    ]})  # fmt: skip
+    assert "AE" not in plain and "agreement" not in plain
+
+
 # --------------------------------------------------------------------------- figures
 
 

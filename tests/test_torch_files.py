@@ -241,7 +241,7 @@ def test_grayscale_stem_from_shapes_in_both_formats(tmp_path):
             res = harvest(tmp_path / name)
         assert [lk.layer for lk in res.layers] == ["1", "3"], name
         assert res.skipped == {"stem": 1}
-        assert any("not harvested: 1 layer (the grayscale stem" in str(w.message) for w in caught)
+        assert any("1 stem layer skipped (the grayscale stem" in str(w.message) for w in caught)
     assert [lk.layer for lk in harvest(model).layers] == ["1", "3"]  # module reader agrees
 
 
@@ -254,7 +254,7 @@ def test_cli_prints_what_was_skipped(tmp_path, capsys):
         main(["harvest", str(tmp_path / "m.pt"), "--out", str(tmp_path / "bank"), "--quiet"]) == 0
     )
     err = capsys.readouterr().err
-    assert "kernelatlas: skipped:" in err and "1 layer (1x1 kernels" in err, err
+    assert "kernelatlas: note: " in err and "m.pt: 1 1x1 layer skipped (nothing spatial" in err, err
 
 
 def test_real_deep_sort_mobilenet_v2_checkpoint(shipped):

@@ -60,11 +60,16 @@ def check_device(device: str) -> None:
     from .autoencoder.model import resolve_device
 
     try:
-        torch.device(device)
+        asked = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise KernelAtlasError(
             f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N"
         ) from None
+    if asked.type == "cuda" and not torch.cuda.is_available():  # the CLI's words, not the API's
+        raise KernelAtlasError(
+            f"--device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu "
+            "(device='cpu' from Python), or leave it out to use a GPU when there is one"
+        )
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is not None:
         if dev.index >= torch.cuda.device_count():

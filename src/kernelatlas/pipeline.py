@@ -108,9 +108,18 @@ class AnalysisConfig:
         for kind in self.baselines or ():
             get_null(kind)
         if not 0.0 < self.null_fpr < 1.0:
+            if self.null_fpr != self.null_fpr:
+                why = "not a number"
+            elif self.null_fpr >= 1.0:
+                why = "at 1 or more every null kernel passes, so almost every kernel is classified"
+            else:
+                why = (
+                    "at 0 or less the threshold is the null's maximum and almost nothing is "
+                    "classified"
+                )
             raise KernelAtlasError(
-                f"null_fpr (--null-fpr) must be in (0, 1), got {self.null_fpr}: at 0 the "
-                "threshold is the null's maximum and almost nothing is classified; e.g. 0.01"
+                f"null_fpr (--null-fpr) must be in (0, 1), got {self.null_fpr}: {why}; it is "
+                "the share of null kernels allowed through, e.g. 0.01 (1%)"
             )
         if self.batch_size < 1 or self.n_null < 100:
             raise KernelAtlasError("batch_size must be >= 1 and n_null >= 100")

@@ -91,7 +91,10 @@ CASES = [
     ("socket", _source("sock.pt"), "socket"),
     ("dangling symlink", _source("dangling.pt"), "dangling symlink"),
     ("symlink loop", _source("loop.pt"), "symbolic links"),
-    ("folder", _source("folder.pt"), "is a directory"),
+    ("folder", _source("folder.pt"), "is a directory, neither a kernel bank nor a TF.js model"),
+    ("folder of weight files", lambda f: ["analyze", str(f["dir"]), "--out", str(f["dir"].parent / "o")],
+     "bank folder written by `kernelatlas harvest --out`; it holds .npy/.onnx/.pt files: name "
+     "them, e.g. "),
     ("missing file", lambda f: ["analyze", str(f["dir"] / "no.pt"), "--out", str(f["previous"])],
      "no such file"),
     ("1x40000 kernel", _source("wide.npy"), "kw 40000 is outside"),
@@ -99,6 +102,7 @@ CASES = [
     ("protocol-5 pickle payload", _source("proto5.pt"), "calls posix.system"),
     ("--device banana", _analyze("--device", "banana"), "not a torch device"),
     ("--device cuda:99", _analyze("--device", "cuda:99"), "cuda"),
+    ("--device cuda without a GPU", _analyze("--device", "cuda"), "no CUDA GPU: use --device cpu"),
     ("unknown --scheduler scheme", _analyze("--engine", "dask", "--scheduler", "foo://h:1"),
      "not a Dask scheduler address"),
     ("--scheduler garbage", _analyze("--engine", "dask", "--scheduler", "a b"),
@@ -108,14 +112,31 @@ CASES = [
     ("--workers without dask", _analyze("--workers", "2"), "need --engine dask"),
     ("--ae-epochs with atlas", _analyze("--method", "atlas", "--ae-epochs", "5"), "--ae-epochs"),
     ("--ae-epochs 0", _analyze("--method", "both", "--ae-epochs", "0"), "must be >= 1"),
-    ("--null-fpr 0", _analyze("--null-fpr", "0"), "must be in (0, 1)"),
-    ("--null-fpr 1", _analyze("--null-fpr", "1"), "must be in (0, 1)"),
+    ("--null-fpr 0", _analyze("--null-fpr", "0"), "must be in (0, 1), got 0.0: at 0 or less"),
+    ("--null-fpr -0.5", _analyze("--null-fpr=-0.5"), "got -0.5: at 0 or less the threshold"),
+    ("--null-fpr 1", _analyze("--null-fpr", "1"), "got 1.0: at 1 or more every null kernel"),
+    ("--null-fpr 2", _analyze("--null-fpr", "2"), "got 2.0: at 1 or more every null kernel"),
+    ("--null-fpr nan", _analyze("--null-fpr", "nan"), "got nan: not a number"),
     ("--seed -1", _analyze("--seed", "-1"), "must be >= 0"),
     ("--null init with --no-init-baseline", _analyze("--null", "init", "--no-init-baseline"),
      "cannot go with --no-init-baseline"),
     ("--batch-size 0", _analyze("--batch-size", "0"), "batch_size must be >= 1"),
     ("unknown --method", _analyze("--method", "magic"), "invalid choice"),
     ("unknown option", _analyze("--frobnicate"), "unrecognized arguments"),
+    ("misspelt option", _analyze("--methd", "atlas"),
+     "unrecognized arguments: --methd atlas; did you mean --method? (see `kernelatlas analyze --help`)"),
+    ("misspelt harvest option",
+     lambda f: ["harvest", str(f["ok.npy"]), "--out", str(f["dir"] / "bank"), "--fold-nb"],
+     "--fold-nb; did you mean --fold-bn? (see `kernelatlas harvest --help`)"),
+    ("misspelt source", lambda f: ["analyze", "efficientnet_lite", "--out", str(f["previous"])],
+     "no such file or registered source; did you mean efficientnet_lite0, efficientnet_lite1, "
+     "efficientnet_lite2?"),
+    ("misspelt source to harvest",
+     lambda f: ["harvest", "mediapipe/hand_recorp", "--out", str(f["dir"] / "bank")],
+     "; did you mean mediapipe/hand_recrop?"),
+    ("misspelt source to fetch", lambda f: ["fetch", "efficientnet_lite"],
+     "no registered source matches 'efficientnet_lite'; did you mean efficientnet_lite0,"),
+    ("misspelt pattern to fetch", lambda f: ["fetch", "mediapip/*"], "did you mean mediapipe/*?"),
     ("--null-fpr not a number", _analyze("--null-fpr", "lots"), "invalid float value"),
     ("no registry match", lambda f: ["analyze", "nosuch/*", "--out", str(f["previous"])],
      "nothing matches"),
@@ -131,6 +152,8 @@ CASES = [
 def test_one_line_exit_2_nothing_touched(files, case, command, says) -> None:
     if case == "--device cuda:99" and torch.cuda.device_count() > 99:  # pragma: no cover
         pytest.skip("a machine with 100 GPUs")
+    if case == "--device cuda without a GPU" and torch.cuda.is_available():  # pragma: no cover
+        pytest.skip("this machine has a CUDA GPU")
     before = snapshot(files["dir"])
     run = run_cli(command(files))
     line = run.one_line_error()
@@ -250,8 +273,8 @@ def test_warnings_are_one_line_each(tmp_path) -> None:
     assert "UserWarning" not in run.stderr and "Traceback" not in run.stderr
     warned = [ln for ln in run.lines if ln.startswith("kernelatlas: warning:")]
     assert len(warned) == 1 and "no depthwise convolution" in warned[0], run.lines
-    skipped = [ln for ln in run.lines if ln.startswith("kernelatlas: skipped:")]
-    assert len(skipped) == 1 and "1x1" in skipped[0], run.lines  # counted by reason
+    skipped = [ln for ln in run.lines if ln.startswith("kernelatlas: note:")]
+    assert len(skipped) == 1 and "1 1x1 layer skipped" in skipped[0], run.lines  # by reason
     assert run.code == 2 and run.lines[-1].startswith("kernelatlas: error:")
     assert not (tmp_path / "bank").exists()  # nothing was written: no empty bank folder
 

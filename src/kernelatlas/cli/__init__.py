@@ -11,6 +11,7 @@ traceback instead. Warnings are printed as one ``kernelatlas: warning: ...`` lin
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
 import os
@@ -41,6 +42,32 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"kernelatlas: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        """As argparse's, but unknown options are refused by the sub-command that got them,
+        with the close options of that sub-command (``--methd``: did you mean --method?)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = self._command_parser(getattr(ns, "command", None))
+            hint = ""
+            options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+            for extra in extras:
+                if extra.startswith("-"):
+                    close = difflib.get_close_matches(
+                        extra.split("=")[0], options, n=2, cutoff=0.75
+                    )
+                    if close:
+                        hint = f"; did you mean {' or '.join(close)}?"
+                        break
+            sub.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return ns
+
+    def _command_parser(self, command: str | None) -> argparse.ArgumentParser:
+        """The parser of sub-command ``command`` (this one when there is none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                return action.choices[command]
+        return self
 
 
 def build_parser() -> argparse.ArgumentParser:

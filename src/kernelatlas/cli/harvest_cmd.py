@@ -113,7 +113,7 @@ def expand_sources(sources: list[str]) -> list[str]:
     from pathlib import Path
 
     from ..errors import KernelAtlasError
-    from ..harvest.zoo import list_sources
+    from ..harvest.zoo import did_you_mean, list_sources
 
     out: list[str] = []
     for s in sources:
@@ -121,8 +121,8 @@ def expand_sources(sources: list[str]) -> list[str]:
             found = sorted(glob.glob(str(Path(s).expanduser()))) + list_sources(s)
             if not found:
                 raise KernelAtlasError(
-                    f"nothing matches {s!r}: no file, and no registered source "
-                    "(see `kernelatlas sources`)"
+                    f"nothing matches {s!r}: no file, and no registered source"
+                    f"{did_you_mean(s)} (see `kernelatlas sources`)"
                 )
             out += [f for f in found if f not in out]
         else:
@@ -147,7 +147,7 @@ def report_status(counts: Any) -> None:
 
 @contextlib.contextmanager
 def skipped_lines() -> Iterator[None]:
-    """Print the readers' skipped-layer counts as ``kernelatlas: skipped: ...`` lines when
+    """Print the readers' skipped-layer counts as ``kernelatlas: note: ...`` lines when
     the block ends; other warnings go on (``cli.main`` prints kernelatlas's, one line each)."""
     import warnings
 
@@ -160,7 +160,7 @@ def skipped_lines() -> Iterator[None]:
     finally:  # also when the command fails: what was skipped explains the error
         for w in caught:
             if issubclass(w.category, SkippedLayersWarning):
-                print(f"kernelatlas: skipped: {w.message}", file=sys.stderr)
+                print(f"kernelatlas: note: {w.message}", file=sys.stderr)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
@@ -182,9 +182,15 @@ def _harvest(args: argparse.Namespace) -> int:
                     sources, out, fold_bn=args.fold_bn, progress=not args.quiet
                 )
     report_status(counts)
-    table = counts.assign(size=counts["kh"].astype(str) + "x" + counts["kw"].astype(str))
-    table = table[["source", "model", "size", "layers", "kernels", "status"]]
-    print(table.to_string(index=False))
+    from ..report.terminal import format_table
+
+    rows = [
+        [str(r.source), str(r.model), f"{r.kh}x{r.kw}", f"{int(r.layers):,}", f"{int(r.kernels):,}",
+         str(r.status)]
+        for r in counts.itertuples(index=False)
+    ]  # fmt: skip
+    head = ["source", "model", "size", "layers", "kernels", "status"]
+    print(format_table(head, rows, right=[False, False, True, True, True, False]))
     print(f"total: {int(counts['kernels'].sum()):,} kernels -> {args.out}")
     return 0
 
@@ -192,7 +198,7 @@ def _harvest(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from ..errors import KernelAtlasError
     from ..harvest.cache import cached_path, fetch_many
-    from ..harvest.zoo import list_sources
+    from ..harvest.zoo import did_you_mean, list_sources
 
     if args.all:
         names = list_sources()
@@ -204,7 +210,8 @@ def _fetch(args: argparse.Namespace) -> int:
             found = list_sources(pat)
             if not found:
                 raise KernelAtlasError(
-                    f"no registered source matches {pat!r} (see `kernelatlas sources`)"
+                    f"no registered source matches {pat!r}{did_you_mean(pat)} "
+                    "(see `kernelatlas sources`)"
                 )
             names += [n for n in found if n not in names]
     fetch_many(names, quiet=args.quiet)

@@ -38,11 +38,12 @@ __all__ = [
 #: records no fingerprint, as in banks of kernelatlas 0.1.0).
 HARVEST_STATUSES: tuple[str, ...] = ("harvested", "reused", "changed")
 
-#: What each skip reason means, for messages (a reader may add others).
-SKIP_REASONS: dict[str, str] = {
-    "1x1": "1x1 kernels, nothing spatial to analyse",
-    "stem": "the grayscale stem conv, which has the depthwise shape",
-    "expanded view": "expanded views (stride 0), not trained weights",
+#: What each skip reason means, for messages (a reader may add others): what the
+#: layers are, and why they are skipped.
+SKIP_REASONS: dict[str, tuple[str, str]] = {
+    "1x1": ("1x1", "nothing spatial to analyse"),
+    "stem": ("stem", "the grayscale stem conv, which has the depthwise shape"),
+    "expanded view": ("expanded-view", "stride-0 views, not trained weights"),
 }
 
 
@@ -51,12 +52,14 @@ class SkippedLayersWarning(UserWarning):
 
 
 def skipped_text(skipped: dict[str, int]) -> str:
-    """``"1 layer (1x1 kernels, ...); 2 layers (...)"`` for a ``skipped`` mapping."""
-    return "; ".join(
-        f"{n} layer{'s' if n != 1 else ''} ({SKIP_REASONS.get(reason, reason)})"
-        for reason, n in sorted(skipped.items())
-        if n
-    )
+    """``"13 1x1 layers skipped (nothing spatial to analyse); 1 stem layer skipped (...)"``
+    for a ``skipped`` mapping: the layers left out, never the source."""
+    parts = []
+    for reason, n in sorted(skipped.items()):
+        if n:
+            what, why = SKIP_REASONS.get(reason, ("", reason))
+            parts.append(f"{n} {what + ' ' if what else ''}layer{'s' * (n != 1)} skipped ({why})")
+    return "; ".join(parts)
 
 
 def source_key(source: Any, *, fold_bn: bool = False) -> str | None:
@@ -268,7 +271,7 @@ def harvest(source: Any, *, fold_bn: bool = False) -> HarvestResult:
     res = replace(_harvest(source, fold_bn), fingerprint=fingerprint)
     if any(res.skipped.values()):
         warnings.warn(
-            f"{res.source}: not harvested: {skipped_text(dict(res.skipped))}",
+            f"{res.source}: {skipped_text(dict(res.skipped))}",
             SkippedLayersWarning,
             stacklevel=2,
         )
@@ -309,11 +312,11 @@ def _harvest(source: Any, fold_bn: bool) -> HarvestResult:
         if info.arch:
             r = read_module(_build_arch(info, path, fold_bn), fold_bn=fold_bn)
         else:
-            r = read_file(path, info.format, fold_bn=fold_bn)
+            r = read_file(path, info.format, fold_bn=fold_bn, source=s)
         return _result(s + suffix, info.model, info.format, r)
     path = Path(s).expanduser()
     fmt = detect_format(path)
-    r = read_file(path, fmt, fold_bn=fold_bn)
+    r = read_file(path, fmt, fold_bn=fold_bn, source=s)
     return _result(os.path.realpath(path) + suffix, _model_name(path), fmt, r)
 
 

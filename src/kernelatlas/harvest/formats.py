@@ -179,6 +179,36 @@ _FILE_KINDS = (
 )
 
 
+def _folder_hint(folder: Path) -> str:
+    """Why a folder is not a source, and what is: its weight files (by suffix) if any."""
+    import itertools
+
+    exts = {e for spec in list_formats() for e in spec.extensions}
+
+    def is_file(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_file()
+        except OSError:  # a symlink loop
+            return False
+
+    try:
+        with os.scandir(folder) as it:
+            names = [f.name for f in itertools.islice(it, 10_000) if is_file(f)]
+    except OSError:
+        names = []
+    found = sorted({Path(n).suffix.lower() for n in names} & exts)
+    what = (
+        f"; it holds {'/'.join(found)} files: name them, e.g. '{folder / ('*' + found[0])}'"
+        if found
+        else ""
+    )
+    return (
+        ", neither a kernel bank nor a TF.js model folder (model.json): pass a weight file, "
+        "a TF.js model folder or, to `analyze`, a bank folder written by "
+        f"`kernelatlas harvest --out`{what}"
+    )
+
+
 def check_regular_file(path: str | os.PathLike[str]) -> int:
     """Refuse anything but a regular file of known size, before a byte of it is read;
     return its size.
@@ -194,13 +224,16 @@ def check_regular_file(path: str | os.PathLike[str]) -> int:
             raise FormatError(
                 f"{p} is a dangling symlink (to {os.readlink(p)}): point it at a weight file"
             ) from None
+        from .zoo import did_you_mean
+
         raise FormatError(
-            f"{p}: no such file or registered source (`kernelatlas sources` lists names)"
+            f"{p}: no such file or registered source{did_you_mean(str(path))} "
+            "(`kernelatlas sources` lists names)"
         ) from None
     except OSError as exc:  # ELOOP, ENAMETOOLONG, EACCES on a parent...
         raise FormatError(f"{p}: cannot open ({exc.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise FormatError(f"{p} is a directory; pass a weight file")
+        raise FormatError(f"{p} is a directory{_folder_hint(p)}")
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
         raise FormatError(f"{p} is {kind}, not a regular file: kernelatlas reads weight files only")
@@ -238,15 +271,22 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise FormatError(f"{p}: unknown weight format; supported: {supported_text()}")
 
 
-def read_file(path: Path, fmt: str, *, fold_bn: bool = False) -> ReadResult:
-    """Read ``path`` with the reader of ``fmt``; a missing optional dependency is one line."""
+def read_file(
+    path: Path, fmt: str, *, fold_bn: bool = False, source: str | None = None
+) -> ReadResult:
+    """Read ``path`` with the reader of ``fmt``; a missing optional dependency is one line.
+
+    ``source`` is what the user named (a registry name, a path as typed), for messages.
+    """
     spec = get_format(fmt)
     if not (spec.folder_file and Path(path).is_dir()):
         check_regular_file(path)
     if fold_bn and not spec.can_fold_bn:
+        where = f"{source} ({path})" if source and source != str(path) else str(path)
+        folding = "/".join(s.name for s in list_formats() if s.can_fold_bn)
         raise KernelAtlasError(
-            f"{path}: --fold-bn needs the architecture, which a {fmt} file does not hold; build "
-            "the model, load the weights and harvest the nn.Module (or drop --fold-bn)"
+            f"{where}: --fold-bn is not supported for the {fmt} format (batch norm is folded "
+            f"for {folding} files and for timm: and nn.Module sources): drop --fold-bn"
         )
     try:
         with source_budget(str(path)):

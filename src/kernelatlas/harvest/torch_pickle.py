@@ -992,6 +992,11 @@ def _legacy_from(path: Path, what: str, data: bytes, size: int) -> TorchFile:
                     f"{what}: refused, its pickle calls {bad}, code that torch.load would "
                     "run (kernelatlas ran none of it); do not load this file"
                 ) from None
+            if start == 0 and data[:1] != b"\x80":  # torch.save pickles open with PROTO
+                raise FormatError(
+                    f"{what}: not a PyTorch file (no zip archive or pickle header); check that "
+                    "it is the weight file, or download or export it again"
+                ) from None
             if buf.tell() >= len(data) and len(data) < size:
                 raise _Window from None
             raise FormatError(

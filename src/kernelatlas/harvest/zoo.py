@@ -105,15 +105,38 @@ def is_registered(name: str) -> bool:
     return name in _REGISTRY
 
 
+def close_sources(name: str, *, n: int = 3) -> list[str]:
+    """Registered names (or, for a pattern, patterns) close to a mistyped ``name``: those
+    containing it, else the nearest by spelling (:func:`difflib.get_close_matches`)."""
+    import difflib
+
+    if not name:
+        return []
+    if any(ch in name for ch in "*?["):  # 'mediapip/*' -> 'mediapipe/*'
+        folder, sep, rest = name.partition("/")
+        folders = sorted({k.split("/")[0] for k in _REGISTRY if "/" in k})
+        if not sep or any(ch in folder for ch in "*?["):
+            return []
+        return [f"{f}/{rest}" for f in difflib.get_close_matches(folder, folders, n=n)]
+    names = sorted(_REGISTRY)
+    inside = [k for k in names if name in k] if len(name) >= 4 else []
+    return (inside or difflib.get_close_matches(name, names, n=n, cutoff=0.7))[:n]
+
+
+def did_you_mean(name: str) -> str:
+    """``"; did you mean a, b?"`` for :func:`close_sources` of ``name``, or ``""``."""
+    close = close_sources(name)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def get_source(name: str) -> SourceInfo:
     """The registry entry ``name``."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = list_sources(f"*{name}*") if name else []
-        hint = f" (did you mean {', '.join(close[:4])}?)" if close else ""
         raise KernelAtlasError(
-            f"unknown source {name!r}{hint}: `kernelatlas sources` lists the registered names"
+            f"unknown source {name!r}{did_you_mean(name)} (`kernelatlas sources` lists the "
+            "registered names)"
         ) from None
 
 

@@ -30,10 +30,12 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 
 
 def load_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate ``run_dir/summary.json``."""
+    """Read and validate ``run_dir/summary.json`` (``run_dir`` may also be that file)."""
     from ..errors import KernelAtlasError
 
-    path = Path(run_dir) / "summary.json"
+    path = Path(run_dir)
+    if not path.is_file():
+        path = path / "summary.json"
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:

@@ -36,11 +36,37 @@ def _pct(x: Any) -> str:
     return "-" if not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
+def _with_ae(summary: dict[str, Any]) -> bool:
+    """Whether the analysis ran the autoencoder (``--method autoencoder`` or ``both``)."""
+    method = (summary.get("config") or {}).get("method")
+    return method in ("autoencoder", "both") or any(
+        m.get("ae_coverage") is not None for m in summary.get("models", [])
+    )
+
+
+def _agreement(m: dict[str, Any]) -> str:
+    """``42.5% (100.0%)``: among kernels either method classifies (among those both do)."""
+    either, both = _pct(m.get("agreement")), _pct(m.get("agreement_both_classified"))
+    return either if both == "-" else f"{either} ({both})"
+
+
 def coverage_table(summary: dict[str, Any]) -> str:
-    """The coverage of every (source, size) of an analysis, as a text table."""
+    """The coverage of every (source, size) of an analysis, as a text table; with the
+    autoencoder (``--method autoencoder`` or ``both``) also its coverage, its null rate and
+    the agreement of the two methods, the method asked for first."""
     labels = source_labels([*summary.get("models", []), *summary.get("layers", [])])
-    head = ["model", "source", "size", "kernels", "classified", "null", "init",
-            "excess (strongest baseline)", "top family"]  # fmt: skip
+    ae = _with_ae(summary)
+    ae_first = (summary.get("config") or {}).get("method") == "autoencoder"
+    atlas_head = ["classified", "null", "init", "excess (strongest baseline)", "top family"]
+    if ae:  # two methods: say whose rates these are
+        atlas_head[:2] = ["atlas classified", "atlas null"]
+    ae_head = ["AE classified", "AE null", "agreement (both)"] if ae else []
+    head = ["model", "source", "size", "kernels"]
+    head += [*ae_head, *atlas_head] if ae_first else [*atlas_head, *ae_head]
+    right_atlas = [True, True, True, False, False]
+    right_ae = [True, True, True] if ae else []
+    right = [False, False, True, True]
+    right += [*right_ae, *right_atlas] if ae_first else [*right_atlas, *right_ae]
     rows = []
     for m in summary["models"]:
         shares = {f: (m.get("family_shares") or {}).get(f) or 0.0 for f in PATTERN_FAMILIES}
@@ -51,28 +77,34 @@ def coverage_table(summary: dict[str, Any]) -> str:
             if ex.get("excess") is not None
             else "-"
         )
+        atlas = [
+            _pct(m["coverage"]),
+            _pct(m.get("null_coverage")),
+            _pct(m.get("init_coverage")),
+            excess,
+            f"{top.replace('_', ' ')} {_pct(shares.get(top))}" if shares else "-",
+        ]
+        ae_cells = (
+            [_pct(m.get("ae_coverage")), _pct(m.get("ae_null_coverage")), _agreement(m)]
+            if ae
+            else []
+        )
         rows.append(
             [
                 labels.get(m["source"], m["model"]),
                 str(m["source"]),
                 f"{m['kh']}x{m['kw']}",
                 f"{int(m['kernels']):,}",
-                _pct(m["coverage"]),
-                _pct(m.get("null_coverage")),
-                _pct(m.get("init_coverage")),
-                excess,
-                f"{top.replace('_', ' ')} {_pct(shares.get(top))}" if shares else "-",
+                *([*ae_cells, *atlas] if ae_first else [*atlas, *ae_cells]),
             ]
         )
     for r in summary.get("skipped") or []:
+        rest = ["-"] * (len(head) - 5) + [f"not analysed ({r['layers']} layers): {r['reason']}"]
         rows.append(
             [labels.get(r["source"], r["model"]), str(r["source"]), f"{r['kh']}x{r['kw']}",
-             f"{int(r['kernels']):,}", "-", "-", "-", "-",
-             f"not analysed ({r['layers']} layers): {r['reason']}"]
+             f"{int(r['kernels']):,}", *rest]
         )  # fmt: skip
-    table = format_table(
-        head, rows, right=[False, False, True, True, True, True, True, False, False]
-    )
+    table = format_table(head, rows, right=right)
     cfg = summary.get("config", {})
     kind = cfg.get("null", "gaussian")
     label = (summary.get("nulls") or {}).get("kinds", {}).get(kind, {}).get("label", kind)
@@ -82,6 +114,17 @@ def coverage_table(summary: dict[str, Any]) -> str:
         "rate of that null; init: fresh init of the same architecture; excess: over the "
         "strongest baseline (summary.json has every baseline, with intervals)"
     )
+    if ae:
+        note = (
+            "atlas "
+            + note.replace("; null:", "; atlas null:")
+            + (
+                "; AE classified: the autoencoder's share (reconstruction distance under the "
+                "paper's threshold, or one calibrated on the Gaussian null where the paper gives "
+                "none); AE null: its rate on Gaussian kernels; agreement: same family from both "
+                "methods among the kernels either classifies (in brackets: among those both classify)"
+            )
+        )
     if kind == "init":
         note += (
             "; the init null is calibrated on half of the fresh-init kernels, and null and init are "
