@@ -323,9 +323,11 @@ def kernel_statistics(
 # --------------------------------------------------------------------------- null, init
 @lru_cache(maxsize=8)
 def _atlas(kh: int, kw: int, null_fpr: float, n_null: int, seed: int):
-    from ..atlas import Atlas
+    """The atlas calibrated on the Gaussian null, as ``analyze`` calibrates it (from the
+    user cache when an analysis with the same settings has calibrated it already)."""
+    from ..calibration import calibrate
 
-    return Atlas(kernel_size=(kh, kw), null_fpr=null_fpr, n_null=n_null, seed=seed).fit()
+    return calibrate(kh, kw, null_fpr=null_fpr, n_null=n_null, seed=seed).atlas
 
 
 def label_kernels(
