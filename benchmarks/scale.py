@@ -78,7 +78,9 @@ print(json.dumps({
     "timings": getattr(res, "timings", {}),
     "in_process_s": time.perf_counter() - t0,
     "driver_cpu_s": self_ru.ru_utime + self_ru.ru_stime,
-    "driver_maxrss_mib": self_ru.ru_maxrss / 1024,
+    # this process's own high-water mark (ru_maxrss would carry the parent's across exec)
+    "driver_maxrss_mib": next(int(l.split()[1]) for l in open("/proc/self/status")
+                              if l.startswith("VmHWM:")) / 1024,
 }))
 """
 
