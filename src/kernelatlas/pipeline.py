@@ -39,6 +39,7 @@ from .null import (
     get_null,
     measure_baselines,
     null_kinds,
+    size_reason,
 )
 from .outputs import ANALYSIS_FILES as OUTPUT_FILES
 from .partitions import Partition, PartitionJob, SizeModels
@@ -607,8 +608,11 @@ def _analyze_into(
     skipped = _skipped_sizes(bank, bank.shapes())  # sizes the atlas cannot name: listed
     base = _baseline_frame(counts, run.baselines)
     config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
-    if run.twins and cfg.fold_bn:
-        config_doc["notes"] = [INIT_FOLD_NOTE]
+    notes = [INIT_FOLD_NOTE] if run.twins and cfg.fold_bn else []
+    for kh, kw in sorted({(int(a), int(b)) for a, b in zip(counts["kh"], counts["kw"])}):
+        notes += [r for k in run.kinds if (r := size_reason(k, kh, kw))]  # a baseline left out
+    if notes:
+        config_doc["notes"] = notes
     from .report.spectra import spectra_docs
 
     autoencoder = (

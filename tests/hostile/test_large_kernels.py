@@ -50,4 +50,8 @@ def test_128x128_kernels_finish_within_an_address_space_limit(tmp_path) -> None:
     thr = [t for t in summary["thresholds"] if (t["kh"], t["kw"]) == (128, 128)]
     assert {t["family"] for t in thr} >= {"center", "first_derivative", "shift"}
     assert all(t["calibration_surrogates"] == 200 for t in thr)
+    # the covariance baseline is not built at this size, and the summary says so
+    assert any("covariance null is not built for 128x128" in n for n in summary["config"]["notes"])
+    row = next(m for m in summary["models"] if (m["kh"], m["kw"]) == (128, 128))
+    assert "covariance" not in row["baselines"] and "gaussian" in row["baselines"]
     assert run.grown_mb < HEADROOM / 2**20
