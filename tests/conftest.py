@@ -92,3 +92,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def small_bank(tmp_path_factory):
+    """pp_lcnet_orientation (3x3 and 5x5 mixed) in row groups of 300 rows: 9 partitions."""
+    from kernelatlas.bank import KernelBank
+    from kernelatlas.harvest import harvest
+
+    bank = KernelBank(tmp_path_factory.mktemp("bank") / "bank", row_group_size=300)
+    bank.add(harvest("pp_lcnet_orientation"))
+    return bank
+
+
+@pytest.fixture(scope="module")
+def models(small_bank):
+    """An atlas per kernel size of ``small_bank`` (calibrated on 2,000 kernels, uncached)."""
+    from kernelatlas.calibration import calibrate
+    from kernelatlas.partitions import SizeModels
+
+    return {
+        s: SizeModels(calibrate(*s, null_fpr=0.01, n_null=2000, cache=False).atlas)
+        for s in small_bank.shapes()
+    }

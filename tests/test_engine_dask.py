@@ -11,11 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from kernelatlas.bank import KernelBank
-from kernelatlas.calibration import calibrate
 from kernelatlas.engine import make_engine
 from kernelatlas.errors import KernelAtlasError
-from kernelatlas.harvest import harvest, harvest_to_bank
-from kernelatlas.partitions import PartitionJob, PartsMerger, SizeModels, bank_partitions
+from kernelatlas.harvest import harvest_to_bank
+from kernelatlas.partitions import PartitionJob, PartsMerger, bank_partitions
 from kernelatlas.pipeline import AnalysisConfig, analyze
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -32,22 +31,6 @@ def scheduler():
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
-def small_bank(tmp_path_factory) -> KernelBank:
-    """pp_lcnet_orientation in row groups of 300 rows: 9 partitions, 3x3 and 5x5 mixed."""
-    bank = KernelBank(tmp_path_factory.mktemp("bank") / "bank", row_group_size=300)
-    bank.add(harvest("pp_lcnet_orientation"))
-    return bank
-
-
-@pytest.fixture(scope="module")
-def models(small_bank):
-    return {
-        s: SizeModels(calibrate(*s, null_fpr=0.01, n_null=2000, cache=False).atlas)
-        for s in small_bank.shapes()
-    }
 
 
 def _run(engine, parts, job, folder: Path) -> tuple[pa.Table, PartsMerger]:

@@ -11,34 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kernelatlas.bank import KernelBank
-from kernelatlas.calibration import calibrate
 from kernelatlas.engine import Engine, make_engine
 from kernelatlas.engine.local import LocalEngine
 from kernelatlas.errors import KernelAtlasError
-from kernelatlas.harvest import harvest
 from kernelatlas.harvest.zoo import init_twin
-from kernelatlas.partitions import PartitionJob, PartsMerger, SizeModels, bank_partitions
+from kernelatlas.partitions import PartitionJob, PartsMerger, bank_partitions
 from kernelatlas.report.diagram import diagram_columns, panel_means
 from kernelatlas.report.summary import LAYER_KEYS, merge_counts, partial_counts
 from kernelatlas.results import kernel_weights
 from kernelatlas.taxonomy import PATTERN_FAMILIES
-
-
-@pytest.fixture(scope="module")
-def bank(tmp_path_factory) -> KernelBank:
-    """pp_lcnet_orientation (3x3 and 5x5) in row groups of 300 rows: 9 partitions."""
-    b = KernelBank(tmp_path_factory.mktemp("run") / "bank", row_group_size=300)
-    b.add(harvest("pp_lcnet_orientation"))
-    return b
-
-
-@pytest.fixture(scope="module")
-def models(bank):
-    return {
-        s: SizeModels(calibrate(*s, null_fpr=0.01, n_null=2000, cache=False).atlas)
-        for s in bank.shapes()
-    }
 
 
 def _merged(bank, job, engine=None) -> tuple[PartsMerger, list]:
@@ -52,15 +33,15 @@ def _merged(bank, job, engine=None) -> tuple[PartsMerger, list]:
     return merger, results
 
 
-def test_counts_and_statistic_add_up_to_the_whole_table(bank, models, tmp_path) -> None:
+def test_counts_and_statistic_add_up_to_the_whole_table(small_bank, models, tmp_path) -> None:
     parts = tmp_path / "kernels.parquet"
     parts.mkdir()
-    (tmp_path / "bank").symlink_to(bank.path)  # an analysis folder: the parts beside the bank
+    (tmp_path / "bank").symlink_to(small_bank.path)  # an analysis folder: the parts beside the bank
     panels = tuple(tuple(c) for c in diagram_columns())
     job = PartitionJob(models, batch_size=128, parts_dir=str(parts), panels=panels)
-    merger, results = _merged(bank, job)
+    merger, results = _merged(small_bank, job)
     assert isinstance(make_engine("local"), Engine)
-    assert [r.partition for r in results] == bank_partitions(bank)  # in bank order
+    assert [r.partition for r in results] == bank_partitions(small_bank)  # in bank order
     assert all(r.table is None and r.tmp_path for r in results)  # only counts came back
     table = pq.ParquetDataset(parts).read()
     assert table.num_rows == 2480 and sorted(p.name for p in parts.iterdir()) == [
@@ -88,17 +69,17 @@ def test_counts_and_statistic_add_up_to_the_whole_table(bank, models, tmp_path) 
                     np.testing.assert_allclose(g, w, atol=1e-6)
 
 
-def test_tables_back_and_weights_kept(bank, models, tmp_path) -> None:
+def test_tables_back_and_weights_kept(small_bank, models, tmp_path) -> None:
     """Without a shared folder the tables travel back and the driver writes the same parts;
     with_weights keeps a copy of the weights, which the accessor then reads."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     job = PartitionJob(models, parts_dir=str(tmp_path / "a"), with_weights=True)
-    _merged(bank, job)
+    _merged(small_bank, job)
     back = PartitionJob(models, parts_dir=None, with_weights=True)
     merger = PartsMerger(tmp_path / "b")
     with LocalEngine(threads=1) as e:
-        for res in e.map_partitions((p, back) for p in bank_partitions(bank)):
+        for res in e.map_partitions((p, back) for p in bank_partitions(small_bank)):
             assert res.table is not None and res.tmp_path is None
             merger.add(res)
     merger.finish()
@@ -107,15 +88,16 @@ def test_tables_back_and_weights_kept(bank, models, tmp_path) -> None:
     assert a.equals(b) and "weights" in a.column_names
     sel = a.filter(pa.compute.equal(a.column("kh"), 5))
     np.testing.assert_array_equal(
-        kernel_weights(tmp_path / "a", sel.select(["kh", "kw", "weights"])), bank.kernels(5, 5)
+        kernel_weights(tmp_path / "a", sel.select(["kh", "kw", "weights"])),
+        small_bank.kernels(5, 5),
     )
 
 
-def test_kernel_weights_refuses_mixed_sizes_and_foreign_files(bank, models, tmp_path) -> None:
+def test_kernel_weights_refuses_mixed_sizes_and_foreign_files(small_bank, models, tmp_path) -> None:
     run = tmp_path / "run"
     (run / "kernels.parquet").mkdir(parents=True)
-    (run / "bank").symlink_to(bank.path)
-    _merged(bank, PartitionJob(models, parts_dir=str(run / "kernels.parquet")))
+    (run / "bank").symlink_to(small_bank.path)
+    _merged(small_bank, PartitionJob(models, parts_dir=str(run / "kernels.parquet")))
     with pytest.raises(KernelAtlasError, match="one kernel size"):
         kernel_weights(run, np.arange(2480))
     table = pq.ParquetDataset(run / "kernels.parquet").read().slice(0, 3)
@@ -128,19 +110,19 @@ def test_kernel_weights_refuses_mixed_sizes_and_foreign_files(bank, models, tmp_
         kernel_weights(run, [10**6])
 
 
-def test_the_producer_runs_at_most_a_window_ahead(bank, models, tmp_path) -> None:
+def test_the_producer_runs_at_most_a_window_ahead(small_bank, models, tmp_path) -> None:
     """Harvesting (the producer) overlaps with classifying, but never runs more than
     2 x threads partitions ahead of the results taken back: memory stays bounded."""
     drawn = []
     job = PartitionJob(models, parts_dir=str(tmp_path))
 
     def tasks():
-        for part in bank_partitions(bank):
+        for part in bank_partitions(small_bank):
             drawn.append(part)
             yield part, job
 
     seen = [(r.partition, len(drawn)) for r in LocalEngine(threads=2).map_partitions(tasks())]
-    assert [p for p, _ in seen] == bank_partitions(bank)
+    assert [p for p, _ in seen] == bank_partitions(small_bank)
     assert all(n <= i + 1 + 4 for i, (_, n) in enumerate(seen)), seen
     assert seen[0][1] < len(seen)  # the first result came before the last task was drawn
 
