@@ -344,14 +344,21 @@ class KernelBank:
                 f"table lacks bank columns {missing}: build it with HarvestResult.to_table()"
             )
         prints = _fingerprints(table.schema)
-        table = table.select(list(BANK_COLUMNS)).cast(BANK_SCHEMA)
+        table = table.select(list(BANK_COLUMNS))
+        if not table.schema.equals(BANK_SCHEMA):  # HarvestResult.to_table's already is
+            table = table.cast(BANK_SCHEMA)
         if table.num_rows == 0:
             return 0
         written = 0
-        for source in pc.unique(table.column("source")).to_pylist():
+        sources = pc.unique(table.column("source")).to_pylist()
+        for source in sources:
             if not replace and self.has_source(source):
                 continue
-            part = table.filter(pc.equal(table.column("source"), source))
+            part = (  # one source (a HarvestResult): no copy of its weights
+                table
+                if len(sources) == 1
+                else table.filter(pc.equal(table.column("source"), source))
+            )
             self._write(source, part, prints.get(source))
             written += part.num_rows
         return written

@@ -163,9 +163,10 @@ class HarvestResult:
         channel = np.arange(n, dtype=np.int32) - per_layer(
             np.concatenate([[0], np.cumsum(sizes)[:-1]]), np.int32
         )
-        flat = np.concatenate(
-            [np.ascontiguousarray(lk.weights, dtype=np.float32).reshape(-1) for lk in self.layers]
-        )
+        flats = [
+            np.ascontiguousarray(lk.weights, dtype=np.float32).reshape(-1) for lk in self.layers
+        ]
+        flat = flats[0] if len(flats) == 1 else np.concatenate(flats)  # one layer: no copy
         if flat.size >= 2**31:
             raise KernelAtlasError(
                 f"{self.source}: {flat.size} weights in one source exceed a bank file's limit; "
