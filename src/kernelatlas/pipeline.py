@@ -633,6 +633,7 @@ def _analyze_into(
         progress=run.progress().progress,
     )  # fmt: skip
     stages.add("figures", time.perf_counter() - t)
+    getattr(engine, "wait_closed", lambda: None)()  # a cluster closing while the report was written
     harvested = counts
     harvested["status"] = harvested["source"].map(run.status)
     timings = {

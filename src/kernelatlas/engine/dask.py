@@ -235,6 +235,7 @@ class DaskEngine:
         self._stack: contextlib.ExitStack | None = None
         self._starting: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        self._closing: threading.Thread | None = None
         self.client: Client | None = client
         self.tasks = 0  # tasks of the last map_partitions
 
@@ -256,14 +257,29 @@ class DaskEngine:
         self._starting.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        """Close the client (and the LocalCluster). After success this runs in a background
+        thread (a LocalCluster takes ~1 s to shut down): the driver writes the summary and
+        the report meanwhile; :meth:`wait_closed` waits for it (the interpreter also does,
+        at exit). After an error it closes here."""
         if self._starting is not None:
             self._starting.join()
             self._starting = None
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
+        stack, self._stack = self._stack, None
         self.client = self._given
+        if stack is None:
+            return
+        if exc_type is not None:
+            stack.close()
+            return
+        self._closing = threading.Thread(target=stack.close, name="kernelatlas-dask-close")
+        self._closing.start()
+
+    def wait_closed(self) -> None:
+        """Wait until the cluster this engine started is closed."""
+        if self._closing is not None:
+            self._closing.join()
+            self._closing = None
 
     def _client(self) -> Client:
         if self._starting is not None:
