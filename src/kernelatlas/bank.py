@@ -197,24 +197,37 @@ def weights_array(list_column: Any, kh: int, kw: int) -> np.ndarray:
                 return np.zeros((0, kh, kw), np.float32)
             return np.stack(values).astype(np.float32, copy=False).reshape(-1, kh, kw)
     chunks = list_column.chunks if isinstance(list_column, pa.ChunkedArray) else [list_column]
+    chunks = [c for c in chunks if len(c)]
+    flats = [_flat_weights(c, k, kh, kw) for c in chunks]
+    if len(flats) == 1:  # one chunk (a partition's batch): a read-only view of its buffer
+        return flats[0].reshape(-1, kh, kw)
     n = sum(len(c) for c in chunks)
     out = np.empty((n, kh, kw), np.float32)
     at = 0
-    for chunk in chunks:
-        if len(chunk) == 0:
-            continue
-        if chunk.null_count:
-            raise KernelAtlasError("weights column has missing kernels: the bank is damaged")
-        lengths = pc.list_value_length(chunk)
-        if pc.min(lengths).as_py() != k or pc.max(lengths).as_py() != k:
-            raise KernelAtlasError(
-                f"weights rows are not all {kh}x{kw}={k} values: select one kernel size "
-                "(e.g. bank.read(kh=..., kw=...)) before stacking"
-            )
-        flat = chunk.flatten().to_numpy(zero_copy_only=False)
-        out[at : at + len(chunk)] = flat.reshape(-1, kh, kw)
-        at += len(chunk)
+    for flat in flats:
+        rows = len(flat) // k
+        out[at : at + rows] = flat.reshape(-1, kh, kw)
+        at += rows
     return out
+
+
+def _flat_weights(chunk: pa.Array, k: int, kh: int, kw: int) -> np.ndarray:
+    """The float32 values of one list chunk whose every row holds ``k`` values (checked
+    on the offsets: no per-row work), without a copy where Arrow's buffer allows."""
+    if chunk.null_count:
+        raise KernelAtlasError("weights column has missing kernels: the bank is damaged")
+    offsets = chunk.offsets.to_numpy(zero_copy_only=False)
+    if not np.array_equal(np.diff(offsets), np.full(len(chunk), k, offsets.dtype)):
+        raise KernelAtlasError(
+            f"weights rows are not all {kh}x{kw}={k} values: select one kernel size "
+            "(e.g. bank.read(kh=..., kw=...)) before stacking"
+        )
+    values = chunk.values.slice(int(offsets[0]), len(chunk) * k)
+    if values.type != pa.float32():
+        values = values.cast(pa.float32())
+    if values.null_count:
+        raise KernelAtlasError("weights column has missing values: the bank is damaged")
+    return values.to_numpy(zero_copy_only=False)
 
 
 def _slug(source: str) -> str:
