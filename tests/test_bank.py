@@ -127,3 +127,26 @@ def test_bad_bank_paths(tmp_path):
         KernelBank(tmp_path / "b").add([1, 2])
     with pytest.raises(KernelAtlasError, match="lacks bank columns"):
         KernelBank(tmp_path / "b").add(pa.table({"source": ["s"]}))
+
+
+def test_counts_from_footers_match_a_row_scan_and_ignore_damaged_ones(tmp_path):
+    """counts()/shapes() read each file's layer counts; a file without them (an older
+    bank) or with counts that do not add up to its rows is counted row by row instead."""
+    bank = KernelBank(tmp_path / "bank")
+    bank.add(_result("one", 0))
+    bank.add(_result("two", 1))
+    want, shapes = bank.counts(), bank.shapes()
+    assert want["kernels"].sum() == 26 and shapes == [(1, 5), (3, 3), (5, 5)]
+    assert bank._layer_counts(bank.files()[0]) is not None
+    one, two = bank.files()
+    meta = dict(pq.read_schema(one).metadata)
+    stripped = {k: v for k, v in meta.items() if k != b"kernelatlas_layer_counts"}
+    pq.write_table(pq.read_table(one).replace_schema_metadata(stripped), one)
+    meta2 = dict(pq.read_schema(two).metadata)
+    lying = {**meta2, b"kernelatlas_layer_counts": meta2[b"kernelatlas_layer_counts"].replace(
+        b"[4, 6, 3]", b"[40, 6, 3]")}  # fmt: skip
+    assert lying != meta2
+    pq.write_table(pq.read_table(two).replace_schema_metadata(lying), two)
+    assert bank._layer_counts(one) is None and bank._layer_counts(two) is None
+    pd.testing.assert_frame_equal(bank.counts(), want)
+    assert bank.shapes() == shapes

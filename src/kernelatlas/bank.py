@@ -113,6 +113,10 @@ _META_SOURCE = b"kernelatlas_source"
 #: a fingerprint records what the kernels were read from (``size``, ``mtime_ns`` and
 #: ``sha256`` of a file; the registry ``sha256`` of a registered source...).
 FINGERPRINT_KEY = b"kernelatlas_fingerprint"
+#: Schema-metadata key of a bank file: its kernels per layer (``_LAYER_KEYS`` values and a
+#: count per row, JSON), so the bank's counts and shapes read footers, not rows.
+_META_LAYERS = b"kernelatlas_layer_counts"
+_LAYER_KEYS = ["source", "model", "kh", "kw", "layer_index"]
 
 
 def check_column_range(column: str, values: Sequence[int], where: str) -> None:
@@ -398,6 +402,10 @@ class KernelBank:
 
     def _write(self, source: str, table: pa.Table, fingerprint: Any = None) -> None:
         meta = {_META_VERSION: __version__.encode(), _META_SOURCE: source.encode()}
+        layers = table.group_by(_LAYER_KEYS).aggregate([([], "count_all")]).to_pydict()
+        meta[_META_LAYERS] = json.dumps(
+            {"columns": _LAYER_KEYS, "rows": [layers[c] for c in [*_LAYER_KEYS, "count_all"]]}
+        ).encode()
         if fingerprint is not None:
             meta[FINGERPRINT_KEY] = json.dumps({source: fingerprint}).encode()
         table = table.replace_schema_metadata(meta)
@@ -529,21 +537,49 @@ class KernelBank:
         return int(sum(self.parquet_file(f).metadata.num_rows for f in self.files()))
 
     def _grouped(self, keys: list[str]) -> pa.Table | None:
-        """Row counts per distinct ``keys``, streamed batch by batch (memory ~ groups)."""
-        dataset = self._dataset()
-        if dataset is None:
+        """Row counts per distinct ``keys`` (a subset of ``_LAYER_KEYS``): from each file's
+        layer counts (its footer), or streamed batch by batch from files written without
+        them (memory ~ groups)."""
+        if self._dataset() is None:  # (also checks every file is a bank file)
             return None
         parts: list[pa.Table] = []
-        for batch in dataset.scanner(
-            columns=keys, batch_size=1 << 16, batch_readahead=1, fragment_readahead=1
-        ).to_batches():
-            if batch.num_rows:
-                parts.append(
-                    pa.Table.from_batches([batch]).group_by(keys).aggregate([([], "count_all")])
-                )
-            if len(parts) >= 64:
-                parts = [_regroup(parts, keys)]
+        for f in self.files():
+            layers = self._layer_counts(f)
+            if layers is not None:
+                parts.append(layers.group_by(keys).aggregate([("count_all", "sum")]))
+                parts[-1] = parts[-1].rename_columns([*keys, "count_all"])
+                continue
+            for batch in self.parquet_file(f).iter_batches(batch_size=1 << 16, columns=keys):
+                if batch.num_rows:
+                    table = pa.Table.from_batches([batch])
+                    parts.append(table.group_by(keys).aggregate([([], "count_all")]))
+                if len(parts) >= 64:
+                    parts = [_regroup(parts, keys)]
+        parts = [p for p in parts if p.num_rows]
         return _regroup(parts, keys) if parts else None
+
+    def _layer_counts(self, f: Path | str) -> pa.Table | None:
+        """The kernels per layer recorded in ``f``'s footer (``_LAYER_KEYS`` + ``count_all``);
+        None when absent or not adding up to the file's rows (then its rows are counted)."""
+        pf = self.parquet_file(f)
+        raw = (pf.schema_arrow.metadata or {}).get(_META_LAYERS)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            if doc["columns"] != _LAYER_KEYS:
+                return None
+            types = [BANK_SCHEMA.field(c).type for c in _LAYER_KEYS] + [pa.int64()]
+            cols = [pa.array(v, type=t) for v, t in zip(doc["rows"], types, strict=True)]
+            table = pa.table(dict(zip([*_LAYER_KEYS, "count_all"], cols, strict=True)))
+        except (ValueError, KeyError, TypeError, pa.ArrowException):
+            return None
+        total = pc.sum(table.column("count_all")).as_py() or 0
+        if total != pf.metadata.num_rows or (
+            table.num_rows and pc.min(table.column("count_all")).as_py() < 1
+        ):
+            return None
+        return table
 
     def shapes(self) -> list[tuple[int, int]]:
         """Kernel sizes present, sorted."""
