@@ -283,6 +283,12 @@ class DaskEngine:
 
     def _client(self) -> Client:
         if self._starting is not None:
+            # the driver's own heavy imports (it calibrates with torch) while the cluster's
+            # processes start: they wait on the workers, not on this interpreter
+            import torch  # noqa: F401
+
+            from .. import atlas  # noqa: F401
+
             self._starting.join()
             self._starting = None
         if self._start_error is not None:
