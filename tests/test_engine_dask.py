@@ -46,7 +46,8 @@ def _run(engine, parts, job, folder: Path) -> tuple[pa.Table, PartsMerger]:
 
 def test_analyze_dask_matches_local_every_column(scheduler, tmp_path: Path) -> None:
     base = {"fit": False, "init_baseline": False, "quiet": True, "batch_size": 1000,
-            "n_null": 5000, "with_weights": True, "baselines": ("gaussian",)}  # fmt: skip
+            "n_null": 5000, "with_weights": True,
+            "baselines": ("gaussian", "phase", "covariance")}  # fmt: skip
     local = analyze(SOURCES, tmp_path / "local", AnalysisConfig(**base))
     dask = analyze(SOURCES, tmp_path / "dask", AnalysisConfig(**base, engine="dask",
                                                              scheduler=scheduler))  # fmt: skip
@@ -62,8 +63,10 @@ def test_analyze_dask_matches_local_every_column(scheduler, tmp_path: Path) -> N
     assert len(set(a.column("family").to_pylist())) >= 3
     sa = json.loads((local.out / "summary.json").read_text())
     sb = json.loads((dask.out / "summary.json").read_text())
-    for key in ("models", "layers", "thresholds"):
+    for key in ("models", "layers", "thresholds"):  # models: the baselines too
         assert sa[key] == sb[key], key
+    # the references the partitions collected (on the workers) gave the same baselines
+    assert {"phase", "covariance"} <= set(sa["models"][0]["baselines"])
     assert sb["config"]["engine"] == "dask" and sa["config"]["engine"] == "local"
     for key, table in local.tables.items():
         assert table.equals(dask.tables[key]), key

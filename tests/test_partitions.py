@@ -146,3 +146,44 @@ def test_init_twin_comes_from_the_zoo_parser() -> None:
     from kernelatlas.pipeline import _harvest_init
 
     assert _harvest_init(["timm:mobilenetv3_small_050@init:3", "/x.npy"]) == {}
+
+
+def test_partitions_collect_the_null_references_in_one_pass(small_bank, models, tmp_path) -> None:
+    """The references the baselines are drawn from come back with the partitions: merged in
+    any order they are the same, and the same as one pass over the bank (the phase sample:
+    each live kernel whose row's seeded uniform is below sample_size / kernels)."""
+    from kernelatlas.normalize import normalize
+    from kernelatlas.null import ReferenceBuilder, _rng
+    from kernelatlas.pipeline import AnalysisConfig, _null_references
+
+    kinds = ("phase", "covariance", "covariance_layer")
+    cfg = AnalysisConfig(n_null=150, seed=5)  # a sample of 300 per source and size
+    job = PartitionJob(models, parts_dir=str(tmp_path), references=kinds,
+                       reference_sample=2 * cfg.n_null, seed=cfg.seed)  # fmt: skip
+    results = list(LocalEngine().map_partitions((p, job) for p in bank_partitions(small_bank)))
+    forward, backward = PartsMerger(tmp_path), PartsMerger(tmp_path)
+    for res in results:
+        forward.add(res)
+    for res in results[::-1]:
+        backward.add(res)
+    (source,) = small_bank.sources()
+    for kh, kw in small_bank.shapes():
+        a = forward.references[(kh, kw)].build()[source]
+        b = backward.references[(kh, kw)].build()[source]
+        once = _null_references(small_bank, kh, kw, {}, kinds, cfg)[source]
+        for ref in (b, once):
+            assert ref.count == a.count
+            for name in ("moment", "layer_counts", "layer_moments", "sample"):
+                np.testing.assert_array_equal(getattr(ref, name), getattr(a, name), name)
+        k = small_bank.kernels(kh, kw)
+        nz = normalize(k)
+        live = ~nz.degenerate
+        u = _rng(cfg.seed, "reference", "sample", source, kh, kw).random(len(k))
+        np.testing.assert_array_equal(a.sample, k[live & (u < 300 / len(k))])
+        assert 200 < len(a.sample) < 400 and a.count == live.sum()
+        unit = nz.unit[live].reshape(live.sum(), -1).astype(np.float64)
+        np.testing.assert_allclose(a.moment, unit.T @ unit / len(unit), atol=1e-12)
+    with pytest.raises(KernelAtlasError, match="added twice"):
+        forward.add(results[0])
+    with pytest.raises(KernelAtlasError, match="other settings"):
+        ReferenceBuilder(3, 3, kinds=["phase"], expected={}).merge(forward.references[(3, 3)])

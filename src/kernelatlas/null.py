@@ -47,6 +47,7 @@ added. Rates carry Wilson score intervals, differences Newcombe's hybrid score i
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -165,8 +166,36 @@ def _psd_factor(moment: np.ndarray | None) -> np.ndarray:
     return v * np.sqrt(np.clip(w, 0.0, None))
 
 
+@dataclass
+class _Piece:
+    """The reference of one run of consecutive rows of one model: sums of ``u u^T`` and
+    their counts per layer code, and the sampled kernels."""
+
+    rows: int
+    sums: dict[int, np.ndarray] = field(default_factory=dict)
+    layer_n: dict[int, int] = field(default_factory=dict)
+    kept: list[np.ndarray] = field(default_factory=list)
+
+    def fold(self, other: _Piece) -> None:
+        """Append ``other`` (the rows right after this piece's)."""
+        for code, m in other.sums.items():
+            have = self.sums.get(code)
+            self.sums[code] = m if have is None else have + m
+            self.layer_n[code] = self.layer_n.get(code, 0) + other.layer_n[code]
+        self.kept.extend(other.kept)
+        self.rows += other.rows
+
+
 class ReferenceBuilder:
-    """Collect :class:`NullReference` s from a stream of analysed kernels of one size.
+    """Collect :class:`NullReference` s from analysed kernels of one size, in any order.
+
+    Each :meth:`add` covers consecutive rows of one model (``first`` is the row of its first
+    kernel among all of that model's kernels of this size, degenerate ones included). The
+    result depends only on the rows, never on the order of the calls or on how builders
+    fed with disjoint rows are :meth:`merge` d: the second-moment sums are added in row
+    order (each call's sum is one term), and a kernel is in the ``phase`` sample when a
+    uniform drawn for its row (a seeded stream keyed by seed, model and size, read at
+    ``first``) is below ``sample_size / expected[model]``.
 
     Parameters
     ----------
@@ -208,36 +237,98 @@ class ReferenceBuilder:
         )
         self._seed = int(seed)
         self._count: dict[str, int] = {}
-        self._sums: dict[tuple[str, int], np.ndarray] = {}
-        self._layer_n: dict[tuple[str, int], int] = {}
-        self._kept: dict[str, list[np.ndarray]] = {}
-        self._rngs: dict[str, np.random.Generator] = {}
+        self._head: dict[str, _Piece] = {}  # rows [0, head.rows) of each model, folded
+        self._pending: dict[str, dict[int, _Piece]] = {}  # pieces after a gap, by first row
+        self._end: dict[str, int] = {}  # where add() without ``first`` goes on
         self._init: dict[str, np.ndarray] = {}
 
-    def add(self, model: str, layer: np.ndarray, kernels: np.ndarray) -> None:
-        """Add kernels [N, kh, kw] of ``model`` with their layer codes [N] (any ints)."""
+    @property
+    def expected(self) -> dict[str, int]:
+        """model -> its number of kernels of this size (as given, and merged)."""
+        return dict(self._expected)
+
+    @property
+    def collects(self) -> bool:
+        """Whether any kind needs the analysed kernels (otherwise :meth:`add` is a no-op
+        apart from counting)."""
+        return self._moments or self._sample
+
+    def add(
+        self, model: str, layer: np.ndarray, kernels: np.ndarray, *, first: int | None = None
+    ) -> None:
+        """Add kernels [N, kh, kw] of ``model`` with their layer codes [N] (any ints).
+
+        ``first``: the row of ``kernels[0]`` among all of ``model``'s kernels of this size
+        (default: right after the rows added last).
+        """
         from .normalize import normalize
 
+        kernels = np.asarray(kernels)
+        first = self._end.get(model, 0) if first is None else int(first)
+        self._end[model] = first + len(kernels)
         nz = normalize(kernels)
         live = ~nz.degenerate
         self._count[model] = self._count.get(model, 0) + int(live.sum())
+        piece = _Piece(rows=len(kernels))
         if self._moments:
             u = nz.unit[live].reshape(-1, self.kh * self.kw).astype(np.float64)
             codes = np.asarray(layer)[live] if self._layers else np.zeros(len(u), np.int64)
             for code in np.unique(codes):  # layers, not kernels
                 sel = u[codes == code]
-                key = (model, int(code))
-                self._sums[key] = self._sums.get(key, 0.0) + sel.T @ sel
-                self._layer_n[key] = self._layer_n.get(key, 0) + len(sel)
+                piece.sums[int(code)] = sel.T @ sel
+                piece.layer_n[int(code)] = len(sel)
         if self._sample:
             keep = min(1.0, self._sample_size / max(1, self._expected.get(model, 1)))
-            k = np.asarray(kernels, dtype=np.float32)[live]
             if keep < 1.0:
-                rng = self._rngs.setdefault(
-                    model, _rng(self._seed, "reference", "sample", model, self.kh, self.kw)
-                )
-                k = k[rng.random(len(k)) < keep]
-            self._kept.setdefault(model, []).append(k)
+                live = live & (self._uniforms(model, first, len(kernels)) < keep)
+            piece.kept.append(np.asarray(kernels, dtype=np.float32)[live])
+        self._insert(model, first, piece)
+
+    def _uniforms(self, model: str, first: int, n: int) -> np.ndarray:
+        """The sample's uniforms of rows ``first .. first + n - 1`` of ``model``."""
+        rng = _rng(self._seed, "reference", "sample", model, self.kh, self.kw)
+        rng.bit_generator.advance(first)  # one 64-bit draw per double
+        return rng.random(n)
+
+    def _insert(self, model: str, first: int, piece: _Piece) -> None:
+        head = self._head.setdefault(model, _Piece(rows=0))
+        pending = self._pending.setdefault(model, {})
+        if first < head.rows or first in pending:
+            raise KernelAtlasError(f"rows of {model} from {first} were added twice")
+        pending[first] = piece
+        while head.rows in pending:  # fold what now follows the head, in row order
+            head.fold(pending.pop(head.rows))
+
+    def empty(self) -> ReferenceBuilder:
+        """A builder with the same settings and ``expected``, and no rows yet."""
+        out = copy.copy(self)
+        out._count, out._head, out._pending, out._end, out._init = {}, {}, {}, {}, {}
+        out._expected = dict(self._expected)
+        return out
+
+    def merge(self, other: ReferenceBuilder) -> ReferenceBuilder:
+        """Add the rows collected by ``other`` (disjoint from this builder's); returns self."""
+        if (other.kh, other.kw, other._moments, other._layers, other._sample, other._seed) != (
+            self.kh, self.kw, self._moments, self._layers, self._sample, self._seed
+        ):  # fmt: skip
+            raise KernelAtlasError("cannot merge references collected with other settings")
+        for model, n in other._count.items():
+            self._count[model] = self._count.get(model, 0) + n
+        for model, head in other._head.items():
+            if head.rows:  # already in row order from row 0: taken whole
+                if self._head.get(model, _Piece(rows=0)).rows or 0 in self._pending.get(model, {}):
+                    raise KernelAtlasError(f"rows of {model} from 0 were added twice")
+                self._head[model] = _Piece(rows=0)
+                self._insert(model, 0, head)
+        for model, pending in other._pending.items():
+            for first, piece in sorted(pending.items()):
+                self._insert(model, first, piece)
+        for model, end in other._end.items():
+            self._end[model] = max(self._end.get(model, 0), end)
+        for model, n in other._expected.items():
+            self._expected.setdefault(model, n)
+        self._init.update(other._init)
+        return self
 
     def set_init(self, model: str, kernels: np.ndarray) -> None:
         """The freshly initialised kernels [k, kh, kw] of ``model``'s architecture."""
@@ -249,16 +340,20 @@ class ReferenceBuilder:
         out = {}
         for model in sorted(set(self._count) | set(self._init) | set(self._expected)):
             ref = NullReference(self.kh, self.kw, count=self._count.get(model, 0))
-            keys = sorted(k for k in self._sums if k[0] == model)
-            if keys and ref.count:
-                n = np.array([self._layer_n[k] for k in keys], dtype=np.float64)
-                sums = np.stack([self._sums[k] for k in keys])
+            whole = _Piece(rows=0)
+            whole.fold(self._head.get(model, _Piece(rows=0)))
+            for _, piece in sorted(self._pending.get(model, {}).items()):  # rows left unseen
+                whole.fold(piece)
+            codes = sorted(whole.sums)
+            if codes and ref.count:
+                n = np.array([whole.layer_n[c] for c in codes], dtype=np.float64)
+                sums = np.stack([whole.sums[c] for c in codes])
                 ref.moment = sums.sum(0) / n.sum()
                 if self._layers:
                     ref.layer_counts = n.astype(np.int64)
                     ref.layer_moments = sums / n[:, None, None]
-            if self._sample and model in self._kept:
-                s = np.concatenate(self._kept[model])
+            if self._sample and whole.kept:
+                s = np.concatenate(whole.kept)
                 ref.sample = s if len(s) else None
             ref.init = self._init.get(model)
             out[model] = ref

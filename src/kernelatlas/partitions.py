@@ -7,7 +7,9 @@ and in any order: it classifies (and fits) the partition's kernels with the
 kernels.parquet under a temporary name, and returns a small :class:`PartResult`: the
 part's temporary path, exact integer counts per layer (:class:`PartCounts`), the atlas
 diagram's panel sums (``report.diagram.PanelStats``, so the report's means read no weights
-again) and the seconds spent per stage. The driver adds
+again), the null references of its rows (``null.ReferenceBuilder``: second-moment sums and
+a seeded sample, so the baselines read no weights again either) and the seconds spent per
+stage. The driver adds
 the counts up and renames the parts into place (:class:`PartsMerger`); it never sees a row.
 
 This module imports neither :mod:`kernelatlas.pipeline` nor an engine.
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .atlas import Atlas
     from .autoencoder import KernelAutoencoder
     from .fit import KernelFitter
+    from .null import ReferenceBuilder
     from .report.diagram import Panel, PanelStats
 
 __all__ = [
@@ -61,16 +64,25 @@ CARRY_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 #: Per-partition stages timed by :func:`run_partition` (seconds in ``PartResult.seconds``;
 #: ``cpu`` is the thread's CPU time for the whole partition).
-STAGES: tuple[str, ...] = ("read", "classify", "fits", "autoencoder", "stats", "write", "cpu")
+STAGES: tuple[str, ...] = (
+    "read", "classify", "fits", "autoencoder", "stats", "references", "write", "cpu",
+)  # fmt: skip
 _PART_META = {b"kernelatlas_version": __version__.encode()}
 
 
 @dataclass(frozen=True)
 class Partition:
-    """One unit of work: a row group of one bank file (a local path or an fsspec URL)."""
+    """One unit of work: a row group of one bank file (a local path or an fsspec URL).
+
+    ``sizes``: per kernel size in the row group, ``(kh, kw, first, total)``: the rows of that
+    size in the file before this row group, and in the whole file (where the null
+    references' rows are, :class:`kernelatlas.null.ReferenceBuilder`; empty: not known,
+    no reference is collected).
+    """
 
     path: str
     row_group: int
+    sizes: tuple[tuple[int, int, int, int], ...] = ()
 
     @property
     def file_name(self) -> str:
@@ -115,6 +127,10 @@ class PartitionJob:
         bank reference ``bank_file, bank_row``).
     parts_dir : folder the part files are written into (under temporary names); None:
         the analysed table travels back in the result instead.
+    references : the null kinds whose references (``kernelatlas.null.ReferenceBuilder``)
+        each partition collects from its kernels (None: none), with ``reference_sample``
+        (its ``sample_size``) and ``seed``; the driver merges them, so the baselines need
+        no second pass over the bank.
     stats : compute the panel sums of the atlas diagram (``report.diagram.PanelStats``)
         over ``panels`` (``report.diagram.diagram_columns()``, made by the driver from the
         family registry; None: no statistic).
@@ -129,6 +145,8 @@ class PartitionJob:
     parts_dir: str | None = None
     stats: bool = True
     panels: tuple[tuple[Panel | None, ...], ...] | None = None
+    references: tuple[str, ...] | None = None
+    reference_sample: int = 40_000
 
 
 @dataclass
@@ -158,15 +176,28 @@ class PartResult:
     counts: PartCounts | None
     panel_stats: dict[tuple[int, int], PanelStats]
     seconds: dict[str, float] = field(default_factory=dict)
+    references: dict[tuple[int, int], ReferenceBuilder] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- partitions
 def file_partitions(path: str, storage_options: dict[str, Any] | None = None) -> list[Partition]:
-    """The partitions of one bank file, in row-group order."""
+    """The partitions of one bank file, in row-group order (with their ``sizes``)."""
     from .bank import open_parquet
 
-    n = open_parquet(path, storage_options).metadata.num_row_groups
-    return [Partition(str(path), rg) for rg in range(n)]
+    pf = open_parquet(path, storage_options)
+    meta = pf.metadata
+    rows = np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], np.int64)
+    group = np.repeat(np.arange(len(rows)), rows)
+    t = pf.read(columns=["kh", "kw"])
+    kh, kw = t.column("kh").to_numpy(), t.column("kw").to_numpy()
+    per: list[list[tuple[int, int, int, int]]] = [[] for _ in rows]
+    sizes = t.group_by(["kh", "kw"]).aggregate([])
+    for a, b in sorted(zip(sizes["kh"].to_pylist(), sizes["kw"].to_pylist())):  # not kernels
+        n = np.bincount(group[(kh == a) & (kw == b)], minlength=len(rows))
+        before = np.cumsum(n) - n
+        for g in np.flatnonzero(n):
+            per[g].append((int(a), int(b), int(before[g]), int(n.sum())))
+    return [Partition(str(path), rg, tuple(per[rg])) for rg in range(len(rows))]
 
 
 def bank_partitions(bank: Any) -> list[Partition]:
@@ -194,6 +225,8 @@ def analyse_batch(
     seconds: dict[str, float] | None = None,
     stats: dict[tuple[int, int], Any] | None = None,
     counts: dict[tuple[Any, ...], np.ndarray] | None = None,
+    references: dict[tuple[int, int], ReferenceBuilder] | None = None,
+    rows_before: dict[tuple[int, int], list[int]] | None = None,
 ) -> pa.Table | None:
     """Analyse one batch of bank rows (any mix of kernel sizes), keeping the row order.
 
@@ -201,7 +234,10 @@ def analyse_batch(
     (``first_row`` is the batch's first row in its bank file), the atlas columns, the fit
     and autoencoder columns, and ``weights`` with ``job.with_weights``; None when no row
     has a model (1x1 rows are never harvested). ``seconds``, ``stats`` (the panel
-    statistic per size) and ``counts`` (``LAYER_KEYS`` tuple -> count row) are added to.
+    statistic per size) and ``counts`` (``LAYER_KEYS`` tuple -> count row) are added to;
+    so is ``references`` (per size, the null references of ``job.references``) for the
+    sizes in ``rows_before`` (size -> ``[rows of that size before this batch in the bank
+    file, rows of that size in the file]``; the first is advanced past the batch's rows).
     """
     from .bank import weights_array
     from .report.diagram import panel_stats
@@ -257,6 +293,10 @@ def analyse_batch(
             have = stats.get((kh, kw))
             stats[(kh, kw)] = part if have is None else have.merge(part)
         sec["stats"] = sec.get("stats", 0.0) + time.perf_counter() - t
+        if references is not None and rows_before is not None and (kh, kw) in rows_before:
+            t = time.perf_counter()
+            _add_references(references, rows_before[(kh, kw)], sub, k, kh, kw, job)
+            sec["references"] = sec.get("references", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         cols: dict[str, pa.Array | pa.ChunkedArray] = {c: sub.column(c) for c in CARRY_COLUMNS}
         n = len(idx)
@@ -277,6 +317,35 @@ def analyse_batch(
         return pieces[0]  # rows already in bank order
     table = pa.concat_tables(pieces)
     return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+
+def _add_references(
+    into: dict[tuple[int, int], ReferenceBuilder],
+    at: list[int],
+    rows: pa.Table | pa.RecordBatch,
+    kernels: np.ndarray,
+    kh: int,
+    kw: int,
+    job: PartitionJob,
+) -> None:
+    """Add one size's rows of a batch (``kernels``: their weights) to its null references;
+    ``at``: [their first row among the file's rows of that size, rows of that size in the
+    file] (a bank file holds one source; ``at[0]`` is advanced)."""
+    from .null import ReferenceBuilder
+
+    if not len(kernels):
+        return
+    source = str(rows.column("source")[0].as_py())
+    builder = into.get((kh, kw))
+    if builder is None:
+        builder = into[(kh, kw)] = ReferenceBuilder(
+            kh, kw, kinds=job.references or (), expected={source: at[1]},
+            sample_size=job.reference_sample, seed=job.seed,
+        )  # fmt: skip
+    if builder.collects:
+        layer = rows.column("layer_index").to_numpy()
+        builder.add(source, layer, kernels, first=at[0])
+    at[0] += len(kernels)
 
 
 def _add_layer_counts(
@@ -319,6 +388,8 @@ def run_partition(part: Partition, job: PartitionJob) -> PartResult:
     sec: dict[str, float] = dict.fromkeys(STAGES, 0.0)
     stats: dict[tuple[int, int], Any] | None = {} if job.stats else None
     counted: dict[tuple[Any, ...], np.ndarray] = {}
+    refs: dict[tuple[int, int], Any] | None = {} if job.references is not None else None
+    before = {(a, b): [first, total] for a, b, first, total in part.sizes}
     t = time.perf_counter()
     pf = open_parquet(part.path)
     first = sum(pf.metadata.row_group(i).num_rows for i in range(part.row_group))
@@ -334,14 +405,14 @@ def run_partition(part: Partition, job: PartitionJob) -> PartResult:
         if batch.num_rows:
             table = analyse_batch(
                 batch, job, bank_file=part.file_name, first_row=first, seconds=sec,
-                stats=stats, counts=counted,
+                stats=stats, counts=counted, references=refs, rows_before=before,
             )  # fmt: skip
             if table is not None:
                 tables.append(table)
             first += batch.num_rows
     if not tables:
         sec["cpu"] = time.thread_time() - cpu0
-        return PartResult(part, 0, None, None, None, {}, sec)
+        return PartResult(part, 0, None, None, None, {}, sec, refs or {})
     t = time.perf_counter()
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     names = list(next(iter(counted))[-1])
@@ -360,7 +431,9 @@ def run_partition(part: Partition, job: PartitionJob) -> PartResult:
         pq.write_table(table, tmp, compression="zstd", compression_level=1)
     sec["write"] += time.perf_counter() - t
     sec["cpu"] = time.thread_time() - cpu0
-    return PartResult(part, table.num_rows, tmp, None if tmp else table, counts, stats or {}, sec)
+    return PartResult(
+        part, table.num_rows, tmp, None if tmp else table, counts, stats or {}, sec, refs or {}
+    )
 
 
 def run_partitions(parts: Iterable[Partition], job: PartitionJob) -> list[PartResult]:
@@ -383,6 +456,7 @@ class PartsMerger:
         self._counts: dict[tuple[Any, ...], np.ndarray] = {}
         self._names: list[str] | None = None
         self.panel_stats: dict[tuple[int, int], PanelStats] = {}
+        self.references: dict[tuple[int, int], ReferenceBuilder] = {}
         self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.rows = 0
         self._parts: list[tuple[tuple[str, int], str | None, pa.Table | None]] = []
@@ -391,6 +465,9 @@ class PartsMerger:
         """Take one partition's result (counts, statistic, seconds, part file)."""
         for k, v in res.seconds.items():
             self.seconds[k] = self.seconds.get(k, 0.0) + v
+        for size, b in res.references.items():  # the same whatever the order (row-keyed)
+            have = self.references.get(size)
+            self.references[size] = (b.empty() if have is None else have).merge(b)
         if not res.rows:
             return
         self.rows += res.rows

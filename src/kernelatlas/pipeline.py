@@ -339,9 +339,15 @@ class _Run:
                 self.bar = _progress(0, self.cfg.quiet, "analyse")
             return self.bar
 
-    def references(self, kh: int, kw: int) -> dict[str, NullReference]:
-        """The null references of one size, per bank source (the bank must be complete)."""
-        return _null_references(self.bank, kh, kw, self.twins, self.kinds, self.cfg)
+    def references(
+        self, kh: int, kw: int, collected: ReferenceBuilder | None = None, *, scan: bool = True
+    ) -> dict[str, NullReference]:
+        """The null references of one size, per bank source: from what the partitions
+        ``collected``, or (``scan``) read from the bank (which must be complete), or (neither)
+        the fresh-init kernels only."""
+        return _null_references(
+            self.bank, kh, kw, self.twins, self.kinds, self.cfg, collected, scan=scan
+        )
 
     def add_size(self, kh: int, kw: int) -> None:
         """Calibrate (or load) the atlas of one kernel size, measure its baselines (now, or
@@ -353,14 +359,17 @@ class _Run:
         cfg = self.cfg
         bar = self.progress()
         t = time.perf_counter()
-        refs = None
-        if _streams(cfg):  # a null built from nothing: no reference is needed to draw it
+        refs = init_refs = None
+        if get_null(cfg.null).reference == "none":  # drawn from nothing: no reference needed
             null = calibration_null(cfg.null, {"": NullReference(kh, kw)}, cfg.n_null,
                                     seed=cfg.seed)  # fmt: skip
-        else:
+        elif _references_first(cfg):  # drawn from the kernels: one pass over them first
             bar.set_description(f"null references {kh}x{kw}")
             refs = self.references(kh, kw)
             null = calibration_null(cfg.null, refs, cfg.n_null, seed=cfg.seed)
+        else:  # the fresh-init twins (harvested already)
+            init_refs = self.references(kh, kw, scan=False)
+            null = calibration_null(cfg.null, init_refs, cfg.n_null, seed=cfg.seed)
             if cfg.null == "init" and len(null) < 100:
                 raise KernelAtlasError(
                     f"--null init needs at least 200 freshly initialised {kh}x{kw} kernels of "
@@ -386,8 +395,9 @@ class _Run:
             self.measure_baselines(kh, kw, atlas, refs)
         ae = None
         if cfg.method in ("autoencoder", "both"):
-            assert refs is not None  # never streaming
-            init = [r.init for r in refs.values() if r.init is not None]
+            if refs is None and init_refs is None:
+                init_refs = self.references(kh, kw, scan=False)
+            init = [r.init for r in (refs or init_refs or {}).values() if r.init is not None]
             init_k = np.concatenate(init or [np.zeros((0, kh, kw))]).astype(np.float32)
             ae = self._autoencoder(kh, kw, init_k)
         self.models[(kh, kw)] = SizeModels(atlas=atlas, autoencoder=ae, fitter=fitter)
@@ -395,19 +405,27 @@ class _Run:
             models=dict(self.models), fit=cfg.fit, seed=cfg.seed, device=cfg.device,
             batch_size=cfg.batch_size, with_weights=cfg.with_weights,
             parts_dir=str(self.parts_dir), stats=cfg.figures, panels=self.panels,
+            references=None if _references_first(cfg) else self.kinds,
+            reference_sample=2 * cfg.n_null,
         )  # fmt: skip
         self._classify_stage = None  # the stages above ended it: a new one counts from here
 
     def measure_baselines(
-        self, kh: int, kw: int, atlas: Any, refs: dict[str, NullReference] | None = None
+        self,
+        kh: int,
+        kw: int,
+        atlas: Any,
+        refs: dict[str, NullReference] | None = None,
+        collected: ReferenceBuilder | None = None,
     ) -> None:
         """Held-out surrogates of every baseline kind named by the size's atlas, and the
-        held-out rate of the calibrating null (:func:`kernelatlas.null.measure_baselines`)."""
+        held-out rate of the calibrating null (:func:`kernelatlas.null.measure_baselines`);
+        the references are ``refs``, or built from what the partitions ``collected``."""
         cfg = self.cfg
         t = time.perf_counter()
         if refs is None:
             self.progress().set_description(f"null references {kh}x{kw}")
-            refs = self.references(kh, kw)
+            refs = self.references(kh, kw, collected)
         self.progress().set_description(f"baselines {kh}x{kw}", counts="score")
         rows, pooled = measure_baselines(
             atlas.predict, refs, self.kinds, cfg.n_null, seed=cfg.seed, calibrated=cfg.null
@@ -427,11 +445,11 @@ class _Run:
         self._measured.add((kh, kw))
         self.stages.add("baselines", time.perf_counter() - t)
 
-    def finish_baselines(self) -> None:
-        """Measure the baselines of the sizes calibrated while the bank was filling."""
+    def finish_baselines(self, collected: dict[tuple[int, int], ReferenceBuilder]) -> None:
+        """Measure the baselines of the sizes whose references the partitions ``collected``."""
         for size, models in sorted(self.models.items()):
             if size not in self._measured:
-                self.measure_baselines(*size, models.atlas)
+                self.measure_baselines(*size, models.atlas, collected=collected.get(size))
 
     def _autoencoder(self, kh: int, kw: int, init_k: np.ndarray) -> Any:
         cfg = self.cfg
@@ -488,6 +506,14 @@ class _Run:
             yield part, self.job
 
     _classify_stage: Any = None
+
+
+def _references_first(cfg: AnalysisConfig) -> bool:
+    """Whether the calibrating null is drawn from the analysed kernels (moments or a sample
+    of them), so their references are read from the bank before classifying; otherwise the
+    partitions collect them as they classify and the baselines are measured after the last
+    one."""
+    return get_null(cfg.null).reference in ("moments", "layer_moments", "sample")
 
 
 def _streams(cfg: AnalysisConfig) -> bool:
@@ -589,7 +615,7 @@ def _analyze_into(
                 stages.add("merge", time.perf_counter() - t)
                 run.progress().update(res.rows)
             map_t, map_cpu = time.perf_counter() - map_t, time.process_time() - map_cpu
-            run.finish_baselines()  # sizes calibrated while the bank was filling
+            run.finish_baselines(merger.references)  # from the partitions' references
         finally:
             if run.bar is not None:
                 run.bar.close()
@@ -709,24 +735,50 @@ def _autoencoder_for(bank: Any, kh: int, kw: int, cfg: AnalysisConfig) -> tuple[
 
 
 def _null_references(
-    bank: Any, kh: int, kw: int, twins: dict[str, Any], kinds: Sequence[str], cfg: AnalysisConfig
+    bank: Any,
+    kh: int,
+    kw: int,
+    twins: dict[str, Any],
+    kinds: Sequence[str],
+    cfg: AnalysisConfig,
+    collected: ReferenceBuilder | None = None,
+    *,
+    scan: bool = True,
 ) -> dict[str, Any]:
-    """The null references of one kernel size, per bank source (one streamed pass)."""
-    from .bank import weights_array
+    """The null references of one kernel size, per bank source: merged from what the
+    partitions ``collected`` (its ``expected`` names the sources), or read from the bank
+    (``scan``: one pass over the row groups holding that size, added as the partitions add
+    them, so both give the same references), or the fresh-init twins only."""
+    import pyarrow.compute as pc
 
-    counts = bank.counts().query("kh == @kh and kw == @kw")
-    expected = counts.groupby("source")["kernels"].sum().to_dict()
+    from .bank import weights_array
+    from .partitions import file_partitions
+
+    if collected is not None:
+        expected = collected.expected
+    else:
+        counts = bank.counts().query("kh == @kh and kw == @kw")
+        expected = counts.groupby("source")["kernels"].sum().to_dict()
     builder = ReferenceBuilder(
         kh, kw, kinds=kinds, expected=expected, sample_size=2 * cfg.n_null, seed=cfg.seed
     )
-    if any(get_null(k).reference not in ("none", "init") for k in kinds):
-        for batch in bank.iter_batches(kh=kh, kw=kw, columns=["source", "layer_index", "weights"]):
-            k = weights_array(batch["weights"], kh, kw)
-            src = batch["source"].to_numpy(object)
-            layer = batch["layer_index"].to_numpy()
-            for s in pd.unique(src):  # sources, not kernels
-                sel = src == s
-                builder.add(s, layer[sel], k[sel])
+    if collected is not None:
+        builder.merge(collected)
+    elif scan and builder.collects:
+        cols = ["source", "layer_index", "kh", "kw", "weights"]
+        for f in bank.files():
+            pf = None
+            for part in file_partitions(str(f), bank.storage_options):
+                at = {(a, b): first for a, b, first, _ in part.sizes}
+                if (kh, kw) not in at:
+                    continue
+                pf = pf or bank.parquet_file(f)
+                t = pf.read_row_group(part.row_group, columns=cols)
+                if len(part.sizes) > 1:
+                    t = t.filter(pc.and_(pc.equal(t["kh"], kh), pc.equal(t["kw"], kw)))
+                source = str(t.column("source")[0].as_py())  # one source per bank file
+                k = weights_array(t.column("weights"), kh, kw)
+                builder.add(source, t.column("layer_index").to_numpy(), k, first=at[(kh, kw)])
     for key, twin in twins.items():  # keyed by the bank's source key
         if key in expected:
             builder.set_init(key, _layer_kernels(twin, kh, kw))
