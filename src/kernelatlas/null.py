@@ -125,8 +125,9 @@ class NullReference:
     count : non-degenerate analysed kernels of this model and size.
     moment : [d, d] float64 mean of ``u u^T`` over the unit kernels ``u`` (d = kh*kw).
     layer_counts, layer_moments : [L] and [L, d, d], the same per depthwise layer.
-    sample : [m, kh, kw] float32, the non-degenerate kernels (a seeded uniform sample of
-        ``sample_size`` where there are more).
+    sample : [m, kh, kw] float32, the non-degenerate kernels (where there are more than
+        ``sample_size``, each kept with probability ``sample_size / kernels``, by a seeded
+        uniform of its row: :class:`ReferenceBuilder`).
     init : [k, kh, kw] float32 freshly initialised kernels of the same architecture.
     """
 
@@ -164,6 +165,27 @@ def _psd_factor(moment: np.ndarray | None) -> np.ndarray:
     sym = (moment + moment.T) / 2
     w, v = np.linalg.eigh(sym)
     return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def _gram(u: np.ndarray) -> np.ndarray:
+    """``u.T @ u`` (float64) on one torch thread: the same bits in every thread and process.
+
+    Not numpy's ``@``: its OpenBLAS is multithreaded, and two of its calls from two
+    partition threads at once were measured ~13x slower than one after the other (the
+    engines already run torch on one thread per partition). One thread is forced here, for
+    the call only, when the caller has more (as the driver has outside the partitions).
+    """
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(u, dtype=np.float64))
+    n = torch.get_num_threads()
+    if n == 1:
+        return (t.T @ t).numpy()
+    torch.set_num_threads(1)
+    try:
+        return (t.T @ t).numpy()
+    finally:
+        torch.set_num_threads(n)
 
 
 @dataclass
@@ -275,7 +297,7 @@ class ReferenceBuilder:
             codes = np.asarray(layer)[live] if self._layers else np.zeros(len(u), np.int64)
             for code in np.unique(codes):  # layers, not kernels
                 sel = u[codes == code]
-                piece.sums[int(code)] = sel.T @ sel
+                piece.sums[int(code)] = _gram(sel)
                 piece.layer_n[int(code)] = len(sel)
         if self._sample:
             keep = min(1.0, self._sample_size / max(1, self._expected.get(model, 1)))
