@@ -483,13 +483,11 @@ class _Run:
     def partitions_of(self, path: str) -> Iterator[tuple[Partition, PartitionJob]]:
         """The partitions of one bank file with the job that has their sizes' models
         (calibrating the sizes not seen yet; sizes the atlas cannot name are left out)."""
-        import pyarrow.parquet as pq
-
         from .partitions import file_partitions
 
-        pf = pq.ParquetFile(path)
-        sizes = pf.read(columns=["kh", "kw"]).group_by(["kh", "kw"]).aggregate([])
-        for kh, kw in sorted(zip(sizes["kh"].to_pylist(), sizes["kw"].to_pylist())):
+        parts = file_partitions(path)
+        sizes = {(kh, kw): total for p in parts for kh, kw, _, total in p.sizes}
+        for kh, kw in sorted(sizes):
             if unsupported_reason(kh, kw) is None and (kh, kw) not in self.models:
                 self.add_size(int(kh), int(kw))
         if self.job is None:
@@ -500,8 +498,8 @@ class _Run:
             self._classify_stage = bar.set_description(
                 desc, 0, "kernel", counts="fit" if self.cfg.fit else None
             )
-        self._classify_stage.total += pf.metadata.num_rows
-        for part in file_partitions(path):
+        self._classify_stage.total += sum(sizes.values())
+        for part in parts:
             self.partitions += 1
             yield part, self.job
 
