@@ -311,53 +311,51 @@ class Atlas(BaseEstimator):
         arr = self._check_kernels(kernels, self.kernel_shape_)
         sc, degen = self._score_all(arr)
         best, classified, s = self._decide(sc, degen)
-        n = arr.shape[0]
-        rows = np.arange(n)
         names = self.families_
         fams = [sc[f] for f in names]
+        n_fam = len(names)
+        # one pass per column: np.choose picks each row's value of its best family
+        choice = np.where(classified, best, n_fam)  # n_fam: the fill value
 
         def pick(attr: str, fill: float, dtype: object) -> np.ndarray:
-            stacked = np.stack([getattr(f, attr) for f in fams], axis=1)
-            out = stacked[rows, best] if n else np.zeros(0, dtype=stacked.dtype)
-            return np.where(classified, out, fill).astype(dtype)
+            values = [getattr(f, attr) for f in fams]
+            out = np.choose(choice, [*values, np.full(1, fill, values[0].dtype)])
+            return out.astype(dtype, copy=False)
 
-        orientation = pick("orientation", np.nan, np.float64)
-        polarity = pick("polarity", 0, np.int8)
-        scale = pick("scale", np.nan, np.float64)
-        score = np.where(degen, np.nan, s[rows, best] if n else np.zeros(0))
-        family = np.array(names, dtype=object)[best] if n else np.zeros(0, dtype=object)
-        family = np.where(classified, family, UNCLASSIFIED).astype(object)
-        family[degen] = DEGENERATE
-        df = pd.DataFrame(
-            {
-                "family": pd.Series(family, dtype=object),
-                "orientation": orientation,
-                "polarity": polarity,
-                "scale": scale,
-                "score": score,
-                "classified": classified,
-            }
-        )
+        n = arr.shape[0]
+        rows = np.arange(n)
+        code = np.where(degen, n_fam + 1, choice)
+        family = np.array([*names, UNCLASSIFIED, DEGENERATE], dtype=object)[code]
+        best_score = s[rows, best] if n else np.zeros(0)
+        columns: dict[str, object] = {
+            "family": pd.Series(family, dtype=object, copy=False),
+            "orientation": pick("orientation", np.nan, np.float64),
+            "polarity": pick("polarity", 0, np.int8),
+            "scale": pick("scale", np.nan, np.float64),
+            "score": np.where(degen, np.nan, best_score),
+            "classified": classified,
+        }
         if details:
             labels, base = [], []
             for fam in self._bank.families:
                 base.append(len(labels))
                 labels.extend(fam.shapes)
             labels.append("")
-            code = np.stack(
-                [base[j] + fams[j].shape.astype(np.int64) for j in range(len(fams))], axis=1
-            )
-            shape = code[rows, best] if n else np.zeros(0, np.int64)
-            shape = np.where(classified, shape, len(labels) - 1)
-            off = np.stack([f.offset for f in fams], axis=1)  # [N, F, 2]
-            off = off[rows, best] if n else np.zeros((0, 2))
-            off = np.where(classified[:, None], off, np.nan)
-            df["shape"] = np.array(labels, dtype=object)[shape]
-            df["offset_x"] = off[:, 0]
-            df["offset_y"] = off[:, 1]
+            shape = pick("shape", 0, np.int64) + np.append(base, len(labels) - 1)[choice]
+            off = [f.offset for f in fams]
+            offset = np.full((n, 2), np.nan)
+            for j in range(n_fam):  # the best family's offset where classified, else NaN
+                sel = choice == j
+                offset[sel] = off[j][sel]
+            # the dtype pandas infers for strings (as assigning an object column would)
+            str_dtype = pd.Series(np.array(labels, dtype=object)).dtype
+            columns["shape"] = pd.array(np.array(labels, dtype=object), dtype=str_dtype).take(shape)
+            columns["offset_x"] = offset[:, 0]
+            columns["offset_y"] = offset[:, 1]
+            nan_degen = np.where(degen[:, None], np.nan, s)
             for j, f in enumerate(names):
-                df[f"score_{f}"] = np.where(degen, np.nan, s[:, j])
-        return df
+                columns[f"score_{f}"] = nan_degen[:, j]
+        return pd.DataFrame(columns, copy=False)
 
     def coverage(self, kernels: np.ndarray) -> float:
         """Fraction of the non-degenerate ``kernels`` that are classified

@@ -165,12 +165,14 @@ class DenseBasis(Basis):
         self.extra = {k: np.asarray(v)[ok] for k, v in (extra or {}).items()}
 
     def score(self, y: torch.Tensor) -> FamilyScore:
-        # one pass over |y| (then the sign at the best template) is ~3x faster on CPU than
-        # a max and a min over the strided block
-        best, i = y.abs().max(dim=1)
-        pos = (y.gather(1, i[:, None]).squeeze(1) >= 0).numpy()
-        score = best.numpy()
-        idx = i.numpy()
+        # numpy's argmax along a row is several times faster than torch's max with indices
+        # (its first maximum too, so ties go the same way)
+        yv = y.detach().cpu().numpy()
+        a = np.abs(yv)
+        idx = a.argmax(axis=1)
+        rows = np.arange(len(idx))
+        score = a[rows, idx]
+        pos = yv[rows, idx] >= 0
         orientation = self.orientation[idx]
         if self.sign == "orientation":
             polarity = np.ones(len(idx), np.int8)
@@ -178,7 +180,7 @@ class DenseBasis(Basis):
         else:
             polarity = np.where(pos, 1, -1).astype(np.int8)
         return FamilyScore(
-            score=score.astype(np.float32),
+            score=score.astype(np.float32, copy=False),
             orientation=orientation,
             polarity=polarity,
             scale=self.scale[idx],

@@ -67,32 +67,41 @@ class ConeBasis(Basis):
             [grid[:, 2].abs().mean(1), torch.linalg.vector_norm(grid[:, :2], dim=1).mean(1)], 1
         )
         cone = cone / torch.linalg.vector_norm(cone, dim=1, keepdim=True)
-        self.columns = q.permute(1, 0, 2).reshape(kh * kw, -1)
+        # columns: the A components of every group, then the B ones, then the L ones
+        # (contiguous thirds of the block)
+        self.columns = q.permute(1, 2, 0).reshape(kh * kw, -1)
         self.sigma, self.offset = g_sigma[ok], g_off[ok]
         self.r = r
         self.rinv2 = torch.linalg.inv(r[:, :2, :2])  # cross plane
         self.cone = cone.to(torch.float32)
-        self.bar_grid = grid.to(torch.float32).contiguous()
+        self._cone = self.cone.numpy().T.copy()  # [2, G]: the cone's L and plane weights
+        # the bar grid per coordinate [3, G, A] (a kernel's group's rows taken contiguously)
+        self._grid = grid.to(torch.float32).permute(1, 0, 2).numpy().copy()
 
-    def _bar_exact(
-        self, q: torch.Tensor, group: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Exact best bar cosine in each kernel's group: grid over 2t, parabola, re-evaluate."""
+    def _bar_exact(self, q: np.ndarray, group: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Exact best bar cosine in each kernel's group: grid over 2t, parabola, re-evaluate.
+
+        ``q`` [n, 3] float32 coordinates in the group ``group`` [n]."""
         a = N_BAR_ANGLES
         step = 2 * math.pi / a
-        grid = self.bar_grid[group]  # [n, 3, A]
-        f = q[:, 0, None] * grid[:, 0] + q[:, 1, None] * grid[:, 1] + q[:, 2, None] * grid[:, 2]
-        fa = f.abs()
-        best, i = fa.max(dim=1)
-        f0 = fa.gather(1, ((i - 1) % a)[:, None]).squeeze(1)
-        f2 = fa.gather(1, ((i + 1) % a)[:, None]).squeeze(1)
-        sign0 = torch.sign(f.gather(1, i[:, None]).squeeze(1))
+        grid = self._grid
+        f = q[:, 0, None] * grid[0][group]
+        f += q[:, 1, None] * grid[1][group]
+        f += q[:, 2, None] * grid[2][group]
+        fa = np.abs(f)
+        i = fa.argmax(axis=1)
+        rows = np.arange(len(i))
+        best = torch.from_numpy(fa[rows, i])
+        f0 = torch.from_numpy(fa[rows, (i - 1) % a])
+        f2 = torch.from_numpy(fa[rows, (i + 1) % a])
+        sign0 = torch.from_numpy(np.sign(f[rows, i]))
         den = f0 - 2 * best + f2
         delta = torch.where(den < -1e-12, 0.5 * (f0 - f2) / den.clamp(max=-1e-12), 0.0)
-        grid_phi = i.to(torch.float64) * step
+        grid_phi = torch.from_numpy(i).to(torch.float64) * step
         phi = grid_phi + delta.clamp(-0.5, 0.5).to(torch.float64) * step
-        u = bar_directions(self.r[group], phi[:, None]).squeeze(-1)
-        val = (q.to(torch.float64) * u).sum(1).to(torch.float32)
+        tq = torch.from_numpy(q)
+        u = bar_directions(self.r[torch.from_numpy(group)], phi[:, None]).squeeze(-1)
+        val = (tq.to(torch.float64) * u).sum(1).to(torch.float32)
         better = val.abs() > best
         score = torch.where(better, val.abs(), best)
         phi = torch.where(better, phi, grid_phi)
@@ -101,22 +110,26 @@ class ConeBasis(Basis):
 
     def score(self, y: torch.Tensor) -> FamilyScore:
         n = len(self.sigma)
-        y2 = y.reshape(-1, n, 3)
-        rows = torch.arange(y2.shape[0])
-        r = torch.sqrt(y2[..., 0].square() + y2[..., 1].square())
-        bar_apx = y2[..., 2].abs() * self.cone[:, 0] + r * self.cone[:, 1]
-        _, g2 = torch.maximum(r, bar_apx).max(dim=1)
-        q2 = y2[rows, g2]  # [B, 3]
-        cross = torch.sqrt(q2[:, 0].square() + q2[:, 1].square())
-        bar, phi, bar_sign = self._bar_exact(q2, g2)
+        yv = y.detach().cpu().numpy()
+        sq = np.square(yv[:, : 2 * n])
+        r = np.add(sq[:, :n], sq[:, n:], out=sq[:, :n])
+        torch.sqrt(torch.from_numpy(r), out=torch.from_numpy(r))  # in-plane (cross) norm [B, n]
+        bar_apx = np.abs(yv[:, 2 * n :])
+        bar_apx *= self._cone[0]
+        bar_apx += r * self._cone[1]
+        g = np.maximum(r, bar_apx, out=bar_apx).argmax(axis=1)  # numpy's row argmax: fast
+        rows = np.arange(len(g))
+        q2 = np.stack([yv[rows, g], yv[rows, n + g], yv[rows, 2 * n + g]], axis=1)  # [B, 3]
+        cross = torch.from_numpy(r[rows, g])
+        bar, phi, bar_sign = self._bar_exact(q2, g)
         is_cross = cross > bar
-        cc = (self.rinv2[g2] @ q2[:, :2, None].to(torch.float64)).squeeze(-1)  # (aA, aB)
+        tg = torch.from_numpy(g)
+        cc = (self.rinv2[tg] @ torch.from_numpy(q2[:, :2, None]).to(torch.float64)).squeeze(-1)
         theta_cross = 0.5 * torch.rad2deg(torch.atan2(-cc[:, 0], cc[:, 1]))
         theta_bar = 0.5 * torch.rad2deg(phi.to(torch.float64))
         theta = torch.where(is_cross, theta_cross, theta_bar) % 180.0
         pol = torch.where(is_cross, torch.ones_like(bar_sign), bar_sign)
         pol = torch.where(pol == 0, torch.ones_like(pol), pol)
-        g = g2.numpy()
         return FamilyScore(
             score=torch.maximum(cross, bar).numpy(),
             orientation=theta.numpy(),
