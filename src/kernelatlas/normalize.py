@@ -65,20 +65,29 @@ def normalize(kernels: object) -> Normalized:
     True
     """
     arr = as_kernel_array(kernels)
-    x = arr.reshape(arr.shape[0], arr.shape[1] * arr.shape[2]).astype(np.float64, copy=False)
-    finite = np.isfinite(x).all(axis=1)
-    x = np.where(finite[:, None], x, 0.0)
-    # Scale by the max |w| first so huge and denormal weights neither overflow nor vanish.
-    peak = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0])
-    y = x / np.where(peak > 0, peak, 1.0)[:, None]
+    n, d = arr.shape[0], arr.shape[1] * arr.shape[2]
+    x = arr.reshape(n, d)
+    if x.dtype != np.float32:  # float32 input (the usual case) is scaled without a copy
+        x = x.astype(np.float64, copy=False)
+    # the peak |w| of the input is exact in either precision; NaN or Inf make it non-finite
+    peak = np.abs(x).max(axis=1).astype(np.float64) if d else np.zeros(n)
+    finite = np.isfinite(peak)
+    if not finite.all():
+        x = np.where(finite[:, None], x, 0.0)
+        peak = np.where(finite, peak, 0.0)
+    # Scale by the max |w| first so huge and denormal weights neither overflow nor vanish
+    # (in float64: the division converts float32 input exactly).
+    y = np.divide(x, np.where(peak > 0, peak, 1.0)[:, None], dtype=np.float64)
     raw = np.sqrt(np.einsum("ij,ij->i", y, y))
-    yc = y - y.mean(axis=1, keepdims=True)
+    yc = np.subtract(y, y.mean(axis=1, keepdims=True), out=y)
     rel = np.sqrt(np.einsum("ij,ij->i", yc, yc))
     with np.errstate(over="ignore"):
         norm = rel * peak
     ok = finite & (peak > 0) & (norm > ABS_TOL) & (rel > REL_TOL * raw)
-    unit = np.zeros_like(yc, dtype=np.float32)
-    unit[ok] = (yc[ok] / rel[ok, None]).astype(np.float32)
+    unit = np.empty((n, d), dtype=np.float32)
+    np.divide(yc, np.where(ok, rel, 1.0)[:, None], out=unit, casting="same_kind")
+    if not ok.all():
+        unit[~ok] = 0.0
     return Normalized(
         unit=unit.reshape(arr.shape),
         norm=np.minimum(norm, np.finfo(np.float32).max).astype(np.float32),
