@@ -74,7 +74,8 @@ class Atlas(BaseEstimator):
     null_fpr : the fraction of null kernels allowed to be classified (default 0.01).
     n_null : number of iid Gaussian null kernels when ``fit(null=None)``.
     seed : seed of the Gaussian null.
-    batch_size : kernels scored per matrix product (streaming).
+    batch_size : kernels scored per matrix product (streaming; at 2048 a batch's products
+        stay in cache and need no fresh memory pages: docs/atlas.md, Speed).
     device : torch device for the products (None: CPU).
     families : names of the registered families to use (None: all of them), e.g.
         ``("center", "first_derivative", "second_derivative")``.
@@ -115,7 +116,7 @@ class Atlas(BaseEstimator):
         null_fpr: float = DEFAULT_NULL_FPR,
         n_null: int = DEFAULT_NULL_SIZE,
         seed: int = 0,
-        batch_size: int = 8192,
+        batch_size: int = 2048,
         device: str | None = None,
         families: tuple[str, ...] | None = None,
     ) -> None:
