@@ -41,6 +41,7 @@ __all__ = [
     "Param",
     "FitModel",
     "centred_unit_columns",
+    "take_rows",
 ]
 
 
@@ -72,10 +73,10 @@ class FamilyScore:
             score=self.score[idx],
             orientation=self.orientation[idx],
             polarity=self.polarity[idx],
-            scale=self.scale[idx],
-            offset=self.offset[idx],
-            shape=self.shape[idx],
-            extra={k: v[idx] for k, v in self.extra.items()},
+            scale=np.take(self.scale, idx),
+            offset=np.take(self.offset, idx, axis=0),
+            shape=np.take(self.shape, idx),
+            extra={k: np.take(v, idx, axis=0) for k, v in self.extra.items()},
         )
 
     @staticmethod
@@ -92,6 +93,21 @@ class FamilyScore:
             shape=np.concatenate([p.shape for p in parts]),
             extra={k: np.concatenate([p.extra[k] for p in parts]) for k in keys},
         )
+
+
+def take_rows(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``a[arange(len(idx)), idx]`` for a 2-D array with contiguous rows (a slice of a
+    contiguous block included): one ``np.take`` on its flat buffer, several times faster
+    than fancy indexing (which also holds the GIL longer)."""
+    item = a.itemsize
+    if a.ndim != 2 or not len(idx) or a.strides[1] != item or a.strides[0] % item:
+        return a[np.arange(len(idx)), idx]
+    s0 = a.strides[0]
+    step = s0 // item
+    flat = np.lib.stride_tricks.as_strided(
+        a, shape=((a.shape[0] - 1) * step + a.shape[1],), strides=(item,), writeable=False
+    )
+    return np.take(flat, np.arange(len(idx)) * step + idx)
 
 
 # --------------------------------------------------------------------------- atlas bases
@@ -170,10 +186,9 @@ class DenseBasis(Basis):
         yv = y.detach().cpu().numpy()
         a = np.abs(yv)
         idx = a.argmax(axis=1)
-        rows = np.arange(len(idx))
-        score = a[rows, idx]
-        pos = yv[rows, idx] >= 0
-        orientation = self.orientation[idx]
+        score = take_rows(a, idx)
+        pos = take_rows(yv, idx) >= 0
+        orientation = np.take(self.orientation, idx)
         if self.sign == "orientation":
             polarity = np.ones(len(idx), np.int8)
             orientation = np.where(pos, orientation, orientation + 180.0) % 360.0
@@ -183,10 +198,10 @@ class DenseBasis(Basis):
             score=score.astype(np.float32, copy=False),
             orientation=orientation,
             polarity=polarity,
-            scale=self.scale[idx],
-            offset=self.offset[idx],
-            shape=self.shape[idx],
-            extra={k: v[idx] for k, v in self.extra.items()},
+            scale=np.take(self.scale, idx),
+            offset=np.take(self.offset, idx, axis=0),
+            shape=np.take(self.shape, idx),
+            extra={k: np.take(v, idx, axis=0) for k, v in self.extra.items()},
         )
 
 

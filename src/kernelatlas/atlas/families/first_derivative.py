@@ -26,7 +26,7 @@ import torch
 
 from ...taxonomy import FIRST_DERIVATIVE
 from .. import functional as F
-from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily
+from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily, take_rows
 from ..registry import register_family
 from ..templates import flat_centred, gaussian_groups
 from ._common import axis_of_1d, clip_start, draw, random_scale, scale_param
@@ -63,16 +63,15 @@ class PlaneBasis(Basis):
         sq = np.square(yv)
         s = np.add(sq[:, :n], sq[:, n:], out=sq[:, :n])  # squared plane norms [B, n]
         g = s.argmax(axis=1)  # numpy's row argmax: several times faster than torch's
-        rows = np.arange(len(g))
-        q1 = torch.from_numpy(np.stack([yv[rows, g], yv[rows, n + g]], axis=1))
+        q1 = torch.from_numpy(np.stack([take_rows(yv, g), take_rows(yv, n + g)], axis=1))
         coef = (self.rinv[torch.from_numpy(g)] @ q1.to(torch.float64)[:, :, None]).squeeze(-1)
         theta = torch.rad2deg(torch.atan2(-coef[:, 1], -coef[:, 0])) % 360.0
         return FamilyScore(
-            score=torch.sqrt(torch.from_numpy(s[rows, g])).numpy(),  # torch's sqrt: as before
+            score=torch.sqrt(torch.from_numpy(take_rows(s, g))).numpy(),  # torch's sqrt, as before
             orientation=theta.numpy(),
             polarity=np.ones(len(g), np.int8),
-            scale=self.sigma[g],
-            offset=self.offset[g],
+            scale=np.take(self.sigma, g),
+            offset=np.take(self.offset, g, axis=0),
             shape=np.zeros(len(g), np.int16),
         )
 

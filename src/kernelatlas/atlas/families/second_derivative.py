@@ -23,7 +23,7 @@ import torch
 
 from ...taxonomy import SECOND_DERIVATIVE
 from .. import functional as F
-from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily
+from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily, take_rows
 from ..registry import register_family
 from ..templates import flat_centred, gaussian_groups
 from ._common import axis_of_1d, clip_start, draw, random_scale, scale_param
@@ -85,16 +85,15 @@ class ConeBasis(Basis):
         a = N_BAR_ANGLES
         step = 2 * math.pi / a
         grid = self._grid
-        f = q[:, 0, None] * grid[0][group]
-        f += q[:, 1, None] * grid[1][group]
-        f += q[:, 2, None] * grid[2][group]
+        f = q[:, 0, None] * np.take(grid[0], group, axis=0)
+        f += q[:, 1, None] * np.take(grid[1], group, axis=0)
+        f += q[:, 2, None] * np.take(grid[2], group, axis=0)
         fa = np.abs(f)
         i = fa.argmax(axis=1)
-        rows = np.arange(len(i))
-        best = torch.from_numpy(fa[rows, i])
-        f0 = torch.from_numpy(fa[rows, (i - 1) % a])
-        f2 = torch.from_numpy(fa[rows, (i + 1) % a])
-        sign0 = torch.from_numpy(np.sign(f[rows, i]))
+        best = torch.from_numpy(take_rows(fa, i))
+        f0 = torch.from_numpy(take_rows(fa, (i - 1) % a))
+        f2 = torch.from_numpy(take_rows(fa, (i + 1) % a))
+        sign0 = torch.from_numpy(np.sign(take_rows(f, i)))
         den = f0 - 2 * best + f2
         delta = torch.where(den < -1e-12, 0.5 * (f0 - f2) / den.clamp(max=-1e-12), 0.0)
         grid_phi = torch.from_numpy(i).to(torch.float64) * step
@@ -118,9 +117,8 @@ class ConeBasis(Basis):
         bar_apx *= self._cone[0]
         bar_apx += r * self._cone[1]
         g = np.maximum(r, bar_apx, out=bar_apx).argmax(axis=1)  # numpy's row argmax: fast
-        rows = np.arange(len(g))
-        q2 = np.stack([yv[rows, g], yv[rows, n + g], yv[rows, 2 * n + g]], axis=1)  # [B, 3]
-        cross = torch.from_numpy(r[rows, g])
+        q2 = np.stack([take_rows(yv, g), take_rows(yv, n + g), take_rows(yv, 2 * n + g)], axis=1)
+        cross = torch.from_numpy(take_rows(r, g))
         bar, phi, bar_sign = self._bar_exact(q2, g)
         is_cross = cross > bar
         tg = torch.from_numpy(g)
@@ -134,8 +132,8 @@ class ConeBasis(Basis):
             score=torch.maximum(cross, bar).numpy(),
             orientation=theta.numpy(),
             polarity=pol.numpy().astype(np.int8),
-            scale=self.sigma[g],
-            offset=self.offset[g],
+            scale=np.take(self.sigma, g),
+            offset=np.take(self.offset, g, axis=0),
             shape=is_cross.numpy().astype(np.int16),  # 0: bar, 1: cross
         )
 
