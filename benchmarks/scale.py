@@ -286,9 +286,13 @@ def partition_costs(k: int, work: Path) -> dict[str, Any]:
         from kernelatlas.report.diagram import diagram_columns
 
         panels = tuple(tuple(c) for c in diagram_columns())  # as an analysis with figures
+        from kernelatlas.pipeline import AnalysisConfig
+
+        cfg = AnalysisConfig(fit=False, init_baseline=False)  # what the analyses run
         job = PartitionJob(
-            {(k, k): SizeModels(atlas)}, parts_dir=str(folder / "parts"), panels=panels
-        )
+            {(k, k): SizeModels(atlas)}, parts_dir=str(folder / "parts"), panels=panels,
+            references=cfg.baseline_kinds(), reference_sample=2 * cfg.n_null,
+        )  # fmt: skip
         [part] = bank_partitions(bank)
         run_partition(part, job)  # warm up
         best: dict[str, float] | None = None
