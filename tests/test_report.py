@@ -406,6 +406,47 @@ def test_diagram_on_off_rows_from_the_registry(collide: dict) -> None:
     assert any("weight / max |weight|" in lab for lab in labels)
 
 
+def test_panel_stats_equals_each_kernel_put_in_its_panels() -> None:
+    """The vectorised panel sums equal a kernel-by-kernel assignment by the panel's rule
+    (same family, shape and polarity, orientation within the half width modulo the period),
+    boundary orientations (in two panels) and unknown names included."""
+    from kernelatlas.report.diagram import diagram_columns, panel_stats, unit_kernels
+
+    cols = diagram_columns()
+    flat = [p for c in cols for p in c if p is not None]
+    rng = np.random.default_rng(3)
+    n = 3000
+    k = rng.standard_normal((n, 5, 5)).astype(np.float32)
+    pick = [flat[i] for i in rng.integers(0, len(flat), n)]
+    fam = np.array([p.family for p in pick], dtype=object)
+    fam[:50] = "unclassified"
+    shape = np.array([p.shape or "x" for p in pick], dtype=object)
+    step = np.array([FAMILY_INFO[p.family].orientation_period or 360.0 for p in pick]) / 8
+    ori = rng.uniform(0, 360, n)
+    ori[::7] = np.round(ori[::7] / step[::7]) * step[::7]  # on bin boundaries
+    pol = rng.choice([-1, 1], n).astype(float)
+    got = panel_stats(k, fam, shape, ori, pol, cols)
+    unit = unit_kernels(k).astype(np.float64)
+    want_sums, want_n = np.zeros_like(got.sums), np.zeros_like(got.counts)
+    for i in range(n):  # kernels, on purpose: the definition, one by one
+        for j, p in enumerate(flat):
+            per = FAMILY_INFO[p.family].orientation_period or 360.0
+            if fam[i] != p.family or (p.shape is not None and shape[i] != p.shape):
+                continue
+            if p.polarity and pol[i] != p.polarity:
+                continue
+            if p.orientation is not None:
+                if abs((ori[i] - p.orientation + per / 2) % per - per / 2) > p.half_width:
+                    continue
+            want_sums[j] += unit[i]
+            want_n[j] += 1
+    assert want_n.sum() > n - 50  # boundary kernels counted twice
+    np.testing.assert_array_equal(got.counts, want_n)
+    np.testing.assert_allclose(got.sums, want_sums, atol=1e-9)
+    empty = panel_stats(np.zeros((0, 5, 5)), [], None, [], [], cols)
+    assert empty.sums.shape == got.sums.shape and not empty.counts.any()
+
+
 # --------------------------------------------------------------------------- compare
 
 

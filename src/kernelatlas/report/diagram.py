@@ -155,17 +155,46 @@ def diagram_patterns(
 # ----------------------------------------------------------------- the user's means
 
 
-def _in_panel(panel: Panel, fam: np.ndarray, shape: np.ndarray | None, ori: np.ndarray, pol: np.ndarray) -> np.ndarray:  # fmt: skip
-    sel = fam == panel.family
-    if panel.shape is not None and shape is not None:
-        sel &= shape == panel.shape
-    if panel.polarity:
-        sel &= pol == panel.polarity
-    if panel.orientation is not None:
-        period = FAMILY_INFO[panel.family].orientation_period or 360.0
-        d = np.abs((ori - panel.orientation + period / 2) % period - period / 2)
-        sel &= d <= panel.half_width
-    return sel
+def _near(panel: Panel, ori: np.ndarray) -> np.ndarray:
+    """Orientations within the panel's half width of its own (modulo the family's period)."""
+    period = FAMILY_INFO[panel.family].orientation_period or 360.0
+    d = np.abs((ori - panel.orientation + period / 2) % period - period / 2)
+    return d <= panel.half_width
+
+
+def _members(
+    flat: list[Panel], fam: np.ndarray, shape: np.ndarray | None, ori: np.ndarray, pol: np.ndarray
+) -> list[tuple[int, np.ndarray]]:
+    """(panel index, rows in it) of every non-empty panel: same family and shape, same
+    polarity, orientation within the half width (a row on the boundary of two orientation
+    bins is in both). Each family's rows are found once and each test (shape, polarity,
+    orientation bin) is made once, on those rows only."""
+    rows_of = {f: np.flatnonzero(fam == f) for f in dict.fromkeys(p.family for p in flat)}
+    tests: dict[tuple[Any, ...], np.ndarray] = {}  # (test, family, value) -> on its rows
+    out = []
+    for k, p in enumerate(flat):
+        rows = rows_of[p.family]
+        if not rows.size:
+            continue
+        sel = np.ones(rows.size, bool)
+        if p.shape is not None and shape is not None:
+            key: tuple[Any, ...] = ("shape", p.family, p.shape)
+            if key not in tests:
+                tests[key] = shape[rows] == p.shape
+            sel &= tests[key]
+        if p.polarity:
+            key = ("polarity", p.family, p.polarity)
+            if key not in tests:
+                tests[key] = pol[rows] == p.polarity
+            sel &= tests[key]
+        if p.orientation is not None:
+            key = ("orientation", p.family, p.orientation, p.half_width)
+            if key not in tests:
+                tests[key] = _near(p, ori[rows])
+            sel &= tests[key]
+        if sel.any():
+            out.append((k, rows[sel]))
+    return out
 
 
 def unit_kernels(kernels: np.ndarray) -> np.ndarray:
@@ -176,7 +205,8 @@ def unit_kernels(kernels: np.ndarray) -> np.ndarray:
     flat = k.reshape(len(k), -1)
     c = flat - flat.mean(axis=1, keepdims=True)
     norm = np.sqrt(np.einsum("ij,ij->i", c, c))
-    return (c / np.maximum(norm, 1e-30)[:, None]).reshape(k.shape)
+    c /= np.maximum(norm, 1e-30)[:, None]
+    return c.reshape(k.shape)
 
 
 @dataclass
@@ -225,22 +255,26 @@ def panel_stats(
     columns: list[list[Panel | None]],
 ) -> PanelStats:
     """The :class:`PanelStats` of classified kernels [N, kh, kw] from their atlas columns
-    (``shape`` None: a table without the atlas's ``shape`` column)."""
+    (``shape`` None: a table without the atlas's ``shape`` column).
+
+    Vectorised over the kernels: each family's rows are found once and every panel's sum
+    is one float64 reduction over its rows (a few dozen panels).
+    """
     n, kh, kw = np.shape(kernels)
     flat = [p for col in columns for p in col if p is not None]
     sums = np.zeros((len(flat), kh, kw))
     counts = np.zeros(len(flat), np.int64)
     if n:
-        unit = unit_kernels(kernels).reshape(n, kh * kw)
         fam = np.asarray(family, dtype=object)
         shp = None if shape is None else np.asarray(shape, dtype=object)
         ori = np.asarray(orientation, dtype=float)
         pol = np.asarray(polarity, dtype=float)
-        for k, panel in enumerate(flat):  # a few dozen panels, not kernels
-            sel = _in_panel(panel, fam, shp, ori, pol)
-            if sel.any():
-                sums[k] = unit[sel].sum(0, dtype=np.float64).reshape(kh, kw)
-                counts[k] = int(sel.sum())
+        members = _members(flat, fam, shp, ori, pol)
+        if members:
+            unit = unit_kernels(kernels).reshape(n, kh * kw)
+            for k, rows in members:  # a few dozen panels, not kernels
+                sums[k] = unit[rows].sum(0, dtype=np.float64).reshape(kh, kw)
+                counts[k] = rows.size
     return PanelStats(sums, counts)
 
 
