@@ -293,3 +293,26 @@ def test_a_kernels_file_reads_like_its_dataframe(tmp_path, toy_compare) -> None:
     b = kernel_statistics(table, max_kernels=4, fits=False)
     assert len(a) == 4
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_bounded_sample_per_size_is_shared_equally(tmp_path) -> None:
+    """``max_per_size``: every (source, model) of a size gets the same quota (or all it has),
+    together within the bound, the same rows from a file as from its DataFrame; without it
+    the sample is the per-model one."""
+    from kernelatlas.biology.comparison import _quotas
+
+    assert _quotas(np.array([5, 100, 100]), None, 85).tolist() == [5, 40, 40]
+    assert _quotas(np.array([5, 100, 100]), 30, 85).tolist() == [5, 30, 30]
+    assert _quotas(np.array([5, 10]), None, 100).tolist() == [5, 10]
+    toy = _toy_table()
+    table = pd.concat(
+        [toy.assign(source=f"m{i}.npy", model=f"m{i}") for i in range(3)] + [toy.iloc[:3]],
+        ignore_index=True,
+    )  # three models of 11 classified kernels, and toy.npy with 3
+    table.to_parquet(tmp_path / "kernels.parquet")
+    a = kernel_statistics(table, max_per_size=15, fits=False, seed=4)
+    b = kernel_statistics(tmp_path, max_per_size=15, fits=False, seed=4)
+    pd.testing.assert_frame_equal(a, b)
+    assert a.groupby("model").size().to_dict() == {"m0": 4, "m1": 4, "m2": 4, "toy": 3}
+    full = kernel_statistics(table, fits=False)
+    assert full.groupby("model").size().to_dict() == {"m0": 11, "m1": 11, "m2": 11, "toy": 3}

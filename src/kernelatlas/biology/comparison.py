@@ -98,20 +98,27 @@ _SPLIT_FITS = 3000  # above this many kernels of one size, fit each family's ker
 
 # --------------------------------------------------------------------------- inputs
 def _read(
-    kernels: pd.DataFrame | str | os.PathLike[str], max_kernels: int | None, seed: int
+    kernels: pd.DataFrame | str | os.PathLike[str],
+    max_kernels: int | None,
+    seed: int,
+    max_per_size: int | None = None,
 ) -> pd.DataFrame:
     """The classified rows of the families with a biological counterpart (the keys of
-    ``FIT_COLUMNS_USED``) of a kernels table, sampled per (source, model, size).
+    ``FIT_COLUMNS_USED``) of a kernels table, sampled per (source, model, size) (see
+    :func:`_quotas`).
 
-    From a file only those rows and the columns read here are loaded: the metadata first,
-    then the sampled rows' weights and fits (``kernels.parquet`` can hold millions of rows).
+    From a file only those rows and the columns read here are loaded: the metadata first
+    (dictionary-encoded, a few bytes a row: ``kernels.parquet`` can hold millions of rows),
+    then the sampled rows' weights and fits.
     """
     if isinstance(kernels, pd.DataFrame):
         df = _check(kernels)
         sel = df["classified"].to_numpy(dtype=bool) & np.isin(
             df["family"].to_numpy(object), list(FIT_COLUMNS_USED)
         )
-        return _sample(df[sel], max_kernels, seed)
+        return _sample(df[sel], max_kernels, seed, max_per_size)
+    import pyarrow.dataset as ds
+
     from ..results import BANK_REF_COLUMNS, kernel_weights, kernels_dataset, kernels_path
 
     path = Path(kernels)
@@ -119,25 +126,34 @@ def _read(
         path = kernels_path(kernels)  # an analysis folder, or its kernels.parquet (file or parts)
         dataset = kernels_dataset(path)
         names = dataset.schema.names
-        meta = dataset.to_table(columns=[c for c in (*_KEYS, "family", "classified")
-                                         if c in names]).to_pandas()  # fmt: skip
+        strings = [c for c in ("source", "model", "family") if c in names]
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strings))
+        coded = ds.dataset(dataset.files, format=fmt)  # strings as codes: a few bytes a row
+        meta = coded.to_table(columns=[c for c in (*_KEYS, "family", "classified") if c in names])
     except (OSError, ValueError, pa.ArrowException, KernelAtlasError) as exc:
         raise KernelAtlasError(
             f"cannot read a kernels table from {path}: pass kernels.parquet of "
             f"`kernelatlas analyze` or its DataFrame ({exc})"
         ) from None
-    meta = _check(meta.assign(weights=None))
-    meta["_row"] = np.arange(len(meta))
-    sel = meta["classified"].to_numpy(dtype=bool) & np.isin(
-        meta["family"].to_numpy(object), list(FIT_COLUMNS_USED)
-    )
-    rows = _sample(meta[sel], max_kernels, seed)["_row"].to_numpy()
+    has_weights = "weights" in names or set(BANK_REF_COLUMNS) <= set(names)
+    _check(pd.DataFrame(columns=[*names, *(["weights"] if has_weights else [])]))
+    meta = meta.unify_dictionaries()
+    fam_codes, fam_names = _codes(meta.column("family"))
+    wanted_fam = np.isin(np.asarray(fam_names, dtype=object), list(FIT_COLUMNS_USED))
+    rows = np.flatnonzero(meta.column("classified").to_numpy() & wanted_fam[fam_codes])
+    key = [_codes(meta.column(c))[0][rows] if c in strings else meta.column(c).to_numpy()[rows]
+           for c in _KEYS if c in meta.column_names]  # fmt: skip
+    rows = rows[_sample_rows(key, max_kernels, seed, max_per_size, size=key[-2:])]
     wanted = {*_KEYS, "family", "classified", "orientation", "weights",
               *(c for cols in FIT_COLUMNS_USED.values() for c in cols),
               *(c for cols in ELONGATION_COLUMNS.values() for c in cols)}  # fmt: skip
     if "weights" not in names:  # the table references the run's bank (the default layout)
         wanted |= set(BANK_REF_COLUMNS)
-    df = dataset.take(rows, columns=[c for c in names if c in wanted]).to_pandas()
+    taken = coded.take(rows, columns=[c for c in names if c in wanted])
+    df = pa.table(
+        [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in taken.columns],
+        names=taken.column_names,
+    ).to_pandas()
     if "weights" not in df.columns:
         w = np.empty(len(df), dtype=object)
         for _, idx in df.groupby(["kh", "kw"], sort=False).indices.items():  # sizes
@@ -145,6 +161,19 @@ def _read(
             w[idx] = list(k.reshape(len(idx), -1))
         df = df.drop(columns=list(BANK_REF_COLUMNS)).assign(weights=w)
     return _check(df)
+
+
+def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
+    """(integer code of every row, the values) of a column whose chunks share one
+    dictionary (:meth:`pyarrow.Table.unify_dictionaries`); nulls get their own code."""
+    chunks = col.chunks
+    if not chunks or not pa.types.is_dictionary(col.type):
+        codes, values = pd.factorize(col.to_numpy(zero_copy_only=False), use_na_sentinel=False)
+        return codes.astype(np.int64), list(values)
+    values = chunks[0].dictionary.to_pylist()
+    codes = np.concatenate([c.indices.fill_null(len(values)).to_numpy().astype(np.int64)
+                            for c in chunks])  # fmt: skip
+    return codes, [*values, None]
 
 
 def _check(df: pd.DataFrame) -> pd.DataFrame:
@@ -169,17 +198,71 @@ def _weights(col: pd.Series, kh: int, kw: int) -> np.ndarray:
     return arr.reshape(-1, kh, kw)
 
 
-def _sample(df: pd.DataFrame, max_kernels: int | None, seed: int) -> pd.DataFrame:
-    """At most ``max_kernels`` rows per (source, model, size), a seeded uniform sample."""
-    if max_kernels is None:
-        return df
+def _quotas(counts: np.ndarray, max_kernels: int | None, max_per_size: int | None) -> np.ndarray:
+    """Kernels sampled from each group of one kernel size: all of a group's, at most
+    ``max_kernels``, and together at most ``max_per_size``: every group gets the same quota (or
+    all it has), the largest one within ``max_per_size`` (None: no bound)."""
+    n = np.asarray(counts, dtype=np.int64)
+    cap = n if max_kernels is None else np.minimum(n, int(max_kernels))
+    if max_per_size is None or cap.sum() <= max_per_size:
+        return cap
+    lo, hi = 0, int(cap.max())  # the largest q with sum(min(cap, q)) <= max_per_size
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if np.minimum(cap, mid).sum() <= max_per_size:
+            lo = mid
+        else:
+            hi = mid - 1
+    return np.minimum(cap, lo)
+
+
+def _group_codes(key: list[np.ndarray]) -> np.ndarray:
+    """Group number of every row (rows sharing all of ``key``), numbered in order of first
+    appearance; hashing integer codes, never tuples of objects."""
+    code = np.zeros(len(key[0]), np.int64)
+    for col in key:
+        c, values = pd.factorize(col, use_na_sentinel=False)
+        code = pd.factorize(code * len(values) + c)[0]  # stays below (groups * values)
+    return code.astype(np.int64)
+
+
+def _sample_rows(
+    key: list[np.ndarray],
+    max_kernels: int | None,
+    seed: int,
+    max_per_size: int | None,
+    *,
+    size: list[np.ndarray],
+) -> np.ndarray:
+    """Positions (sorted) of a seeded uniform sample of rows of every group (the rows
+    sharing all of ``key``), as many as :func:`_quotas` gives per kernel size (``size``:
+    the ``kh, kw`` columns). Groups are visited in order of first appearance."""
+    n = len(key[0]) if key else 0
+    if n == 0 or (max_kernels is None and max_per_size is None):
+        return np.arange(n)
+    group = _group_codes(key)
+    order = np.argsort(group, kind="stable")
+    counts = np.bincount(group)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    sz = _group_codes([s[order[starts[:-1]]] for s in size])
+    quota = np.zeros(len(counts), np.int64)
+    for s in np.unique(sz):  # kernel sizes, not kernels
+        quota[sz == s] = _quotas(counts[sz == s], max_kernels, max_per_size)
     rng = np.random.default_rng(seed)
     keep = []
-    for _, idx in df.groupby(_KEYS, sort=False).indices.items():  # groups, not kernels
-        keep.append(
-            idx if len(idx) <= max_kernels else np.sort(rng.choice(idx, max_kernels, replace=False))
-        )
-    return df.iloc[np.sort(np.concatenate(keep))] if keep else df.iloc[:0]
+    for g in range(len(counts)):  # groups, not kernels
+        idx = order[starts[g] : starts[g + 1]]
+        keep.append(idx if quota[g] >= len(idx) else np.sort(rng.choice(idx, int(quota[g]), replace=False)))  # fmt: skip
+    return np.sort(np.concatenate(keep))
+
+
+def _sample(
+    df: pd.DataFrame, max_kernels: int | None, seed: int, max_per_size: int | None = None
+) -> pd.DataFrame:
+    """At most ``max_kernels`` rows per (source, model, size), and at most ``max_per_size`` per
+    size (:func:`_quotas`): a seeded uniform sample."""
+    key = [df[c].to_numpy() for c in _KEYS]
+    return df.iloc[_sample_rows(key, max_kernels, seed, max_per_size, size=key[-2:])]
 
 
 def _col(df: pd.DataFrame, name: str) -> np.ndarray:
@@ -284,6 +367,7 @@ def kernel_statistics(
     seed: int = 0,
     device: str | None = None,
     fits: bool = True,
+    max_per_size: int | None = None,
 ) -> pd.DataFrame:
     """Per-kernel dimensionless statistics of the classified kernels of a kernels table.
 
@@ -295,6 +379,9 @@ def kernel_statistics(
     max_kernels : at most this many classified kernels per (source, model, size), a seeded
         uniform sample (None: all).
     seed : seed of that sample and of any fit run here.
+    max_per_size : at most this many per kernel size, all its (source, model) together:
+        each gets the same quota (or all it has), the largest that fits (None: no bound).
+        The cost of the statistics is then flat in the number of kernels.
     device : torch device for fits computed here (fit columns missing from the table).
     fits : fit the kernels whose fit columns are missing (as ``kernelatlas.fit_kernels``).
         False: no fits run here; without fit columns the surround statistics are NaN and
@@ -310,7 +397,7 @@ def kernel_statistics(
     families); NaN where a statistic does not apply or its fit is unusable
     (R^2 outside [0, 1]).
     """
-    df = _read(kernels, max_kernels, seed)
+    df = _read(kernels, max_kernels, seed, max_per_size)
     parts = []
     for (kh, kw), idx in df.groupby(["kh", "kw"], sort=True).indices.items():
         parts.append(_size_statistics(df.iloc[idx], int(kh), int(kw), device, seed, fits))
@@ -418,6 +505,7 @@ def group_statistics(
     max_kernels: int | None = 20_000,
     device: str | None = None,
     fits: bool = True,
+    max_per_size: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Per-kernel statistics of each group: ``kernels``, ``null`` (one sample per kernel size)
     and ``init`` (where given); the arguments are :func:`compare`'s.
@@ -428,8 +516,9 @@ def group_statistics(
     out: dict[str, pd.DataFrame] = {}
     if kernels is not None:
         out["kernels"] = kernel_statistics(
-            kernels, max_kernels=max_kernels, seed=seed, device=device, fits=fits
-        )
+            kernels, max_kernels=max_kernels, seed=seed, device=device, fits=fits,
+            max_per_size=max_per_size,
+        )  # fmt: skip
     if sizes is None:
         sizes = _sizes(out["kernels"]) if "kernels" in out else []
     sizes = [(kh, kw) for kh, kw in sizes if min(kh, kw) >= 3]  # the atlas's sizes only
@@ -442,7 +531,7 @@ def group_statistics(
     if tables:
         both = kernel_statistics(
             pd.concat(tables, ignore_index=True),
-            max_kernels=max_kernels, seed=seed, device=device, fits=fits,
+            max_kernels=max_kernels, seed=seed, device=device, fits=fits, max_per_size=max_per_size,
         )  # fmt: skip
         is_null = (both["source"] == NULL_SOURCE).to_numpy()
         if null:
@@ -517,6 +606,7 @@ def compare(
     device: str | None = None,
     fits: bool = True,
     statistics: Mapping[str, pd.DataFrame] | None = None,
+    max_per_size: int | None = None,
 ) -> pd.DataFrame:
     """The tidy table behind the biology figures: per model, size and statistic, the
     kernels' value beside the null's, the fresh initialisation's and the published one.
@@ -532,6 +622,8 @@ def compare(
         analysis's: ``summary["config"]``); ``seed`` also seeds samples and fits.
     n_biology_null : null kernels drawn per size (about ``null_fpr`` of them classified).
     max_kernels : classified kernels per (source, model, size) at most (seeded sample).
+    max_per_size : classified kernels per kernel size at most, its models together (each
+        the same quota; see :func:`kernel_statistics`); None: no bound.
     device : torch device for fits computed here.
     fits : run the parametric fits where the table has none, for the null and init too
         (see :func:`kernel_statistics`).
@@ -565,7 +657,7 @@ def compare(
             null=null and "null" not in stats,
             sizes=None if "kernels" not in stats else _sizes(stats["kernels"]),
             null_fpr=null_fpr, n_null=n_null, n_biology_null=n_biology_null, seed=seed,
-            max_kernels=max_kernels, device=device, fits=fits,
+            max_kernels=max_kernels, device=device, fits=fits, max_per_size=max_per_size,
         )  # fmt: skip
         stats = {**todo, **stats}
     k = stats["kernels"]

@@ -25,7 +25,12 @@ from .comparison import BIOLOGY_NULL_SIZE, compare, group_statistics, label_kern
 from .literature import sources
 from .statistics import STATISTICS
 
-__all__ = ["BiologySection", "biology_section", "init_kernels", "render_html", "SUMMARY_STATISTICS"]
+__all__ = ["BiologySection", "biology_section", "init_kernels", "render_html", "SUMMARY_STATISTICS",
+           "REPORT_KERNELS_PER_SIZE"]  # fmt: skip
+
+# classified kernels per kernel size behind the report's comparison (a seeded sample, its
+# models sharing it equally): the section's cost does not grow with the number of kernels
+REPORT_KERNELS_PER_SIZE = 2_000
 
 # statistics drawn in the summary figure (the order of its panels)
 SUMMARY_STATISTICS: tuple[str, ...] = (
@@ -165,11 +170,14 @@ def biology_section(
     init: bool | None = None,
     n_biology_null: int = BIOLOGY_NULL_SIZE,
     max_kernels: int | None = 20_000,
+    max_per_size: int | None = REPORT_KERNELS_PER_SIZE,
 ) -> BiologySection:
     """The comparison for an analysis directory, calibrated as its summary's config says.
 
     ``init``: compare with the freshly initialised twins (None: as the analysis did, i.e.
-    not with ``--no-init-baseline``).
+    not with ``--no-init-baseline``). ``max_kernels`` (per source, model and size) and
+    ``max_per_size`` (per size, its models sharing it equally) bound the seeded sample of
+    classified kernels of each group (trained, null, fresh init); None: no bound.
     """
     cfg = summary.get("config", {})
     if init is None:
@@ -185,15 +193,17 @@ def biology_section(
         models = listed.drop_duplicates("source").set_index("source")["model"].to_dict()
         twins = init_kernels(models, fold_bn=bool(cfg.get("fold_bn", False)), **kw)
     stats = group_statistics(path, init=twins, n_biology_null=n_biology_null,
-                             max_kernels=max_kernels, device=device, fits=fits, **kw)  # fmt: skip
+                             max_kernels=max_kernels, device=device, fits=fits,
+                             max_per_size=max_per_size, **kw)  # fmt: skip
     table = compare(path, init=twins, statistics=stats, max_kernels=max_kernels, device=device,
-                    fits=fits, **kw)  # fmt: skip
+                    fits=fits, max_per_size=max_per_size, **kw)  # fmt: skip
     merged = pd.concat([s.assign(group=g) for g, s in stats.items()], ignore_index=True)
     settings = {
         "null_kind": "gaussian",
         "null_kernels_per_size": int(n_biology_null),
         "null_fpr": kw["null_fpr"],
         "max_kernels": max_kernels,
+        "max_per_size": max_per_size,
         "fits": fits,
         "statistics": {k: s.description for k, s in STATISTICS.items()},
     }
@@ -212,6 +222,21 @@ def _fmt(v: Any, lo: Any = None, hi: Any = None) -> str:
     if lo is not None and hi is not None:
         s += f" <span class='meta'>[{float(lo):.2f}, {float(hi):.2f}]</span>"
     return s
+
+
+def _sample_text(doc: dict[str, Any]) -> str:
+    """What the section's numbers rest on: the sample's bounds (n per row in the table)."""
+    per_model, per_size = doc.get("max_kernels"), doc.get("max_per_size")
+    if per_model is None and per_size is None:
+        return "Every classified kernel counts."
+    bounds = [f"{per_model:,} per model and size"] if per_model is not None else []
+    if per_size is not None:
+        bounds.append(f"{per_size:,} per kernel size, its models sharing them equally")
+    return (
+        "Each group is a seeded uniform sample of its classified kernels, at most "
+        + " and at most ".join(bounds)
+        + " (n in the table: the intervals are those of the sample)."
+    )
 
 
 def render_html(doc: dict[str, Any] | None, figures: list[str]) -> str:
@@ -257,7 +282,7 @@ def render_html(doc: dict[str, Any] | None, figures: list[str]) -> str:
         "quantities only (kernels are in pixels, receptive fields in degrees of visual angle). Only classified "
         "kernels count; the null is iid Gaussian kernels named by the same calibrated atlas and fitted the same "
         f"way ({doc.get('null_kernels_per_size', 0):,} per size, about {100 * doc.get('null_fpr', 0):g}% of them "
-        "classified). Where the analogy breaks: a kernel's support truncates any surround (a 3x3 kernel cannot hold "
+        f"classified). {_sample_text(doc)} Where the analogy breaks: a kernel's support truncates any surround (a 3x3 kernel cannot hold "
         "a DoG with a wide surround), the atlas names centred kernels so a blob with a positive pedestal also counts "
         "as centre-surround (the raw opponent ratio tells them apart), and most published findings are qualitative "
         "(no number is invented for them). See docs/biology.md.</p>"
