@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from ..taxonomy import PATTERN_FAMILIES
 
@@ -65,6 +66,38 @@ def _columns(names: Sequence[str]) -> list[tuple[str, str]]:
 
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+def _layer_codes(batch: pa.RecordBatch, key_code: dict[tuple[str, int, str], int]) -> np.ndarray:
+    """The layer number (index into summary.json's layers) of every row of a batch whose
+    ``source`` and ``layer`` are dictionary-encoded; -1 for a row of no listed layer. Works
+    on the codes: only the distinct (source, layer index, layer) of the batch are looked up."""
+    src, lay = (
+        c if pa.types.is_dictionary(c.type) else c.dictionary_encode()
+        for c in (batch.column("source"), batch.column("layer"))
+    )
+    li = batch.column("layer_index").to_numpy(zero_copy_only=False).astype(np.int64)
+    si = src.indices.fill_null(-1).to_numpy().astype(np.int64)
+    lj = lay.indices.fill_null(-1).to_numpy().astype(np.int64)
+    lo = int(li.min())
+    span = int(li.max()) - lo + 1
+    combo, uniq = pd.factorize(((si + 1) * (len(lay.dictionary) + 1) + lj + 1) * span + li - lo)
+    s_names, l_names = src.dictionary.to_pylist(), lay.dictionary.to_pylist()
+    lut = np.full(len(uniq), -1, np.int64)
+    for u, v in enumerate(uniq.tolist()):  # distinct layers of the batch, not kernels
+        rest, i = divmod(v, span)
+        a, b = divmod(rest, len(lay.dictionary) + 1)
+        if a and b:
+            lut[u] = key_code.get((s_names[a - 1], i + lo, l_names[b - 1]), -1)
+    return lut[combo]
+
+
+def _decoded(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with its dictionary-encoded columns as plain strings (kept rows only)."""
+    return pa.RecordBatch.from_arrays(
+        [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in batch.columns],
+        names=batch.schema.names,
+    )
 
 
 def layer_quotas(counts: np.ndarray, limit: int, min_per_layer: int = MIN_PER_LAYER) -> np.ndarray:
@@ -135,21 +168,29 @@ def explorer_payload(
     read = list(
         dict.fromkeys([*_LAYER_KEY, "kh", "kw", *[c for c, _ in cols if c != "row"], *refs])
     )
-    key_df = layers[_LAYER_KEY].astype({"source": str, "layer_index": np.int64, "layer": str})
-    key_df = key_df.assign(_code=np.arange(len(layers)))
+    # strings read as codes into each row group's dictionary (a few bytes a row, never a
+    # Python object per kernel); one batch at a time (bounded memory)
+    strings = [c for c in read if pa.types.is_string(dataset.schema.field(c).type)
+               or pa.types.is_large_string(dataset.schema.field(c).type)]  # fmt: skip
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strings))
+    coded = ds.dataset(dataset.files, format=fmt)
+    key_code = {
+        (str(s), int(i), str(name)): k
+        for k, (s, i, name) in enumerate(zip(layers["source"], layers["layer_index"], layers["layer"]))
+    }  # fmt: skip
     seen = np.zeros(len(layers), dtype=np.int64)
     parts: dict[str, list[np.ndarray]] = {c: [] for c, _ in cols}
     codes: list[np.ndarray] = []
     w_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (kept positions, q, peak)
     row0 = kept = 0
-    for batch in dataset.to_batches(columns=read, batch_size=batch_size):
+    batches = coded.to_batches(columns=read, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)  # fmt: skip
+    for batch in batches:
         n = batch.num_rows
         if n == 0:
             continue
-        meta = batch.select(_LAYER_KEY).to_pandas().astype({"source": str, "layer_index": np.int64, "layer": str})  # fmt: skip
-        code = meta.merge(key_df, on=_LAYER_KEY, how="left")["_code"].to_numpy(dtype=float)
-        known = np.isfinite(code)
-        c = np.where(known, code, 0).astype(np.int64)
+        code = _layer_codes(batch, key_code)
+        known = code >= 0
+        c = np.where(known, code, 0)
         pos = pd.Series(c).groupby(c).cumcount().to_numpy() + seen[c]
         seen += np.bincount(c[known], minlength=len(layers))
         flat = np.minimum(offsets[c] + pos, max(total - 1, 0))
@@ -158,7 +199,7 @@ def explorer_payload(
         row0 += n
         if not len(idx):
             continue
-        sub = batch.take(idx)
+        sub = _decoded(batch.take(pa.array(idx)))
         parts["row"].append(row0 - n + idx)
         codes.append(c[idx])
         for name, _enc in cols:
