@@ -308,14 +308,26 @@ def _thresholds(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _explorer_data(ctx: ReportContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The explorer's payload and its kept kernels as read (:func:`.explorer.explorer_payload`'s
+    ``stash``), made once: the example figures draw from the same kernels, so the bank is
+    read once for the page."""
+    if "explorer" not in ctx.cache:
+        from .explorer import EXPLORER_LIMIT, explorer_payload
+
+        limit = int(ctx.cache.get("explorer_limit", EXPLORER_LIMIT))
+        stash: dict[str, Any] = {}
+        payload = explorer_payload(
+            ctx.kernels_path, ctx.summary, labels=ctx.labels, limit=limit, seed=ctx.seed,
+            stash=stash,
+        )  # fmt: skip
+        ctx.cache["explorer"] = (payload, stash)
+    return ctx.cache["explorer"]
+
+
 @register_section("explorer", title="Kernel explorer", order=20, applies=_has_kernels)
 def _explorer(ctx: ReportContext) -> str:
-    from .explorer import EXPLORER_LIMIT, explorer_payload
-
-    limit = int(ctx.cache.get("explorer_limit", EXPLORER_LIMIT))
-    payload = explorer_payload(
-        ctx.kernels_path, ctx.summary, labels=ctx.labels, limit=limit, seed=ctx.seed
-    )
+    payload, _ = _explorer_data(ctx)
     ctx.add_data("explorer", payload)
     ctx.add_data("thresholds", _thresholds(ctx.summary))
     ctx.add_data("cmap", _cmap())
@@ -451,39 +463,52 @@ def _atlas(ctx: ReportContext) -> str:
 # --------------------------------------------------------------------------- examples
 
 
+def _family_counts(ctx: ReportContext, kh: int, kw: int) -> dict[str, int]:
+    """Kernels of each family at one size, all models (from summary.json's shares)."""
+    out: dict[str, int] = {}
+    for m in ctx.summary["models"]:
+        if (int(m["kh"]), int(m["kw"])) == (kh, kw):
+            for f, share in (m.get("family_shares") or {}).items():
+                out[f] = out.get(f, 0) + round(float(share or 0.0) * int(m["kernels"]))
+    return out
+
+
 def _example_figures(ctx: ReportContext) -> Iterator[Figure]:
     from ..normalize import normalize
-    from ..results import kernel_weights
 
-    meta = _meta(ctx)
+    _, kept = _explorer_data(ctx)  # the explorer's kernels (all of them, or its stated sample)
+    layers = kept["layers"]
     rng = np.random.default_rng(ctx.seed)
     fams = [*PATTERN_FAMILIES, UNCLASSIFIED]
     n = 10
     for kh, kw in _sizes(ctx):
         fig, axes = ctx.plt.subplots(len(fams), n, figsize=(1.05 * n + 0.8, 1.3 * len(fams) + 0.5), squeeze=False)  # fmt: skip
-        sel_size = (meta["kh"] == kh) & (meta["kw"] == kw)
+        pos, weights = kept["weights"].get((kh, kw), (np.zeros(0, np.int64), np.zeros((0, kh, kw))))
+        order = np.argsort(pos, kind="stable")  # in table order
+        pos, weights = pos[order], weights[order]
+        family = np.asarray(kept["family"], dtype=object)[pos]
+        totals = _family_counts(ctx, kh, kw)
         img = None
         for r, f in enumerate(fams):
-            rows = np.flatnonzero(sel_size & (meta["family"] == f))
+            rows = np.flatnonzero(family == f)
             if len(rows) > n:
                 rows = np.sort(rng.choice(rows, n, replace=False))
-            w = np.zeros((0, kh, kw), np.float32)
-            if len(rows):
-                w = normalize(kernel_weights(ctx.kernels_path, meta["_row"].to_numpy()[rows])).unit
+            w = normalize(weights[rows]).unit if len(rows) else np.zeros((0, kh, kw), np.float32)
             for c in range(n):
                 ax = axes[r, c]
                 if c >= len(rows):
                     ax.axis("off")
                     continue
-                m = meta.iloc[rows[c]]
-                lab = ctx.labels.get(m["source"], m["model"])
-                title = f"{lab[:20]}\nL{int(m['layer_index'])} c{int(m['channel'])} s={float(m['score']):.2f}"
+                at = pos[rows[c]]
+                layer = layers.iloc[int(kept["layer"][at])]
+                lab = ctx.labels.get(layer["source"], layer["model"])
+                title = f"{lab[:20]}\nL{int(layer['layer_index'])} c{int(kept['channel'][at])} s={float(kept['score'][at]):.2f}"
                 img = F.plot_kernels(ax, w[c : c + 1], ncols=1, title=title, fontsize=5.5)
                 for s in ax.spines.values():
                     s.set_visible(True)
                     s.set_color(F.family_color(f))
                     s.set_linewidth(2)
-            axes[r, 0].annotate(f"{f.replace('_', ' ')}\n(n={int((sel_size & (meta['family'] == f)).sum()):,})",
+            axes[r, 0].annotate(f"{f.replace('_', ' ')}\n(n={totals.get(f, 0):,})",
                                 (-0.15, 0.5), xycoords="axes fraction", ha="right", va="center", fontsize=8)  # fmt: skip
         if img is not None:
             F.kernel_colorbar(fig, axes.ravel().tolist(), label="centred weight / max |weight|")
@@ -507,12 +532,37 @@ def _examples(ctx: ReportContext) -> str:
 # --------------------------------------------------------------------------- fits
 
 
+def _has_values(path: Any, column: str) -> bool:
+    """Whether a column of kernels.parquet holds any non-null value: from the row groups'
+    statistics (no data read) where the writer kept them."""
+    import pyarrow.parquet as pq
+
+    from ..results import kernels_dataset
+
+    dataset = kernels_dataset(path)
+    if column not in dataset.schema.names:
+        return False
+    for file in dataset.files:
+        meta = pq.ParquetFile(file).metadata
+        leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        if column not in leaves:
+            continue
+        at = leaves.index(column)
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            st = rg.column(at).statistics
+            if st is None or st.null_count is None:  # no statistics: read the column
+                col = pq.read_table(file, columns=[column]).column(0)
+                if col.null_count < len(col):
+                    return True
+                break
+            if st.null_count < rg.num_rows:
+                return True
+    return False
+
+
 def _has_fits(ctx: ReportContext) -> bool:
-    return (
-        _has_kernels(ctx)
-        and "fit_sigma" in _meta(ctx).columns
-        and _meta(ctx)["fit_sigma"].notna().any()
-    )
+    return _has_kernels(ctx) and _has_values(ctx.kernels_path, "fit_sigma")
 
 
 def _fit_figures(ctx: ReportContext) -> Iterator[Figure]:

@@ -131,10 +131,17 @@ def explorer_payload(
     min_per_layer: int = MIN_PER_LAYER,
     seed: int = 0,
     batch_size: int = 65_536,
+    stash: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The explorer's JSON document for the analysis whose kernels.parquet is ``path`` (a
     file or a folder of parts; the kept kernels' weights are read through
-    :func:`kernelatlas.results.kernel_weights`)."""
+    :func:`kernelatlas.results.kernel_weights`).
+
+    ``stash``: a dict that receives the kept kernels as read (for other figures of the page,
+    so that nothing reads the bank twice): ``row`` (table rows), ``layer`` (indices into
+    ``layers``, the layer rows in page order), each per-kernel column, and ``weights``:
+    (kh, kw) -> (positions among the kept, float32 [n, kh, kw]).
+    """
     from ..results import BANK_REF_COLUMNS, kernel_weights, kernels_dataset
 
     layers = pd.DataFrame(summary["layers"])
@@ -182,7 +189,8 @@ def explorer_payload(
     parts: dict[str, list[np.ndarray]] = {c: [] for c, _ in cols}
     codes: list[np.ndarray] = []
     w_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (kept positions, q, peak)
-    row0 = kept = 0
+    row0 = kept_n = 0
+    raw: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
     batches = coded.to_batches(columns=read, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)  # fmt: skip
     for batch in batches:
         n = batch.num_rows
@@ -210,11 +218,25 @@ def explorer_payload(
         for a, b in sorted(set(zip(kh.tolist(), kw.tolist()))):  # kernel sizes
             sel = np.flatnonzero((kh == a) & (kw == b))
             w = kernel_weights(path, sub.take(pa.array(sel))).reshape(len(sel), -1)
+            if stash is not None:
+                raw.setdefault((a, b), []).append((kept_n + sel, w.reshape(len(sel), a, b)))
             w = np.where(np.isfinite(w), w, 0.0)
             peak = np.abs(w).max(axis=1) if w.shape[1] else np.zeros(len(sel))
             q = np.round(w / np.where(peak > 0, peak, 1.0)[:, None] * 127).astype(np.int8)
-            w_parts.append((kept + sel, q, peak))
-        kept += len(idx)
+            w_parts.append((kept_n + sel, q, peak))
+        kept_n += len(idx)
+    if stash is not None:
+        stash["row"] = np.concatenate(parts["row"]) if parts["row"] else np.zeros(0, np.int64)
+        stash["layer"] = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+        stash["layers"] = layers
+        for name, _enc in cols:
+            if name != "row":
+                stash[name] = np.concatenate(parts[name]) if parts[name] else np.zeros(0)
+        stash["weights"] = {
+            size: (np.concatenate([p for p, _ in v]), np.concatenate([w for _, w in v]))
+            for size, v in raw.items()
+        }
+    kept = kept_n
 
     peak = np.zeros(kept, np.float32)
     layer_code = np.concatenate(codes) if codes else np.zeros(0, np.int64)
