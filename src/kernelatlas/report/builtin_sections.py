@@ -482,36 +482,33 @@ def _example_figures(ctx: ReportContext) -> Iterator[Figure]:
     fams = [*PATTERN_FAMILIES, UNCLASSIFIED]
     n = 10
     for kh, kw in _sizes(ctx):
-        fig, axes = ctx.plt.subplots(len(fams), n, figsize=(1.05 * n + 0.8, 1.3 * len(fams) + 0.5), squeeze=False)  # fmt: skip
         pos, weights = kept["weights"].get((kh, kw), (np.zeros(0, np.int64), np.zeros((0, kh, kw))))
         order = np.argsort(pos, kind="stable")  # in table order
         pos, weights = pos[order], weights[order]
         family = np.asarray(kept["family"], dtype=object)[pos]
         totals = _family_counts(ctx, kh, kw)
-        img = None
-        for r, f in enumerate(fams):
+        cells, titles, frames, labels = [], [], [], []
+        for f in fams:
             rows = np.flatnonzero(family == f)
             if len(rows) > n:
                 rows = np.sort(rng.choice(rows, n, replace=False))
             w = normalize(weights[rows]).unit if len(rows) else np.zeros((0, kh, kw), np.float32)
-            for c in range(n):
-                ax = axes[r, c]
-                if c >= len(rows):
-                    ax.axis("off")
-                    continue
+            tit = []
+            for c in range(len(rows)):
                 at = pos[rows[c]]
                 layer = layers.iloc[int(kept["layer"][at])]
                 lab = ctx.labels.get(layer["source"], layer["model"])
-                title = f"{lab[:20]}\nL{int(layer['layer_index'])} c{int(kept['channel'][at])} s={float(kept['score'][at]):.2f}"
-                img = F.plot_kernels(ax, w[c : c + 1], ncols=1, title=title, fontsize=5.5)
-                for s in ax.spines.values():
-                    s.set_visible(True)
-                    s.set_color(F.family_color(f))
-                    s.set_linewidth(2)
-            axes[r, 0].annotate(f"{f.replace('_', ' ')}\n(n={totals.get(f, 0):,})",
-                                (-0.15, 0.5), xycoords="axes fraction", ha="right", va="center", fontsize=8)  # fmt: skip
+                tit.append(f"{lab[:20]}\nL{int(layer['layer_index'])} c{int(kept['channel'][at])} s={float(kept['score'][at]):.2f}")  # fmt: skip
+            pad = n - len(rows)
+            cells.append([*w, *[None] * pad])
+            titles.append([*tit, *[""] * pad])
+            frames.append([F.family_color(f)] * len(rows) + [None] * pad)
+            labels.append(f"{f.replace('_', ' ')}\n(n={totals.get(f, 0):,})")
+        fig = ctx.plt.figure(figsize=(1.05 * n + 0.8, 1.3 * len(fams) + 0.5))
+        ax = fig.add_axes((0.1, 0.02, 0.82, 0.88))
+        img = F.kernel_grid(ax, cells, titles=titles, frames=frames, row_labels=labels, fontsize=5.5, label_fontsize=8)  # fmt: skip
         if img is not None:
-            F.kernel_colorbar(fig, axes.ravel().tolist(), label="centred weight / max |weight|")
+            F.kernel_colorbar(fig, [ax], label="centred weight / max |weight|")
         fig.suptitle(
             f"Random real {kh}x{kw} kernels per family (model, layer L, channel c, score s)",
             fontsize=9,

@@ -327,42 +327,39 @@ def plot_diagram(
     size: int = DIAGRAM_SIZE,
 ) -> Any:
     """The labelled figure: the generated on/off rows, then the user's on/off means per size."""
-    from .figures import kernel_colorbar, plot_kernels
+    from .figures import kernel_colorbar, kernel_grid
 
     blocks = [(f"atlas {size}x{size}", patterns, None)] + [
         (f"your {key} kernels (mean)", m, n) for key, (m, n) in means.items()
     ]
-    nrows, ncols = 2 * len(blocks), len(columns)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(1.05 * ncols + 1.2, 1.25 * nrows + 0.4), squeeze=False
-    )
+    cells, titles, empty, labels = [], [], [], []
     for b, (label, pats, counts) in enumerate(blocks):
         for r, (_sign, row_label) in enumerate(ROWS):
-            ax_row = axes[2 * b + r]
+            row: list[tuple[np.ndarray | None, str, bool]] = []
             for c, col in enumerate(columns):
-                ax, panel = ax_row[c], col[r]
+                panel = col[r]
                 if panel is None:
-                    ax.axis("off")
-                    continue
-                k = pats[c][r]
-                if counts is None:
+                    row.append((None, "", False))
+                elif counts is None:
                     title = panel.title(panel_sigma(panel.family, sigma))
                     if b == 0 and r == 0:
                         title = f"{_col_header(panel)}\n{title}"
-                    plot_kernels(ax, k[None], ncols=1, title=title, fontsize=7)
+                    row.append((pats[c][r], title, False))
                 else:
                     n = counts[c][r]
                     sub = (
                         f"{panel.title()}\nn={n:,}" if panel.orientation is not None else f"n={n:,}"
                     )
-                    img = k[None] if n else np.full((1, *k.shape), np.nan)
-                    plot_kernels(ax, img, ncols=1, title=sub, fontsize=7)
-                    if not n:
-                        ax.text(0.5, 0.5, "none", ha="center", va="center", color="#888",
-                                fontsize=8, transform=ax.transAxes)  # fmt: skip
-            ax_row[0].annotate(f"{label}\n{row_label}", (-0.12, 0.5), xycoords="axes fraction",
-                               fontsize=7.5, ha="right", va="center")  # fmt: skip
-    kernel_colorbar(fig, axes.ravel().tolist(), label="weight / max |weight| (each panel)")
+                    row.append((pats[c][r] if n else None, sub, not n))
+            cells.append([k for k, _, _ in row])
+            titles.append([t for _, t, _ in row])
+            empty.append([e for _, _, e in row])
+            labels.append(f"{label}\n{row_label}")
+    ncols = len(columns)
+    fig = plt.figure(figsize=(1.05 * ncols + 1.2, 1.25 * len(cells) + 0.4))
+    ax = fig.add_axes((0.08, 0.02, 0.86, 0.9))
+    kernel_grid(ax, cells, titles=titles, row_labels=labels, empty=empty, fontsize=7)
+    kernel_colorbar(fig, [ax], label="weight / max |weight| (each panel)")
     fig.suptitle(
         "On- and off-centre DoG and their first and second derivatives (generated), beside the mean "
         "of your classified kernels in each panel (n kernels; on and off never averaged together)",
