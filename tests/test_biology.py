@@ -316,3 +316,21 @@ def test_a_bounded_sample_per_size_is_shared_equally(tmp_path) -> None:
     assert a.groupby("model").size().to_dict() == {"m0": 4, "m1": 4, "m2": 4, "toy": 3}
     full = kernel_statistics(table, fits=False)
     assert full.groupby("model").size().to_dict() == {"m0": 11, "m1": 11, "m2": 11, "toy": 3}
+
+
+def test_the_null_statistics_come_from_the_user_cache(tmp_path, monkeypatch) -> None:
+    """The null's statistics depend only on the settings: written once under
+    ``<cache>/biology``, read back the same; an entry that does not read back is recomputed."""
+    from kernelatlas.biology import group_statistics
+
+    monkeypatch.setenv("KERNELATLAS_CACHE", str(tmp_path))
+    kw = {"sizes": [(5, 5)], "n_biology_null": 3000, "n_null": 2000, "fits": False}
+    first = group_statistics(None, **kw)["null"]
+    (entry,) = (tmp_path / "biology").iterdir()
+    assert len(first) > 5 and set(first["source"]) == {"<null>"}
+    pd.testing.assert_frame_equal(group_statistics(None, **kw)["null"], first)
+    entry.write_bytes(b"not parquet")
+    pd.testing.assert_frame_equal(group_statistics(None, **kw)["null"], first)
+    assert entry.read_bytes()[:4] == b"PAR1"  # rewritten
+    other = group_statistics(None, **{**kw, "seed": 1})["null"]
+    assert len(list((tmp_path / "biology").iterdir())) == 2 and not other.equals(first)

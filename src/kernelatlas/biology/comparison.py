@@ -510,8 +510,9 @@ def group_statistics(
     """Per-kernel statistics of each group: ``kernels``, ``null`` (one sample per kernel size)
     and ``init`` (where given); the arguments are :func:`compare`'s.
 
-    The null and the fresh-init kernels of one size are fitted in one call (fits have a
-    fixed set-up cost). ``kernels`` None: only the null (for ``sizes``) and init groups.
+    The null's statistics depend only on the settings: they come from the user cache when
+    computed before (:func:`_null_group`). ``kernels`` None: only the null (for ``sizes``)
+    and init groups.
     """
     out: dict[str, pd.DataFrame] = {}
     if kernels is not None:
@@ -522,22 +523,63 @@ def group_statistics(
     if sizes is None:
         sizes = _sizes(out["kernels"]) if "kernels" in out else []
     sizes = [(kh, kw) for kh, kw in sizes if min(kh, kw) >= 3]  # the atlas's sizes only
-    tables = []
+    kw_stats = {"max_kernels": max_kernels, "seed": seed, "device": device, "fits": fits,
+                "max_per_size": max_per_size}  # fmt: skip
     if null:
-        tables += [null_table(kh, kw, n=n_biology_null, null_fpr=null_fpr, n_null=n_null,
-                              seed=seed) for kh, kw in sizes]  # fmt: skip
+        parts = [
+            _null_group(kh, kw, n=n_biology_null, null_fpr=null_fpr, n_null=n_null, **kw_stats)
+            for kh, kw in sizes
+        ]
+        if parts:
+            out["null"] = pd.concat(parts, ignore_index=True)
     if init is not None:
-        tables.append(_check(init))
-    if tables:
-        both = kernel_statistics(
-            pd.concat(tables, ignore_index=True),
-            max_kernels=max_kernels, seed=seed, device=device, fits=fits, max_per_size=max_per_size,
-        )  # fmt: skip
-        is_null = (both["source"] == NULL_SOURCE).to_numpy()
-        if null:
-            out["null"] = both[is_null].reset_index(drop=True)
-        if init is not None:
-            out["init"] = both[~is_null].reset_index(drop=True)
+        out["init"] = kernel_statistics(_check(init), **kw_stats).reset_index(drop=True)
+    return out
+
+
+def _null_group(
+    kh: int, kw: int, *, n: int, null_fpr: float, n_null: int, **kw_stats: Any
+) -> pd.DataFrame:
+    """:func:`kernel_statistics` of the null sample of one size, from the user cache when
+    this kernelatlas version computed it with the same settings (it depends on nothing
+    else: the null is drawn, named and fitted from the seed). The cache is a folder of small
+    Parquet files (``<cache>/biology``, ``<cache>`` as for the weights and calibrations);
+    an entry that does not read back as this table is recomputed and rewritten."""
+    import hashlib
+    import json
+    import uuid
+
+    from .. import __version__
+    from ..harvest.cache import cache_dir
+    from ..taxonomy import FAMILIES
+
+    key = {"format": 1, "kernelatlas_version": __version__, "kh": int(kh), "kw": int(kw),
+           "n": int(n), "null_fpr": float(null_fpr), "n_null": int(n_null),
+           "families": list(FAMILIES), **{k: v for k, v in kw_stats.items()}}  # fmt: skip
+    blob = json.dumps(key, sort_keys=True, default=str).encode()
+    path = (
+        cache_dir() / "biology" / f"null-{kh}x{kw}-{hashlib.sha256(blob).hexdigest()[:24]}.parquet"
+    )
+    try:
+        got = pd.read_parquet(path)
+        if list(got.columns) == list(STAT_COLUMNS) and got.attrs.get("key") == json.loads(blob):
+            return got
+    except (OSError, ValueError, pa.ArrowException):
+        pass  # none yet, or unreadable: computed again
+    table = null_table(kh, kw, n=n, null_fpr=null_fpr, n_null=n_null, seed=kw_stats["seed"])
+    out = kernel_statistics(table, **kw_stats).reset_index(drop=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            out.attrs["key"] = json.loads(blob)
+            out.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            out.attrs.pop("key", None)
+    except OSError:
+        pass  # a read-only or full cache costs the computation next time, nothing else
     return out
 
 
