@@ -42,6 +42,7 @@ __all__ = [
     "null_statistics",
     "null_table",
     "group_statistics",
+    "sample_kernels",
     "NULL_SOURCE",
     "COMPARE_COLUMNS",
     "STAT_COLUMNS",
@@ -102,6 +103,8 @@ def _read(
     max_kernels: int | None,
     seed: int,
     max_per_size: int | None = None,
+    *,
+    weights: bool = True,
 ) -> pd.DataFrame:
     """The classified rows of the families with a biological counterpart (the keys of
     ``FIT_COLUMNS_USED``) of a kernels table, sampled per (source, model, size) (see
@@ -109,7 +112,8 @@ def _read(
 
     From a file only those rows and the columns read here are loaded: the metadata first
     (dictionary-encoded, a few bytes a row: ``kernels.parquet`` can hold millions of rows),
-    then the sampled rows' weights and fits.
+    then the sampled rows' weights and fits. ``weights=False`` (a file only): without the
+    weights, with ``_row`` (each row's number in the table) to fetch them elsewhere.
     """
     if isinstance(kernels, pd.DataFrame):
         df = _check(kernels)
@@ -154,6 +158,8 @@ def _read(
         [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in taken.columns],
         names=taken.column_names,
     ).to_pandas()
+    if not weights:
+        return df.assign(_row=rows)
     if "weights" not in df.columns:
         w = np.empty(len(df), dtype=object)
         for _, idx in df.groupby(["kh", "kw"], sort=False).indices.items():  # sizes
@@ -161,6 +167,20 @@ def _read(
             w[idx] = list(k.reshape(len(idx), -1))
         df = df.drop(columns=list(BANK_REF_COLUMNS)).assign(weights=w)
     return _check(df)
+
+
+def sample_kernels(
+    kernels: str | os.PathLike[str],
+    *,
+    max_kernels: int | None = 20_000,
+    seed: int = 0,
+    max_per_size: int | None = None,
+) -> pd.DataFrame:
+    """The rows :func:`kernel_statistics` samples from a kernels file (same arguments), with
+    the columns it reads but not the weights; ``_row`` is each row's number in the table.
+    Add a ``weights`` column (flattened kernels) and pass the frame to
+    :func:`kernel_statistics` or :func:`compare`: the same statistics as from the file."""
+    return _read(kernels, max_kernels, seed, max_per_size, weights=False)
 
 
 def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:

@@ -171,6 +171,7 @@ def biology_section(
     n_biology_null: int = BIOLOGY_NULL_SIZE,
     max_kernels: int | None = 20_000,
     max_per_size: int | None = REPORT_KERNELS_PER_SIZE,
+    kernels: pd.DataFrame | None = None,
 ) -> BiologySection:
     """The comparison for an analysis directory, calibrated as its summary's config says.
 
@@ -178,6 +179,8 @@ def biology_section(
     not with ``--no-init-baseline``). ``max_kernels`` (per source, model and size) and
     ``max_per_size`` (per size, its models sharing it equally) bound the seeded sample of
     classified kernels of each group (trained, null, fresh init); None: no bound.
+    ``kernels``: the trained group's rows as :func:`~kernelatlas.biology.comparison.sample_kernels`
+    samples them, with their ``weights`` (read elsewhere); None: read from ``run_dir``.
     """
     cfg = summary.get("config", {})
     if init is None:
@@ -192,7 +195,7 @@ def biology_section(
         listed = pd.DataFrame(summary.get("models", []), columns=["source", "model"])
         models = listed.drop_duplicates("source").set_index("source")["model"].to_dict()
         twins = init_kernels(models, fold_bn=bool(cfg.get("fold_bn", False)), **kw)
-    stats = group_statistics(path, init=twins, n_biology_null=n_biology_null,
+    stats = group_statistics(path if kernels is None else kernels, init=twins, n_biology_null=n_biology_null,
                              max_kernels=max_kernels, device=device, fits=fits,
                              max_per_size=max_per_size, **kw)  # fmt: skip
     table = compare(path, init=twins, statistics=stats, max_kernels=max_kernels, device=device,

@@ -103,17 +103,6 @@ def write_report(
     from .sections import ReportContext, sections
 
     run_dir = Path(run_dir)
-    biology = None
-    if figures and (run_dir / "kernels.parquet").exists():
-        import contextlib
-
-        from ..biology.report import biology_section
-
-        stage = progress.stage("compare with biology", 0) if progress else contextlib.nullcontext()
-        with stage:
-            biology = biology_section(run_dir, summary)
-    summary["biology"] = biology.doc() if biology is not None else None
-    write_json(run_dir / "summary.json", summary)
     ctx = ReportContext(
         run_dir,
         summary,
@@ -123,6 +112,15 @@ def write_report(
     )
     if explorer_limit is not None:
         ctx.cache["explorer_limit"] = int(explorer_limit)
+    biology = None
+    if figures and (run_dir / "kernels.parquet").exists():
+        import contextlib
+
+        stage = progress.stage("compare with biology", 0) if progress else contextlib.nullcontext()
+        with stage:
+            biology = _biology(ctx)
+    summary["biology"] = biology.doc() if biology is not None else None
+    write_json(run_dir / "summary.json", summary)
     if biology is not None:
         ctx.cache["biology"] = biology
     if panel_stats is not None:
@@ -135,6 +133,40 @@ def write_report(
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, run_dir / "index.html")
     return run_dir / "index.html"
+
+
+def _biology(ctx: Any) -> Any:
+    """The biology section of the page: its sample of trained kernels is chosen first
+    (metadata only), and their weights come in the explorer's pass over the bank."""
+    import numpy as np
+
+    from ..biology.comparison import sample_kernels
+    from ..biology.report import REPORT_KERNELS_PER_SIZE, biology_section
+    from .builtin_sections import _explorer_data
+
+    cfg = ctx.summary.get("config", {})
+    sample = sample_kernels(
+        ctx.run_dir, max_kernels=20_000, seed=int(cfg.get("seed", 0)),
+        max_per_size=REPORT_KERNELS_PER_SIZE,
+    )  # fmt: skip
+    ctx.cache["extra_rows"] = sample["_row"].to_numpy()
+    _, kept = _explorer_data(ctx)
+    weights = np.empty(len(sample), dtype=object)
+    at = {int(r): i for i, r in enumerate(sample["_row"])}
+    for rows, w in kept["extra"].values():  # kernel sizes
+        for r, k in zip(rows.tolist(), w):
+            weights[at[r]] = k.reshape(-1)
+    missing = [i for i, w in enumerate(weights) if w is None]
+    if missing:  # rows of no layer listed in the summary: read from the bank
+        from ..results import kernel_weights
+
+        sub = sample.iloc[missing]
+        for _, idx in sub.groupby(["kh", "kw"], sort=False).indices.items():
+            k = kernel_weights(ctx.run_dir, sub["_row"].to_numpy()[idx])
+            for j, i in enumerate(np.asarray(missing)[idx]):
+                weights[i] = k[j].reshape(-1)
+    frame = sample.drop(columns=["_row", "bank_file", "bank_row"], errors="ignore")
+    return biology_section(ctx.run_dir, ctx.summary, kernels=frame.assign(weights=weights))
 
 
 def rebuild_report(

@@ -310,8 +310,9 @@ def _thresholds(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def _explorer_data(ctx: ReportContext) -> tuple[dict[str, Any], dict[str, Any]]:
     """The explorer's payload and its kept kernels as read (:func:`.explorer.explorer_payload`'s
-    ``stash``), made once: the example figures draw from the same kernels, so the bank is
-    read once for the page."""
+    ``stash``), made once: the example figures draw from the same kernels, and the weights
+    of ``ctx.cache["extra_rows"]`` (the biology sample) come in the same pass, so the bank
+    is read once for the page."""
     if "explorer" not in ctx.cache:
         from .explorer import EXPLORER_LIMIT, explorer_payload
 
@@ -319,7 +320,7 @@ def _explorer_data(ctx: ReportContext) -> tuple[dict[str, Any], dict[str, Any]]:
         stash: dict[str, Any] = {}
         payload = explorer_payload(
             ctx.kernels_path, ctx.summary, labels=ctx.labels, limit=limit, seed=ctx.seed,
-            stash=stash,
+            stash=stash, extra_rows=ctx.cache.get("extra_rows"),
         )  # fmt: skip
         ctx.cache["explorer"] = (payload, stash)
     return ctx.cache["explorer"]

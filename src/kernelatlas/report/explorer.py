@@ -132,6 +132,7 @@ def explorer_payload(
     seed: int = 0,
     batch_size: int = 65_536,
     stash: dict[str, Any] | None = None,
+    extra_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The explorer's JSON document for the analysis whose kernels.parquet is ``path`` (a
     file or a folder of parts; the kept kernels' weights are read through
@@ -140,7 +141,9 @@ def explorer_payload(
     ``stash``: a dict that receives the kept kernels as read (for other figures of the page,
     so that nothing reads the bank twice): ``row`` (table rows), ``layer`` (indices into
     ``layers``, the layer rows in page order), each per-kernel column, and ``weights``:
-    (kh, kw) -> (positions among the kept, float32 [n, kh, kw]).
+    (kh, kw) -> (positions among the kept, float32 [n, kh, kw]); ``extra``: the weights of
+    ``extra_rows`` (other table rows a page needs, read in the same pass over the bank),
+    (kh, kw) -> (table rows, float32 [n, kh, kw]).
     """
     from ..results import BANK_REF_COLUMNS, kernel_weights, kernels_dataset
 
@@ -191,6 +194,8 @@ def explorer_payload(
     w_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (kept positions, q, peak)
     row0 = kept_n = 0
     raw: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+    extra = np.unique(np.asarray([] if extra_rows is None else extra_rows, dtype=np.int64))
+    extra_w: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
     batches = coded.to_batches(columns=read, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)  # fmt: skip
     for batch in batches:
         n = batch.num_rows
@@ -204,20 +209,32 @@ def explorer_payload(
         flat = np.minimum(offsets[c] + pos, max(total - 1, 0))
         keep = known & (pos < counts[c]) & keep_flat[flat] if total else known & False
         idx = np.flatnonzero(keep)
+        ex = extra[(extra >= row0) & (extra < row0 + n)] - row0 if extra.size else extra
         row0 += n
-        if not len(idx):
+        if not len(idx) and not len(ex):
             continue
-        sub = _decoded(batch.take(pa.array(idx)))
-        parts["row"].append(row0 - n + idx)
-        codes.append(c[idx])
-        for name, _enc in cols:
-            if name != "row":
-                parts[name].append(sub.column(name).to_numpy(zero_copy_only=False))
-        kh = sub.column("kh").to_numpy()
-        kw = sub.column("kw").to_numpy()
+        fetch = np.union1d(idx, ex) if len(ex) else idx  # one bank read for both
+        fsub = _decoded(batch.take(pa.array(fetch)))
+        kh = fsub.column("kh").to_numpy()
+        kw = fsub.column("kw").to_numpy()
+        in_keep = np.isin(fetch, idx)
+        if len(idx):
+            sub = fsub.take(pa.array(np.flatnonzero(in_keep))) if len(ex) else fsub
+            parts["row"].append(row0 - n + idx)
+            codes.append(c[idx])
+            for name, _enc in cols:
+                if name != "row":
+                    parts[name].append(sub.column(name).to_numpy(zero_copy_only=False))
         for a, b in sorted(set(zip(kh.tolist(), kw.tolist()))):  # kernel sizes
-            sel = np.flatnonzero((kh == a) & (kw == b))
-            w = kernel_weights(path, sub.take(pa.array(sel))).reshape(len(sel), -1)
+            at = np.flatnonzero((kh == a) & (kw == b))
+            wf = kernel_weights(path, fsub.take(pa.array(at))).reshape(len(at), -1)
+            mine = in_keep[at]
+            if len(ex) and (~mine).any():
+                extra_w.setdefault((a, b), []).append((row0 - n + fetch[at[~mine]], wf[~mine].reshape(-1, a, b)))  # fmt: skip
+            if not mine.any():
+                continue
+            sel = np.searchsorted(idx, fetch[at[mine]])  # positions among this batch's kept
+            w = wf[mine]
             if stash is not None:
                 raw.setdefault((a, b), []).append((kept_n + sel, w.reshape(len(sel), a, b)))
             w = np.where(np.isfinite(w), w, 0.0)
@@ -235,6 +252,10 @@ def explorer_payload(
         stash["weights"] = {
             size: (np.concatenate([p for p, _ in v]), np.concatenate([w for _, w in v]))
             for size, v in raw.items()
+        }
+        stash["extra"] = {
+            size: (np.concatenate([r for r, _ in v]), np.concatenate([w for _, w in v]))
+            for size, v in extra_w.items()
         }
     kept = kept_n
 
