@@ -195,6 +195,19 @@ def test_report_compares_with_biology(run_dir: Path) -> None:
     assert {s["ref_id"] for s in bio["sources"]} >= {"croner_kaplan_1995", "ringach_2002"}
     html = (run_dir / "index.html").read_text()
     assert "id='biology'" in html and "croner_kaplan_1995" in html
+    # a bounded sample per size (stated), the same as the comparison read from the files
+    from kernelatlas.biology.report import REPORT_KERNELS_PER_SIZE, biology_section
+
+    assert (
+        bio["max_per_size"] == REPORT_KERNELS_PER_SIZE and "at most 2,000 per kernel size" in html
+    )
+    for kh in (3, 5):
+        shares = [r for r in bio["rows"] if r["statistic"] == "share_center" and r["kh"] == kh]
+        assert 0 < sum(r["kernels_n"] for r in shares) <= REPORT_KERNELS_PER_SIZE
+    again = biology_section(run_dir, load_summary(run_dir), init=False).table
+    got = pd.DataFrame(bio["rows"])
+    for col in ("kernels_value", "kernels_n", "null_value", "null_n"):
+        np.testing.assert_allclose(again[col].to_numpy(float), got[col].to_numpy(float), equal_nan=True)  # fmt: skip
 
 
 def test_rerun_resumes_without_duplicates(run_dir: Path, tmp_path: Path) -> None:
