@@ -114,11 +114,7 @@ def write_report(
         ctx.cache["explorer_limit"] = int(explorer_limit)
     biology = None
     if figures and (run_dir / "kernels.parquet").exists():
-        import contextlib
-
-        stage = progress.stage("compare with biology", 0) if progress else contextlib.nullcontext()
-        with stage:
-            biology = _biology(ctx)
+        biology = _biology(ctx, progress)
     summary["biology"] = biology.doc() if biology is not None else None
     write_json(run_dir / "summary.json", summary)
     if biology is not None:
@@ -135,9 +131,12 @@ def write_report(
     return run_dir / "index.html"
 
 
-def _biology(ctx: Any) -> Any:
+def _biology(ctx: Any, progress: Any = None) -> Any:
     """The biology section of the page: its sample of trained kernels is chosen first
-    (metadata only), and their weights come in the explorer's pass over the bank."""
+    (metadata only), and their weights come in the explorer's pass over the bank (its own
+    progress stage, "page kernels")."""
+    import contextlib
+
     import numpy as np
 
     from ..biology.comparison import sample_kernels
@@ -150,7 +149,8 @@ def _biology(ctx: Any) -> Any:
         max_per_size=REPORT_KERNELS_PER_SIZE,
     )  # fmt: skip
     ctx.cache["extra_rows"] = sample["_row"].to_numpy()
-    _, kept = _explorer_data(ctx)
+    with progress.stage("page kernels", 0) if progress else contextlib.nullcontext():
+        _, kept = _explorer_data(ctx)
     weights = np.empty(len(sample), dtype=object)
     at = {int(r): i for i, r in enumerate(sample["_row"])}
     for rows, w in kept["extra"].values():  # kernel sizes
@@ -166,7 +166,8 @@ def _biology(ctx: Any) -> Any:
             for j, i in enumerate(np.asarray(missing)[idx]):
                 weights[i] = k[j].reshape(-1)
     frame = sample.drop(columns=["_row", "bank_file", "bank_row"], errors="ignore")
-    return biology_section(ctx.run_dir, ctx.summary, kernels=frame.assign(weights=weights))
+    with progress.stage("compare with biology", 0) if progress else contextlib.nullcontext():
+        return biology_section(ctx.run_dir, ctx.summary, kernels=frame.assign(weights=weights))
 
 
 def rebuild_report(
