@@ -654,7 +654,7 @@ def _analyze_into(
     write_report(
         staging, summary, spectra=run.spectra, figures=cfg.figures,
         panel_stats=(run.panels, merger.panel_stats) if run.panels is not None else None,
-        progress=run.progress().progress,
+        progress=run.progress().progress, init_twins=run.twins,
     )  # fmt: skip
     stages.add("figures", time.perf_counter() - t)
     getattr(engine, "wait_closed", lambda: None)()  # a cluster closing while the report was written

@@ -130,12 +130,15 @@ def init_kernels(
     null_fpr: float = DEFAULT_NULL_FPR,
     n_null: int = DEFAULT_NULL_SIZE,
     seed: int = 0,
+    harvested: dict[str, Any] | None = None,
 ) -> pd.DataFrame | None:
     """A kernels table of the freshly initialised twin of every source that has one.
 
     ``models`` maps each trained source to its model name; the twins' rows carry those
     names (so :func:`~kernelatlas.biology.compare` pairs them). None when no source has a
     known twin or the twins cannot be built here (e.g. timm is not installed).
+    ``harvested``: twins already harvested (unfolded), by trained source: used as they are
+    (without ``fold_bn``), instead of building the models again.
     """
     from ..harvest import harvest
     from ..harvest.zoo import init_twin
@@ -148,10 +151,13 @@ def init_kernels(
             twin = None
         if twin is None:
             continue
-        try:
-            res = harvest(twin, fold_bn=fold_bn)
-        except (KernelAtlasError, ImportError):
-            continue  # no timm here: the init columns stay empty for this source
+        if harvested is not None and not fold_bn and src in harvested:
+            res = harvested[src]  # the analysis's own twin (harvested unfolded)
+        else:
+            try:
+                res = harvest(twin, fold_bn=fold_bn)
+            except (KernelAtlasError, ImportError):
+                continue  # no timm here: the init columns stay empty for this source
         by_size: dict[tuple[int, int], list[np.ndarray]] = {}
         for layer in res.layers:
             shape = tuple(int(s) for s in layer.weights.shape[1:])
@@ -172,6 +178,7 @@ def biology_section(
     max_kernels: int | None = 20_000,
     max_per_size: int | None = REPORT_KERNELS_PER_SIZE,
     kernels: pd.DataFrame | None = None,
+    twins: dict[str, Any] | None = None,
 ) -> BiologySection:
     """The comparison for an analysis directory, calibrated as its summary's config says.
 
@@ -181,6 +188,7 @@ def biology_section(
     classified kernels of each group (trained, null, fresh init); None: no bound.
     ``kernels``: the trained group's rows as :func:`~kernelatlas.biology.comparison.sample_kernels`
     samples them, with their ``weights`` (read elsewhere); None: read from ``run_dir``.
+    ``twins``: the fresh-init twins the analysis harvested (:func:`init_kernels`'s ``harvested``).
     """
     cfg = summary.get("config", {})
     if init is None:
@@ -190,15 +198,15 @@ def biology_section(
     device = cfg.get("device")
     fits = bool(cfg.get("fit", True))  # like the analysis: no fits anywhere with --no-fit
     path = Path(run_dir) / "kernels.parquet"
-    twins = None
+    init_table = None
     if init:
         listed = pd.DataFrame(summary.get("models", []), columns=["source", "model"])
         models = listed.drop_duplicates("source").set_index("source")["model"].to_dict()
-        twins = init_kernels(models, fold_bn=bool(cfg.get("fold_bn", False)), **kw)
-    stats = group_statistics(path if kernels is None else kernels, init=twins, n_biology_null=n_biology_null,
+        init_table = init_kernels(models, fold_bn=bool(cfg.get("fold_bn", False)), harvested=twins, **kw)  # fmt: skip
+    stats = group_statistics(path if kernels is None else kernels, init=init_table, n_biology_null=n_biology_null,
                              max_kernels=max_kernels, device=device, fits=fits,
                              max_per_size=max_per_size, **kw)  # fmt: skip
-    table = compare(path, init=twins, statistics=stats, max_kernels=max_kernels, device=device,
+    table = compare(path, init=init_table, statistics=stats, max_kernels=max_kernels, device=device,
                     fits=fits, max_per_size=max_per_size, **kw)  # fmt: skip
     merged = pd.concat([s.assign(group=g) for g, s in stats.items()], ignore_index=True)
     settings = {

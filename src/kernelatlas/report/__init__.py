@@ -85,6 +85,7 @@ def write_report(
     progress: Any = None,
     explorer_limit: int | None = None,
     panel_stats: tuple[Any, dict[tuple[int, int], Any]] | None = None,
+    init_twins: dict[str, Any] | None = None,
 ) -> Path:
     """Write summary.json, figures/*.png and the single-file index.html into ``run_dir``.
 
@@ -96,7 +97,9 @@ def write_report(
     ``summary["biology"]`` (None without figures); see :mod:`kernelatlas.biology.report`.
     ``panel_stats``: (the diagram's columns, the ``report.diagram.PanelStats`` per kernel
     size) when the analysis computed them while classifying; otherwise the atlas section
-    reads kernels.parquet (and the weights through the bank) again.
+    reads kernels.parquet (and the weights through the bank) again. ``init_twins``: the
+    fresh-init twins the analysis harvested, by source (the biology section uses them instead
+    of building them again).
     Returns the page's path.
     """
     from .build import FIGURE_DPI, make_figures
@@ -112,6 +115,8 @@ def write_report(
     )
     if explorer_limit is not None:
         ctx.cache["explorer_limit"] = int(explorer_limit)
+    if init_twins:
+        ctx.cache["init_twins"] = init_twins
     biology = None
     if figures and (run_dir / "kernels.parquet").exists():
         biology = _biology(ctx, progress)
@@ -167,7 +172,8 @@ def _biology(ctx: Any, progress: Any = None) -> Any:
                 weights[i] = k[j].reshape(-1)
     frame = sample.drop(columns=["_row", "bank_file", "bank_row"], errors="ignore")
     with progress.stage("compare with biology", 0) if progress else contextlib.nullcontext():
-        return biology_section(ctx.run_dir, ctx.summary, kernels=frame.assign(weights=weights))
+        return biology_section(ctx.run_dir, ctx.summary, kernels=frame.assign(weights=weights),
+                               twins=ctx.cache.get("init_twins"))  # fmt: skip
 
 
 def rebuild_report(
