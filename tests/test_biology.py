@@ -334,3 +334,18 @@ def test_the_null_statistics_come_from_the_user_cache(tmp_path, monkeypatch) -> 
     assert entry.read_bytes()[:4] == b"PAR1"  # rewritten
     other = group_statistics(None, **{**kw, "seed": 1})["null"]
     assert len(list((tmp_path / "biology").iterdir())) == 2 and not other.equals(first)
+
+
+def test_init_kernels_use_the_twins_the_analysis_harvested(tmp_path) -> None:
+    """A twin harvested already is used as it is (no model is built again)."""
+    from kernelatlas.biology.report import init_kernels
+    from kernelatlas.harvest import harvest
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "twin.npy", rng.standard_normal((40, 5, 5)).astype(np.float32))
+    res = harvest(str(tmp_path / "twin.npy"))
+    table = init_kernels({"efficientnet_lite0": "Lite0"}, harvested={"efficientnet_lite0": res}, n_null=2000)  # fmt: skip
+    assert len(table) == 40 and set(table["model"]) == {"Lite0"}
+    np.testing.assert_array_equal(
+        np.stack(table["weights"]).reshape(40, 5, 5), res.layers[0].weights
+    )
