@@ -117,18 +117,29 @@ def write_report(
         ctx.cache["explorer_limit"] = int(explorer_limit)
     if init_twins:
         ctx.cache["init_twins"] = init_twins
-    biology = None
+    if panel_stats is not None:
+        ctx.cache["panel_stats"] = panel_stats
+    pending = None  # the biology comparison, computed beside the other figures
     if figures and (run_dir / "kernels.parquet").exists():
-        biology = _biology(ctx, progress)
+        pending = _biology(ctx, progress)
+    summary["biology"] = None  # until computed: its section waits for it
+    first = [s for s in sections() if s.wanted(ctx)]  # all but biology's (it needs its result)
+    if figures:
+        make_figures(ctx, first, progress)
+    biology = None
+    if pending is not None:
+        import contextlib
+
+        with progress.stage("compare with biology", 0) if progress else contextlib.nullcontext():
+            biology = pending.result()  # what is left of it once the other figures are drawn
     summary["biology"] = biology.doc() if biology is not None else None
     write_json(run_dir / "summary.json", summary)
     if biology is not None:
         ctx.cache["biology"] = biology
-    if panel_stats is not None:
-        ctx.cache["panel_stats"] = panel_stats
     wanted = [s for s in sections() if s.wanted(ctx)]
+    drawn = {s.name for s in first}
     if figures:
-        make_figures(ctx, wanted, progress)
+        make_figures(ctx, [s for s in wanted if s.name not in drawn], progress, stage="biology figures")  # fmt: skip
     page = render_page(ctx, wanted)
     tmp = run_dir / ".index.html.tmp"
     tmp.write_text(page, encoding="utf-8")
@@ -137,10 +148,17 @@ def write_report(
 
 
 def _biology(ctx: Any, progress: Any = None) -> Any:
-    """The biology section of the page: its sample of trained kernels is chosen first
-    (metadata only), and their weights come in the explorer's pass over the bank (its own
-    progress stage, "page kernels")."""
+    """Start the biology section of the page; returns the future of its
+    :class:`~kernelatlas.biology.report.BiologySection`.
+
+    Its sample of trained kernels is chosen first (metadata only) and their weights come in
+    the explorer's pass over the bank (its own progress stage, "page kernels"); then the
+    comparison runs in a worker thread (numpy and torch, which release the GIL) while this
+    thread draws the other figures (matplotlib, which never leaves this thread). The result
+    does not depend on the thread it is computed in.
+    """
     import contextlib
+    from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
@@ -171,9 +189,12 @@ def _biology(ctx: Any, progress: Any = None) -> Any:
             for j, i in enumerate(np.asarray(missing)[idx]):
                 weights[i] = k[j].reshape(-1)
     frame = sample.drop(columns=["_row", "bank_file", "bank_row"], errors="ignore")
-    with progress.stage("compare with biology", 0) if progress else contextlib.nullcontext():
-        return biology_section(ctx.run_dir, ctx.summary, kernels=frame.assign(weights=weights),
-                               twins=ctx.cache.get("init_twins"))  # fmt: skip
+    pool = ThreadPoolExecutor(1, thread_name_prefix="kernelatlas-biology")
+    summary = {**ctx.summary}  # its own copy: the page's summary gains "biology" meanwhile
+    future = pool.submit(biology_section, ctx.run_dir, summary, kernels=frame.assign(weights=weights),
+                         twins=ctx.cache.get("init_twins"))  # fmt: skip
+    pool.shutdown(wait=False)  # the thread ends with the comparison
+    return future
 
 
 def rebuild_report(

@@ -40,11 +40,15 @@ def read_columns(
 
 
 def make_figures(
-    ctx: ReportContext, wanted: list[Section], progress: Progress | None = None
+    ctx: ReportContext,
+    wanted: list[Section],
+    progress: Progress | None = None,
+    *,
+    stage: str = "figures",
 ) -> None:
     """Draw the figures of the ``wanted`` sections into ``ctx.figures`` (and figures/*.png).
 
-    One progress stage advancing per figure; matplotlib's math-text parser is off (model and
+    One progress stage (named ``stage``; none when no section draws) advancing per figure; matplotlib's math-text parser is off (model and
     file names are drawn as written) and library warnings are said once, in kernelatlas's words.
     """
     import matplotlib
@@ -52,14 +56,14 @@ def make_figures(
     from ..progress import say_warnings_once
 
     with_figs = [s for s in wanted if s.figures is not None]
+    if not with_figs:
+        return
     total = sum(int(s.n_figures(ctx)) if s.n_figures else 1 for s in with_figs)
-    stage = (
-        progress.stage("figures", total, unit="figure") if progress else contextlib.nullcontext()
-    )
+    bar = progress.stage(stage, total, unit="figure") if progress else contextlib.nullcontext()
     with (
         matplotlib.rc_context({"text.parse_math": False}),
         say_warnings_once(progress, "drawing figures"),
-        stage as st,
+        bar as st,
     ):
         for _ in run_figures(ctx, with_figs, st):
             pass
