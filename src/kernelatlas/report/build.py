@@ -48,8 +48,9 @@ def make_figures(
 ) -> None:
     """Draw the figures of the ``wanted`` sections into ``ctx.figures`` (and figures/*.png).
 
-    One progress stage (named ``stage``; none when no section draws) advancing per figure; matplotlib's math-text parser is off (model and
-    file names are drawn as written) and library warnings are said once, in kernelatlas's words.
+    One progress stage (named ``stage``; none when no section draws) advancing per figure;
+    matplotlib's math-text parser is off (model and file names are drawn as written) and
+    library warnings are said once, in kernelatlas's words.
     """
     import matplotlib
 
