@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from ..taxonomy import PATTERN_FAMILIES
 
@@ -182,8 +182,6 @@ def explorer_payload(
     # Python object per kernel); one batch at a time (bounded memory)
     strings = [c for c in read if pa.types.is_string(dataset.schema.field(c).type)
                or pa.types.is_large_string(dataset.schema.field(c).type)]  # fmt: skip
-    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strings))
-    coded = ds.dataset(dataset.files, format=fmt)
     key_code = {
         (str(s), int(i), str(name)): k
         for k, (s, i, name) in enumerate(zip(layers["source"], layers["layer_index"], layers["layer"]))
@@ -196,7 +194,15 @@ def explorer_payload(
     raw: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
     extra = np.unique(np.asarray([] if extra_rows is None else extra_rows, dtype=np.int64))
     extra_w: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
-    batches = coded.to_batches(columns=read, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)  # fmt: skip
+    # file by file, batch by batch, synchronously: a dataset scanner reads ahead of a slow
+    # consumer without bound (at 10M kernels it buffered ~760 MB of batches here)
+    batches = (
+        b
+        for f in dataset.files
+        for b in pq.ParquetFile(f, read_dictionary=strings).iter_batches(
+            batch_size=batch_size, columns=read
+        )
+    )
     for batch in batches:
         n = batch.num_rows
         if n == 0:
