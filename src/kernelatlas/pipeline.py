@@ -614,6 +614,7 @@ def _analyze_into(
                 run.progress().update(res.rows)
             map_t, map_cpu = time.perf_counter() - map_t, time.process_time() - map_cpu
             run.finish_baselines(merger.references)  # from the partitions' references
+            merger.references.clear()  # (the phase samples: up to 2 * n_null kernels a model)
         finally:
             if run.bar is not None:
                 run.bar.close()
