@@ -148,3 +148,24 @@ def test_unreachable_scheduler_is_a_clear_error() -> None:
     with pytest.raises(KernelAtlasError, match="cannot reach the Dask scheduler"):
         with dask_client("tcp://127.0.0.1:9", timeout=2):
             pass
+
+
+def test_a_source_failing_on_a_worker_is_one_line_on_the_cli(tmp_path: Path) -> None:
+    """The worker's own error log (with its traceback) stays silent: the CLI prints the
+    reader's one-line error, exits 2 and leaves no output folder."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.npy"
+    bad.write_text("not numpy")
+    good = tmp_path / "good.npy"
+    np.save(good, np.random.default_rng(0).standard_normal((64, 3, 3)).astype(np.float32))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "kernelatlas", "analyze", str(good), str(bad), "--out",
+           str(out), "--engine", "dask", "--workers", "1", "--no-fit", "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kernelatlas: error: "), proc.stderr
+    assert "bad.npy" in lines[0] and "Traceback" not in proc.stderr
+    assert not out.exists()

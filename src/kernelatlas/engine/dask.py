@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import threading
 import uuid
 import warnings
@@ -125,7 +126,7 @@ def dask_client(
                     threads_per_worker=1,
                     processes=processes,
                     dashboard_address=":0",
-                    silence_logs=logging.ERROR,
+                    silence_logs=logging.CRITICAL,  # a task error reaches the driver as one line
                 )
             c = Client(cluster)
     except BaseException:
@@ -149,7 +150,7 @@ def _n_threads(client: Client) -> int:
 def _ordered_window(
     client: Client,
     fn: Callable[..., Any],
-    items: Sequence[Any],
+    items: Iterable[Any],
     args: tuple[Any, ...],
     window: int,
     tag: str,
@@ -367,37 +368,94 @@ class DaskEngine:
     def map_partitions(
         self, tasks: Iterable[tuple[Partition, PartitionJob]]
     ) -> Iterator[PartResult]:
-        """Run the partitions in groups of consecutive partitions with the same job; each
-        job is broadcast once; results in the order of ``tasks``."""
+        """Run the partitions in groups of consecutive partitions of one bank file and one
+        job; each job is broadcast once; results in the order of ``tasks``.
+
+        ``tasks`` is drawn in a producer thread: when it harvests (the pipeline's streaming
+        mode, the sources harvested on the workers), each file's partitions are submitted
+        as soon as the file is in the bank, so classifying overlaps with harvesting the
+        next sources (as in the local engine). A file's partitions are grouped into about
+        :data:`TASKS_PER_THREAD` tasks per worker thread (at least one partition a task).
+        """
         from ..partitions import run_partitions
 
-        pairs = list(tasks)  # (harvests and calibrates while the cluster starts)
-        c = self._client()
-        threads = _n_threads(c)
-        per = self.partitions_per_task or max(
-            1, math.ceil(len(pairs) / (TASKS_PER_THREAD * threads))
-        )
+        pairs: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for pair in tasks:
+                    if stop.is_set():
+                        return
+                    pairs.put(pair)
+            except BaseException as exc:  # raised in the consumer
+                pairs.put(_Failed(exc))
+            else:
+                pairs.put(_DONE)
+
+        producer = threading.Thread(target=produce, name="kernelatlas-dask-tasks", daemon=True)
+        producer.start()
+        try:
+            c = self._client()
+            threads = _n_threads(c)
+            self.tasks = 0
+            groups = self._groups(c, pairs, threads)
+            for results in _ordered_window(
+                c, run_partitions, groups, (), 2 * threads, "analyse", star=True
+            ):
+                yield from results
+        finally:
+            stop.set()
+            producer.join()
+
+    def _groups(
+        self, c: Client, pairs: queue.Queue[Any], threads: int
+    ) -> Iterator[tuple[list[Partition], Any]]:
+        """(partitions, broadcast job) tasks from the producer's pairs, file by file."""
         shared: dict[int, Any] = {}
-        groups: list[tuple[list[Partition], Any]] = []
         local_parts: dict[int, bool] = {}
-        for part, job in pairs:
+        run: list[Partition] = []
+        run_key: tuple[int, str] | None = None
+
+        def flush() -> Iterator[tuple[list[Partition], Any]]:
+            if not run:
+                return
+            per = self.partitions_per_task or max(
+                1, math.ceil(len(run) / (TASKS_PER_THREAD * threads))
+            )
+            job = shared[run_key[0]]  # type: ignore[index]
+            for i in range(0, len(run), per):
+                self.tasks += 1
+                yield run[i : i + per], job
+
+        while True:
+            item = pairs.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Failed):
+                raise item.exc
+            part, job = item
             key = id(job)
             if key not in shared:
                 if job.parts_dir is not None:
-                    folder = job.parts_dir
                     if key not in local_parts:
-                        local_parts[key] = self.shares_folder(folder)
+                        local_parts[key] = self.shares_folder(job.parts_dir)
                     if not local_parts[key]:
                         job = replace(job, parts_dir=None)  # tables travel back
                 [shared[key]] = c.scatter([job], broadcast=True, hash=False)
-            if groups and groups[-1][1] is shared[key] and len(groups[-1][0]) < per:
-                groups[-1][0].append(part)
-            else:
-                groups.append(([part], shared[key]))
-        self.tasks = len(groups)
-        window = 2 * threads
-        for results in _ordered_window(c, run_partitions, groups, (), window, "analyse", star=True):
-            yield from results
+            if (key, part.path) != run_key:
+                yield from flush()
+                run, run_key = [], (key, part.path)
+            run.append(part)
+        yield from flush()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
 
 
 def harvest_dask(
