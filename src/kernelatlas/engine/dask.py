@@ -374,8 +374,8 @@ class DaskEngine:
         ``tasks`` is drawn in a producer thread: when it harvests (the pipeline's streaming
         mode, the sources harvested on the workers), each file's partitions are submitted
         as soon as the file is in the bank, so classifying overlaps with harvesting the
-        next sources (as in the local engine). A file's partitions are grouped into about
-        :data:`TASKS_PER_THREAD` tasks per worker thread (at least one partition a task).
+        next sources (as in the local engine). The partitions at hand are grouped into
+        about :data:`TASKS_PER_THREAD` tasks per worker thread (see :meth:`_groups`).
         """
         from ..partitions import run_partitions
 
@@ -411,43 +411,48 @@ class DaskEngine:
     def _groups(
         self, c: Client, pairs: queue.Queue[Any], threads: int
     ) -> Iterator[tuple[list[Partition], Any]]:
-        """(partitions, broadcast job) tasks from the producer's pairs, file by file."""
+        """(partitions, broadcast job) tasks from the producer's pairs: whatever pairs are
+        there when a task is wanted (at least one: a harvested file's partitions, or a whole
+        linked bank) are cut into runs of consecutive partitions of one job, each run into
+        about :data:`TASKS_PER_THREAD` tasks per worker thread. (How partitions are grouped
+        into tasks never changes a result: each partition's result is its own.)"""
         shared: dict[int, Any] = {}
         local_parts: dict[int, bool] = {}
-        run: list[Partition] = []
-        run_key: tuple[int, str] | None = None
-
-        def flush() -> Iterator[tuple[list[Partition], Any]]:
-            if not run:
-                return
-            per = self.partitions_per_task or max(
-                1, math.ceil(len(run) / (TASKS_PER_THREAD * threads))
-            )
-            job = shared[run_key[0]]  # type: ignore[index]
-            for i in range(0, len(run), per):
-                self.tasks += 1
-                yield run[i : i + per], job
-
-        while True:
-            item = pairs.get()
-            if item is _DONE:
-                break
-            if isinstance(item, _Failed):
-                raise item.exc
-            part, job = item
-            key = id(job)
-            if key not in shared:
-                if job.parts_dir is not None:
-                    if key not in local_parts:
-                        local_parts[key] = self.shares_folder(job.parts_dir)
-                    if not local_parts[key]:
-                        job = replace(job, parts_dir=None)  # tables travel back
-                [shared[key]] = c.scatter([job], broadcast=True, hash=False)
-            if (key, part.path) != run_key:
-                yield from flush()
-                run, run_key = [], (key, part.path)
-            run.append(part)
-        yield from flush()
+        done = False
+        while not done:
+            items = [pairs.get()]  # wait for one, then take all that are there
+            while True:
+                try:
+                    items.append(pairs.get_nowait())
+                except queue.Empty:
+                    break
+            runs: list[tuple[Any, list[Partition]]] = []
+            for item in items:
+                if item is _DONE:
+                    done = True
+                    break
+                if isinstance(item, _Failed):
+                    raise item.exc
+                part, job = item
+                key = id(job)
+                if key not in shared:
+                    if job.parts_dir is not None:
+                        if key not in local_parts:
+                            local_parts[key] = self.shares_folder(job.parts_dir)
+                        if not local_parts[key]:
+                            job = replace(job, parts_dir=None)  # tables travel back
+                    [shared[key]] = c.scatter([job], broadcast=True, hash=False)
+                if runs and runs[-1][0] is shared[key]:
+                    runs[-1][1].append(part)
+                else:
+                    runs.append((shared[key], [part]))
+            for job, run in runs:
+                per = self.partitions_per_task or max(
+                    1, math.ceil(len(run) / (TASKS_PER_THREAD * threads))
+                )
+                for i in range(0, len(run), per):
+                    self.tasks += 1
+                    yield run[i : i + per], job
 
 
 class _Failed:
