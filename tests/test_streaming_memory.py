@@ -2,12 +2,12 @@
 
 The same analysis runs in a fresh subprocess on a bank of 100,000 and of 400,000 7x7
 kernels (two and eight partitions, batch 4,096). Peak memory is the child's own high-water
-mark (``VmHWM``; ``ru_maxrss`` is not: Linux carries the parent's across fork and exec, which
-hid the growth below until 0.2). Measured on 2 cores: 1.05-1.28 GB (100k) -> 1.19-1.48 GB
-(400k), i.e. 80-200 MB more for 300,000 more kernels (about 250-650 B a kernel; 800k: +180 MB
-over 400k): part of the pipeline still grows with the bank (known, issue 14). The limit on
-the growth, 1 KB a kernel (300 MB), fails for a pipeline that holds the analysed rows with
-their weights twice (~1.1 KB a kernel) or any per-kernel float64 copy of the weights.
+mark (``VmHWM``; ``ru_maxrss`` is not: Linux carries the parent's across fork and exec).
+Measured on 2 cores since the null references come back with the partitions (0.2): about
+1.0 GB for both (growth -40 to -4 MB); before, the second pass over the bank for them grew
+80-200 MB for the 300,000 more kernels. The limit on the growth, 100 MB (about 330 B a
+kernel), fails for a pipeline that holds the analysed rows (~1.1 KB a kernel with their
+weights) or a float64 copy of the weights (392 B a kernel).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from kernelatlas.harvest import HarvestResult, LayerKernels, source_key
 pytest.importorskip("psutil")
 
 ROWS_PER_SOURCE = 50_000
-GROWTH_LIMIT_MB = 300.0  # 1 KB a kernel for the 300,000 more (see above)
+GROWTH_LIMIT_MB = 100.0  # ~330 B a kernel for the 300,000 more (see above)
 # The absolute ceiling is the issue's 2 GiB (imports alone are ~0.7-0.85 GiB).
 PEAK_LIMIT_MB = 2048.0
 
