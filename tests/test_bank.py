@@ -150,3 +150,16 @@ def test_counts_from_footers_match_a_row_scan_and_ignore_damaged_ones(tmp_path):
     assert bank._layer_counts(one) is None and bank._layer_counts(two) is None
     pd.testing.assert_frame_equal(bank.counts(), want)
     assert bank.shapes() == shapes
+
+
+def test_weights_are_writable_unless_a_view_is_asked_for(tmp_path):
+    bank = KernelBank(tmp_path / "bank")
+    bank.add(_result())
+    k = bank.kernels(3, 3)
+    k -= k.mean()  # the public readers hand out arrays of one's own
+    column = pq.read_table(bank.files()[0]).column("weights").combine_chunks().slice(0, 4)
+    view = weights_array(column, 3, 3, writable=False)
+    assert not view.flags.writeable and np.shares_memory(view, column.values.to_numpy())
+    own = weights_array(column, 3, 3)
+    assert own.flags.writeable and not np.shares_memory(own, view)
+    np.testing.assert_array_equal(own, view)

@@ -182,7 +182,7 @@ def _list_to_pandas(arrow_type: pa.DataType) -> Any:
     return None
 
 
-def weights_array(list_column: Any, kh: int, kw: int) -> np.ndarray:
+def weights_array(list_column: Any, kh: int, kw: int, *, writable: bool = True) -> np.ndarray:
     """Kernels ``[N, kh, kw]`` float32 from a ``weights`` list column, via its flat buffer.
 
     Parameters
@@ -190,6 +190,9 @@ def weights_array(list_column: Any, kh: int, kw: int) -> np.ndarray:
     list_column : pyarrow ListArray / ChunkedArray, or a pandas Series (Arrow-backed, as
         :meth:`KernelBank.read` returns it, or of numpy arrays).
     kh, kw : kernel size; every row must hold ``kh*kw`` values.
+    writable : False: a one-chunk column may come back as a read-only view of its Arrow
+        buffer (no copy; what the analysis's partitions use); True: always an array of
+        one's own.
     """
     k = int(kh) * int(kw)
     if isinstance(list_column, pd.Series):
@@ -203,8 +206,9 @@ def weights_array(list_column: Any, kh: int, kw: int) -> np.ndarray:
     chunks = list_column.chunks if isinstance(list_column, pa.ChunkedArray) else [list_column]
     chunks = [c for c in chunks if len(c)]
     flats = [_flat_weights(c, k, kh, kw) for c in chunks]
-    if len(flats) == 1:  # one chunk (a partition's batch): a read-only view of its buffer
-        return flats[0].reshape(-1, kh, kw)
+    if len(flats) == 1:  # one chunk (a partition's batch): a view of its buffer
+        out = flats[0].reshape(-1, kh, kw)
+        return out.copy() if writable and not out.flags.writeable else out
     n = sum(len(c) for c in chunks)
     out = np.empty((n, kh, kw), np.float32)
     at = 0

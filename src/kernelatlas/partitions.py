@@ -269,7 +269,7 @@ def analyse_batch(
         idx = np.flatnonzero((kh_all == kh) & (kw_all == kw))
         whole = len(idx) == batch.num_rows  # one kernel size (the usual case): no copy
         sub = batch if whole else batch.take(pa.array(idx))
-        k = weights_array(sub.column("weights"), kh, kw)
+        k = weights_array(sub.column("weights"), kh, kw, writable=False)  # no copy
         t = time.perf_counter()
         pred = models.atlas.predict(k, details=True)
         sec["classify"] = sec.get("classify", 0.0) + time.perf_counter() - t
