@@ -75,6 +75,20 @@ def test_analyze_dask_matches_local_every_column(scheduler, tmp_path: Path) -> N
     assert dask.timings["engine"] == "dask" and dask.timings["slots"] == 2
 
 
+def test_analyze_on_a_local_cluster_it_starts_matches_local(tmp_path: Path) -> None:
+    """A LocalCluster started by the analysis (the driver harvests the first sources itself
+    while its processes start; workers harvest the rest): the same table as local."""
+    base = {"fit": False, "init_baseline": False, "quiet": True, "figures": False,
+            "n_null": 2000, "baselines": ("gaussian",)}  # fmt: skip
+    local = analyze(SOURCES, tmp_path / "local", AnalysisConfig(**base))
+    dask = analyze(SOURCES, tmp_path / "dask", AnalysisConfig(**base, engine="dask", n_workers=1))
+    a, b = pq.read_table(local.kernels_path), pq.read_table(dask.kernels_path)
+    assert a.num_rows == 2480 + 8960 and a.equals(b)
+    sa = json.loads((local.out / "summary.json").read_text())
+    sb = json.loads((dask.out / "summary.json").read_text())
+    assert sa["models"] == sb["models"] and sa["layers"] == sb["layers"]
+
+
 def test_dask_partitions_match_local_in_bank_order(scheduler, small_bank, models, tmp_path) -> None:
     job = PartitionJob(models, batch_size=128, parts_dir=str(tmp_path / "a"))
     parts = bank_partitions(small_bank)

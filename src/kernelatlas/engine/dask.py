@@ -326,7 +326,9 @@ class DaskEngine:
         self, sources: Sequence[Any], bank: KernelBank, *, fold_bn: bool, progress: bool
     ) -> Iterator[tuple[str, str]]:
         """Harvest the sources in parallel on the workers (one task per source), each
-        written into the bank by its worker when the bank is shared, else by the driver."""
+        written into the bank by its worker when the bank is shared, else by the driver;
+        while a LocalCluster is still starting, the driver harvests the first sources
+        itself (and writes them)."""
         from tqdm.auto import tqdm
 
         from ..harvest.api import bank_status
@@ -345,15 +347,25 @@ class DaskEngine:
             todo.append(s)
         if not todo:
             return
-        c = self._client()
-        on_workers = bank.is_remote or self.local_cluster
-        target = str(bank.path) if on_workers else None
+
+        def results() -> Iterator[tuple[str, int, Any]]:
+            rest = list(todo)
+            # while a LocalCluster's processes start, the driver harvests sources itself
+            while rest and self.local_cluster and self._starting is not None:
+                if not self._starting.is_alive():
+                    break
+                yield _harvest_one(rest.pop(0), fold_bn, None, bank.row_group_size)
+            if not rest:
+                return
+            c = self._client()
+            on_workers = bank.is_remote or self.local_cluster
+            args = (fold_bn, str(bank.path) if on_workers else None, bank.row_group_size)
+            yield from _ordered_window(c, _harvest_one, rest, args, 2 * _n_threads(c), "harvest")
+
         seen: set[str] = set()
         with tqdm(total=len(todo), desc="harvest", unit="source",
                   disable=None if progress else True, leave=False) as bar:  # fmt: skip
-            args = (fold_bn, target, bank.row_group_size)
-            window = 2 * _n_threads(c)
-            for key, rows, table in _ordered_window(c, _harvest_one, todo, args, window, "harvest"):
+            for key, rows, table in results():
                 if table is not None:
                     bank.add(table, replace=status.get(key) == "changed")
                 if rows == 0:
