@@ -261,8 +261,8 @@ def analyse_batch(
     kh_all = batch.column("kh").to_numpy()
     kw_all = batch.column("kw").to_numpy()
     pieces, order = [], []
-    sizes = np.unique(np.stack([kh_all, kw_all], axis=1), axis=0) if len(kh_all) else []
-    for kh, kw in (tuple(int(v) for v in s) for s in sizes):
+    sizes = _sizes(kh_all, kw_all)
+    for kh, kw in sizes:
         models = job.models.get((kh, kw))
         if models is None:
             continue
@@ -361,6 +361,16 @@ def _add_references(
         layer = rows.column("layer_index").to_numpy()
         builder.add(source, layer, kernels, first=at[0])
     at[0] += len(kernels)
+
+
+def _sizes(kh: np.ndarray, kw: np.ndarray) -> list[tuple[int, int]]:
+    """The distinct (kh, kw) of a batch, sorted (one size, the usual case: no sort)."""
+    if not len(kh):
+        return []
+    if kh.min() == kh.max() and kw.min() == kw.max():
+        return [(int(kh[0]), int(kw[0]))]
+    codes = np.unique(kh.astype(np.int64) << 32 | kw.astype(np.int64))
+    return [(int(c >> 32), int(c & 0xFFFFFFFF)) for c in codes]
 
 
 def _add_layer_counts(
