@@ -44,6 +44,7 @@ import pandas as pd
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from ..errors import KernelAtlasError
+from .local import _DONE, _Failed  # the producer thread's protocol, as the local engine's
 
 if TYPE_CHECKING:
     from ..bank import KernelBank
@@ -380,8 +381,8 @@ class DaskEngine:
     def map_partitions(
         self, tasks: Iterable[tuple[Partition, PartitionJob]]
     ) -> Iterator[PartResult]:
-        """Run the partitions in groups of consecutive partitions of one bank file and one
-        job; each job is broadcast once; results in the order of ``tasks``.
+        """Run the partitions in groups of consecutive partitions of one job; each job is
+        broadcast once; results in the order of ``tasks``.
 
         ``tasks`` is drawn in a producer thread: when it harvests (the pipeline's streaming
         mode, the sources harvested on the workers), each file's partitions are submitted
@@ -465,14 +466,6 @@ class DaskEngine:
                 for i in range(0, len(run), per):
                     self.tasks += 1
                     yield run[i : i + per], job
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_DONE = object()
 
 
 def harvest_dask(
