@@ -658,7 +658,7 @@ def _analyze_into(
         progress=run.progress().progress, init_twins=run.twins,
     )  # fmt: skip
     stages.add("figures", time.perf_counter() - t)
-    getattr(engine, "wait_closed", lambda: None)()  # a cluster closing while the report was written
+    engine.wait_closed()  # a cluster may have been shutting down while the report was written
     harvested = counts
     harvested["status"] = harvested["source"].map(run.status)
     timings = {

@@ -62,6 +62,11 @@ class Engine(Protocol):
         ``tasks`` is consumed lazily (it may harvest and calibrate as it goes)."""
         ...
 
+    def wait_closed(self) -> None:
+        """Wait until what ``__exit__`` released (e.g. a cluster shutting down in the
+        background) is gone."""
+        ...
+
 
 def make_engine(
     name: str = "local",

@@ -59,6 +59,9 @@ class LocalEngine:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def wait_closed(self) -> None:
+        """Nothing to wait for: the thread pool of each map is shut down when it ends."""
+
     def harvest(
         self, sources: Sequence[Any], bank: KernelBank, *, fold_bn: bool, progress: bool
     ) -> Iterator[tuple[str, str]]:
