@@ -89,6 +89,27 @@ def test_analyze_on_a_local_cluster_it_starts_matches_local(tmp_path: Path) -> N
     assert sa["models"] == sb["models"] and sa["layers"] == sb["layers"]
 
 
+def _worker_state() -> dict[str, object]:
+    import os
+    import sys
+
+    return {"torch": "torch" in sys.modules, "atlas": "kernelatlas.atlas" in sys.modules,
+            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}  # fmt: skip
+
+
+def test_local_cluster_workers_start_from_the_preloaded_fork_server() -> None:
+    """The LocalCluster that ``dask_client`` starts forks its workers from a fork server
+    that imported torch and the atlas once (not each worker on its own), and they run
+    without Dask's ``MALLOC_TRIM_THRESHOLD_``."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    with dask_client(n_workers=1) as c:
+        [state] = c.run(_worker_state).values()
+    assert state == {"torch": True, "atlas": True, "trim": None}
+
+
 def test_dask_partitions_match_local_in_bank_order(scheduler, small_bank, models, tmp_path) -> None:
     job = PartitionJob(models, batch_size=128, parts_dir=str(tmp_path / "a"))
     parts = bank_partitions(small_bank)

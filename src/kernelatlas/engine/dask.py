@@ -81,6 +81,33 @@ def _worker_environ() -> dict[str, Any]:
     return env
 
 
+#: Modules the LocalCluster's fork server imports once, before it forks the workers
+#: (Dask's own preload plus what a partition needs): each worker then starts with them
+#: imported instead of importing them itself (measured here: 2 workers' start 2.9-3.5 ->
+#: 1.4-1.5 CPU s, docs/scale.md).
+WORKER_PRELOAD = (
+    "distributed", "dask", "numpy", "pandas", "pyarrow.parquet", "torch",
+    "kernelatlas.partitions", "kernelatlas.atlas", "kernelatlas.bank",
+)  # fmt: skip
+
+
+def _start_method() -> dict[str, Any]:
+    """Dask config for the LocalCluster's worker processes: started by a fork server that
+    has imported :data:`WORKER_PRELOAD` (where the platform has one, and unless the user
+    configured another method than Dask's default ``spawn``). The fork server is started
+    from this process's environment after the nanny applied ``pre-spawn-environ``."""
+    import multiprocessing
+
+    method = dask.config.get("distributed.worker.multiprocessing-method", "spawn")
+    if method != "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return {}
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context().set_forkserver_preload(list(WORKER_PRELOAD))
+    return {"distributed.worker.multiprocessing-method": "forkserver"}
+
+
 def _default_workers() -> int:
     from .local import available_cores
 
@@ -121,7 +148,8 @@ def dask_client(
                     "(`dask scheduler`) or leave --scheduler out for a local cluster"
                 ) from None
         else:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+            config = {"distributed.nanny.pre-spawn-environ": _worker_environ()}
+            with dask.config.set({**config, **(_start_method() if processes else {})}):
                 cluster = LocalCluster(
                     n_workers=int(n_workers or _default_workers()),
                     threads_per_worker=1,
