@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -326,11 +327,15 @@ class _Run:
         self._lock = threading.Lock()
         self.partitions = 0
         self._measured: set[tuple[int, int]] = set()
-        self.panels: tuple[tuple[Any, ...], ...] | None = None
-        if cfg.figures:  # the atlas diagram's panels, from the family registry as it is now
-            from .report.diagram import diagram_columns
+        # torch and the atlas are imported (~1.5 s) in a thread while the first source is
+        # harvested, which needs neither
+        self._panels = _in_thread(_warm_imports, cfg.figures)
 
-            self.panels = tuple(tuple(c) for c in diagram_columns())
+    @property
+    def panels(self) -> tuple[tuple[Any, ...], ...] | None:
+        """The atlas diagram's panels (from the family registry as it is now) when the
+        report has figures, else None."""
+        return self._panels.result()
 
     def progress(self) -> Any:
         """The job's stages (made when first needed)."""
@@ -504,6 +509,31 @@ class _Run:
             yield part, self.job
 
     _classify_stage: Any = None
+
+
+def _warm_imports(figures: bool) -> tuple[tuple[Any, ...], ...] | None:
+    """Import the atlas (torch) and, for a report with figures, return the diagram's panels."""
+    from . import atlas  # noqa: F401
+
+    if not figures:
+        return None
+    from .report.diagram import diagram_columns
+
+    return tuple(tuple(c) for c in diagram_columns())
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``fn(*args)`` in a daemon thread; its result (or exception) in the future."""
+    fut: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # re-raised where the result is asked for
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name="kernelatlas-imports", daemon=True).start()
+    return fut
 
 
 def _references_first(cfg: AnalysisConfig) -> bool:
