@@ -89,25 +89,39 @@ def test_analyze_on_a_local_cluster_it_starts_matches_local(tmp_path: Path) -> N
     assert sa["models"] == sb["models"] and sa["layers"] == sb["layers"]
 
 
-def _worker_state() -> dict[str, object]:
-    import os
-    import sys
+_WORKER_STATE = """
+import json, os, sys
+from kernelatlas.engine.dask import dask_client
 
+def state():
     return {"torch": "torch" in sys.modules, "atlas": "kernelatlas.atlas" in sys.modules,
-            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}  # fmt: skip
+            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+if __name__ == "__main__":
+    with dask_client(n_workers=1) as c:
+        print(json.dumps(list(c.run(state).values())))
+"""
 
 
-def test_local_cluster_workers_start_from_the_preloaded_fork_server() -> None:
-    """The LocalCluster that ``dask_client`` starts forks its workers from a fork server
-    that imported torch and the atlas once (not each worker on its own), and they run
-    without Dask's ``MALLOC_TRIM_THRESHOLD_``."""
+def test_local_cluster_workers_start_from_the_preloaded_fork_server(tmp_path: Path) -> None:
+    """The LocalCluster that ``dask_client`` starts (in a fresh process, as the CLI's)
+    forks its workers from a fork server that imported torch and the atlas once (not each
+    worker on its own), and they run without Dask's ``MALLOC_TRIM_THRESHOLD_``."""
     import multiprocessing
+    import os
+    import subprocess
+    import sys
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork server on this platform")
-    with dask_client(n_workers=1) as c:
-        [state] = c.run(_worker_state).values()
-    assert state == {"torch": True, "atlas": True, "trim": None}
+    script = tmp_path / "state.py"
+    script.write_text(_WORKER_STATE)
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        {"torch": True, "atlas": True, "trim": None}
+    ]
 
 
 def test_dask_partitions_match_local_in_bank_order(scheduler, small_bank, models, tmp_path) -> None:
