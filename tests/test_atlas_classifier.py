@@ -113,6 +113,23 @@ def test_streaming_batches_give_identical_results(atlas7):
     pd.testing.assert_frame_equal(small.predict(k), atlas7.predict(k))
 
 
+def test_predict_normalized_is_predict_on_the_same_kernels(atlas7):
+    from kernelatlas.normalize import normalize
+
+    k, _ = synthetic_kernels(7, 7, 40, noise=0.3, seed=2)
+    k = np.concatenate([k, np.zeros((1, 7, 7)), np.full((1, 7, 7), np.nan)]).astype(np.float32)
+    small = Atlas(kernel_size=7).fit().set_params(batch_size=7)  # batches of the Normalized
+    for atlas in (atlas7, small):
+        want = atlas.predict(k, details=True)
+        got = atlas.predict_normalized(normalize(k), details=True)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert (want["family"].iloc[-2:] == "degenerate").all()
+    with pytest.raises(KernelAtlasError, match="pass raw kernels to predict"):
+        atlas7.predict_normalized(k)
+    with pytest.raises(KernelAtlasError, match="fitted for 7x7 kernels, got normalised"):
+        atlas7.predict_normalized(normalize(np.ones((2, 5, 5))))
+
+
 @pytest.mark.parametrize(
     "size,noise,min_diag",
     [

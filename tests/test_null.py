@@ -124,6 +124,32 @@ def test_reference_streams_exactly_and_samples_at_most_the_cap(lite0) -> None:
     assert 800 < len(s) < 1200 and s.shape[1:] == SIZE  # Bernoulli(1000 / 6336) sample
 
 
+def test_reference_takes_the_callers_normalisation_and_one_layer_as_it_is(lite0) -> None:
+    """``add(normalized=normalize(k))`` gives the same bits as normalising in ``add``; rows
+    of one layer (no mask: none degenerate) give that layer's sums exactly."""
+    k, codes = lite0
+    nz = normalize(k)
+    assert nz.degenerate.any()  # the masked path too
+    kinds = ["covariance_layer", "phase"]
+    a = ReferenceBuilder(5, 5, kinds=kinds, expected={"m": len(k)}, sample_size=1000)
+    b = ReferenceBuilder(5, 5, kinds=kinds, expected={"m": len(k)}, sample_size=1000)
+    a.add("m", codes, k)
+    b.add("m", codes, k, normalized=nz)
+    from kernelatlas.null import _gram
+
+    ra, rb = a.build()["m"], b.build()["m"]
+    for name in ("moment", "layer_moments", "layer_counts", "sample"):
+        np.testing.assert_array_equal(getattr(ra, name), getattr(rb, name))
+    live = np.flatnonzero(~nz.degenerate & (codes == codes[0]))
+    one = ReferenceBuilder(5, 5, kinds=kinds, expected={"m": len(live)})
+    one.add("m", codes[live], k[live], normalized=nz[live])
+    u = nz.unit[live].reshape(-1, 25).astype(np.float64)
+    want = _gram(u) / len(u)  # the one layer's rows in one product
+    np.testing.assert_array_equal(one.build()["m"].layer_moments, want[None])
+    with pytest.raises(KernelAtlasError, match="normalize\\(kernels\\) of the same kernels"):
+        a.add("m", codes, k, normalized=nz[:10])
+
+
 def test_phase_surrogates_keep_the_amplitude_spectrum_exactly(lite0) -> None:
     k = lite0[0][:500].astype(np.float64)
     k = k[np.abs(k).reshape(len(k), -1).max(1) > 0]  # drop the dead (all-zero) kernels

@@ -53,13 +53,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from .errors import KernelAtlasError
 from .limits import max_work_bytes, rows_per_batch
+
+if TYPE_CHECKING:
+    from .normalize import Normalized
 
 __all__ = [
     "NULL_KINDS",
@@ -276,29 +279,52 @@ class ReferenceBuilder:
         return self._moments or self._sample
 
     def add(
-        self, model: str, layer: np.ndarray, kernels: np.ndarray, *, first: int | None = None
+        self,
+        model: str,
+        layer: np.ndarray,
+        kernels: np.ndarray,
+        *,
+        first: int | None = None,
+        normalized: Normalized | None = None,
     ) -> None:
         """Add kernels [N, kh, kw] of ``model`` with their layer codes [N] (any ints).
 
         ``first``: the row of ``kernels[0]`` among all of ``model``'s kernels of this size
-        (default: right after the rows added last).
+        (default: right after the rows added last). ``normalized``: ``normalize(kernels)``
+        where the caller has it already (e.g. from the atlas's batch), so that it is not
+        computed again.
         """
         from .normalize import normalize
 
         kernels = np.asarray(kernels)
+        if normalized is not None and len(normalized) != len(kernels):
+            raise KernelAtlasError(
+                f"normalized holds {len(normalized)} kernels, kernels {len(kernels)}: pass "
+                "normalize(kernels) of the same kernels"
+            )
         first = self._end.get(model, 0) if first is None else int(first)
         self._end[model] = first + len(kernels)
-        nz = normalize(kernels)
+        nz = normalize(kernels) if normalized is None else normalized
         live = ~nz.degenerate
+        every = bool(live.all())
         self._count[model] = self._count.get(model, 0) + int(live.sum())
         piece = _Piece(rows=len(kernels))
         if self._moments:
-            u = nz.unit[live].reshape(-1, self.kh * self.kw).astype(np.float64)
-            codes = np.asarray(layer)[live] if self._layers else np.zeros(len(u), np.int64)
-            for code in np.unique(codes):  # layers, not kernels
-                sel = u[codes == code]
-                piece.sums[int(code)] = _gram(sel)
-                piece.layer_n[int(code)] = len(sel)
+            u = nz.unit.reshape(-1, self.kh * self.kw)
+            u = u if every else u[live]
+            codes = np.asarray(layer) if self._layers else None
+            codes = codes if codes is None or every else codes[live]
+            if codes is None or (len(codes) and codes.min() == codes.max()):
+                # one layer code (or none kept): the rows as they are, no mask
+                if len(u):
+                    code = 0 if codes is None else int(codes[0])
+                    piece.sums[code] = _gram(u)
+                    piece.layer_n[code] = len(u)
+            else:
+                for code in np.unique(codes):  # layers, not kernels
+                    sel = u[codes == code]
+                    piece.sums[int(code)] = _gram(sel)
+                    piece.layer_n[int(code)] = len(sel)
         if self._sample:
             keep = min(1.0, self._sample_size / max(1, self._expected.get(model, 1)))
             if keep < 1.0:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .atlas import Atlas
     from .autoencoder import KernelAutoencoder
     from .fit import KernelFitter
+    from .normalize import Normalized
     from .null import ReferenceBuilder
     from .report.diagram import Panel, PanelStats
 
@@ -255,6 +256,7 @@ def analyse_batch(
     file, rows of that size in the file]``; the first is advanced past the batch's rows).
     """
     from .bank import weights_array
+    from .normalize import normalize
     from .report.diagram import panel_stats
 
     sec = seconds if seconds is not None else {}
@@ -271,7 +273,8 @@ def analyse_batch(
         sub = batch if whole else batch.take(pa.array(idx))
         k = weights_array(sub.column("weights"), kh, kw, writable=False)  # no copy
         t = time.perf_counter()
-        pred = models.atlas.predict(k, details=True)
+        nz = normalize(k)  # once: the atlas, the panel sums and the references share it
+        pred = models.atlas.predict_normalized(nz, details=True)
         sec["classify"] = sec.get("classify", 0.0) + time.perf_counter() - t
         frames = [pred]
         if job.fit:
@@ -310,7 +313,7 @@ def analyse_batch(
         sec["stats"] = sec.get("stats", 0.0) + time.perf_counter() - t
         if references is not None and rows_before is not None and (kh, kw) in rows_before:
             t = time.perf_counter()
-            _add_references(references, rows_before[(kh, kw)], sub, k, kh, kw, job)
+            _add_references(references, rows_before[(kh, kw)], sub, k, nz, kh, kw, job)
             sec["references"] = sec.get("references", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         cols: dict[str, pa.Array | pa.ChunkedArray] = {c: sub.column(c) for c in CARRY_COLUMNS}
@@ -339,11 +342,13 @@ def _add_references(
     at: list[int],
     rows: pa.Table | pa.RecordBatch,
     kernels: np.ndarray,
+    normalized: Normalized,
     kh: int,
     kw: int,
     job: PartitionJob,
 ) -> None:
-    """Add one size's rows of a batch (``kernels``: their weights) to its null references;
+    """Add one size's rows of a batch (``kernels``: their weights, ``normalized``: their
+    ``normalize(kernels)``) to its null references;
     ``at``: [their first row among the file's rows of that size, rows of that size in the
     file] (a bank file holds one source; ``at[0]`` is advanced)."""
     from .null import ReferenceBuilder
@@ -359,7 +364,7 @@ def _add_references(
         )  # fmt: skip
     if builder.collects:
         layer = rows.column("layer_index").to_numpy()
-        builder.add(source, layer, kernels, first=at[0])
+        builder.add(source, layer, kernels, first=at[0], normalized=normalized)
     at[0] += len(kernels)
 
 

@@ -41,7 +41,7 @@ import torch
 from ..errors import KernelAtlasError
 from ..estimator import BaseEstimator, Device, Interval, KernelSize
 from ..limits import rows_per_batch
-from ..normalize import as_kernel_array, normalize
+from ..normalize import Normalized, as_kernel_array, normalize
 from ..null import DEFAULT_NULL_SIZE, NullStream, calibrate_threshold, draw_rows, null_rate
 from ..progress import advance
 from ..sizes import check_supported, parse_kernel_size
@@ -218,21 +218,26 @@ class Atlas(BaseEstimator):
             )
         return arr
 
-    def _score_batch(self, batch: np.ndarray) -> tuple[dict[str, FamilyScore], np.ndarray]:
-        nz = normalize(batch)
-        x = torch.from_numpy(nz.unit.reshape(nz.unit.shape[0], self._bank.kh * self._bank.kw))
+    def _score_batch(
+        self, batch: np.ndarray | Normalized
+    ) -> tuple[dict[str, FamilyScore], np.ndarray]:
+        nz = batch if isinstance(batch, Normalized) else normalize(batch)
+        x = torch.from_numpy(nz.unit.reshape(len(nz), self._bank.kh * self._bank.kw))
         x = x.to(self._device)
         out = score_unit_kernels(self._bank, x, self._weights), nz.degenerate
-        advance(batch.shape[0], "score")
+        advance(len(nz), "score")
         return out
 
-    def _score_all(self, kernels: np.ndarray) -> tuple[dict[str, FamilyScore], np.ndarray]:
-        """Stream ``kernels`` in batches; on CPU, batches run on ``n_jobs`` worker threads.
+    def _score_all(
+        self, kernels: np.ndarray | Normalized
+    ) -> tuple[dict[str, FamilyScore], np.ndarray]:
+        """Stream ``kernels`` (raw, normalised batch by batch, or already normalised) in
+        batches; on CPU, batches run on ``n_jobs`` worker threads.
 
         The per-kernel steering is many small tensor ops: running whole batches side by side
         with one intra-op thread each scales much better than splitting every small op.
         """
-        n = kernels.shape[0]
+        n = len(kernels)
         jobs = torch.get_num_threads() if self._device.type == "cpu" else 1
         bs = self._rows_per_batch(jobs)
         batches = [kernels[s : s + bs] for s in range(0, n, bs)]
@@ -310,7 +315,55 @@ class Atlas(BaseEstimator):
         """
         self._check_fitted()
         arr = self._check_kernels(kernels, self.kernel_shape_)
-        sc, degen = self._score_all(arr)
+        return self._frame(*self._score_all(arr), details=details)
+
+    def predict_normalized(self, normalized: Normalized, *, details: bool = False) -> pd.DataFrame:
+        """:meth:`predict` on kernels already normalised by
+        :func:`kernelatlas.normalize.normalize`: the same frame, bit for bit, as
+        ``predict(kernels)`` on the kernels they came from, without normalising again.
+
+        For a caller that needs the unit kernels for more than the atlas (an analysis
+        partition hands the same ``Normalized`` to the null references and the diagram's
+        panel sums), so that a batch is centred and unit-normed once.
+
+        Parameters
+        ----------
+        normalized : ``normalize(kernels)`` of kernels [N, kh, kw] of the fitted size.
+        details : as in :meth:`predict`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from kernelatlas.atlas import Atlas
+        >>> from kernelatlas.normalize import normalize
+        >>> atlas = Atlas(kernel_size=3, n_null=500).fit()
+        >>> k = np.random.default_rng(0).standard_normal((4, 3, 3)).astype(np.float32)
+        >>> atlas.predict_normalized(normalize(k)).equals(atlas.predict(k))
+        True
+        """
+        self._check_fitted()
+        return self._frame(*self._score_all(self._check_normalized(normalized)), details=details)
+
+    def _check_normalized(self, normalized: object) -> Normalized:
+        if not isinstance(normalized, Normalized):
+            raise KernelAtlasError(
+                f"predict_normalized takes kernelatlas.normalize.normalize(kernels), got "
+                f"{type(normalized).__name__}: pass raw kernels to predict instead"
+            )
+        unit, (kh, kw) = normalized.unit, self.kernel_shape_
+        if unit.ndim != 3 or unit.shape[1:] != (kh, kw) or unit.dtype != np.float32:
+            raise KernelAtlasError(
+                f"this Atlas is fitted for {kh}x{kw} kernels, got normalised kernels of shape "
+                f"{list(unit.shape)} ({unit.dtype}): normalise kernels [N,{kh},{kw}] of its size"
+            )
+        if not len(normalized.norm) == len(normalized.degenerate) == len(unit):
+            raise KernelAtlasError("a Normalized's unit, norm and degenerate differ in length")
+        return normalized
+
+    def _frame(
+        self, sc: dict[str, FamilyScore], degen: np.ndarray, *, details: bool
+    ) -> pd.DataFrame:
+        """The prediction frame from the family scores and degenerate flags of N kernels."""
         best, classified, s = self._decide(sc, degen)
         names = self.families_
         fams = [sc[f] for f in names]
@@ -323,7 +376,7 @@ class Atlas(BaseEstimator):
             out = np.choose(choice, [*values, np.full(1, fill, values[0].dtype)])
             return out.astype(dtype, copy=False)
 
-        n = arr.shape[0]
+        n = len(degen)
         rows = np.arange(n)
         code = np.where(degen, n_fam + 1, choice)
         family = np.array([*names, UNCLASSIFIED, DEGENERATE], dtype=object)[code]
