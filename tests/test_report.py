@@ -415,6 +415,7 @@ def test_panel_stats_equals_each_kernel_put_in_its_panels() -> None:
     """The vectorised panel sums equal a kernel-by-kernel assignment by the panel's rule
     (same family, shape and polarity, orientation within the half width modulo the period),
     boundary orientations (in two panels) and unknown names included."""
+    from kernelatlas.normalize import normalize
     from kernelatlas.report.diagram import diagram_columns, panel_stats, unit_kernels
 
     cols = diagram_columns()
@@ -448,6 +449,11 @@ def test_panel_stats_equals_each_kernel_put_in_its_panels() -> None:
     assert want_n.sum() > n - 50  # boundary kernels counted twice
     np.testing.assert_array_equal(got.counts, want_n)
     np.testing.assert_allclose(got.sums, want_sums, atol=1e-9)
+    # the unit kernels are normalize's (as the atlas sees them), handed over or made here
+    np.testing.assert_array_equal(unit, normalize(k).unit)
+    given = panel_stats(normalize(k), fam, shape, ori, pol, cols)
+    np.testing.assert_array_equal(given.sums, got.sums)
+    np.testing.assert_array_equal(given.counts, got.counts)
     empty = panel_stats(np.zeros((0, 5, 5)), [], None, [], [], cols)
     assert empty.sums.shape == got.sums.shape and not empty.counts.any()
 

@@ -305,7 +305,7 @@ def analyse_batch(
             sel = np.flatnonzero(live)
             shape = pred["shape"].to_numpy(object)[sel] if "shape" in pred.columns else None
             part = panel_stats(
-                k[sel], family[sel], shape, pred["orientation"].to_numpy()[sel],
+                nz[sel], family[sel], shape, pred["orientation"].to_numpy()[sel],
                 pred["polarity"].to_numpy()[sel], [list(c) for c in job.panels],
             )  # fmt: skip
             have = stats.get((kh, kw))

@@ -19,12 +19,15 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.dataset as ds
 
 from ..taxonomy import FAMILY_INFO, PATTERN_FAMILIES
+
+if TYPE_CHECKING:
+    from ..normalize import Normalized
 
 __all__ = [
     "Panel", "PanelStats", "diagram_columns", "diagram_patterns", "panel_stats", "panel_means",
@@ -199,14 +202,11 @@ def _members(
 
 def unit_kernels(kernels: np.ndarray) -> np.ndarray:
     """Centred, unit-norm kernels [N, kh, kw] in float32 (the panel means' input; rows that
-    are all zero stay zero). Classified kernels are never degenerate, so this equals
-    :func:`kernelatlas.normalize.normalize`'s ``unit`` on them, to float32 precision."""
-    k = np.asarray(kernels, dtype=np.float32)
-    flat = k.reshape(len(k), -1)
-    c = flat - flat.mean(axis=1, keepdims=True)
-    norm = np.sqrt(np.einsum("ij,ij->i", c, c))
-    c /= np.maximum(norm, 1e-30)[:, None]
-    return c.reshape(k.shape)
+    are all zero stay zero): :func:`kernelatlas.normalize.normalize`'s ``unit``, as the atlas
+    sees them (classified kernels are never degenerate)."""
+    from ..normalize import normalize
+
+    return normalize(kernels).unit
 
 
 @dataclass
@@ -247,7 +247,7 @@ class PanelStats:
 
 
 def panel_stats(
-    kernels: np.ndarray,
+    kernels: np.ndarray | Normalized,
     family: np.ndarray,
     shape: np.ndarray | None,
     orientation: np.ndarray,
@@ -257,10 +257,15 @@ def panel_stats(
     """The :class:`PanelStats` of classified kernels [N, kh, kw] from their atlas columns
     (``shape`` None: a table without the atlas's ``shape`` column).
 
-    Vectorised over the kernels: each family's rows are found once and every panel's sum
-    is one float64 reduction over its rows (a few dozen panels).
+    ``kernels`` may be their :func:`kernelatlas.normalize.normalize` already (an analysis
+    normalises each batch once, for the atlas and for this); otherwise they are normalised
+    here (:func:`unit_kernels`). Vectorised over the kernels: each family's rows are found
+    once and every panel's sum is one float64 reduction over its rows (a few dozen panels).
     """
-    n, kh, kw = np.shape(kernels)
+    from ..normalize import Normalized
+
+    given = kernels.unit if isinstance(kernels, Normalized) else None
+    n, kh, kw = np.shape(kernels if given is None else given)
     flat = [p for col in columns for p in col if p is not None]
     sums = np.zeros((len(flat), kh, kw))
     counts = np.zeros(len(flat), np.int64)
@@ -271,7 +276,7 @@ def panel_stats(
         pol = np.asarray(polarity, dtype=float)
         members = _members(flat, fam, shp, ori, pol)
         if members:
-            unit = unit_kernels(kernels).reshape(n, kh * kw)
+            unit = (unit_kernels(kernels) if given is None else given).reshape(n, kh * kw)
             for k, rows in members:  # a few dozen panels, not kernels
                 sums[k] = unit[rows].sum(0, dtype=np.float64).reshape(kh, kw)
                 counts[k] = rows.size
