@@ -187,3 +187,28 @@ def test_partitions_collect_the_null_references_in_one_pass(small_bank, models, 
         forward.add(results[0])
     with pytest.raises(KernelAtlasError, match="other settings"):
         ReferenceBuilder(3, 3, kinds=["phase"], expected={}).merge(forward.references[(3, 3)])
+
+
+def test_prediction_columns_to_arrow_as_from_pandas() -> None:
+    """``_arrow``: strings (object, Arrow- and Python-backed) are pa.string() columns, NaN
+    and None nulls, as ``pa.Table.from_pandas`` makes them."""
+    import pandas as pd
+
+    from kernelatlas.partitions import _arrow
+
+    df = pd.DataFrame(
+        {
+            "family": np.array(["center", None, "shift"], dtype=object),
+            "shape": pd.array(["bar", None, ""], dtype=pd.StringDtype("pyarrow")),
+            "other": pd.array(["x", "y", None], dtype=pd.StringDtype("python")),
+            "score": [0.5, np.nan, 1.0],
+            "polarity": np.array([1, -1, 0], np.int8),
+        }
+    )
+    want = pa.Table.from_pandas(df, preserve_index=False)
+    got = pa.table(_arrow(df))
+    for name in df.columns:
+        w = want.column(name)
+        w = w.cast(pa.string()) if pa.types.is_large_string(w.type) else w
+        assert got.column(name).type == w.type and got.column(name).equals(w), name
+    assert got.column("shape").null_count == 1 and got.column("score").null_count == 1
