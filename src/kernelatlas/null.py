@@ -306,25 +306,20 @@ class ReferenceBuilder:
         self._end[model] = first + len(kernels)
         nz = normalize(kernels) if normalized is None else normalized
         live = ~nz.degenerate
-        every = bool(live.all())
         self._count[model] = self._count.get(model, 0) + int(live.sum())
         piece = _Piece(rows=len(kernels))
         if self._moments:
             u = nz.unit.reshape(-1, self.kh * self.kw)
-            u = u if every else u[live]
-            codes = np.asarray(layer) if self._layers else None
-            codes = codes if codes is None or every else codes[live]
-            if codes is None or (len(codes) and codes.min() == codes.max()):
-                # one layer code (or none kept): the rows as they are, no mask
-                if len(u):
-                    code = 0 if codes is None else int(codes[0])
-                    piece.sums[code] = _gram(u)
-                    piece.layer_n[code] = len(u)
-            else:
-                for code in np.unique(codes):  # layers, not kernels
-                    sel = u[codes == code]
-                    piece.sums[int(code)] = _gram(sel)
-                    piece.layer_n[int(code)] = len(sel)
+            codes = np.asarray(layer) if self._layers else np.zeros(len(u), np.int64)
+            if not live.all():
+                u, codes = u[live], codes[live]
+            if len(codes) and codes.min() == codes.max():  # one code: the rows as they are
+                groups = [(int(codes[0]), u)]
+            else:  # layers, not kernels
+                groups = [(int(c), u[codes == c]) for c in np.unique(codes)]
+            for code, rows in groups:
+                piece.sums[code] = _gram(rows)
+                piece.layer_n[code] = len(rows)
         if self._sample:
             keep = min(1.0, self._sample_size / max(1, self._expected.get(model, 1)))
             if keep < 1.0:
