@@ -385,11 +385,11 @@ class KernelFitter(BaseEstimator):
         n_batches = max(math.ceil(ok.size / int(self.batch_size)), min(jobs, ok.size // _LANES))
         batches = [b for b in np.array_split(ok, max(n_batches, 1)) if b.size]
         if dev.type == "cpu":
-            from concurrent.futures import ThreadPoolExecutor
+            from .threads import torch_thread_pool
 
             torch.set_num_threads(1)
             try:
-                with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(batches)))) as pool:
+                with torch_thread_pool(min(jobs, len(batches)), "kernelatlas-fit") as pool:
                     list(pool.map(run, batches))
             finally:
                 torch.set_num_threads(jobs)

@@ -244,11 +244,11 @@ class Atlas(BaseEstimator):
         if not batches:
             batches = [np.zeros((0, *self._bank_shape()), np.float32)]
         if jobs > 1 and len(batches) > 1:
-            from concurrent.futures import ThreadPoolExecutor
+            from ..threads import torch_thread_pool
 
             torch.set_num_threads(1)
             try:
-                with ThreadPoolExecutor(max_workers=jobs) as pool:
+                with torch_thread_pool(jobs, "kernelatlas-score") as pool:
                     results = list(pool.map(self._score_batch, batches))
             finally:
                 torch.set_num_threads(jobs)

@@ -108,6 +108,16 @@ def _start_method() -> dict[str, Any]:
     return {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
+def _run_task(parts: list[Partition], job: PartitionJob) -> list[PartResult]:
+    """One analysis task on a worker thread: its partitions with torch on one thread (the
+    :class:`TorchThreads` plugin sets the worker's main thread, not its executor threads)."""
+    from ..partitions import run_partitions
+    from ..threads import one_torch_thread
+
+    one_torch_thread()
+    return run_partitions(parts, job)
+
+
 def _default_workers() -> int:
     from .local import available_cores
 
@@ -418,8 +428,6 @@ class DaskEngine:
         next sources (as in the local engine). The partitions at hand are grouped into
         about :data:`TASKS_PER_THREAD` tasks per worker thread (see :meth:`_groups`).
         """
-        from ..partitions import run_partitions
-
         pairs: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
 
@@ -442,7 +450,7 @@ class DaskEngine:
             self.tasks = 0
             groups = self._groups(c, pairs, threads)
             for results in _ordered_window(
-                c, run_partitions, groups, (), 2 * threads, "analyse", star=True
+                c, _run_task, groups, (), 2 * threads, "analyse", star=True
             ):
                 yield from results
         finally:

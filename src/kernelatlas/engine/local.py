@@ -15,8 +15,10 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
+
+from ..threads import torch_thread_pool
 
 if TYPE_CHECKING:
     from ..bank import KernelBank
@@ -80,7 +82,7 @@ class LocalEngine:
         window = threading.Semaphore(2 * self.threads)
         futures: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kernelatlas")
+        pool = torch_thread_pool(self.threads)
 
         def produce() -> None:
             try:

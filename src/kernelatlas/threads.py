@@ -1,0 +1,29 @@
+"""Worker threads that run torch on one intra-op thread each.
+
+``torch.set_num_threads`` called in one thread does not reach threads started later: their
+OpenMP default is every core, so each worker thread of a pool would run its matrix products
+on all cores (oversubscribed: measured here, a product in such a thread took 2x its CPU
+time) and, for a batch of a few rows, sum them in another order than one thread does, so
+the same kernels could score differently in the last bit from call to call. Every pool
+that runs torch work side by side is made here.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+__all__ = ["one_torch_thread", "torch_thread_pool"]
+
+
+def one_torch_thread() -> None:
+    """Run torch (and the BLAS under it) on one thread in the calling thread."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def torch_thread_pool(workers: int, name: str = "kernelatlas") -> ThreadPoolExecutor:
+    """A thread pool whose threads each run torch on one thread (:func:`one_torch_thread`)."""
+    return ThreadPoolExecutor(
+        max_workers=max(1, int(workers)), thread_name_prefix=name, initializer=one_torch_thread
+    )
