@@ -26,7 +26,7 @@ import torch
 
 from ...taxonomy import FIRST_DERIVATIVE
 from .. import functional as F
-from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily, take_rows
+from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily, row_argmax, take_rows
 from ..registry import register_family
 from ..templates import flat_centred, gaussian_groups
 from ._common import axis_of_1d, clip_start, draw, random_scale, scale_param
@@ -62,7 +62,7 @@ class PlaneBasis(Basis):
         yv = y.detach().cpu().numpy()
         sq = np.square(yv)
         s = np.add(sq[:, :n], sq[:, n:], out=sq[:, :n])  # squared plane norms [B, n]
-        g = s.argmax(axis=1)  # numpy's row argmax: several times faster than torch's
+        g = row_argmax(s)  # numpy's argmax: several times faster than torch's
         q1 = torch.from_numpy(np.stack([take_rows(yv, g), take_rows(yv, n + g)], axis=1))
         coef = (self.rinv[torch.from_numpy(g)] @ q1.to(torch.float64)[:, :, None]).squeeze(-1)
         theta = torch.rad2deg(torch.atan2(-coef[:, 1], -coef[:, 0])) % 360.0

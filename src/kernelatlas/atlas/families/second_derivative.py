@@ -23,7 +23,7 @@ import torch
 
 from ...taxonomy import SECOND_DERIVATIVE
 from .. import functional as F
-from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily, take_rows
+from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily, row_argmax, take_rows
 from ..registry import register_family
 from ..templates import flat_centred, gaussian_groups
 from ._common import axis_of_1d, clip_start, draw, random_scale, scale_param
@@ -116,7 +116,7 @@ class ConeBasis(Basis):
         bar_apx = np.abs(yv[:, 2 * n :])
         bar_apx *= self._cone[0]
         bar_apx += r * self._cone[1]
-        g = np.maximum(r, bar_apx, out=bar_apx).argmax(axis=1)  # numpy's row argmax: fast
+        g = row_argmax(np.maximum(r, bar_apx, out=bar_apx))  # numpy's argmax: fast
         q2 = np.stack([take_rows(yv, g), take_rows(yv, n + g), take_rows(yv, 2 * n + g)], axis=1)
         cross = torch.from_numpy(take_rows(r, g))
         bar, phi, bar_sign = self._bar_exact(q2, g)
