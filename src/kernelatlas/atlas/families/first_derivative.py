@@ -26,7 +26,16 @@ import torch
 
 from ...taxonomy import FIRST_DERIVATIVE
 from .. import functional as F
-from ..family import Basis, DenseBasis, FamilyScore, FitModel, Param, PatternFamily, row_argmax, take_rows
+from ..family import (
+    Basis,
+    DenseBasis,
+    FamilyScore,
+    FitModel,
+    Param,
+    PatternFamily,
+    row_argmax,
+    take_rows,
+)
 from ..registry import register_family
 from ..templates import flat_centred, gaussian_groups
 from ._common import axis_of_1d, clip_start, draw, random_scale, scale_param
