@@ -155,11 +155,10 @@ def _column_argmax(t: np.ndarray) -> np.ndarray:
             blocks = np.concatenate([blocks, np.max(t[nb * s :], axis=0)[None]])
         k = _column_argmax(blocks)  # each kernel's first block holding its maximum
         first = k * s
-        width = np.minimum(s, c - first)
-        rows = np.minimum(first + np.arange(s)[:, None], c - 1)  # [s, B], clipped at the end
+        # [s, B] rows of each kernel's block; past the end of a short last block, copies
+        # of the last row (after it, so never its first maximum)
+        rows = np.minimum(first + np.arange(s)[:, None], c - 1)
         vals = np.take(t.reshape(-1), rows * b + np.arange(b))
-        if rest:  # rows past the end of a short last block: copies of its first (never win)
-            vals = np.where(np.arange(s)[:, None] < width, vals, vals[:1])
         return first + _column_argmax(vals)
     mx = np.max(t, axis=0)
     if np.isnan(mx).any():  # numpy's argmax returns the first NaN: let it decide
@@ -194,8 +193,8 @@ class Basis:
     """One family's block of the atlas for one kernel size.
 
     ``columns`` [kh*kw, C] (float64, each column zero-mean) is multiplied with the unit
-    kernels; :meth:`score` turns the block of projections [B, C] (float32, CPU) into a
-    :class:`FamilyScore`. Subclasses implement closed-form steering (a derivative family)
+    kernels; :meth:`score` turns the block of projections [B, C] (float32, CPU; in the
+    Atlas a column-major view, :mod:`.scoring`) into a :class:`FamilyScore`. Subclasses implement closed-form steering (a derivative family)
     or a dense best-template search (:class:`DenseBasis`).
     """
 
