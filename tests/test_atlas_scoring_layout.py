@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from kernelatlas.atlas import family as fam_mod
-from kernelatlas.atlas.family import row_argmax, take_rows
+from kernelatlas.atlas import scoring
+from kernelatlas.atlas.family import Basis, FamilyScore, PatternFamily, row_argmax, take_rows
+from kernelatlas.atlas.registry import get_family
 from kernelatlas.atlas.scoring import product_columns, score_unit_kernels
 from kernelatlas.atlas.templates import build_bank
 from kernelatlas.normalize import normalize
@@ -84,3 +86,84 @@ def test_scores_bitwise_equal_on_rows_and_columns(size):
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (fam.name, name)
         for name, v in ref.extra.items():
             assert v.tobytes() == new.extra[name].tobytes(), (fam.name, name)
+
+
+class _ViewBasis(Basis):
+    """A plugin's scorer that returns views of its block (legal: the block is its input)."""
+
+    def __init__(self, kh: int, kw: int) -> None:
+        col = torch.zeros((kh * kw, 2), dtype=torch.float64)
+        col[0, 0], col[1, 0], col[0, 1], col[2, 1] = 1.0, -1.0, 1.0, -1.0
+        self.columns = col
+
+    def score(self, y: torch.Tensor) -> FamilyScore:
+        yv = y.numpy()
+        n = yv.shape[0]
+        return FamilyScore(score=yv[:, 0], orientation=np.full(n, np.nan),
+                           polarity=np.ones(n, np.int8), scale=np.full(n, np.nan),
+                           offset=np.zeros((n, 2)), shape=np.zeros(n, np.int16),
+                           extra={"second": yv[:, 1]})  # fmt: skip
+
+
+class _ViewFamily(PatternFamily):
+    name = "view_test"
+    description = formula = "test"
+
+    def basis(self, kh: int, kw: int) -> Basis:
+        return _ViewBasis(kh, kw)
+
+
+def _unit(n: int, kh: int, kw: int, seed: int) -> torch.Tensor:
+    k = np.random.default_rng(seed).standard_normal((n, kh, kw)).astype(np.float32)
+    return torch.from_numpy(normalize(k).unit.reshape(n, kh * kw))
+
+
+def test_product_buffer_is_reused_and_no_score_points_into_it():
+    """Each thread's product buffer is reused batch after batch; what a scorer returned for
+    one batch (views of its block included) is not changed by the next."""
+    w = build_bank(5, 5).weights
+    x1, x2 = _unit(300, 5, 5, 4), _unit(300, 5, 5, 5)
+    a = product_columns(x1, w, reuse=True)
+    assert product_columns(x2, w, reuse=True).data_ptr() == a.data_ptr()  # the same buffer
+    assert product_columns(x1, w).data_ptr() != a.data_ptr()  # without reuse: its own
+
+    bank = build_bank(5, 5, families=(get_family("center"), _ViewFamily()))
+    first = score_unit_kernels(bank, x1)
+    want = {n: {k: getattr(v, k).tobytes() for k in ("score", "orientation", "scale")}
+            for n, v in first.items()}  # fmt: skip
+    score_unit_kernels(bank, x2)  # overwrites the buffer
+    rows = x1 @ bank.weights
+    view = first["view_test"]
+    assert view.score.tobytes() == rows[:, bank.slices[1].start].numpy().tobytes()
+    assert view.extra["second"].tobytes() == rows[:, bank.slices[1].start + 1].numpy().tobytes()
+    for n, v in first.items():
+        assert {k: getattr(v, k).tobytes() for k in want[n]} == want[n], n
+
+
+def test_products_above_the_kept_size_are_not_kept(monkeypatch):
+    w = build_bank(3, 3).weights
+    x = _unit(100, 3, 3, 6)
+    monkeypatch.setattr(scoring, "_local", type(scoring._local)())  # this test's own buffer
+    monkeypatch.setattr(scoring, "SCRATCH_MAX_FLOATS", w.shape[1] * 50)
+    small = product_columns(x[:30], w, reuse=True)
+    assert product_columns(x[:20], w, reuse=True).data_ptr() == small.data_ptr()
+    big = product_columns(x, w, reuse=True)  # above the limit: allocated for itself
+    assert product_columns(x[:20], w, reuse=True).data_ptr() == small.data_ptr()
+    assert torch.equal(big, (x @ w)) and big.data_ptr() != small.data_ptr()
+
+
+def test_threads_score_into_their_own_buffers():
+    """Batches scored side by side on threads (as Atlas.predict does) give the serial
+    answers bit for bit: each thread writes its products into its own buffer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bank = build_bank(7, 7)
+    batches = [_unit(1024, 7, 7, 10 + i) for i in range(12)]
+
+    def flat(x):
+        return {n: s.score.tobytes() + s.orientation.tobytes() for n, s in
+                score_unit_kernels(bank, x).items()}  # fmt: skip
+
+    want = [flat(x) for x in batches]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        assert list(pool.map(flat, batches)) == want

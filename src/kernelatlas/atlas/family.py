@@ -194,8 +194,10 @@ class Basis:
 
     ``columns`` [kh*kw, C] (float64, each column zero-mean) is multiplied with the unit
     kernels; :meth:`score` turns the block of projections [B, C] (float32, CPU; in the
-    Atlas a column-major view, :mod:`.scoring`) into a :class:`FamilyScore`. Subclasses implement closed-form steering (a derivative family)
-    or a dense best-template search (:class:`DenseBasis`).
+    Atlas a column-major view of a buffer the next batch overwrites, :mod:`.scoring`, which
+    copies any returned array that points into it) into a :class:`FamilyScore`.
+    Subclasses implement closed-form steering (a derivative family) or a dense
+    best-template search (:class:`DenseBasis`).
     """
 
     columns: torch.Tensor
