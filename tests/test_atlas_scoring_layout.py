@@ -155,7 +155,7 @@ def test_products_above_the_kept_size_are_not_kept(monkeypatch):
 def test_threads_score_into_their_own_buffers():
     """Batches scored side by side on threads (as Atlas.predict does) give the serial
     answers bit for bit: each thread writes its products into its own buffer."""
-    from concurrent.futures import ThreadPoolExecutor
+    from kernelatlas.threads import torch_thread_pool
 
     bank = build_bank(7, 7)
     batches = [_unit(1024, 7, 7, 10 + i) for i in range(12)]
@@ -165,5 +165,5 @@ def test_threads_score_into_their_own_buffers():
                 score_unit_kernels(bank, x).items()}  # fmt: skip
 
     want = [flat(x) for x in batches]
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    with torch_thread_pool(3) as pool:
         assert list(pool.map(flat, batches)) == want
