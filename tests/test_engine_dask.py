@@ -218,3 +218,23 @@ def test_a_source_failing_on_a_worker_is_one_line_on_the_cli(tmp_path: Path) -> 
     assert len(lines) == 1 and lines[0].startswith("kernelatlas: error: "), proc.stderr
     assert "bad.npy" in lines[0] and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_a_script_without_a_main_guard_gets_told_how_to_start_workers(tmp_path: Path) -> None:
+    """Worker processes import the main module first: a script that starts a LocalCluster
+    at its top level cannot start one, and is told what to write instead of a traceback
+    that ends in "Nanny failed to start"."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from kernelatlas.engine.dask import dask_client\n"
+        "with dask_client(n_workers=1) as c:\n"
+        "    print(c)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)  # fmt: skip
+    assert out.returncode != 0
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("kernelatlas.errors.")]
+    assert errors and all("if __name__ == '__main__':" in ln for ln in errors), out.stderr

@@ -160,13 +160,21 @@ def dask_client(
         else:
             config = {"distributed.nanny.pre-spawn-environ": _worker_environ()}
             with dask.config.set({**config, **(_start_method() if processes else {})}):
-                cluster = LocalCluster(
-                    n_workers=int(n_workers or _default_workers()),
-                    threads_per_worker=1,
-                    processes=processes,
-                    dashboard_address=":0",
-                    silence_logs=logging.CRITICAL,  # a task error reaches the driver as one line
-                )
+                try:
+                    cluster = LocalCluster(
+                        n_workers=int(n_workers or _default_workers()),
+                        threads_per_worker=1,
+                        processes=processes,
+                        dashboard_address=":0",
+                        silence_logs=logging.CRITICAL,  # a task error reaches the driver as one line
+                    )
+                except RuntimeError as exc:  # e.g. "Nanny failed to start."
+                    raise KernelAtlasError(
+                        f"the Dask LocalCluster's workers did not start ({exc}): a script that "
+                        "analyses with engine='dask' must do it under `if __name__ == "
+                        "'__main__':` (each worker process imports the main module first), "
+                        "or connect to a running cluster (--scheduler)"
+                    ) from None
             c = Client(cluster)
     except BaseException:
         if cluster is not None:
