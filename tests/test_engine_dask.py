@@ -95,7 +95,13 @@ from kernelatlas.engine.dask import dask_client
 
 def state():
     return {"torch": "torch" in sys.modules, "atlas": "kernelatlas.atlas" in sys.modules,
-            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            "omp": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch_threads()}
+
+def torch_threads():
+    import torch
+
+    return torch.get_num_threads()
 
 if __name__ == "__main__":
     with dask_client(n_workers=1) as c:
@@ -106,7 +112,8 @@ if __name__ == "__main__":
 def test_local_cluster_workers_start_from_the_preloaded_fork_server(tmp_path: Path) -> None:
     """The LocalCluster that ``dask_client`` starts (in a fresh process, as the CLI's)
     forks its workers from a fork server that imported torch and the atlas once (not each
-    worker on its own), and they run without Dask's ``MALLOC_TRIM_THRESHOLD_``."""
+    worker on its own), with the thread variables of Dask's ``pre-spawn-environ`` and
+    without its ``MALLOC_TRIM_THRESHOLD_``."""
     import multiprocessing
     import os
     import subprocess
@@ -120,7 +127,7 @@ def test_local_cluster_workers_start_from_the_preloaded_fork_server(tmp_path: Pa
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                          text=True, timeout=120, check=True)  # fmt: skip
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [
-        {"torch": True, "atlas": True, "trim": None}
+        {"torch": True, "atlas": True, "trim": None, "omp": "1", "torch_threads": 1}
     ]
 
 

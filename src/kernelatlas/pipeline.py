@@ -630,8 +630,9 @@ def _analyze_into(
     parts_dir = staging / KERNELS_NAME
     parts_dir.mkdir(exist_ok=True)
     merger = PartsMerger(parts_dir)
-    run = _Run(bank, cfg, stages, parts_dir)
+    # the engine first: a LocalCluster's processes start before the driver imports torch
     with make_engine(cfg.engine, scheduler=cfg.scheduler, n_workers=cfg.n_workers) as engine:
+        run = _Run(bank, cfg, stages, parts_dir)
         try:
             tasks: Any = _tasks(run, engine, sources, cfg)
             if not _streams(cfg):  # harvest, calibrate, train here, with every thread

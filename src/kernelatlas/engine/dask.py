@@ -92,19 +92,24 @@ WORKER_PRELOAD = (
 
 
 def _start_method() -> dict[str, Any]:
-    """Dask config for the LocalCluster's worker processes: started by a fork server that
+    """Dask config for the LocalCluster's worker processes: forked by a fork server that
     has imported :data:`WORKER_PRELOAD` (where the platform has one, and unless the user
     configured another method than Dask's default ``spawn``). The fork server is started
-    from this process's environment after the nanny applied ``pre-spawn-environ``."""
+    here, before the nanny (so with this process's environment, which a nanny's
+    ``pre-spawn-environ`` has not touched yet); :mod:`.worker_env`, imported first, sets
+    the worker variables of that config in it."""
     import multiprocessing
 
     method = dask.config.get("distributed.worker.multiprocessing-method", "spawn")
     if method != "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
         return {}
+    from multiprocessing import forkserver
+
     from distributed.utils import get_mp_context
 
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        get_mp_context().set_forkserver_preload(list(WORKER_PRELOAD))
+        get_mp_context().set_forkserver_preload(["kernelatlas.engine.worker_env", *WORKER_PRELOAD])
+    forkserver.ensure_running()  # it imports them now, beside the cluster's and driver's start
     return {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
