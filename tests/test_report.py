@@ -571,3 +571,29 @@ def test_compare_family_labels_never_overlap(collide: dict, tmp_path: Path, monk
     boxes = seen["boxes"]
     assert len(boxes) == 12  # 2 runs x 3 sources x 2 sizes
     assert not any(b.overlaps(c) for i, b in enumerate(boxes) for c in boxes[i + 1 :])
+
+
+def test_page_pass_started_before_the_baselines_reads_what_the_report_reads(collide: dict) -> None:
+    """The page's pass over the kernels (explorer sample, biology sample and comparison)
+    started from a summary without baselines, as the analysis starts it beside them, gives
+    what the report computes on its own from the final summary."""
+    from kernelatlas import report
+
+    out = collide["out"]
+    summary = load_summary(out)
+    ctx = report._context(out, summary)
+    own = report._biology(ctx).result().doc()
+    early = json.loads(json.dumps(summary))
+    for m in early["models"]:  # what the baselines add is not there yet
+        for key in ("baselines", "excess", "strongest_baseline", "null_coverage"):
+            m[key] = None
+    early["thresholds"], early["biology"] = [], None
+    (payload, stash), pending = report.start_page(out, early).result()
+    assert json.dumps(payload) == json.dumps(ctx.cache["explorer"][0])
+    assert own == pending.result().doc() and own["rows"]
+    assert stash["weights"]
+    for key in ("weights", "extra"):  # the kept kernels and the biology sample's weights
+        mine, theirs = stash[key], ctx.cache["explorer"][1][key]
+        assert sorted(mine) == sorted(theirs)
+        for size in mine:
+            assert all(np.array_equal(x, y) for x, y in zip(mine[size], theirs[size], strict=True))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -623,7 +624,7 @@ def _analyze_into(
     from .bank import KernelBank
     from .engine import make_engine
     from .partitions import PartsMerger
-    from .report import write_report
+    from .report import start_page, write_report
 
     stages = _Stages()
     bank = KernelBank(staging / "bank")
@@ -644,50 +645,47 @@ def _analyze_into(
                 stages.add("merge", time.perf_counter() - t)
                 run.progress().update(res.rows)
             map_t, map_cpu = time.perf_counter() - map_t, time.process_time() - map_cpu
-            run.finish_baselines(merger.references)  # from the partitions' references
-            merger.references.clear()  # (the phase samples: up to 2 * n_null kernels a model)
+            t = time.perf_counter()
+            merger.finish()
+            stages.add("merge", time.perf_counter() - t)
+            partition_cpu = merger.seconds.pop("cpu", 0.0)
+            for k, v in merger.seconds.items():
+                stages.add(k, v)
+            t = time.perf_counter()
+            counts = bank.counts()
+            merged = merger.counts()
+            summarise = _summariser(run, sources, merged, counts)
+            # the page's pass over the kernels needs the layers and models, not the baselines:
+            # it runs in a thread while they are measured (report.start_page)
+            page = start_page(staging, summarise(thresholds=[]), figures=cfg.figures,
+                              init_twins=run.twins)  # fmt: skip
+            stages.add("summary", time.perf_counter() - t)
+            try:
+                run.finish_baselines(merger.references)  # from the partitions' references
+                merger.references.clear()  # (the phase samples: up to 2 * n_null kernels a model)
+            except BaseException:
+                page.close()
+                raise
         finally:
             if run.bar is not None:
                 run.bar.close()
         slots = engine.slots
         n_tasks = getattr(engine, "tasks", run.partitions)
-    t = time.perf_counter()
-    merger.finish()
-    stages.add("merge", time.perf_counter() - t)
-    partition_cpu = merger.seconds.pop("cpu", 0.0)
-    for k, v in merger.seconds.items():
-        stages.add(k, v)
 
     t = time.perf_counter()
-    counts = bank.counts()
-    merged = merger.counts()
-    skipped = _skipped_sizes(bank, bank.shapes())  # sizes the atlas cannot name: listed
     base = _baseline_frame(counts, run.baselines)
-    config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
-    notes = [INIT_FOLD_NOTE] if run.twins and cfg.fold_bn else []
-    for kh, kw in sorted({(int(a), int(b)) for a, b in zip(counts["kh"], counts["kw"])}):
-        notes += [r for k in run.kinds if (r := size_reason(k, kh, kw))]  # a baseline left out
-    if notes:
-        config_doc["notes"] = notes
-    from .report.spectra import spectra_docs
-
-    autoencoder = (
-        {"by_size": sorted(run.ae_by_size, key=lambda r: (r["kh"], r["kw"])),
-         "spectra_sizes": sorted(run.spectra), "spectra": spectra_docs(run.spectra)}
-        if run.ae_by_size else None
-    )  # fmt: skip
     thresholds = sorted(run.thresholds, key=lambda r: (r["kh"], r["kw"]))  # stable: family order
-    summary = build_summary(
-        merged, config=config_doc, thresholds=thresholds, baselines=base, autoencoder=autoencoder,
-        null=cfg.null, skipped=skipped,
-    )  # fmt: skip
+    summary = summarise(thresholds=thresholds, baselines=base)
     stages.add("summary", time.perf_counter() - t)
     t = time.perf_counter()
-    write_report(
-        staging, summary, spectra=run.spectra, figures=cfg.figures,
-        panel_stats=(run.panels, merger.panel_stats) if run.panels is not None else None,
-        progress=run.progress().progress, init_twins=run.twins,
-    )  # fmt: skip
+    try:
+        write_report(
+            staging, summary, spectra=run.spectra, figures=cfg.figures,
+            panel_stats=(run.panels, merger.panel_stats) if run.panels is not None else None,
+            progress=run.progress().progress, init_twins=run.twins, page=page,
+        )  # fmt: skip
+    finally:
+        page.close()
     stages.add("figures", time.perf_counter() - t)
     engine.wait_closed()  # a cluster may have been shutting down while the report was written
     harvested = counts
@@ -704,6 +702,32 @@ def _analyze_into(
         "calibration": sorted(run.calibration, key=lambda r: (r["kh"], r["kw"])),
     }
     return summary, merged, harvested, timings
+
+
+def _summariser(
+    run: _Run, sources: Sequence[Any], merged: dict[str, pd.DataFrame], counts: pd.DataFrame
+) -> Any:
+    """:func:`build_summary` of the merged counts with all but the ``thresholds`` and
+    ``baselines`` given (the config, its notes, the autoencoders, the skipped sizes)."""
+    from .report.spectra import spectra_docs
+
+    cfg = run.cfg
+    skipped = _skipped_sizes(run.bank, run.bank.shapes())  # sizes the atlas cannot name: listed
+    config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
+    notes = [INIT_FOLD_NOTE] if run.twins and cfg.fold_bn else []
+    for kh, kw in sorted({(int(a), int(b)) for a, b in zip(counts["kh"], counts["kw"])}):
+        notes += [r for k in run.kinds if (r := size_reason(k, kh, kw))]  # a baseline left out
+    if notes:
+        config_doc["notes"] = notes
+    autoencoder = (
+        {"by_size": sorted(run.ae_by_size, key=lambda r: (r["kh"], r["kw"])),
+         "spectra_sizes": sorted(run.spectra), "spectra": spectra_docs(run.spectra)}
+        if run.ae_by_size else None
+    )  # fmt: skip
+    return partial(
+        build_summary, merged, config=config_doc, autoencoder=autoencoder, null=cfg.null,
+        skipped=skipped,
+    )  # fmt: skip
 
 
 def _ae_stage(kh: int, kw: int, cfg: AnalysisConfig) -> tuple[str, int, str]:

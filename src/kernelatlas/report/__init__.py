@@ -11,6 +11,8 @@ from .html import render_page
 
 __all__ = [
     "write_report",
+    "start_page",
+    "PageKernels",
     "rebuild_report",
     "write_json",
     "load_summary",
@@ -76,6 +78,97 @@ def validate_summary(doc: dict[str, Any]) -> None:
         raise KernelAtlasError(f"summary.json does not match its schema: {exc.message}") from None
 
 
+def _context(
+    run_dir: Path,
+    summary: dict[str, Any],
+    *,
+    spectra: dict[str, Any] | None = None,
+    explorer_limit: int | None = None,
+    init_twins: dict[str, Any] | None = None,
+) -> Any:
+    """The :class:`~.sections.ReportContext` of a page (its seed from the summary's config)."""
+    from .build import FIGURE_DPI
+    from .sections import ReportContext
+
+    ctx = ReportContext(
+        Path(run_dir),
+        summary,
+        spectra=dict(spectra or {}),
+        seed=int(summary["config"].get("seed", 0)),
+        dpi=FIGURE_DPI,
+    )
+    if explorer_limit is not None:
+        ctx.cache["explorer_limit"] = int(explorer_limit)
+    if init_twins:
+        ctx.cache["init_twins"] = init_twins
+    return ctx
+
+
+class PageKernels:
+    """The page's pass over the kernels, started before the summary is complete.
+
+    What the pass reads depends on the run's layers, models and config only (the
+    explorer's stratified sample and its weights, the biology section's sample of classified
+    kernels, then the biology comparison), never on the baselines: :func:`start_page`
+    runs it in a thread (pyarrow, numpy and torch release the GIL) while the analysis
+    measures the baselines, and :func:`write_report` takes its result. The result is the
+    one :func:`write_report` computes without it (same samples, same seeds).
+    """
+
+    def __init__(self, ctx: Any, figures: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kernelatlas-page")
+        self._future = self._pool.submit(_page_pass, ctx, figures)
+        self._pool.shutdown(wait=False)  # the thread ends with the pass
+
+    def result(self) -> tuple[Any, Any]:
+        """(the explorer's data as ``_explorer_data`` caches it, or None; the future of the
+        biology section, or None). Raises what the pass raised."""
+        return self._future.result()
+
+    def close(self) -> None:
+        """Wait for the pass to end, whatever it raised (before its folder goes away)."""
+        import contextlib
+
+        with contextlib.suppress(BaseException):
+            _, pending = self._future.result()
+            if pending is not None:
+                pending.result()
+
+
+def start_page(
+    run_dir: str | os.PathLike[str],
+    summary: dict[str, Any],
+    *,
+    figures: bool = True,
+    explorer_limit: int | None = None,
+    init_twins: dict[str, Any] | None = None,
+) -> PageKernels:
+    """Start the page's pass over ``run_dir``'s kernels in a thread (:class:`PageKernels`).
+
+    ``summary`` needs only what the pass reads: ``config``, ``models`` and ``layers`` as
+    :func:`~.summary.build_summary` writes them (its baselines may be missing); the other
+    arguments are :func:`write_report`'s.
+    """
+    ctx = _context(Path(run_dir), summary, explorer_limit=explorer_limit, init_twins=init_twins)
+    return PageKernels(ctx, figures)
+
+
+def _page_pass(ctx: Any, figures: bool) -> tuple[Any, Any]:
+    """The explorer's data (when the page has an explorer) and the biology section's
+    future (with ``figures``), without progress stages: what :func:`write_report` would
+    compute in its own thread."""
+    from .builtin_sections import _explorer_data, _has_kernels
+
+    pending = None
+    if figures and ctx.kernels_path.exists():
+        pending = _biology(ctx)
+    elif _has_kernels(ctx):
+        _explorer_data(ctx)
+    return ctx.cache.get("explorer"), pending
+
+
 def write_report(
     run_dir: Path,
     summary: dict[str, Any],
@@ -86,6 +179,7 @@ def write_report(
     explorer_limit: int | None = None,
     panel_stats: tuple[Any, dict[tuple[int, int], Any]] | None = None,
     init_twins: dict[str, Any] | None = None,
+    page: PageKernels | None = None,
 ) -> Path:
     """Write summary.json, figures/*.png and the single-file index.html into ``run_dir``.
 
@@ -99,28 +193,28 @@ def write_report(
     size) when the analysis computed them while classifying; otherwise the atlas section
     reads kernels.parquet (and the weights through the bank) again. ``init_twins``: the
     fresh-init twins the analysis harvested, by source (the biology section uses them instead
-    of building them again).
+    of building them again). ``page``: the page's pass over the kernels, started earlier
+    with the same ``figures``, ``explorer_limit`` and ``init_twins``
+    (:func:`start_page`); without it the pass runs here.
     Returns the page's path.
     """
-    from .build import FIGURE_DPI, make_figures
-    from .sections import ReportContext, sections
+    import contextlib
+
+    from .build import make_figures
+    from .sections import sections
 
     run_dir = Path(run_dir)
-    ctx = ReportContext(
-        run_dir,
-        summary,
-        spectra=dict(spectra or {}),
-        seed=int(summary["config"].get("seed", 0)),
-        dpi=FIGURE_DPI,
-    )
-    if explorer_limit is not None:
-        ctx.cache["explorer_limit"] = int(explorer_limit)
-    if init_twins:
-        ctx.cache["init_twins"] = init_twins
+    ctx = _context(run_dir, summary, spectra=spectra, explorer_limit=explorer_limit,
+                   init_twins=init_twins)  # fmt: skip
     if panel_stats is not None:
         ctx.cache["panel_stats"] = panel_stats
     pending = None  # the biology comparison, computed beside the other figures
-    if figures and (run_dir / "kernels.parquet").exists():
+    if page is not None:
+        with progress.stage("page kernels", 0) if progress else contextlib.nullcontext():
+            explorer, pending = page.result()
+        if explorer is not None:
+            ctx.cache["explorer"] = explorer
+    elif figures and (run_dir / "kernels.parquet").exists():
         pending = _biology(ctx, progress)
     summary["biology"] = None  # until computed: its section waits for it
     first = [s for s in sections() if s.wanted(ctx)]  # all but biology's (it needs its result)
@@ -128,8 +222,6 @@ def write_report(
         make_figures(ctx, first, progress)
     biology = None
     if pending is not None:
-        import contextlib
-
         with progress.stage("compare with biology", 0) if progress else contextlib.nullcontext():
             biology = pending.result()  # what is left of it once the other figures are drawn
     summary["biology"] = biology.doc() if biology is not None else None
@@ -140,9 +232,9 @@ def write_report(
     drawn = {s.name for s in first}
     if figures:
         make_figures(ctx, [s for s in wanted if s.name not in drawn], progress, stage="biology figures")  # fmt: skip
-    page = render_page(ctx, wanted)
+    page_html = render_page(ctx, wanted)
     tmp = run_dir / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
+    tmp.write_text(page_html, encoding="utf-8")
     os.replace(tmp, run_dir / "index.html")
     return run_dir / "index.html"
 
