@@ -349,3 +349,32 @@ def test_init_kernels_use_the_twins_the_analysis_harvested(tmp_path) -> None:
     np.testing.assert_array_equal(
         np.stack(table["weights"]).reshape(40, 5, 5), res.layers[0].weights
     )
+
+
+def test_a_sample_from_part_files_is_the_sample_of_the_whole_table(tmp_path) -> None:
+    """kernels.parquet as a folder of parts (as ``analyze`` writes it): a file holding two
+    groups, a group spread over two files, a group first seen in the last file: the same
+    rows and columns as the sample of the table in one DataFrame."""
+    from kernelatlas.biology.comparison import _read, sample_kernels
+
+    toy = _toy_table()
+    m0, m1, m2 = (toy.assign(source=f"m{i}.npy", model=f"m{i}") for i in range(3))
+    small = m0.assign(kh=3, kw=3, weights=[w[:9] for w in m0["weights"]])
+    files = [pd.concat([m0, m1.iloc[:5]]), pd.concat([m2, m1.iloc[5:]]), small]
+    (tmp_path / "kernels.parquet").mkdir()
+    for i, f in enumerate(files):
+        f.to_parquet(tmp_path / "kernels.parquet" / f"part-{i:05d}.parquet", index=False)
+    table = pd.concat(files, ignore_index=True)
+    want = _read(table, None, 4, 10)  # the DataFrame's sample (index: its rows)
+    got = sample_kernels(tmp_path, max_kernels=None, seed=4, max_per_size=10)
+    assert got["_row"].tolist() == want.index.tolist()
+    assert got.groupby(["model", "kh"]).size().to_dict() == {
+        ("m0", 3): 10,
+        ("m0", 5): 3,
+        ("m1", 5): 3,
+        ("m2", 5): 3,
+    }
+    for c in ("source", "model", "kh", "kw", "family", "classified"):
+        assert got[c].tolist() == want[c].tolist(), c
+    every = sample_kernels(tmp_path, max_kernels=None, seed=4, max_per_size=None)
+    assert every["_row"].tolist() == np.flatnonzero(table["classified"]).tolist()

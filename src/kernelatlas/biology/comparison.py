@@ -121,7 +121,7 @@ def _read(
             df["family"].to_numpy(object), list(FIT_COLUMNS_USED)
         )
         return _sample(df[sel], max_kernels, seed, max_per_size)
-    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
     from ..results import BANK_REF_COLUMNS, kernel_weights, kernels_dataset, kernels_path
 
@@ -130,10 +130,11 @@ def _read(
         path = kernels_path(kernels)  # an analysis folder, or its kernels.parquet (file or parts)
         dataset = kernels_dataset(path)
         names = dataset.schema.names
-        strings = [c for c in ("source", "model", "family") if c in names]
-        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strings))
-        coded = ds.dataset(dataset.files, format=fmt)  # strings as codes: a few bytes a row
-        meta = coded.to_table(columns=[c for c in (*_KEYS, "family", "classified") if c in names])
+        # strings as codes into each file's dictionary: a few bytes a row, file by file
+        strings = [c for c in names if _is_text(dataset.schema.field(c).type)]
+        files = [pq.ParquetFile(f, read_dictionary=strings) for f in dataset.files]
+        cols = [c for c in (*_KEYS, "family", "classified") if c in names]
+        metas = [f.read(columns=cols) for f in files]
     except (OSError, ValueError, pa.ArrowException, KernelAtlasError) as exc:
         raise KernelAtlasError(
             f"cannot read a kernels table from {path}: pass kernels.parquet of "
@@ -141,23 +142,52 @@ def _read(
         ) from None
     has_weights = "weights" in names or set(BANK_REF_COLUMNS) <= set(names)
     _check(pd.DataFrame(columns=[*names, *(["weights"] if has_weights else [])]))
-    meta = meta.unify_dictionaries()
-    fam_codes, fam_names = _codes(meta.column("family"))
-    wanted_fam = np.isin(np.asarray(fam_names, dtype=object), list(FIT_COLUMNS_USED))
-    rows = np.flatnonzero(meta.column("classified").to_numpy() & wanted_fam[fam_codes])
-    key = [_codes(meta.column(c))[0][rows] if c in strings else meta.column(c).to_numpy()[rows]
-           for c in _KEYS if c in meta.column_names]  # fmt: skip
-    rows = rows[_sample_rows(key, max_kernels, seed, max_per_size, size=key[-2:])]
+    starts = np.cumsum([0, *(m.num_rows for m in metas)])
+    codes = {c: _FileCodes() for c in cols if c in strings}
+    groups: dict[tuple[Any, ...], int] = {}  # (source, model, kh, kw) codes -> group number
+    members: list[list[np.ndarray]] = []  # per group: its rows, file after file
+    for start, m in zip(starts, metas):  # files, not kernels
+        fam = codes["family"].of(m.column("family"))
+        ok = m.column("classified").to_numpy() & np.isin(
+            fam, codes["family"].wanted(FIT_COLUMNS_USED)
+        )
+        at = np.flatnonzero(ok)
+        key = [codes[c].of(m.column(c))[at] if c in codes else m.column(c).to_numpy()[at]
+               for c in _KEYS if c in m.column_names]  # fmt: skip
+        if all(c.min() == c.max() for c in key if len(c)):  # one group (a file: one source)
+            local = np.zeros(len(at), np.int64)
+        else:  # numbered in order of first appearance
+            local = _group_codes(key)
+        first = np.unique(local, return_index=True)[1]
+        for g, i in enumerate(first):  # the file's groups, in order of first appearance
+            k = groups.setdefault(tuple(int(c[i]) for c in key), len(groups))
+            if k == len(members):
+                members.append([])
+            members[k].append(start + at[local == g])
+    rows = _sample_groups(
+        [np.concatenate(m) for m in members],
+        [np.array([k[j] for k in groups], np.int64) for j in (-2, -1)],
+        max_kernels, seed, max_per_size,
+    )  # fmt: skip
     wanted = {*_KEYS, "family", "classified", "orientation", "weights",
               *(c for cols in FIT_COLUMNS_USED.values() for c in cols),
               *(c for cols in ELONGATION_COLUMNS.values() for c in cols)}  # fmt: skip
     if "weights" not in names:  # the table references the run's bank (the default layout)
         wanted |= set(BANK_REF_COLUMNS)
-    taken = coded.take(rows, columns=[c for c in names if c in wanted])
-    df = pa.table(
-        [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in taken.columns],
-        names=taken.column_names,
-    ).to_pandas()
+    taken = [c for c in names if c in wanted]
+    parts = []
+    for i in np.unique(np.searchsorted(starts, rows, side="right") - 1):  # files holding rows
+        local = rows[(rows >= starts[i]) & (rows < starts[i + 1])] - starts[i]
+        t = files[i].read(columns=taken).take(pa.array(local))
+        parts.append(pa.table([c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c
+                               for c in t.columns], names=t.column_names))  # fmt: skip
+    df = (
+        pa.concat_tables(parts).to_pandas()
+        if parts
+        else pa.table(
+            {c: pa.array([], type=dataset.schema.field(c).type) for c in taken}
+        ).to_pandas()
+    )
     if not weights:
         return df.assign(_row=rows)
     if "weights" not in df.columns:
@@ -167,6 +197,29 @@ def _read(
             w[idx] = list(k.reshape(len(idx), -1))
         df = df.drop(columns=list(BANK_REF_COLUMNS)).assign(weights=w)
     return _check(df)
+
+
+class _FileCodes:
+    """Integer codes of a string column read file by file as dictionaries: one code per
+    distinct value over all files (nulls get their own), looked up per file's dictionary
+    (its distinct values), never per row."""
+
+    def __init__(self) -> None:
+        self.code: dict[Any, int] = {}
+
+    def of(self, col: pa.ChunkedArray) -> np.ndarray:
+        out = []
+        for chunk in col.chunks:
+            if not pa.types.is_dictionary(chunk.type):
+                chunk = chunk.dictionary_encode()
+            values = [*chunk.dictionary.to_pylist(), None]
+            lut = np.array([self.code.setdefault(v, len(self.code)) for v in values], np.int64)
+            out.append(lut[chunk.indices.fill_null(len(values) - 1).to_numpy()])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def wanted(self, values: Any) -> np.ndarray:
+        """The codes of ``values`` (those seen so far)."""
+        return np.array([self.code[v] for v in values if v in self.code], np.int64)
 
 
 def sample_kernels(
@@ -183,17 +236,8 @@ def sample_kernels(
     return _read(kernels, max_kernels, seed, max_per_size, weights=False)
 
 
-def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
-    """(integer code of every row, the values) of a column whose chunks share one
-    dictionary (:meth:`pyarrow.Table.unify_dictionaries`); nulls get their own code."""
-    chunks = col.chunks
-    if not chunks or not pa.types.is_dictionary(col.type):
-        codes, values = pd.factorize(col.to_numpy(zero_copy_only=False), use_na_sentinel=False)
-        return codes.astype(np.int64), list(values)
-    values = chunks[0].dictionary.to_pylist()
-    codes = np.concatenate([c.indices.fill_null(len(values)).to_numpy().astype(np.int64)
-                            for c in chunks])  # fmt: skip
-    return codes, [*values, None]
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
 
 
 def _check(df: pd.DataFrame) -> pd.DataFrame:
@@ -264,14 +308,33 @@ def _sample_rows(
     order = np.argsort(group, kind="stable")
     counts = np.bincount(group)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    sz = _group_codes([s[order[starts[:-1]]] for s in size])
+    members = [order[starts[g] : starts[g + 1]] for g in range(len(counts))]  # groups
+    return _sample_groups(
+        members, [s[order[starts[:-1]]] for s in size], max_kernels, seed, max_per_size
+    )
+
+
+def _sample_groups(
+    members: list[np.ndarray],
+    size: list[np.ndarray],
+    max_kernels: int | None,
+    seed: int,
+    max_per_size: int | None,
+) -> np.ndarray:
+    """:func:`_sample_rows` of groups given as their rows (``members``, each in row order,
+    groups in order of first appearance) and the ``kh, kw`` of each group (``size``)."""
+    if not members:
+        return np.zeros(0, np.int64)
+    if max_kernels is None and max_per_size is None:
+        return np.sort(np.concatenate(members))
+    counts = np.array([len(m) for m in members], np.int64)
+    sz = _group_codes(size)
     quota = np.zeros(len(counts), np.int64)
     for s in np.unique(sz):  # kernel sizes, not kernels
         quota[sz == s] = _quotas(counts[sz == s], max_kernels, max_per_size)
     rng = np.random.default_rng(seed)
     keep = []
-    for g in range(len(counts)):  # groups, not kernels
-        idx = order[starts[g] : starts[g + 1]]
+    for g, idx in enumerate(members):  # groups, not kernels
         keep.append(idx if quota[g] >= len(idx) else np.sort(rng.choice(idx, int(quota[g]), replace=False)))  # fmt: skip
     return np.sort(np.concatenate(keep))
 
