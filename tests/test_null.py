@@ -173,6 +173,17 @@ def test_phase_surrogates_keep_the_amplitude_spectrum_exactly(lite0) -> None:
                                atol=1e-6 * ref_amp.max())  # fmt: skip
 
 
+def test_phase_amplitudes_of_the_drawn_kernels_are_those_of_the_whole_sample(lite0) -> None:
+    """Only the drawn kernels are transformed (each distinct one once): bit for bit the
+    amplitudes of the whole sample at those rows, so the surrogates are the same."""
+    sample = lite0[0][:3000]
+    ref = NullReference(5, 5, count=len(sample), sample=sample)
+    whole = np.abs(np.fft.fft2(sample.astype(np.float64)))
+    idx = np.random.default_rng(2).integers(len(sample), size=5000)  # repeats, out of order
+    np.testing.assert_array_equal(ref.amplitude(idx), whole[idx])
+    np.testing.assert_array_equal(ref.amplitude(idx[:1]), whole[idx[:1]])
+
+
 def test_smooth_field_has_the_documented_correlation() -> None:
     assert SMOOTH_FILTER.sum() == pytest.approx(1.0)
     x = smooth_field(60_000, 7, 7, np.random.default_rng(0))

@@ -152,14 +152,11 @@ class NullReference:
     def layer_factors(self) -> np.ndarray:
         return np.stack([_psd_factor(m) for m in self.layer_moments])
 
-    @cached_property
-    def amplitude(self) -> np.ndarray:
-        """``|fft2(sample)|`` in float64 (transformed :func:`draw_rows` kernels at a time)."""
-        step = draw_rows(self.kh, self.kw)
-        out = np.empty(self.sample.shape, np.float64)
-        for s in range(0, len(self.sample), step):  # chunks of a bounded size, not kernels
-            out[s : s + step] = np.abs(np.fft.fft2(self.sample[s : s + step].astype(np.float64)))
-        return out
+    def amplitude(self, idx: np.ndarray) -> np.ndarray:
+        """``|fft2(sample[idx])|`` in float64, each distinct kernel transformed once (a
+        kernel's amplitude does not depend on the others transformed with it)."""
+        u, inv = np.unique(idx, return_inverse=True)
+        return np.abs(np.fft.fft2(self.sample[u].astype(np.float64)))[inv.reshape(-1)]
 
 
 def _psd_factor(moment: np.ndarray | None) -> np.ndarray:
@@ -585,7 +582,7 @@ def _draw_smooth(ref: NullReference, n: int, rng: np.random.Generator) -> np.nda
 )
 def _draw_phase(ref: NullReference, n: int, rng: np.random.Generator) -> np.ndarray:
     idx = rng.integers(len(ref.sample), size=n)
-    return phase_randomize(ref.sample[idx], rng, amplitude=ref.amplitude[idx]).astype(np.float32)
+    return phase_randomize(ref.sample[idx], rng, amplitude=ref.amplitude(idx)).astype(np.float32)
 
 
 @register_null(
