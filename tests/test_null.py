@@ -318,3 +318,17 @@ def test_gaussian_null_keeps_the_thresholds_of_0_1_0() -> None:
                                   gaussian_null(50, 5, 5, seed=4 + 7919))  # fmt: skip
     a = Atlas(kernel_size=5, n_null=2000, seed=4).fit()
     assert Atlas(kernel_size=5, seed=4).fit(null=cal).thresholds_ == a.thresholds_
+
+
+def test_the_baselines_name_surrogates_as_predict_does(lite0) -> None:
+    """The analysis names its baseline surrogates with Atlas.scores (not predict's other
+    columns): the same family (unclassified, degenerate) and decision for every kernel."""
+    from kernelatlas.pipeline import _names
+
+    atlas = Atlas(kernel_size=5, n_null=2000).fit()
+    k = np.concatenate([lite0[0][:1500], np.zeros((5, 5, 5), np.float32)])
+    want = atlas.predict(k)[["family", "classified"]]
+    got = _names(atlas)(k)
+    assert got["family"].tolist() == want["family"].tolist()
+    assert got["classified"].tolist() == want["classified"].tolist()
+    assert {"unclassified", "degenerate"} <= set(got["family"]) and got["classified"].any()

@@ -434,7 +434,7 @@ class _Run:
             refs = self.references(kh, kw, collected)
         self.progress().set_description(f"baselines {kh}x{kw}", counts="score")
         rows, pooled = measure_baselines(
-            atlas.predict, refs, self.kinds, cfg.n_null, seed=cfg.seed, calibrated=cfg.null
+            _names(atlas), refs, self.kinds, cfg.n_null, seed=cfg.seed, calibrated=cfg.null
         )
         self.baselines.append(rows.assign(kh=kh, kw=kw))
         held = (
@@ -535,6 +535,19 @@ def _in_thread(fn: Callable[..., Any], *args: Any) -> Future[Any]:
 
     threading.Thread(target=run, name="kernelatlas-imports", daemon=True).start()
     return fut
+
+
+def _names(atlas: Any) -> Any:
+    """``atlas.predict``'s ``family`` and ``classified`` columns, which are all the baselines
+    count, without its other columns (:meth:`Atlas.scores`: the same decision)."""
+    from .taxonomy import DEGENERATE, UNCLASSIFIED
+
+    def name(kernels: np.ndarray) -> pd.DataFrame:
+        _, family, classified = atlas.scores(kernels)
+        named = classified | (family == DEGENERATE)  # otherwise unclassified (closest family)
+        return pd.DataFrame({"family": np.where(named, family, UNCLASSIFIED), "classified": classified})  # fmt: skip
+
+    return name
 
 
 def _references_first(cfg: AnalysisConfig) -> bool:
