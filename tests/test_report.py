@@ -597,3 +597,35 @@ def test_page_pass_started_before_the_baselines_reads_what_the_report_reads(coll
         assert sorted(mine) == sorted(theirs)
         for size in mine:
             assert all(np.array_equal(x, y) for x, y in zip(mine[size], theirs[size], strict=True))
+
+
+def test_early_figures_are_drawn_while_the_baselines_are_measured(
+    collide: dict, tmp_path: Path
+) -> None:
+    """With ``final``, the figures of the sections that need no baseline (layers, atlas,
+    examples) are drawn before the complete summary is asked for, the others after; the
+    page, summary.json and figures are those of the report drawn from the final summary."""
+    from kernelatlas.report import start_page, write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(collide["out"], run)
+    shutil.rmtree(run / "figures")
+    summary = load_summary(run)
+    summary.pop("biology")
+    early = json.loads(json.dumps(summary))
+    for m in early["models"]:
+        m["baselines"] = m["excess"] = None
+    seen = []
+
+    def final() -> dict:
+        seen.extend(sorted(p.name for p in (run / "figures").glob("*.png")))
+        return json.loads(json.dumps(summary))
+
+    write_report(run, early, page=start_page(run, early), final=final)
+    assert "layers.png" in seen and "atlas.png" in seen and "examples_3x3.png" in seen
+    assert "coverage.png" not in seen and not any(s.startswith("biology") for s in seen)
+    for name in ("summary.json", "index.html"):
+        a = (collide["out"] / name).read_text().replace(str(collide["out"]), "")
+        assert a == (run / name).read_text().replace(str(run), ""), name
+    for png in (collide["out"] / "figures").glob("*.png"):
+        assert png.read_bytes() == (run / "figures" / png.name).read_bytes(), png.name

@@ -16,6 +16,7 @@ one run per output) is :mod:`kernelatlas.outputs`'s.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -232,6 +233,16 @@ def _bank_sample(bank: Any, kh: int, kw: int, limit: int, seed: int) -> np.ndarr
             k = k[rng.random(len(k)) < keep]
         parts.append(k)
     return np.concatenate(parts) if parts else np.zeros((0, kh, kw), np.float32)
+
+
+def _background(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a thread of its own: its future (the thread ends with it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="kernelatlas-baselines")
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return future
 
 
 class _Stages:
@@ -669,36 +680,49 @@ def _analyze_into(
             merged = merger.counts()
             summarise = _summariser(run, sources, merged, counts)
             # the page's pass over the kernels needs the layers and models, not the baselines:
-            # it runs in a thread while they are measured (report.start_page)
-            page = start_page(staging, summarise(thresholds=[]), figures=cfg.figures,
-                              init_twins=run.twins)  # fmt: skip
+            # it runs in a thread while they are measured (report.start_page), as do the
+            # figures that need no baseline (report.write_report's ``final``)
+            early = summarise(thresholds=[])
+            page = start_page(staging, early, figures=cfg.figures, init_twins=run.twins)
             stages.add("summary", time.perf_counter() - t)
-            try:
-                run.finish_baselines(merger.references)  # from the partitions' references
-                merger.references.clear()  # (the phase samples: up to 2 * n_null kernels a model)
-            except BaseException:
-                page.close()
-                raise
-        finally:
+            baselines = _background(run.finish_baselines, merger.references)
+        except BaseException:
             if run.bar is not None:
                 run.bar.close()
+            raise
         slots = engine.slots
         n_tasks = getattr(engine, "tasks", run.partitions)
 
-    t = time.perf_counter()
-    base = _baseline_frame(counts, run.baselines)
-    thresholds = sorted(run.thresholds, key=lambda r: (r["kh"], r["kw"]))  # stable: family order
-    summary = summarise(thresholds=thresholds, baselines=base)
-    stages.add("summary", time.perf_counter() - t)
+    def final() -> dict[str, Any]:
+        """The summary, once the baselines are measured (from the partitions' references)."""
+        try:
+            baselines.result()
+        finally:
+            merger.references.clear()  # (the phase samples: up to 2 * n_null kernels a model)
+            if run.bar is not None:
+                run.bar.close()
+        t = time.perf_counter()
+        base = _baseline_frame(counts, run.baselines)
+        thresholds = sorted(run.thresholds, key=lambda r: (r["kh"], r["kw"]))  # family order
+        done.append(summarise(thresholds=thresholds, baselines=base))
+        stages.add("summary", time.perf_counter() - t)
+        return done[-1]
+
+    done: list[dict[str, Any]] = []
     t = time.perf_counter()
     try:
         write_report(
-            staging, summary, spectra=run.spectra, figures=cfg.figures,
+            staging, early, spectra=run.spectra, figures=cfg.figures,
             panel_stats=(run.panels, merger.panel_stats) if run.panels is not None else None,
-            progress=run.progress().progress, init_twins=run.twins, page=page,
+            progress=run.progress().progress, init_twins=run.twins, page=page, final=final,
         )  # fmt: skip
     finally:
         page.close()
+        with contextlib.suppress(BaseException):
+            baselines.result()  # never left running once the analysis ends
+        if run.bar is not None:
+            run.bar.close()
+    (summary,) = done
     stages.add("figures", time.perf_counter() - t)
     engine.wait_closed()  # a cluster may have been shutting down while the report was written
     harvested = counts

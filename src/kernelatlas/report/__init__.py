@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,9 @@ def start_page(
     :func:`~.summary.build_summary` writes them (its baselines may be missing); the other
     arguments are :func:`write_report`'s.
     """
+    from .sections import sections
+
+    sections()  # the section modules imported here, not in the thread
     ctx = _context(Path(run_dir), summary, explorer_limit=explorer_limit, init_twins=init_twins)
     return PageKernels(ctx, figures)
 
@@ -180,6 +184,7 @@ def write_report(
     panel_stats: tuple[Any, dict[tuple[int, int], Any]] | None = None,
     init_twins: dict[str, Any] | None = None,
     page: PageKernels | None = None,
+    final: Callable[[], dict[str, Any]] | None = None,
 ) -> Path:
     """Write summary.json, figures/*.png and the single-file index.html into ``run_dir``.
 
@@ -195,7 +200,10 @@ def write_report(
     fresh-init twins the analysis harvested, by source (the biology section uses them instead
     of building them again). ``page``: the page's pass over the kernels, started earlier
     with the same ``figures``, ``explorer_limit`` and ``init_twins``
-    (:func:`start_page`); without it the pass runs here.
+    (:func:`start_page`); without it the pass runs here. ``final``: when the baselines are
+    still being measured, ``summary`` is the summary without them and ``final()`` returns
+    the complete one (waiting for them): the figures of the ``early`` sections
+    (:func:`~.sections.register_section`) are drawn first, meanwhile.
     Returns the page's path.
     """
     import contextlib
@@ -208,18 +216,30 @@ def write_report(
                    init_twins=init_twins)  # fmt: skip
     if panel_stats is not None:
         ctx.cache["panel_stats"] = panel_stats
+    if final is not None and not figures:
+        summary, final = final(), None
+        ctx.summary = summary
     pending = None  # the biology comparison, computed beside the other figures
     if page is not None:
-        with progress.stage("page kernels", 0) if progress else contextlib.nullcontext():
-            explorer, pending = page.result()
-        if explorer is not None:
-            ctx.cache["explorer"] = explorer
+        ctx.cache["page"] = page  # the explorer's data: waited for where a section needs it
     elif figures and (run_dir / "kernels.parquet").exists():
         pending = _biology(ctx, progress)
     summary["biology"] = None  # until computed: its section waits for it
-    first = [s for s in sections() if s.wanted(ctx)]  # all but biology's (it needs its result)
+    drawn: set[str] = set()
+    if final is not None:  # what needs no baseline, while they are measured
+        early = [s for s in sections() if s.early and s.wanted(ctx)]
+        make_figures(ctx, early, progress)
+        drawn = {s.name for s in early}
+        summary = final()
+        summary["biology"] = None
+        ctx.summary = summary
+    first = [s for s in sections() if s.wanted(ctx) and s.name not in drawn]  # but biology's
     if figures:
-        make_figures(ctx, first, progress)
+        make_figures(ctx, first, progress, stage="figures" if not drawn else "baseline figures")
+    drawn |= {s.name for s in first}
+    if page is not None:
+        with progress.stage("page kernels", 0) if progress else contextlib.nullcontext():
+            _, pending = page.result()
     biology = None
     if pending is not None:
         with progress.stage("compare with biology", 0) if progress else contextlib.nullcontext():
@@ -229,7 +249,6 @@ def write_report(
     if biology is not None:
         ctx.cache["biology"] = biology
     wanted = [s for s in sections() if s.wanted(ctx)]
-    drawn = {s.name for s in first}
     if figures:
         make_figures(ctx, [s for s in wanted if s.name not in drawn], progress, stage="biology figures")  # fmt: skip
     page_html = render_page(ctx, wanted)

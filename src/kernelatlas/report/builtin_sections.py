@@ -313,6 +313,10 @@ def _explorer_data(ctx: ReportContext) -> tuple[dict[str, Any], dict[str, Any]]:
     ``stash``), made once: the example figures draw from the same kernels, and the weights
     of ``ctx.cache["extra_rows"]`` (the biology sample) come in the same pass, so the bank
     is read once for the page."""
+    if "explorer" not in ctx.cache and "page" in ctx.cache:  # read by the page's pass
+        explorer, _ = ctx.cache["page"].result()
+        if explorer is not None:
+            ctx.cache["explorer"] = explorer
     if "explorer" not in ctx.cache:
         from .explorer import EXPLORER_LIMIT, explorer_payload
 
@@ -371,7 +375,7 @@ def _layer_figures(ctx: ReportContext) -> Iterator[Figure]:
         yield ctx.save(fig, "layers.png", "Family shares of every depthwise layer, in network order, one panel per source")  # fmt: skip
 
 
-@register_section("layers", title="Layer by layer", order=30, figures=_layer_figures)
+@register_section("layers", title="Layer by layer", order=30, figures=_layer_figures, early=True)
 def _layers(ctx: ReportContext) -> str:
     layers = ctx.summary["layers"]
     with_ae = any(r.get("ae_coverage") is not None for r in layers)
@@ -440,7 +444,8 @@ def _atlas_figures(ctx: ReportContext) -> Iterator[Figure]:
     )
 
 
-@register_section("atlas", title="The atlas, beside your kernels", order=40, figures=_atlas_figures)
+@register_section("atlas", title="The atlas, beside your kernels", order=40, figures=_atlas_figures,
+                  early=True)  # fmt: skip
 def _atlas(ctx: ReportContext) -> str:
     fam_rows = "".join(
         f"<tr><td class='l'>{swatch(f)}{_e(f)}</td><td class='l'>{_e(FAMILY_INFO[f].description)}</td>"
@@ -518,7 +523,7 @@ def _example_figures(ctx: ReportContext) -> Iterator[Figure]:
 
 
 @register_section("examples", title="Examples", order=50, figures=_example_figures,
-                  applies=_has_kernels, n_figures=lambda ctx: len(_sizes(ctx)))  # fmt: skip
+                  applies=_has_kernels, n_figures=lambda ctx: len(_sizes(ctx)), early=True)  # fmt: skip
 def _examples(ctx: ReportContext) -> str:
     return (
         "<p>A seeded random sample of real kernels per family and size (centred, unit norm), each labelled with "
@@ -575,7 +580,7 @@ def _fit_figures(ctx: ReportContext) -> Iterator[Figure]:
 
 
 @register_section("fits", title="Fitted scale and orientation by depth", order=60,
-                  figures=_fit_figures, applies=_has_fits)  # fmt: skip
+                  figures=_fit_figures, applies=_has_fits, early=True)  # fmt: skip
 def _fits(ctx: ReportContext) -> str:
     return (
         "<p>Left: the Gaussian scale of the best parametric fit per kernel, by relative depth (n kernels under "
@@ -620,7 +625,7 @@ def _ae_kind(row: dict[str, Any]) -> str:
 
 @register_section("autoencoder", title="Autoencoder (the paper's method)", order=70,
                   figures=_ae_figures, applies=lambda ctx: bool(ctx.summary.get("autoencoder")),
-                  n_figures=lambda ctx: len(_spectra(ctx)))  # fmt: skip
+                  n_figures=lambda ctx: len(_spectra(ctx)), early=True)  # fmt: skip
 def _autoencoder(ctx: ReportContext) -> str:
     ae = ctx.summary["autoencoder"]
     spectra = _spectra(ctx)

@@ -57,6 +57,7 @@ SECTION_MODULES: tuple[str, ...] = (
 
 _REGISTRY: dict[str, Section] = {}
 _LOCK = threading.RLock()
+_LOAD_LOCK = threading.RLock()
 _loaded = False
 
 
@@ -79,6 +80,7 @@ class Section:
     figures: Callable[[ReportContext], Iterable[Figure]] | None = None
     applies: Callable[[ReportContext], bool] | None = None
     n_figures: Callable[[ReportContext], int] | None = None
+    early: bool = False
 
     def wanted(self, ctx: ReportContext) -> bool:
         return self.applies is None or bool(self.applies(ctx))
@@ -92,12 +94,17 @@ def register_section(
     figures: Callable[[ReportContext], Iterable[Figure]] | None = None,
     applies: Callable[[ReportContext], bool] | None = None,
     n_figures: Callable[[ReportContext], int] | None = None,
+    early: bool = False,
 ) -> Callable[[Callable[[ReportContext], str]], Callable[[ReportContext], str]]:
     """Decorator: register the HTML function of a section named ``name``.
 
     ``figures(ctx)`` yields the section's :class:`Figure` (drawn with :meth:`ReportContext.save`);
     ``applies(ctx)`` says whether the run has anything for it (default: always);
-    ``n_figures(ctx)`` is how many figures it will draw (for the progress bar; default 1).
+    ``n_figures(ctx)`` is how many figures it will draw (for the progress bar; default 1);
+    ``early``: its figures and ``applies`` read nothing the baselines add to the summary
+    (the models' ``baselines``, ``excess``, ``null_coverage``/``init_coverage``, the
+    thresholds' held-out rates, ``nulls``), so an analysis draws them while it measures the
+    baselines (default: after).
     """
     if not name.isidentifier():
         raise KernelAtlasError(f"section name {name!r} must be an identifier")
@@ -109,7 +116,9 @@ def register_section(
                     f"report section {name!r} is already registered "
                     f"({_REGISTRY[name].render.__module__}): choose another name"
                 )
-            _REGISTRY[name] = Section(name, title, float(order), fn, figures, applies, n_figures)
+            _REGISTRY[name] = Section(
+                name, title, float(order), fn, figures, applies, n_figures, bool(early)
+            )
         return fn
 
     return deco
@@ -125,19 +134,23 @@ def unregister_section(name: str) -> None:
 
 
 def _load() -> None:
+    # Its own lock, never held by register_section: a thread importing a section module
+    # (it registers under _LOCK) while another one loads them cannot deadlock.
     global _loaded
     if _loaded:
         return
-    with _LOCK:
+    with _LOAD_LOCK:
         if _loaded:
             return
-        _loaded = True
-        for mod in SECTION_MODULES:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as exc:
-                if exc.name is None or not mod.startswith(exc.name):
-                    raise
+        try:
+            for mod in SECTION_MODULES:
+                try:
+                    importlib.import_module(mod)
+                except ModuleNotFoundError as exc:
+                    if exc.name is None or not mod.startswith(exc.name):
+                        raise
+        finally:
+            _loaded = True  # set once every module is in: no thread sees half the registry
 
 
 def sections() -> tuple[Section, ...]:
