@@ -48,3 +48,17 @@ def test_predict_in_batches_on_threads_is_predict_on_one_thread() -> None:
     for _ in range(5):
         got = atlas.predict(k.astype(np.float32), details=True)
         assert got.equals(want)
+
+
+def test_the_baselines_thread_multiplies_as_its_caller() -> None:
+    """The analysis measures its baselines in a thread of its own (beside the page): it runs
+    torch on the caller's number of threads, not OpenMP's default, so a product of a few
+    rows has the caller's bits (the baselines are what the caller would have computed)."""
+    from kernelatlas.pipeline import _background
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.standard_normal((7, 49), dtype=np.float32))
+    w = torch.from_numpy(rng.standard_normal((49, 624), dtype=np.float32))
+    want = _one_thread(lambda: x @ w)
+    got = [_one_thread(lambda: _background(lambda: x @ w).result()) for _ in range(4)]
+    assert all(torch.equal(g, want) for g in got)

@@ -236,10 +236,19 @@ def _bank_sample(bank: Any, kh: int, kw: int, limit: int, seed: int) -> np.ndarr
 
 
 def _background(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` in a thread of its own: its future (the thread ends with it)."""
+    """``fn(*args)`` in a thread of its own, its future (the thread ends with it). The thread
+    runs torch on as many threads as the calling one (a thread started later would get
+    OpenMP's default, every core; see :mod:`kernelatlas.threads`), so what it computes is
+    what the caller would."""
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="kernelatlas-baselines")
+    import torch
+
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(
+        1, thread_name_prefix="kernelatlas-baselines", initializer=torch.set_num_threads,
+        initargs=(threads,),
+    )  # fmt: skip
     future = pool.submit(fn, *args)
     pool.shutdown(wait=False)
     return future
