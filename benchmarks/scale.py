@@ -227,19 +227,39 @@ def unavoidable(files: list[Path], t_cols: int) -> dict[str, Any]:
 
 
 class PeakRSS:
-    """Samples the RSS of a process tree every 20 ms in a thread."""
+    """Samples the RSS and CPU seconds of a process tree every 20 ms in a thread.
+
+    ``cpu`` adds each process's last CPU seconds seen: Dask's workers are forked by a fork
+    server that outlives the driver, so their CPU never reaches this process's
+    ``RUSAGE_CHILDREN``."""
 
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
         self.root = self.children = self.total = 0
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def cpu(self) -> float:
+        return sum(self._cpu.values())
+
+    def _sample(self, p: psutil.Process) -> int:
+        with p.oneshot():
+            t = p.cpu_times()
+            self._cpu[p.pid] = t.user + t.system
+            return p.memory_info().rss
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                d = self.proc.memory_info().rss
-                kids = [c.memory_info().rss for c in self.proc.children(recursive=True)]
+                d = self._sample(self.proc)
+                kids = []
+                for c in self.proc.children(recursive=True):
+                    try:
+                        kids.append(self._sample(c))
+                    except psutil.Error:
+                        pass
             except psutil.Error:
                 kids, d = [], 0
             self.root = max(self.root, d)
@@ -279,7 +299,8 @@ def run_analysis(
     with PeakRSS(proc.pid) as rss:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t
-    cpu = _children_cpu() - cpu0
+    # what this process reaped, or the sampled tree where more (the Dask workers)
+    cpu = max(_children_cpu() - cpu0, rss.cpu)
     if proc.returncode:
         raise RuntimeError(f"analyze failed ({proc.returncode}): {stderr[-3000:]}")
     child = json.loads(stdout.strip().splitlines()[-1])
