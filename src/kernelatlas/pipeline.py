@@ -235,25 +235,6 @@ def _bank_sample(bank: Any, kh: int, kw: int, limit: int, seed: int) -> np.ndarr
     return np.concatenate(parts) if parts else np.zeros((0, kh, kw), np.float32)
 
 
-def _background(fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` in a thread of its own, its future (the thread ends with it). The thread
-    runs torch on as many threads as the calling one (a thread started later would get
-    OpenMP's default, every core; see :mod:`kernelatlas.threads`), so what it computes is
-    what the caller would."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    threads = torch.get_num_threads()
-    pool = ThreadPoolExecutor(
-        1, thread_name_prefix="kernelatlas-baselines", initializer=torch.set_num_threads,
-        initargs=(threads,),
-    )  # fmt: skip
-    future = pool.submit(fn, *args)
-    pool.shutdown(wait=False)
-    return future
-
-
 class _Stages:
     """Seconds per stage, added to from any thread."""
 
@@ -350,7 +331,7 @@ class _Run:
         self._measured: set[tuple[int, int]] = set()
         # torch and the atlas are imported (~1.5 s) in a thread while the first source is
         # harvested, which needs neither
-        self._panels = _in_thread(_warm_imports, cfg.figures)
+        self._panels = _in_thread(_warm_imports, cfg.figures, name="kernelatlas-imports")
 
     @property
     def panels(self) -> tuple[tuple[Any, ...], ...] | None:
@@ -543,18 +524,25 @@ def _warm_imports(figures: bool) -> tuple[tuple[Any, ...], ...] | None:
     return tuple(tuple(c) for c in diagram_columns())
 
 
-def _in_thread(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    """``fn(*args)`` in a daemon thread; its result (or exception) in the future."""
-    fut: Future[Any] = Future()
+def _in_thread(
+    fn: Callable[..., Any], *args: Any, name: str, torch_threads: int | None = None
+) -> Future[Any]:
+    """``fn(*args)`` in a thread of its own; its future (the thread ends with it). With
+    ``torch_threads`` the thread runs torch on that many threads (a thread started later
+    would get OpenMP's default, every core: :mod:`kernelatlas.threads`), so what it computes
+    is what the caller, on that many, would."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    def run() -> None:
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as exc:  # re-raised where the result is asked for
-            fut.set_exception(exc)
+    from .threads import torch_thread_pool
 
-    threading.Thread(target=run, name="kernelatlas-imports", daemon=True).start()
-    return fut
+    pool = (
+        ThreadPoolExecutor(1, thread_name_prefix=name)
+        if torch_threads is None
+        else torch_thread_pool(1, name, torch_threads=torch_threads)
+    )
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _names(atlas: Any) -> Any:
@@ -694,7 +682,12 @@ def _analyze_into(
             early = summarise(thresholds=[])
             page = start_page(staging, early, figures=cfg.figures, init_twins=run.twins)
             stages.add("summary", time.perf_counter() - t)
-            baselines = _background(run.finish_baselines, merger.references)
+            import torch
+
+            baselines = _in_thread(
+                run.finish_baselines, merger.references, name="kernelatlas-baselines",
+                torch_threads=torch.get_num_threads(),
+            )  # fmt: skip
         except BaseException:
             if run.bar is not None:
                 run.bar.close()

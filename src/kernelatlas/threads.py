@@ -15,15 +15,19 @@ from concurrent.futures import ThreadPoolExecutor
 __all__ = ["one_torch_thread", "torch_thread_pool"]
 
 
-def one_torch_thread() -> None:
-    """Run torch (and the BLAS under it) on one thread in the calling thread."""
+def one_torch_thread(n: int = 1) -> None:
+    """Run torch (and the BLAS under it) on ``n`` threads in the calling thread."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(n))
 
 
-def torch_thread_pool(workers: int, name: str = "kernelatlas") -> ThreadPoolExecutor:
-    """A thread pool whose threads each run torch on one thread (:func:`one_torch_thread`)."""
+def torch_thread_pool(
+    workers: int, name: str = "kernelatlas", *, torch_threads: int = 1
+) -> ThreadPoolExecutor:
+    """A thread pool whose threads each run torch on ``torch_threads`` threads (one: the
+    pools that run torch side by side; more: a single thread that works for its caller)."""
     return ThreadPoolExecutor(
-        max_workers=max(1, int(workers)), thread_name_prefix=name, initializer=one_torch_thread
-    )
+        max_workers=max(1, int(workers)), thread_name_prefix=name,
+        initializer=one_torch_thread, initargs=(int(torch_threads),),
+    )  # fmt: skip
