@@ -54,10 +54,10 @@ def test_the_baselines_thread_multiplies_as_its_caller() -> None:
     """The analysis measures its baselines in a thread of its own (beside the page): it runs
     torch on the caller's number of threads, not OpenMP's default, so a product of a few
     rows has the caller's bits (the baselines are what the caller would have computed)."""
-    from kernelatlas.pipeline import _in_thread
+    from kernelatlas.threads import in_thread
 
     def background(fn):
-        return _in_thread(fn, name="test", torch_threads=torch.get_num_threads())
+        return in_thread(fn, name="test", torch_threads=torch.get_num_threads())
 
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.standard_normal((7, 49), dtype=np.float32))

@@ -20,8 +20,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,6 +49,7 @@ from .report.summary import MODEL_KEYS, build_summary
 from .results import KERNELS_NAME
 from .sizes import unsupported_reason
 from .taxonomy import DEFAULT_NULL_FPR
+from .threads import in_thread
 
 __all__ = [
     "AnalysisConfig", "AnalysisResult", "analyze", "METHODS", "AE_MODES", "OUTPUT_FILES",
@@ -331,7 +331,7 @@ class _Run:
         self._measured: set[tuple[int, int]] = set()
         # torch and the atlas are imported (~1.5 s) in a thread while the first source is
         # harvested, which needs neither
-        self._panels = _in_thread(_warm_imports, cfg.figures, name="kernelatlas-imports")
+        self._panels = in_thread(_warm_imports, cfg.figures, name="kernelatlas-imports")
 
     @property
     def panels(self) -> tuple[tuple[Any, ...], ...] | None:
@@ -524,27 +524,6 @@ def _warm_imports(figures: bool) -> tuple[tuple[Any, ...], ...] | None:
     return tuple(tuple(c) for c in diagram_columns())
 
 
-def _in_thread(
-    fn: Callable[..., Any], *args: Any, name: str, torch_threads: int | None = None
-) -> Future[Any]:
-    """``fn(*args)`` in a thread of its own; its future (the thread ends with it). With
-    ``torch_threads`` the thread runs torch on that many threads (a thread started later
-    would get OpenMP's default, every core: :mod:`kernelatlas.threads`), so what it computes
-    is what the caller, on that many, would."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .threads import torch_thread_pool
-
-    pool = (
-        ThreadPoolExecutor(1, thread_name_prefix=name)
-        if torch_threads is None
-        else torch_thread_pool(1, name, torch_threads=torch_threads)
-    )
-    future = pool.submit(fn, *args)
-    pool.shutdown(wait=False)
-    return future
-
-
 def _names(atlas: Any) -> Any:
     """``atlas.predict``'s ``family`` and ``classified`` columns, which are all the baselines
     count, without its other columns (:meth:`Atlas.scores`: the same decision)."""
@@ -684,7 +663,7 @@ def _analyze_into(
             stages.add("summary", time.perf_counter() - t)
             import torch
 
-            baselines = _in_thread(
+            baselines = in_thread(
                 run.finish_baselines, merger.references, name="kernelatlas-baselines",
                 torch_threads=torch.get_num_threads(),
             )  # fmt: skip

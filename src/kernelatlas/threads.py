@@ -10,9 +10,11 @@ that runs torch work side by side is made here.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
-__all__ = ["one_torch_thread", "torch_thread_pool"]
+__all__ = ["one_torch_thread", "torch_thread_pool", "in_thread"]
 
 
 def one_torch_thread(n: int = 1) -> None:
@@ -31,3 +33,26 @@ def torch_thread_pool(
         max_workers=max(1, int(workers)), thread_name_prefix=name,
         initializer=one_torch_thread, initargs=(int(torch_threads),),
     )  # fmt: skip
+
+
+def in_thread(
+    fn: Callable[..., Any],
+    *args: Any,
+    name: str = "kernelatlas",
+    torch_threads: int | None = None,
+    **kwargs: Any,
+) -> Future[Any]:
+    """``fn(*args, **kwargs)`` in a thread of its own; its future (the thread ends with it).
+
+    With ``torch_threads`` the thread runs torch on that many threads, so what it computes
+    is what its caller, on that many, would (a thread started later gets OpenMP's default,
+    every core); None leaves torch alone (e.g. a thread that imports it).
+    """
+    pool = (
+        ThreadPoolExecutor(1, thread_name_prefix=name)
+        if torch_threads is None
+        else torch_thread_pool(1, name, torch_threads=torch_threads)
+    )
+    future = pool.submit(fn, *args, **kwargs)
+    pool.shutdown(wait=False)
+    return future

@@ -117,11 +117,9 @@ class PageKernels:
     """
 
     def __init__(self, ctx: Any, figures: bool) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+        from ..threads import in_thread
 
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kernelatlas-page")
-        self._future = self._pool.submit(_page_pass, ctx, figures)
-        self._pool.shutdown(wait=False)  # the thread ends with the pass
+        self._future = in_thread(_page_pass, ctx, figures, name="kernelatlas-page")
 
     def result(self) -> tuple[Any, Any]:
         """(the explorer's data as ``_explorer_data`` caches it, or None; the future of the
@@ -264,17 +262,19 @@ def _biology(ctx: Any, progress: Any = None) -> Any:
 
     Its sample of trained kernels is chosen first (metadata only) and their weights come in
     the explorer's pass over the bank (its own progress stage, "page kernels"); then the
-    comparison runs in a worker thread (numpy and torch, which release the GIL) while this
-    thread draws the other figures (matplotlib, which never leaves this thread). The result
-    does not depend on the thread it is computed in.
+    comparison runs in a worker thread (numpy and torch, which release the GIL; torch on
+    this thread's number of threads) while this thread draws the other figures (matplotlib,
+    which never leaves this thread). The result does not depend on the thread it is
+    computed in.
     """
     import contextlib
-    from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
+    import torch
 
     from ..biology.comparison import sample_kernels
     from ..biology.report import REPORT_KERNELS_PER_SIZE, biology_section
+    from ..threads import in_thread
     from .builtin_sections import _explorer_data
 
     cfg = ctx.summary.get("config", {})
@@ -300,12 +300,12 @@ def _biology(ctx: Any, progress: Any = None) -> Any:
             for j, i in enumerate(np.asarray(missing)[idx]):
                 weights[i] = k[j].reshape(-1)
     frame = sample.drop(columns=["_row", "bank_file", "bank_row"], errors="ignore")
-    pool = ThreadPoolExecutor(1, thread_name_prefix="kernelatlas-biology")
     summary = {**ctx.summary}  # its own copy: the page's summary gains "biology" meanwhile
-    future = pool.submit(biology_section, ctx.run_dir, summary, kernels=frame.assign(weights=weights),
-                         twins=ctx.cache.get("init_twins"))  # fmt: skip
-    pool.shutdown(wait=False)  # the thread ends with the comparison
-    return future
+    return in_thread(
+        biology_section, ctx.run_dir, summary, kernels=frame.assign(weights=weights),
+        twins=ctx.cache.get("init_twins"), name="kernelatlas-biology",
+        torch_threads=torch.get_num_threads(),  # the comparison as this thread would compute it
+    )  # fmt: skip
 
 
 def rebuild_report(
