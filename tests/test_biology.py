@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -378,3 +380,25 @@ def test_a_sample_from_part_files_is_the_sample_of_the_whole_table(tmp_path) -> 
         assert got[c].tolist() == want[c].tolist(), c
     every = sample_kernels(tmp_path, max_kernels=None, seed=4, max_per_size=None)
     assert every["_row"].tolist() == np.flatnonzero(table["classified"]).tolist()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_a_sample_from_many_part_files_keeps_few_files_open(tmp_path) -> None:
+    """An analysis may write thousands of parts: the sample reads them one file at a time
+    (here 120 parts under a limit of 40 more open files than the test holds)."""
+    import resource
+
+    from kernelatlas.biology.comparison import sample_kernels
+
+    toy = _toy_table()
+    (tmp_path / "kernels.parquet").mkdir()
+    for i in range(120):
+        part = toy.iloc[[i % len(toy)]].assign(source=f"m{i}.npy", model=f"m{i}")
+        part.to_parquet(tmp_path / "kernels.parquet" / f"part-{i:05d}.parquet", index=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 40, hard))
+    try:
+        got = sample_kernels(tmp_path, max_kernels=None, seed=0, max_per_size=None)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(got) == sum(bool(toy["classified"].iloc[i % len(toy)]) for i in range(120))

@@ -121,8 +121,6 @@ def _read(
             df["family"].to_numpy(object), list(FIT_COLUMNS_USED)
         )
         return _sample(df[sel], max_kernels, seed, max_per_size)
-    import pyarrow.parquet as pq
-
     from ..results import BANK_REF_COLUMNS, kernel_weights, kernels_dataset, kernels_path
 
     path = Path(kernels)
@@ -132,9 +130,9 @@ def _read(
         names = dataset.schema.names
         # strings as codes into each file's dictionary: a few bytes a row, file by file
         strings = [c for c in names if _is_text(dataset.schema.field(c).type)]
-        files = [pq.ParquetFile(f, read_dictionary=strings) for f in dataset.files]
+        files = dataset.files
         cols = [c for c in (*_KEYS, "family", "classified") if c in names]
-        metas = [f.read(columns=cols) for f in files]
+        metas = [_read_columns(f, cols, strings) for f in files]
     except (OSError, ValueError, pa.ArrowException, KernelAtlasError) as exc:
         raise KernelAtlasError(
             f"cannot read a kernels table from {path}: pass kernels.parquet of "
@@ -178,7 +176,7 @@ def _read(
     parts = []
     for i in np.unique(np.searchsorted(starts, rows, side="right") - 1):  # files holding rows
         local = rows[(rows >= starts[i]) & (rows < starts[i + 1])] - starts[i]
-        t = files[i].read(columns=taken).take(pa.array(local))
+        t = _read_columns(files[i], taken, strings).take(pa.array(local))
         parts.append(pa.table([c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c
                                for c in t.columns], names=t.column_names))  # fmt: skip
     df = (
@@ -197,6 +195,15 @@ def _read(
             w[idx] = list(k.reshape(len(idx), -1))
         df = df.drop(columns=list(BANK_REF_COLUMNS)).assign(weights=w)
     return _check(df)
+
+
+def _read_columns(path: str, columns: list[str], strings: list[str]) -> pa.Table:
+    """``columns`` of one Parquet file, the ``strings`` ones as dictionaries; the file is
+    closed afterwards (an analysis may have thousands of part files)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path, read_dictionary=strings) as f:
+        return f.read(columns=columns)
 
 
 class _FileCodes:
