@@ -9,12 +9,15 @@ A new state of directory ``out`` is built in a hidden, namespaced sibling
 (``.NAME.kernelatlas-staging``) and swapped in; the previous state goes aside to
 ``.NAME.kernelatlas-old`` only on systems without an atomic exchange. Recovery touches
 those siblings only when they carry the marker, so a user's own ``.NAME.old`` or
-``.NAME.staging`` is never moved or deleted.
+``.NAME.staging`` is never moved or deleted. A folder that is not kernelatlas's and that
+the user asked to replace (``--force``) is never deleted either: it is renamed to a free
+visible sibling, ``NAME.previous`` (``NAME.previous-2``...), and kept as it was.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -31,6 +34,7 @@ __all__ = [
     "lock_path",
     "recover_dir",
     "publish_dir",
+    "move_aside",
     "remove_owned",
 ]
 
@@ -94,33 +98,66 @@ def recover_dir(out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``)."""
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _renameat2(a: Path, b: Path, flag: int) -> bool | None:
+    """Linux ``renameat2(a, b, flag)``: True if done, False if refused, None if unsupported."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):  # old glibc or another libc
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+        return None
+    if renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flag) == 0:  # -100: AT_FDCWD
+        return True
+    return None if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL) else False
 
 
-def publish_dir(staging: Path, out: Path) -> None:
-    """Replace directory ``out`` by ``staging``.
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``)."""
+    return bool(_renameat2(a, b, _RENAME_EXCHANGE))
 
-    On Linux the two directories are exchanged in one atomic step, so ``out`` always holds
-    a complete state. Elsewhere (or on filesystems without the exchange) two renames are
-    used, and a crash between them leaves ``out`` missing until :func:`recover_dir` runs
-    (the previous state waits, marked, in :func:`old_path`).
+
+def move_aside(folder: Path) -> Path:
+    """Rename ``folder`` to the first free ``NAME.previous`` (``NAME.previous-2``...) beside
+    it, never over an existing path; return where it went."""
+    for i in range(1, 10_000):
+        dest = folder.parent / (f"{folder.name}.previous" + (f"-{i}" if i > 1 else ""))
+        if dest.exists() or dest.is_symlink():
+            continue
+        done = _renameat2(folder, dest, _RENAME_NOREPLACE)
+        if done is None:  # no renameat2 here: checked just above, then renamed
+            os.rename(folder, dest)
+            return dest
+        if done:
+            return dest
+    raise OSError(errno.EEXIST, f"no free NAME.previous-N name beside {folder}")
+
+
+def publish_dir(staging: Path, out: Path, *, keep_previous: bool = False) -> Path | None:
+    """Replace directory ``out`` by ``staging``; return where the previous ``out`` was kept.
+
+    ``keep_previous`` (a folder kernelatlas did not write, replaced with ``--force``): the
+    previous ``out`` is moved aside (:func:`move_aside`), never deleted. Otherwise, on Linux
+    the two directories are exchanged in one atomic step, so ``out`` always holds a complete
+    state, and the previous state (kernelatlas's) is deleted. Elsewhere (or on filesystems
+    without the exchange) two renames are used, and a crash between them leaves ``out``
+    missing until :func:`recover_dir` runs (the previous state waits, marked, in
+    :func:`old_path`).
     """
+    if keep_previous and (out.exists() or out.is_symlink()):
+        kept = move_aside(out)
+        os.replace(staging, out)
+        return kept
     old = old_path(out)
     if out.exists() and _exchange(staging, out):
         shutil.rmtree(staging, ignore_errors=True)  # now the previous state
-        return
+        return None
     if out.exists():
-        if read_marker(out) is None:  # replaced with --force: marked, so recovery restores it
+        if read_marker(out) is None:  # a 0.1.0 output: marked, so recovery restores it
             write_marker(out, "replaced")
         os.replace(out, old)
     os.replace(staging, out)
     shutil.rmtree(old, ignore_errors=True)
+    return None

@@ -8,9 +8,11 @@ Rules, checked before anything is written (each refusal is one
 - It must be absent, empty, or a kernelatlas folder of the same kind (its marker, see
   :mod:`kernelatlas.atomic`, or the files of a kernelatlas 0.1.0 output) that holds only
   what kernelatlas writes there. Anything else is refused; ``force=True`` (``--force``)
-  replaces a folder that is not kernelatlas's, or, for a folder that runs add to
-  (``bench-train``, ``autoencoder train``), writes beside its files, never over them, and
-  leaves it unmarked.
+  writes the new output there anyway and keeps the folder it replaces, unchanged, at
+  ``NAME.previous`` (:func:`kernelatlas.atomic.move_aside`; a warning names it): nothing
+  kernelatlas did not write is ever deleted. For a folder that runs add to
+  (``bench-train``, ``autoencoder train``), ``--force`` writes beside its files, never over
+  them, and leaves it unmarked.
 - It is never a file, never an input, never a folder that holds an input, never inside an
   input folder, and a replaced output is never the current directory, one of its parents,
   the home folder, ``/`` or a folder right under it (not even with ``force``).
@@ -29,6 +31,7 @@ import errno
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,8 +202,9 @@ def check_out(
     out : the output folder as the user gave it.
     kind : what is written there (one of :data:`OUTPUT_KINDS`).
     inputs : paths the run reads (model files, bank and run folders).
-    force : replace a non-empty folder that is not kernelatlas's (``replace=False``: write
-        beside its files).
+    force : write into a non-empty folder that is not kernelatlas's: it is moved aside to
+        ``NAME.previous`` when the output is published (``replace=False``: write beside its
+        files).
     replace : the run replaces ``out`` as a whole (False: it adds to it, as a bank).
     forceable : whether the command offers ``--force`` (the refusal names it); default
         ``replace``.
@@ -248,7 +252,7 @@ def check_out(
                 return target
             hint = "choose a new or empty folder"
             if replace:
-                hint += ", or pass --force to replace it"
+                hint += f", or pass --force to write there and keep it as {target.name}.previous"
             elif forceable:
                 hint += ", or pass --force to write beside its files (never over them)"
             raise KernelAtlasError(f"--out {shown} is not empty and is {what}: {hint}")
@@ -256,7 +260,8 @@ def check_out(
         if extra is not None:
             raise KernelAtlasError(
                 f"--out {shown} holds {extra}, which kernelatlas did not write and replacing "
-                "the folder would delete: move it out, or pass --force"
+                f"the folder would delete: move it out, or pass --force to keep the folder as "
+                f"{target.name}.previous"
             )
     return target
 
@@ -315,17 +320,28 @@ class Staging:
     path : the staging folder (a marked hidden sibling of ``out``).
     keep : sub-folders carried over from the previous state and kept by a failed run so
         that the next one resumes (e.g. ``bank``).
+    keep_previous : the previous ``out`` holds what kernelatlas did not write (replaced
+        with ``force``): it is moved aside, not deleted.
+    kept : where the previous ``out`` went, once published with ``keep_previous``.
     """
 
     out: Path
     path: Path
     keep: tuple[str, ...] = ()
+    keep_previous: bool = False
     published: bool = field(default=False, init=False)
+    kept: Path | None = field(default=None, init=False)
 
     def publish(self) -> None:
-        """Make the staging folder the output (atomic on Linux)."""
-        publish_dir(self.path, self.out)
+        """Make the staging folder the output (atomic on Linux; a folder kept aside first)."""
+        self.kept = publish_dir(self.path, self.out, keep_previous=self.keep_previous)
         self.published = True
+        if self.kept is not None:
+            warnings.warn(
+                f"--force: the folder that was at {self.out} is kept, unchanged, at "
+                f"{self.kept} (kernelatlas deletes only what it wrote)",
+                stacklevel=1,
+            )
 
     def _has_new_work(self) -> bool:
         """Whether a kept sub-folder holds files that the previous state does not."""
@@ -364,7 +380,17 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _prepare_staging(target: Path, kind: str, keep: Sequence[str]) -> Staging:
+def _needs_keeping(target: Path, kind: str) -> bool:
+    """Whether replacing ``target`` would delete what kernelatlas did not write there: a
+    folder that is not kernelatlas's of ``kind``, or one holding a user's file."""
+    if not target.is_dir() or not any(p.name != MARKER for p in target.iterdir()):
+        return False
+    return not is_kernelatlas_dir(target, kind) or _foreign(target, kind) is not None
+
+
+def _prepare_staging(
+    target: Path, kind: str, keep: Sequence[str], *, keep_previous: bool = False
+) -> Staging:
     staging = staging_path(target)
     if staging.is_symlink() or (staging.exists() and read_marker(staging) is None):
         raise KernelAtlasError(
@@ -375,21 +401,24 @@ def _prepare_staging(target: Path, kind: str, keep: Sequence[str]) -> Staging:
             if p.name not in keep and p.name != MARKER:
                 _remove(p)
     mark_dir(staging, kind)
+    ours = is_kernelatlas_dir(target, kind)  # only kernelatlas's own parts are reused
+    subs = _CONTENTS.get(kind, (frozenset(), {}))[1]
     for name in keep:  # reuse the previous state's parts (hard links: no copy, no mutation)
         old, new = target / name, staging / name
         for f in new.glob(".*.tmp"):  # a killed writer's temporary file
             f.unlink(missing_ok=True)
-        if not old.is_dir():
+        if not ours or not old.is_dir() or old.is_symlink():
             continue
         new.mkdir(exist_ok=True)
         for f in old.iterdir():
             dst = new / f.name
-            if f.is_file() and not f.is_symlink() and not dst.exists():
+            mine = f.name == MARKER or f.suffix in subs.get(name, ())
+            if mine and f.is_file() and not f.is_symlink() and not dst.exists():
                 try:
                     os.link(f, dst)
                 except OSError:
                     shutil.copy2(f, dst)
-    return Staging(target, staging, tuple(keep))
+    return Staging(target, staging, tuple(keep), keep_previous)
 
 
 @contextlib.contextmanager
@@ -405,14 +434,17 @@ def replacing(
 
     Call :meth:`Staging.publish` at the end of the block; if the block raises (or does not
     publish), the staging folder is removed, or only its resumable ``keep`` parts stay.
-    The previous ``out`` is untouched until the publish.
+    The previous ``out`` is untouched until the publish; with ``force``, a previous ``out``
+    that holds anything kernelatlas did not write is then moved aside, not deleted
+    (:attr:`Staging.kept`).
     """
     target = check_out(out, kind=kind, inputs=inputs, force=force, replace=True)
     with output_lock(target):
         recover_dir(target)
         # checked again under the lock: another run may have published meanwhile
         target = check_out(target, kind=kind, inputs=inputs, force=force, replace=True)
-        stage = _prepare_staging(target, kind, keep)
+        keep_previous = force and _needs_keeping(target, kind)
+        stage = _prepare_staging(target, kind, keep, keep_previous=keep_previous)
         try:
             yield stage
         finally:

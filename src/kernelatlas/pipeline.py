@@ -279,7 +279,8 @@ def analyze(
     out : output folder: absent, empty or an earlier analysis (see :mod:`kernelatlas.outputs`);
         replaced atomically. Its bank is reused for sources whose content is unchanged.
     config : an :class:`AnalysisConfig`; keyword ``overrides`` replace its fields.
-    force : replace ``out`` even when it is a non-empty folder kernelatlas did not write.
+    force : write ``out`` even when it holds what kernelatlas did not write; that folder is
+        moved aside to ``NAME.previous``, never deleted (a warning names it).
 
     Examples
     --------

@@ -177,12 +177,14 @@ def test_analyze_refuses_outs_that_are_not_its_own(tree: Path, name, out, says) 
     assert run.grown_mb < 128, run.grown_mb
 
 
-def test_force_replaces_a_foreign_folder_only_when_asked(tmp_path: Path) -> None:
+def test_force_writes_there_and_keeps_the_users_folder_aside(tmp_path: Path) -> None:
     dirs = _case_dirs(tmp_path)
-    with pytest.raises(KernelAtlasError, match="--force"):
-        with replacing(dirs["user"], kind="analysis"):
+    user = dirs["user"]
+    before = snapshot(user)
+    with pytest.raises(KernelAtlasError, match="--force to write there and keep it as"):
+        with replacing(user, kind="analysis"):
             pass
-    assert (dirs["user"] / "thesis.tex").exists() and not staging_path(dirs["user"]).exists()
+    assert snapshot(user) == before and not staging_path(user).exists()
     with pytest.raises(KernelAtlasError, match="holds the input"):  # not even with force
         with replacing(dirs["models"], kind="analysis", inputs=[dirs["models"] / "m.npy"],
                        force=True):  # fmt: skip
@@ -190,11 +192,87 @@ def test_force_replaces_a_foreign_folder_only_when_asked(tmp_path: Path) -> None
     for top in ("/usr", "/tmp", str(Path.home())):  # never, whatever --force says
         with pytest.raises(KernelAtlasError, match="top folder|current folder"):
             check_out(top, kind="analysis", force=True)
-    with replacing(dirs["user"], kind="analysis", force=True) as stage:
-        (stage.path / "summary.json").write_text("{}")
+    # a run that fails moves nothing
+    with pytest.raises(RuntimeError):
+        with replacing(user, kind="analysis", force=True):
+            raise RuntimeError("boom")
+    assert snapshot(user) == before
+    (tmp_path / "user.previous").mkdir()  # the user's own: never written over
+    (tmp_path / "user.previous" / "old.txt").write_text("mine too")
+    with pytest.warns(UserWarning, match=r"kept, unchanged, at .*user\.previous-2"):
+        with replacing(user, kind="analysis", force=True) as stage:
+            (stage.path / "summary.json").write_text("{}")
+            stage.publish()
+    assert stage.kept == tmp_path / "user.previous-2"
+    assert snapshot(stage.kept) == before  # the user's folder, every byte, nothing added
+    assert read_marker(stage.kept) is None
+    assert [p.name for p in (tmp_path / "user.previous").iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in user.iterdir()) == [MARKER, "summary.json"]
+    assert not staging_path(user).exists() and not lock_path(user).exists()
+    # now kernelatlas's own: the next run replaces it without --force and keeps nothing
+    with replacing(user, kind="analysis") as stage:
         stage.publish()
-    assert sorted(p.name for p in dirs["user"].iterdir()) == [MARKER, "summary.json"]
-    assert not staging_path(dirs["user"]).exists() and not lock_path(dirs["user"]).exists()
+    assert stage.kept is None and not (tmp_path / "user.previous-3").exists()
+
+
+def test_force_keeps_a_users_file_inside_an_output_and_never_reuses_their_bank(
+    tmp_path: Path,
+) -> None:
+    mine = mark_dir(tmp_path / "run", "analysis")
+    (mine / "summary.json").write_text("{}")
+    mark_dir(mine / "bank", "bank")
+    (mine / "bank" / "m.parquet").write_bytes(b"PAR1 kernelatlas's")
+    (mine / "bank" / "notes.txt").write_text("mine")
+    before = snapshot(mine)
+    with pytest.warns(UserWarning, match="kept, unchanged"):
+        with replacing(mine, kind="analysis", force=True, keep=("bank",)) as stage:
+            reused = sorted(p.name for p in (stage.path / "bank").iterdir())
+            stage.publish()
+    assert reused == [MARKER, "m.parquet"]  # the user's notes.txt is not carried into ours
+    assert snapshot(tmp_path / "run.previous") == before
+    # a user's folder holding a bank/ of their own: nothing of it enters the new output
+    user = tmp_path / "user"
+    (user / "bank").mkdir(parents=True)
+    (user / "bank" / "theirs.parquet").write_bytes(b"PAR1 theirs")
+    with pytest.warns(UserWarning):
+        with replacing(user, kind="analysis", force=True, keep=("bank",)) as stage:
+            assert not (stage.path / "bank").exists()
+            stage.publish()
+    assert (tmp_path / "user.previous" / "bank" / "theirs.parquet").read_bytes() == b"PAR1 theirs"
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "plain rename"])
+def test_move_aside_never_lands_on_an_existing_path(tmp_path: Path, monkeypatch, renameat2) -> None:
+    from kernelatlas import atomic
+
+    if not renameat2:  # no renameat2 (another OS, an old libc)
+        monkeypatch.setattr(atomic, "_renameat2", lambda *a: None)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.txt").write_text("d")
+    (tmp_path / "d.previous").mkdir()  # an empty folder: a plain rename would replace it
+    (tmp_path / "d.previous-2").write_text("a file")
+    (tmp_path / "d.previous-3").symlink_to(tmp_path / "nowhere")
+    assert atomic.move_aside(tmp_path / "d") == tmp_path / "d.previous-4"
+    assert (tmp_path / "d.previous-4" / "f.txt").read_text() == "d"
+    assert not any((tmp_path / "d.previous").iterdir())
+    assert (tmp_path / "d.previous-2").read_text() == "a file"
+
+
+def test_force_on_the_cli_names_where_the_folder_is_kept(tmp_path: Path) -> None:
+    dirs = _case_dirs(tmp_path)
+    before = snapshot(dirs["user"])
+    args = ["analyze", dirs["models"] / "m.npy", "--no-fit", "--no-init-baseline", "--quiet"]
+    run = run_cli([*args, "--out", dirs["user"]])
+    assert run.code == 2 and "keep it as user.previous" in run.one_line_error(), run.lines
+    run = run_cli([*args, "--out", dirs["user"], "--force"])
+    assert run.code == 0, run.lines
+    kept = [ln for ln in run.stderr.splitlines() if "--force" in ln]
+    assert kept == [
+        f"kernelatlas: warning: --force: the folder that was at {dirs['user']} is kept, "
+        f"unchanged, at {tmp_path / 'user.previous'} (kernelatlas deletes only what it wrote)"
+    ]
+    assert snapshot(tmp_path / "user.previous") == before
+    assert (dirs["user"] / "index.html").is_file() and not (dirs["user"] / "thesis.tex").exists()
 
 
 def test_a_second_run_on_the_same_out_refuses(tmp_path: Path) -> None:

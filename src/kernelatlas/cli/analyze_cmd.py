@@ -115,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace --out even when it is a non-empty folder kernelatlas did not write",
+        help="write --out even when it is a non-empty folder kernelatlas did not write (or "
+        "holds a file it did not write): that folder is kept, unchanged, as DIR.previous",
     )
     p.add_argument(
         "--method",
@@ -249,7 +250,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--force",
         action="store_true",
-        help="replace --out even when it is a non-empty folder kernelatlas did not write",
+        help="write --out even when it is a non-empty folder kernelatlas did not write (or "
+        "holds a file it did not write): that folder is kept, unchanged, as DIR.previous",
     )
     c.add_argument(
         "--labels",

@@ -148,8 +148,9 @@ def compare(
     Runs that differ in a setting of :data:`COMPARED_SETTINGS` are flagged on the page and
     in comparison.json (``comparable: false`` with the ``differences``); with ``strict``
     they are refused. ``out`` follows the rules of :mod:`kernelatlas.outputs` (never a run
-    folder, a folder holding one, or a file; ``force`` replaces a folder kernelatlas did not
-    write); it is replaced atomically. Returns ``out`` resolved.
+    folder, a folder holding one, or a file; with ``force`` a folder kernelatlas did not
+    write is moved aside to ``NAME.previous``); it is replaced atomically. Returns ``out``
+    resolved.
     """
     if len(run_dirs) < 2:
         raise KernelAtlasError("compare needs at least two analysis directories")
