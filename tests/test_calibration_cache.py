@@ -4,6 +4,7 @@ never trusted; data-built nulls are keyed by their content."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,44 @@ def test_another_version_recalibrates(cache: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(C, "__version__", "9.9.9")
     again = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
     assert not again.cached and len(list(cache.iterdir())) == 2
+
+
+def _load_plugin(folder: Path, formula: str):
+    """A user's plugin family (tests' Checker) defined in its own module file."""
+    import importlib.util
+
+    src = folder / "my_plugin.py"
+    src.write_text(
+        "from tests.test_family_registry import Checker\n\n"
+        f"class MyChecker(Checker):\n    name = 'my_checker'\n    formula = {formula!r}\n"
+    )
+    spec = importlib.util.spec_from_file_location("my_plugin", src)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["my_plugin"] = module  # as `import my_plugin` would
+    return module.MyChecker
+
+
+def test_other_code_of_the_same_version_recalibrates(cache: Path, tmp_path: Path) -> None:
+    """A development install or a user's plugin changes code, not the version: its
+    thresholds are never taken for those of other code."""
+    from kernelatlas.atlas.registry import register_family, unregister_family
+
+    base = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
+    register_family(_load_plugin(tmp_path, "p * (-1)^(i + j)"))
+    try:
+        first = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
+        assert not first.cached and first.path != base.path
+        assert "my_checker" in first.atlas.thresholds_
+        assert C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL).cached
+        unregister_family("my_checker")
+        register_family(_load_plugin(tmp_path, "p * (-1)^(i + j + 1)"))  # its code changed
+        again = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
+        assert not again.cached and again.path not in (base.path, first.path)
+    finally:
+        unregister_family("my_checker")
+        sys.modules.pop("my_plugin", None)
+    assert C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL).cached  # the built-ins' entry
 
 
 def _tamper(doc: dict, how: str) -> str:

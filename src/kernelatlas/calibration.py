@@ -6,6 +6,10 @@ on a held-out null. Both depend only on the *calibration key*:
 
 - the kernel size, the null kind, ``null_fpr``, ``n_null``, ``seed``, the kernelatlas
   version, and the atlas's families;
+- the sha256 of the code that the thresholds come from (:func:`code_digest`: the atlas
+  package, the nulls, the normalisation and the module of every registered family, a
+  user's plugin included), so that a development install or a changed plugin of the same
+  version never meets thresholds computed by other code;
 - for a null built from data (``init``: fresh-init kernels; any kind whose kernels come
   from the analysed models) the sha256 of the null kernels and of the held-out kernels,
   so that other data never meets a stale entry. A caller that cannot name its data passes
@@ -44,7 +48,14 @@ from . import __version__
 if TYPE_CHECKING:
     from .atlas import Atlas
 
-__all__ = ["Calibration", "calibrate", "calibration_dir", "calibration_key", "HELDOUT_SEED_OFFSET"]
+__all__ = [
+    "Calibration",
+    "calibrate",
+    "calibration_dir",
+    "calibration_key",
+    "code_digest",
+    "HELDOUT_SEED_OFFSET",
+]
 
 #: The held-out Gaussian null is drawn with ``seed + HELDOUT_SEED_OFFSET`` (the calibration
 #: null with ``seed``), so the two never share kernels.
@@ -96,6 +107,52 @@ def _digest(*arrays: np.ndarray | None) -> str | None:
     return h.hexdigest()
 
 
+def _code_files() -> list[str]:
+    """The source files thresholds depend on: the atlas package, the nulls, the
+    normalisation, the taxonomy, and the module of every registered family."""
+    import inspect
+
+    from .atlas import registry
+
+    package = Path(__file__).parent
+    files = {str(p) for p in (package / "atlas").rglob("*.py")}
+    files |= {str(package / f) for f in ("null.py", "normalize.py", "taxonomy.py")}
+    for fam in registry.families():
+        try:
+            src = inspect.getsourcefile(type(fam))
+        except (TypeError, OSError):  # its module is gone from sys.modules, or compiled
+            src = None
+        files.add(src or f"<{type(fam).__module__}.{type(fam).__qualname__}>")
+    return sorted(files)
+
+
+_DIGESTS: dict[tuple[Any, ...], str] = {}
+
+
+def code_digest() -> str:
+    """sha256 of the sources in :func:`_code_files` (names and bytes; a module without a
+    source file by its name only), recomputed when a file's size or mtime changes."""
+    stamp = []
+    for f in _code_files():
+        try:
+            st = os.stat(f)
+            stamp.append((f, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamp.append((f, None, None))
+    key = tuple(stamp)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for f, size, _ in stamp:
+            h.update(f"{Path(f).name}\0{size}\0".encode())
+            if size is not None:
+                try:
+                    h.update(Path(f).read_bytes())
+                except OSError:
+                    h.update(b"unreadable\0")
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
 def calibration_key(
     kh: int,
     kw: int,
@@ -120,6 +177,7 @@ def calibration_key(
         "seed": int(seed),
         "families": None if families is None else [str(f) for f in families],
         "data_sha256": _digest(null, heldout),
+        "code_sha256": code_digest(),
     }
 
 
