@@ -336,6 +336,17 @@ def test_the_null_statistics_come_from_the_user_cache(tmp_path, monkeypatch) -> 
     assert entry.read_bytes()[:4] == b"PAR1"  # rewritten
     other = group_statistics(None, **{**kw, "seed": 1})["null"]
     assert len(list((tmp_path / "biology").iterdir())) == 2 and not other.equals(first)
+    # other code of the same version (a development install): its own entry, never this one
+    import kernelatlas.biology.comparison as comparison
+
+    code = tmp_path / "statistics_v2.py"
+    code.write_text("# one version of the code\n")
+    monkeypatch.setattr(comparison, "_BIOLOGY_CODE", (*comparison._BIOLOGY_CODE, str(code)))
+    group_statistics(None, **kw)
+    assert len(list((tmp_path / "biology").iterdir())) == 3
+    code.write_text("# the same file, changed\n")
+    group_statistics(None, **kw)
+    assert len(list((tmp_path / "biology").iterdir())) == 4
 
 
 def test_init_kernels_use_the_twins_the_analysis_harvested(tmp_path) -> None:

@@ -107,16 +107,17 @@ def _digest(*arrays: np.ndarray | None) -> str | None:
     return h.hexdigest()
 
 
-def _code_files() -> list[str]:
+def _code_files(extra: tuple[str, ...] = ()) -> list[str]:
     """The source files thresholds depend on: the atlas package, the nulls, the
-    normalisation, the taxonomy, and the module of every registered family."""
+    normalisation, the taxonomy, and the module of every registered family; ``extra``:
+    more of kernelatlas's modules, by path inside the package."""
     import inspect
 
     from .atlas import registry
 
     package = Path(__file__).parent
     files = {str(p) for p in (package / "atlas").rglob("*.py")}
-    files |= {str(package / f) for f in ("null.py", "normalize.py", "taxonomy.py")}
+    files |= {str(package / f) for f in ("null.py", "normalize.py", "taxonomy.py", *extra)}
     for fam in registry.families():
         try:
             src = inspect.getsourcefile(type(fam))
@@ -129,11 +130,12 @@ def _code_files() -> list[str]:
 _DIGESTS: dict[tuple[Any, ...], str] = {}
 
 
-def code_digest() -> str:
+def code_digest(extra: tuple[str, ...] = ()) -> str:
     """sha256 of the sources in :func:`_code_files` (names and bytes; a module without a
-    source file by its name only), recomputed when a file's size or mtime changes."""
+    source file by its name only), recomputed when a file's size or mtime changes; ``extra``
+    adds kernelatlas modules (paths inside the package) that a cached result depends on."""
     stamp = []
-    for f in _code_files():
+    for f in _code_files(tuple(extra)):
         try:
             st = os.stat(f)
             stamp.append((f, st.st_size, st.st_mtime_ns))

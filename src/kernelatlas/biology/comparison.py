@@ -627,12 +627,17 @@ def group_statistics(
     return out
 
 
+#: Modules (inside the package) that the cached null statistics depend on beyond the atlas.
+_BIOLOGY_CODE = ("fit.py", "calibration.py", "biology/comparison.py", "biology/statistics.py")
+
+
 def _null_group(
     kh: int, kw: int, *, n: int, null_fpr: float, n_null: int, **kw_stats: Any
 ) -> pd.DataFrame:
     """:func:`kernel_statistics` of the null sample of one size, from the user cache when
-    this kernelatlas version computed it with the same settings (it depends on nothing
-    else: the null is drawn, named and fitted from the seed). The cache is a folder of small
+    the same code (:func:`kernelatlas.calibration.code_digest` with the fits and these
+    statistics) computed it with the same settings (it depends on nothing else: the null
+    is drawn, named and fitted from the seed). The cache is a folder of small
     Parquet files (``<cache>/biology``, ``<cache>`` as for the weights and calibrations);
     an entry that does not read back as this table is recomputed and rewritten."""
     import hashlib
@@ -640,12 +645,15 @@ def _null_group(
     import uuid
 
     from .. import __version__
+    from ..calibration import code_digest
     from ..harvest.cache import cache_dir
     from ..taxonomy import FAMILIES
 
+    code = code_digest(_BIOLOGY_CODE)
     key = {"format": 1, "kernelatlas_version": __version__, "kh": int(kh), "kw": int(kw),
            "n": int(n), "null_fpr": float(null_fpr), "n_null": int(n_null),
-           "families": list(FAMILIES), **{k: v for k, v in kw_stats.items()}}  # fmt: skip
+           "families": list(FAMILIES), "code_sha256": code,
+           **{k: v for k, v in kw_stats.items()}}  # fmt: skip
     blob = json.dumps(key, sort_keys=True, default=str).encode()
     path = (
         cache_dir() / "biology" / f"null-{kh}x{kw}-{hashlib.sha256(blob).hexdigest()[:24]}.parquet"
