@@ -205,6 +205,35 @@ def test_sources_with_one_model_name_stay_apart(collide: dict) -> None:
     assert all("(2 layers)" in t for t in titles)
 
 
+def test_hundreds_of_sources_draw_their_first_ones_and_say_so(
+    collide, tmp_path, monkeypatch
+) -> None:
+    """Per-source figures of many sources show the first ones (the tables keep every row):
+    one panel per source of hundreds of sources took minutes and could not be read."""
+    import copy
+
+    from kernelatlas.report import builtin_sections as B
+    from kernelatlas.report.sections import ReportContext
+
+    base = collide["summary"]
+    summary = copy.deepcopy(base)
+    summary["models"], summary["layers"] = [], []
+    for i in range(3):  # nine sources: three copies of each of the three
+        for key in ("models", "layers"):
+            for r in copy.deepcopy(base[key]):
+                r["source"] = f"{r['source']}#{i}"
+                summary[key].append(r)
+    monkeypatch.setattr(B, "LAYERS_FIGURE_SOURCES", 4)
+    monkeypatch.setattr(B, "COVERAGE_FIGURE_ROWS", 5)
+    ctx = ReportContext(tmp_path, summary)
+    (layers,) = B._layer_figures(ctx)
+    (coverage,) = B._coverage_figures(ctx)
+    assert "the first 4 of 9 sources; the table below lists every layer" in layers.caption
+    assert "the first 5 of 18 model rows; the table lists every one" in coverage.caption
+    assert (tmp_path / "figures" / "layers.png").stat().st_size > 5000
+    assert B.models_table(ctx).count("<tr") >= 18  # the table: every row
+
+
 def test_terminal_table_never_cuts_names() -> None:
     long = "A-Model-Name-Longer-Than-Twenty-Eight-Characters"
     rows = [{"source": "a/x.onnx", "model": long, "kh": 3, "kw": 3, "kernels": 12_345, "degenerate": 0,

@@ -38,6 +38,21 @@ def _models(ctx: ReportContext) -> pd.DataFrame:
     return pd.DataFrame(ctx.summary["models"])
 
 
+#: Most rows (model, size) the coverage figure draws, and most sources (panels) the layers
+#: figure draws: past them a figure shows the first ones, says so in its caption, and the
+#: page's tables keep every row (one panel per source of 100 sources took 12 s to draw,
+#: growing linearly, into an image no one can read).
+COVERAGE_FIGURE_ROWS = 60
+LAYERS_FIGURE_SOURCES = 24
+
+
+def _first_of(n_shown: int, n_all: int, what: str, where: str) -> str:
+    """The caption's note when a figure shows only the first ``n_shown`` of ``n_all``."""
+    if n_shown >= n_all:
+        return ""
+    return f" (the first {n_shown} of {n_all} {what}; {where})"
+
+
 def _sizes(ctx: ReportContext) -> list[tuple[int, int]]:
     return sorted({(int(m["kh"]), int(m["kw"])) for m in ctx.summary["models"]})
 
@@ -73,10 +88,14 @@ def _coverage_figures(ctx: ReportContext) -> Iterator[Figure]:
     models = _models(ctx)
     if not len(models):
         return
+    n_all = len(models)
+    models = models.iloc[:COVERAGE_FIGURE_ROWS].reset_index(drop=True)
+    note = _first_of(len(models), n_all, "model rows", "the table lists every one")
     kinds = (ctx.summary.get("nulls") or {}).get("kinds", {})
     null = _null_label(ctx.summary, ctx.summary["config"]["null"])
     if kinds:
-        models = models.join(_baseline_columns(ctx.summary["models"], list(kinds)))
+        rows = ctx.summary["models"][: len(models)]
+        models = models.join(_baseline_columns(rows, list(kinds)))
     series = F.coverage_series(
         models,
         null_label=f"null ({null}, held out)",
@@ -95,7 +114,7 @@ def _coverage_figures(ctx: ReportContext) -> Iterator[Figure]:
         fig,
         "coverage.png",
         f"Classified share of trained kernels (thresholds from the {null} null) beside the "
-        "held-out coverage of every baseline, with 95% intervals",
+        f"held-out coverage of every baseline, with 95% intervals{note}",
     )
 
 
@@ -370,9 +389,13 @@ def layers_figure(plt: Any, layer_rows: list[dict[str, Any]], labels: dict[str, 
 
 
 def _layer_figures(ctx: ReportContext) -> Iterator[Figure]:
-    if ctx.summary["layers"]:
-        fig = layers_figure(ctx.plt, ctx.summary["layers"], ctx.labels)
-        yield ctx.save(fig, "layers.png", "Family shares of every depthwise layer, in network order, one panel per source")  # fmt: skip
+    layers = ctx.summary["layers"]
+    if layers:
+        sources = list(dict.fromkeys(r["source"] for r in layers))
+        shown = set(sources[:LAYERS_FIGURE_SOURCES])
+        note = _first_of(len(shown), len(sources), "sources", "the table below lists every layer")
+        fig = layers_figure(ctx.plt, [r for r in layers if r["source"] in shown], ctx.labels)
+        yield ctx.save(fig, "layers.png", f"Family shares of every depthwise layer, in network order, one panel per source{note}")  # fmt: skip
 
 
 @register_section("layers", title="Layer by layer", order=30, figures=_layer_figures, early=True)
