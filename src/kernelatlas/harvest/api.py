@@ -44,6 +44,11 @@ SKIP_REASONS: dict[str, tuple[str, str]] = {
     "1x1": ("1x1", "nothing spatial to analyse"),
     "stem": ("stem", "the grayscale stem conv, which has the depthwise shape"),
     "expanded view": ("expanded-view", "stride-0 views, not trained weights"),
+    "nchwc": (
+        "NCHWc",
+        "onnxruntime's CPU-specific blocked weights: save the model optimised at "
+        "ORT_ENABLE_EXTENDED or lower, or harvest the model it came from",
+    ),
 }
 
 

@@ -3,7 +3,10 @@
 Depthwise = a ``Conv`` node with ``group == C_in > 1`` (C_in = weight channels * group)
 and a weight of shape ``[C_in * mult, 1, kh, kw]``. The weight comes from an initializer
 or a ``Constant`` node, possibly through ``Identity``, ``Cast``, ``Mul`` by a constant and
-``DequantizeLinear`` (int8 weight-only models; per-tensor or per-channel scales). With
+``DequantizeLinear`` (int8 weight-only models; per-tensor or per-channel scales).
+Quantised convolutions count too: ``QLinearConv`` (dequantised with its weight scale and
+zero point) and ``ConvInteger`` (with its zero point and the weight scale of onnxruntime's
+dynamic-quantisation pattern). With
 ``fold_bn=True`` a ``BatchNormalization`` node that is the conv's only consumer is folded in.
 Every tensor's declared size is checked against its data and :mod:`kernelatlas.limits`
 before it is read; external data is read only from regular files beside the model.
@@ -162,18 +165,25 @@ class _Graph:
             if len(node.input) > 2 and node.input[2]:
                 zero = self.const(node.input[2], depth + 1)
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            q = x[0]
-            s = scale[0].astype(np.float32)
-            z = zero[0].astype(np.float32) if zero is not None else np.zeros_like(s)
-            if s.ndim == 1 and s.size > 1:
-                shape = [1] * q.ndim
-                shape[axis] = -1
-                s, z = s.reshape(shape), z.reshape(shape)
             what = f"{self.path}: {node.name or name!r}"
-            numel = check_tensor(what, _bcast(what, q, s, z), 4)  # charged before computing
-            charge(f"{what} (temporary)", 4 * numel)
-            return np.subtract(q, z, dtype=np.float32) * s, x[1]
+            return _dequantize(what, x[0], scale[0], None if zero is None else zero[0], axis), x[1]
         return None
+
+
+def _dequantize(
+    what: str, q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int
+) -> np.ndarray:
+    """``(q - zero) * scale`` in float32, a 1-D ``scale``/``zero`` along ``axis`` (ONNX's
+    per-axis quantisation), charged to the source budget before it is computed."""
+    s = np.asarray(scale, np.float32)
+    z = np.zeros_like(s) if zero is None else np.asarray(zero, np.float32)
+    if s.ndim == 1 and s.size > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    numel = check_tensor(what, _bcast(what, q, s, z), 4)  # charged before computing
+    charge(f"{what} (temporary)", 4 * numel)
+    return np.subtract(q, z, dtype=np.float32) * s
 
 
 def _bcast(what: str, *arrays: np.ndarray) -> tuple[int, ...]:
@@ -211,7 +221,8 @@ def _bn_scale(g: _Graph, conv: Any) -> np.ndarray | None:
     sniff=lambda head, ext: ext == ".onnx",  # protobuf has no magic bytes
     extra="onnx",
     can_fold_bn=True,
-    description="ONNX graph (initializers, Constant nodes, Cast/Mul/DequantizeLinear, BN nodes)",
+    description="ONNX graph (initializers, Constant nodes, Cast/Mul/DequantizeLinear, "
+    "QLinearConv/ConvInteger, BN nodes)",
 )
 def read_onnx(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of an ONNX model, in graph (topological) order."""
@@ -227,8 +238,8 @@ def read_onnx(path: Path, *, fold_bn: bool = False) -> ReadResult:
     if not model.graph.node:
         raise FormatError(f"{path}: not an ONNX model (empty graph); check the file")
     try:
-        layers, skipped = _read_graph(path, model, fold_bn)
-        return ReadResult(layers, {"1x1": skipped} if skipped else {})
+        layers, skipped, notes = _read_graph(path, model, fold_bn)
+        return ReadResult(layers, {k: n for k, n in skipped.items() if n}, tuple(notes))
     except KernelAtlasError:
         raise
     except (MemoryError, RecursionError) as exc:
@@ -240,18 +251,98 @@ def read_onnx(path: Path, *, fold_bn: bool = False) -> ReadResult:
         ) from None
 
 
-def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernels], int]:
+#: Convolution ops and the input index of their weight (layout ``[M, C/group, kh, kw]``):
+#: ``Conv``, the quantised convolutions onnxruntime's quantizer writes (``QLinearConv``:
+#: static, QOperator format; ``ConvInteger``: dynamic) and the ``FusedConv`` (conv +
+#: activation) of its optimised files.
+_CONV_WEIGHT = {
+    ("", "Conv"): 1,
+    ("", "QLinearConv"): 3,
+    ("", "ConvInteger"): 1,
+    ("com.microsoft", "FusedConv"): 1,
+}
+#: onnxruntime's NCHWc convolutions (files saved at ORT_ENABLE_ALL): their weights are
+#: reordered into CPU-specific channel blocks, so they are counted, never read as kernels.
+_NCHWC = "com.microsoft.nchwc"
+
+
+def _conv_weight(g: _Graph, node: Any, notes: list[str]) -> tuple[np.ndarray, str] | None:
+    """The float weight of a convolution node and its stored dtype, or None if not constant.
+
+    ``QLinearConv`` weights are dequantised with their own scale and zero point (per tensor
+    or per output channel); ``ConvInteger`` weights with their zero point and the weight
+    scale onnxruntime multiplies its output by (:func:`_conv_integer_scale`), else they are
+    kept in quantised units and a note says so.
+    """
+    op = node.op_type
+    got = g.const(node.input[_CONV_WEIGHT[node.domain if node.domain != "ai.onnx" else "", op]])
+    if got is None or op not in ("QLinearConv", "ConvInteger"):
+        return got
+    q, stored = got
+    what = f"{g.path}: {node.name or node.output[0]!r}"
+    if op == "QLinearConv":
+        scale = g.const(node.input[4])
+        zero = g.const(node.input[5]) if len(node.input) > 5 and node.input[5] else None
+        if scale is None:
+            return None
+        return _dequantize(what, q, scale[0], None if zero is None else zero[0], 0), stored
+    zero = g.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    scale = _conv_integer_scale(g, node)
+    if scale is None:
+        notes.append(
+            f"ConvInteger {node.name or node.output[0]!r}: weight scale not found, kernels "
+            "kept in quantised units (shapes exact, magnitudes relative)"
+        )
+        scale = np.ones(1, np.float32)
+    return _dequantize(what, q, scale, None if zero is None else zero[0], 0), stored
+
+
+def _conv_integer_scale(g: _Graph, node: Any) -> np.ndarray | None:
+    """The weight scale of a ``ConvInteger`` as onnxruntime's dynamic quantizer writes it:
+    the output (through a bias ``Add`` and a ``Cast``) is multiplied by
+    ``Mul(input_scale, weight_scale)``, the input's scale computed at run time, the weight's
+    a constant (scalar or per output channel). None for any other pattern."""
+    out = node.output[0]
+    for _ in range(3):
+        users = g.consumers.get(out, [])
+        if len(users) != 1:
+            return None
+        user = users[0]
+        if user.op_type in ("Add", "Cast"):
+            out = user.output[0]
+            continue
+        if user.op_type != "Mul":
+            return None
+        other = user.input[1] if user.input[0] == out else user.input[0]
+        prod = g.producer.get(other)
+        if prod is None or prod.op_type != "Mul":
+            return None
+        consts = [c for c in (g.const(i) for i in prod.input) if c is not None]
+        if len(consts) != 1:  # both constant: input and weight scales not told apart
+            return None
+        scale = np.asarray(consts[0][0], np.float32)
+        return scale if scale.ndim <= 1 else None
+    return None
+
+
+def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernels], int, list[str]]:
     g = _Graph(model.graph, Path(path))
     layers: list[LayerKernels] = []
     skipped = 0
+    notes: list[str] = []
+    nchwc = 0
     for node in model.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2:
+        op = (node.domain if node.domain != "ai.onnx" else "", node.op_type)
+        if op == (_NCHWC, "Conv") and int(_attrs(node).get("group", 1)) > 1:
+            nchwc += 1
+            continue
+        if op not in _CONV_WEIGHT or len(node.input) <= _CONV_WEIGHT[op]:
             continue
         attrs = _attrs(node)
         group = int(attrs.get("group", 1))
         if group < 2:
             continue
-        got = g.const(node.input[1])
+        got = _conv_weight(g, node, notes)
         if got is None:
             continue  # weight computed at run time: nothing to harvest
         w, stored = got
@@ -278,4 +369,4 @@ def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernel
                 dtype=stored,
             )
         )
-    return layers, skipped
+    return layers, {"1x1": skipped, "nchwc": nchwc}, notes
