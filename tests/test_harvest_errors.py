@@ -142,6 +142,23 @@ def test_bad_array_shapes_say_the_fix(tmp_path):
         harvest(tmp_path / "flat.npy")
 
 
+def test_bad_npz_member_names_the_file(tmp_path, tiny_dscnn):
+    """A state dict saved with np.savez: the message names the file and the member (it
+    named the bare array, so with several sources nobody could tell which file)."""
+    sd = {k: v.numpy() for k, v in tiny_dscnn.state_dict().items()}
+    np.savez(tmp_path / "sd.npz", **sd)
+    first = next(iter(sd))
+    with pytest.raises(FormatError) as err:
+        harvest(tmp_path / "sd.npz")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'sd.npz'}: member '{first}.npy': expected numeric")
+    assert "torch.save or safetensors" in msg
+    np.save(tmp_path / "one.npy", np.ones((3, 3), np.float32))
+    with pytest.raises(FormatError) as err:
+        harvest(tmp_path / "one.npy")
+    assert str(err.value).startswith(f"{tmp_path / 'one.npy'}: expected numeric")
+
+
 def test_fold_bn_without_architecture_says_what_to_do(tmp_path, tiny_dscnn):
     torch.save(tiny_dscnn.state_dict(), tmp_path / "a.pt")
     with pytest.raises(KernelAtlasError, match="harvest the nn.Module"):

@@ -24,17 +24,24 @@ from .formats import ReadResult, register_format
 __all__ = ["read_arrays"]
 
 
-def _layer(name: str, arr: np.ndarray, idx: int) -> LayerKernels | None:
+def _layer(name: str, arr: np.ndarray, idx: int, what: str, npz: bool) -> LayerKernels | None:
+    """One array as a layer; ``what`` names it in messages (the file, and the member)."""
     if arr.dtype == object:
-        raise UnsafeFileError(f"{name}: object arrays need pickle; save plain float arrays")
+        raise UnsafeFileError(f"{what}: object arrays need pickle; save plain float arrays")
     if arr.ndim == 4 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 3 or not (
         np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
     ):
+        whole = (
+            " (a .npz holds only kernel stacks: save a state dict with torch.save or "
+            "safetensors instead)"
+            if npz
+            else ""
+        )
         raise FormatError(
-            f"{name}: expected numeric kernels [N,kh,kw] or [N,1,kh,kw], got "
-            f"{arr.dtype} {list(arr.shape)}; reshape the array"
+            f"{what}: expected numeric kernels [N,kh,kw] or [N,1,kh,kw], got "
+            f"{arr.dtype} {list(arr.shape)}; reshape the array{whole}"
         )
     if arr.shape[1:] == (1, 1):
         return None
@@ -81,7 +88,8 @@ def read_arrays(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Kernels of a .npy (one layer) or .npz (one layer per array)."""
     path = Path(path)
     try:
-        if zipfile.is_zipfile(path):
+        is_zip = zipfile.is_zipfile(path)
+        if is_zip:
             items = []
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
@@ -95,10 +103,10 @@ def read_arrays(path: Path, *, fold_bn: bool = False) -> ReadResult:
                     charge(f"{what} (uncompressed)", info.file_size)
                     with zf.open(info) as fp:
                         arr = _read_npy(fp, what, info.file_size)
-                    items.append((info.filename.removesuffix(".npy"), arr))
+                    items.append((info.filename.removesuffix(".npy"), arr, what))
         else:
             with open(path, "rb") as fp:
-                items = [(path.stem, _read_npy(fp, str(path), path.stat().st_size))]
+                items = [(path.stem, _read_npy(fp, str(path), path.stat().st_size), str(path))]
     except KernelAtlasError:
         raise
     except Exception as exc:  # header syntax, zip structure, CRC, compression method...
@@ -108,8 +116,8 @@ def read_arrays(path: Path, *, fold_bn: bool = False) -> ReadResult:
         ) from None
     layers: list[LayerKernels] = []
     skipped = 0
-    for name, arr in items:
-        lk = _layer(name, arr, len(layers))
+    for name, arr, what in items:
+        lk = _layer(name, arr, len(layers), what, is_zip)
         if lk is None:
             skipped += 1
         else:
