@@ -206,3 +206,62 @@ def test_fused_conv_read_nchwc_counted_not_read(real, tmp_path):
     nchwc = _rewrite(model, _domain("com.microsoft.nchwc", "Conv"))
     res = _harvest(_save(nchwc, tmp_path / "nchwc.onnx", "com.microsoft.nchwc"))
     assert res.layers == [] and res.skipped == {"nchwc": 13}
+
+
+def _qdq_output(node, w, inits):
+    """A QDQ file's activation fake-quantisation after each conv (Conv -> Q -> DQ -> BN)."""
+    n = node.output[0]
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.output[0] = f"{n}_f"
+    inits.extend([
+        numpy_helper.from_array(np.float32(0.05), f"{n}_ys"),
+        numpy_helper.from_array(np.uint8(128), f"{n}_yz"),
+    ])  # fmt: skip
+    return [
+        new,
+        helper.make_node("QuantizeLinear", [f"{n}_f", f"{n}_ys", f"{n}_yz"], [f"{n}_q"]),
+        helper.make_node("DequantizeLinear", [f"{n}_q", f"{n}_ys", f"{n}_yz"], [n]),
+    ]
+
+
+def test_fold_bn_through_the_quantised_output(real, pp_lcnet_path, tmp_path):
+    """The batch norm after a quantised conv's dequantised output is folded (it was not,
+    silently: bn_folded=False with no warning)."""
+    model, ref = real
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = harvest(pp_lcnet_path, fold_bn=True)
+    assert all(lk.bn_folded for lk in want.layers)
+    factors = []  # each channel's gamma / sqrt(var + eps), from the real model's fold
+    for folded, plain in zip(want.layers, ref.layers, strict=True):
+        flat_f, flat_p = (
+            folded.weights.reshape(len(plain.weights), -1),
+            plain.weights.reshape(len(plain.weights), -1),
+        )
+        i = np.abs(flat_p).argmax(1)
+        rows = np.arange(len(i))
+        factors.append(flat_f[rows, i] / np.where(flat_p[rows, i] == 0, 1, flat_p[rows, i]))
+    files = {
+        "qop": _rewrite(model, _qlinear),
+        "dyn": _rewrite(model, lambda n, w, i: _conv_integer(n, w, i)[0]),
+        "qdq": _rewrite(model, _qdq_output),
+    }
+    for name, m in files.items():
+        path = _save(m, tmp_path / f"{name}.onnx")
+        plain = _harvest(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # every layer folds: no warning
+            res = harvest(path, fold_bn=True)
+        assert [lk.bn_folded for lk in res.layers] == [True] * 13, name
+        for got, p, f in zip(res.layers, plain.layers, factors, strict=True):
+            np.testing.assert_allclose(got.weights, p.weights * f[:, None, None], rtol=1e-5)
+
+
+def test_fold_bn_warns_when_no_batch_norm_follows(real, tmp_path):
+    model, _ = real
+    fused = _rewrite(model, _domain("com.microsoft", "FusedConv"))
+    path = _save(fused, tmp_path / "fused.onnx", "com.microsoft")
+    with pytest.warns(UserWarning, match="13 of 13 depthwise layers have no following"):
+        res = harvest(path, fold_bn=True)
+    assert not any(lk.bn_folded for lk in res.layers)

@@ -6,8 +6,10 @@ or a ``Constant`` node, possibly through ``Identity``, ``Cast``, ``Mul`` by a co
 ``DequantizeLinear`` (int8 weight-only models; per-tensor or per-channel scales).
 Quantised convolutions count too: ``QLinearConv`` (dequantised with its weight scale and
 zero point) and ``ConvInteger`` (with its zero point and the weight scale of onnxruntime's
-dynamic-quantisation pattern). With
-``fold_bn=True`` a ``BatchNormalization`` node that is the conv's only consumer is folded in.
+dynamic-quantisation pattern), and onnxruntime's ``FusedConv``. With ``fold_bn=True`` a
+``BatchNormalization`` node that is the conv's only consumer (through the ops that only
+dequantise its output, :data:`_TO_FLOAT`) is folded in; a warning counts the layers without
+one.
 Every tensor's declared size is checked against its data and :mod:`kernelatlas.limits`
 before it is read; external data is read only from regular files beside the model.
 Constant folding is memoised (each node folded once, however often its output is reused)
@@ -18,6 +20,7 @@ shared by hundreds of convs yields hundreds of layers, each charged).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -201,10 +204,35 @@ def _attrs(node: Any) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+#: Ops between a convolution and the batch norm that consumes its output that only turn
+#: the conv's own output back into floats: a QDQ file's ``QuantizeLinear`` ->
+#: ``DequantizeLinear`` pair after a ``Conv``; ``QLinearConv`` -> ``DequantizeLinear``;
+#: ``ConvInteger`` -> (bias ``Add``) -> ``Cast`` -> ``Mul`` by the input and weight scales
+#: (the weight scale is in the harvested kernels already, the input's is not the kernel's).
+_TO_FLOAT = {
+    "Conv": ("QuantizeLinear", "DequantizeLinear"),
+    "QLinearConv": ("DequantizeLinear",),
+    "ConvInteger": ("Add", "Cast", "Mul"),
+}
+
+
 def _bn_scale(g: _Graph, conv: Any) -> np.ndarray | None:
+    """``gamma / sqrt(var + eps)`` of the BatchNormalization that is the only consumer of
+    the conv's output (through :data:`_TO_FLOAT` for a quantised conv), else None."""
+    if conv.op_type == "FusedConv":
+        return None  # its activation comes before any batch norm
     out = conv.output[0]
-    users = g.consumers.get(out, [])
-    if len(users) != 1 or out in g.graph_outputs or users[0].op_type != "BatchNormalization":
+    passes = _TO_FLOAT.get(conv.op_type, ())
+    for _ in range(len(passes) + 1):
+        users = g.consumers.get(out, [])
+        if len(users) != 1 or out in g.graph_outputs:
+            return None
+        if users[0].op_type == "BatchNormalization":
+            break
+        if users[0].op_type not in passes:
+            return None
+        out = users[0].output[0]
+    else:
         return None
     bn = users[0]
     vals = [g.const(i) for i in bn.input[1:5]]
@@ -368,5 +396,13 @@ def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernel
                 bn_folded=scale is not None,
                 dtype=stored,
             )
+        )
+    unfolded = sum(not lk.bn_folded for lk in layers)
+    if fold_bn and unfolded:
+        warnings.warn(
+            f"{path}: fold_bn: {unfolded} of {len(layers)} depthwise layers have no following "
+            "BatchNormalization node (already folded by the exporter?); kept unfolded "
+            "(bn_folded=False)",
+            stacklevel=4,
         )
     return layers, {"1x1": skipped, "nchwc": nchwc}, notes
