@@ -41,3 +41,37 @@ def test_int8_per_channel_scales_and_zero_points(tmp_path):
     z3 = zero[:3].astype(np.float32).reshape(1, 3, 1, 1)
     want1 = (q.astype(np.float32) - z3) * scale[:3].reshape(1, 3, 1, 1)
     np.testing.assert_array_equal(got, np.moveaxis(want1[0], -1, 0))
+
+
+def _pack_int4(q: np.ndarray) -> np.ndarray:
+    """TFLite's INT4 layout: two signed values a byte, the first in the low nibble."""
+    flat = np.append(q.ravel(), 0) if q.size % 2 else q.ravel()
+    lo, hi = flat[0::2].astype(np.uint8) & 0x0F, flat[1::2].astype(np.uint8) & 0x0F
+    return (lo | (hi << 4)).astype(np.uint8)
+
+
+def test_int4_weights_read_and_unread_types_counted(shipped, tmp_path):
+    """Real MediaPipe kernels quantised to int4 per channel (ai-edge-quantizer's layout) are
+    read; a weight of a type that is not decoded (BFLOAT16) is counted, never dropped in
+    silence (both gave a layer-less read before, with no word about it)."""
+    real = harvest(shipped("mediapipe/hand_recrop")).layers[0].weights  # [C, kh, kw]
+    c, kh, kw = real.shape
+    w = np.moveaxis(real, 0, -1)[None]  # [1, kh, kw, C]
+    scale = (np.abs(w).reshape(-1, c).max(0) / 7 + 1e-12).astype(np.float32)
+    q = np.clip(np.round(w / scale), -8, 7).astype(np.int8)
+    assert q.min() < 0 < q.max()
+    layers = [
+        {"w": _pack_int4(q), "shape": w.shape, "ttype": 17, "scale": scale},
+        {"w": _pack_int4(q[..., :5]), "shape": (1, kh, kw, 5), "ttype": 17,
+         "scale": scale[:5], "dequant": True},  # odd count: the last byte half used
+        {"w": np.zeros((1, kh, kw, c), np.uint16), "shape": w.shape, "ttype": 18},
+    ]  # fmt: skip
+    path = tmp_path / "int4.tflite"
+    path.write_bytes(tflite_bytes(layers))
+    res = harvest(path)
+    want = np.moveaxis((q.astype(np.float32) * scale)[0], -1, 0)
+    np.testing.assert_array_equal(res.layers[0].weights, want)
+    np.testing.assert_array_equal(res.layers[1].weights, want[:5])
+    np.testing.assert_allclose(want, real, atol=float(scale.max()) / 2 + 1e-7)
+    assert [lk.dtype for lk in res.layers] == ["int4", "int4"]
+    assert res.skipped == {"BFLOAT16 weights, a type not read": 1}

@@ -226,8 +226,9 @@ _TFL_TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int8
 def tflite_bytes(layers: list[dict]) -> bytes:
     """A TFLite flatbuffer with one DEPTHWISE_CONV_2D op per entry of ``layers``.
 
-    Each entry: ``w`` [1, kh, kw, C] (float32, float16 or int8), optional ``scale`` (and
-    ``zero``) per-channel quantisation of an int8 ``w``, ``dequant`` (True: the weight goes
+    Each entry: ``w`` [1, kh, kw, C] (float32, float16 or int8; or the raw bytes of
+    TensorType ``ttype`` with ``shape``), optional ``scale`` (and ``zero``) per-channel
+    quantisation of an integer ``w``, ``dequant`` (True: the weight goes
     through a DEQUANTIZE op), ``stride``, ``dilation``, and ``shape`` to declare a tensor
     shape that differs from the data (hostile files).
     """
@@ -275,7 +276,8 @@ def tflite_bytes(layers: list[dict]) -> bytes:
             quant = table([("UOffsetTRelative", 2, sc), ("UOffsetTRelative", 3, zp),
                            ("Int32", 6, layer.get("quant_dim", 3))])  # fmt: skip
         x = tensor([1, 8, 8, shape[-1]], 0, 0, f"x{i}")
-        stored = tensor(shape, _TFL_TYPES[w.dtype], len(buffers) - 1, f"dw{i}/kernel", quant)
+        ttype = layer.get("ttype", _TFL_TYPES.get(w.dtype))  # raw bytes of another type
+        stored = tensor(shape, ttype, len(buffers) - 1, f"dw{i}/kernel", quant)
         if layer.get("dequant"):
             wt = tensor(shape, 0, 0, f"dw{i}/kernel_dequant")
             ops.append(table([("Uint32", 0, 1), ("UOffsetTRelative", 1, ivec([stored])),

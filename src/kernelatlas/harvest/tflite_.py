@@ -31,12 +31,21 @@ _NP = {
     0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16,
     9: np.int8, 10: np.float64,
 }  # fmt: skip
+#: TensorType INT4: signed 4-bit values packed two a byte, the first in the low nibble.
+_INT4 = 17
+#: The other TensorType names, for the message about a weight type that is not read.
+_TYPE_NAMES = {5: "STRING", 6: "BOOL", 8: "COMPLEX64", 11: "COMPLEX128", 12: "UINT64",
+               13: "RESOURCE", 14: "VARIANT", 15: "UINT32", 16: "UINT16", 18: "BFLOAT16"}  # fmt: skip
 _DEPTHWISE_CONV_2D, _DEQUANTIZE = 4, 6
 _U16, _I32, _U32 = struct.Struct("<H"), struct.Struct("<i"), struct.Struct("<I")
 
 
 class _Corrupt(Exception):
     """An offset outside the buffer."""
+
+
+class _Unsupported(Exception):
+    """A weight of a tensor type the reader does not decode (its layer is counted)."""
 
 
 class _Table:
@@ -122,10 +131,15 @@ def _field_pos(u8: np.ndarray, tables: np.ndarray, i: int) -> np.ndarray:
 
 
 def _tensor_values(buf: bytes, buffers: np.ndarray, t: _Table, name: str) -> tuple | None:
-    dtype = _NP.get(int(t.scalar(1, "<b")))
+    """A constant tensor as float32 (dequantised) and its stored type name, or None when it
+    has no data (computed at run time); :class:`_Unsupported` for a type not decoded."""
+    ttype = int(t.scalar(1, "<b"))
+    dtype = np.int8 if ttype == _INT4 else _NP.get(ttype)
     bidx = int(t.scalar(2, "<I"))
-    if dtype is None or not 0 <= bidx < buffers.size:
+    if not 0 <= bidx < buffers.size:
         return None
+    if dtype is None:
+        raise _Unsupported(_TYPE_NAMES.get(ttype, f"type {ttype}"))
     b = _Table(buf, int(buffers[bidx]))
     data = b.vector(0, "u1")
     if data.size == 0:
@@ -133,11 +147,23 @@ def _tensor_values(buf: bytes, buffers: np.ndarray, t: _Table, name: str) -> tup
             return None
         raise FormatError("TFLite models with external (>2 GB) buffers are not supported")
     shape = tuple(int(s) for s in t.vector(0, "<i4"))
-    numel = check_tensor(f"tensor {name!r}", shape, np.dtype(dtype).itemsize,
-                         available=data.size)  # fmt: skip
-    if numel * np.dtype(dtype).itemsize != data.size:
-        raise FormatError(f"tensor of shape {shape} has {data.size} bytes: the file is corrupt")
-    arr = data.view(dtype).reshape(shape)
+    if ttype == _INT4:
+        numel = check_tensor(f"tensor {name!r}", shape, 1, available=2 * data.size)
+        if (numel + 1) // 2 != data.size:
+            raise FormatError(
+                f"int4 tensor of shape {shape} has {data.size} bytes: the file is corrupt"
+            )
+        packed = data.view(np.int8)
+        nibbles = np.empty((data.size, 2), np.int8)  # sign-extended low, then high nibble
+        nibbles[:, 0] = np.left_shift(packed, 4) >> 4
+        nibbles[:, 1] = packed >> 4
+        arr = nibbles.ravel()[:numel].reshape(shape)
+    else:
+        numel = check_tensor(f"tensor {name!r}", shape, np.dtype(dtype).itemsize,
+                             available=data.size)  # fmt: skip
+        if numel * np.dtype(dtype).itemsize != data.size:
+            raise FormatError(f"tensor of shape {shape} has {data.size} bytes: the file is corrupt")
+        arr = data.view(dtype).reshape(shape)
     q = t.table(4)
     if q is not None and np.issubdtype(arr.dtype, np.integer):
         scale = q.vector(2, "<f4").astype(np.float32)
@@ -148,8 +174,9 @@ def _tensor_values(buf: bytes, buffers: np.ndarray, t: _Table, name: str) -> tup
                 shp = [1] * arr.ndim
                 shp[int(q.scalar(6, "<i"))] = -1
                 scale, zero = scale.reshape(shp), zero.reshape(shp)
-            return (arr.astype(np.float32) - zero) * scale, np.dtype(dtype).name
-    return arr.astype(np.float32), np.dtype(dtype).name
+            stored = "int4" if ttype == _INT4 else np.dtype(dtype).name
+            return (arr.astype(np.float32) - zero) * scale, stored
+    return arr.astype(np.float32), "int4" if ttype == _INT4 else np.dtype(dtype).name
 
 
 @register_format(
@@ -158,7 +185,7 @@ def _tensor_values(buf: bytes, buffers: np.ndarray, t: _Table, name: str) -> tup
     sniff=lambda head, ext: head[4:8] == b"TFL3",
     extra="tflite",
     can_fold_bn=True,  # TFLite has no batch-norm op: kernels are already folded
-    description="TensorFlow Lite flatbuffer (fp32, fp16 behind DEQUANTIZE, int8)",
+    description="TensorFlow Lite flatbuffer (fp32, fp16 behind DEQUANTIZE, int8, int4)",
 )
 def read_tflite(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a TFLite model (all subgraphs, in op order)."""
@@ -174,10 +201,10 @@ def read_tflite(path: Path, *, fold_bn: bool = False) -> ReadResult:
         raise FormatError(
             f"{path}: truncated or corrupt TFLite file ({type(exc).__name__}); get it again"
         ) from None
-    return ReadResult(layers, {"1x1": skipped} if skipped else {})
+    return ReadResult(layers, skipped)
 
 
-def _read(buf: bytes, path: Path) -> tuple[list[LayerKernels], int]:
+def _read(buf: bytes, path: Path) -> tuple[list[LayerKernels], dict[str, int]]:
     u8 = np.frombuffer(buf, np.uint8)
     model = _Table(buf, _U32.unpack_from(buf, 0)[0])
     codes = np.array(
@@ -188,6 +215,7 @@ def _read(buf: bytes, path: Path) -> tuple[list[LayerKernels], int]:
     subgraphs = model.tables(2)
     layers: list[LayerKernels] = []
     skipped = 0
+    unsupported: dict[str, int] = {}
     for s, sg_pos in enumerate(subgraphs):
         sg = _Table(buf, int(sg_pos))
         tensors = sg.tables(0)
@@ -215,13 +243,18 @@ def _read(buf: bytes, path: Path) -> tuple[list[LayerKernels], int]:
             wt = _Table(buf, int(tensors[widx]))
             name = wt.string(3) or f"op{j}"
             src = dequant.get(widx)
-            if src is not None:
-                sin = src.vector(1, "<i4")
-                if sin.size < 1 or not 0 <= int(sin[0]) < tensors.size:
-                    raise _Corrupt
-                got = _tensor_values(buf, buffers, _Table(buf, int(tensors[int(sin[0])])), name)
-            else:  # a constant buffer (a weight computed at run time has no data)
-                got = _tensor_values(buf, buffers, wt, name)
+            try:
+                if src is not None:
+                    sin = src.vector(1, "<i4")
+                    if sin.size < 1 or not 0 <= int(sin[0]) < tensors.size:
+                        raise _Corrupt
+                    t = _Table(buf, int(tensors[int(sin[0])]))
+                    got = _tensor_values(buf, buffers, t, name)
+                else:  # a constant buffer (a weight computed at run time has no data)
+                    got = _tensor_values(buf, buffers, wt, name)
+            except _Unsupported as exc:
+                unsupported[str(exc)] = unsupported.get(str(exc), 0) + 1
+                continue
             if got is None:
                 continue
             w, stored = got
@@ -245,7 +278,9 @@ def _read(buf: bytes, path: Path) -> tuple[list[LayerKernels], int]:
                     dtype=stored,
                 )
             )
-    return layers, skipped
+    out = {"1x1": skipped} if skipped else {}
+    out.update({f"{kind} weights, a type not read": n for kind, n in unsupported.items()})
+    return layers, out
 
 
 def _options(op: _Table) -> tuple[int, int]:
