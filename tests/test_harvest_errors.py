@@ -48,6 +48,26 @@ def test_unreadable_file(tmp_path, monkeypatch):
         harvest(p)
 
 
+def test_other_frameworks_files_are_named(tmp_path, capsys):
+    """OpenVINO/ncnn weights (.bin beside .xml/.param) were 'not a PyTorch file', Paddle,
+    Caffe, MNN... 'unknown weight format': now the framework and what to do instead."""
+    raw = np.arange(64, dtype=np.float32).tobytes()  # headerless weights, as both write them
+    for name, companion in (("ov.bin", "ov.xml"), ("nc.bin", "nc.param")):
+        (tmp_path / name).write_bytes(raw)
+        (tmp_path / companion).write_text("<net/>\n" if companion.endswith("xml") else "7767517\n")
+    (tmp_path / "inference.pdiparams").write_bytes(raw)
+    (tmp_path / "plain.bin").write_bytes(raw)  # no companion: still the PyTorch message
+    for name, framework in (("ov.bin", "OpenVINO IR"), ("ov.xml", "OpenVINO IR"),
+                            ("nc.bin", "ncnn"), ("inference.pdiparams", "PaddlePaddle")):  # fmt: skip
+        with pytest.raises(FormatError, match=f"{framework} weights, a format kernelatlas does"):
+            harvest(tmp_path / name)
+    with pytest.raises(FormatError, match="not a PyTorch file"):
+        harvest(tmp_path / "plain.bin")
+    assert main(["harvest", str(tmp_path / "ov.bin"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "OpenVINO IR weights" in err[0] and "ONNX" in err[0]
+
+
 def test_unknown_and_empty_format(tmp_path):
     (tmp_path / "m.xyz").write_bytes(b"hello world, not weights")
     with pytest.raises(FormatError, match="unknown weight format"):

@@ -38,6 +38,7 @@ __all__ = [
     "check_regular_file",
     "BUILTIN_MODULES",
     "HEAD_BYTES",
+    "FOREIGN_FORMATS",
 ]
 
 #: Reader modules that register the built-in formats, in priority order.
@@ -240,6 +241,40 @@ def check_regular_file(path: str | os.PathLike[str]) -> int:
     return int(st.st_size)
 
 
+#: Weight formats kernelatlas does not read, by suffix: (framework, what to do instead).
+FOREIGN_FORMATS: dict[str, tuple[str, str]] = {
+    ".pdiparams": ("PaddlePaddle", "convert the model to ONNX with paddle2onnx"),
+    ".pdmodel": ("PaddlePaddle", "convert the model to ONNX with paddle2onnx"),
+    ".pdparams": ("PaddlePaddle", "convert the model to ONNX with paddle2onnx"),
+    ".caffemodel": ("Caffe", "convert the model to ONNX (e.g. caffe2onnx)"),
+    ".prototxt": ("Caffe", "convert the model to ONNX (e.g. caffe2onnx)"),
+    ".mnn": ("MNN", "harvest the ONNX/TFLite/PyTorch model it was converted from"),
+    ".param": ("ncnn", "harvest the ONNX/PyTorch model it was converted from"),
+    ".xml": ("OpenVINO IR", "harvest the ONNX/PyTorch model it was converted from"),
+    ".pb": ("TensorFlow GraphDef/SavedModel", "convert it to TFLite or ONNX (tf2onnx)"),
+    ".weights": ("Darknet", "convert the model to ONNX"),
+    ".mlmodel": ("Core ML", "harvest the model it was converted from"),
+    ".engine": ("TensorRT", "harvest the ONNX model it was built from"),
+    ".plan": ("TensorRT", "harvest the ONNX model it was built from"),
+}
+#: Companion files that make a headerless ``.bin`` another framework's weights.
+_BIN_COMPANIONS = (".xml", ".param")
+
+
+def _foreign(p: Path) -> str | None:
+    """``"P: OpenVINO IR weights, a format ... not read; harvest ..."`` for a known format
+    kernelatlas does not read, else None."""
+    ext = _suffix(p)
+    if ext == ".bin":  # OpenVINO model.xml + model.bin, ncnn model.param + model.bin
+        ext = next((c for c in _BIN_COMPANIONS if p.with_suffix(c).is_file()), "")
+        if not ext:
+            return None
+    if ext not in FOREIGN_FORMATS:
+        return None
+    what, fix = FOREIGN_FORMATS[ext]
+    return f"{p}: {what} weights, a format kernelatlas does not read; {fix}"
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """The format of a file: the first whose ``sniff`` accepts its leading bytes, else the
     first that claims its extension.
@@ -265,6 +300,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     for spec in specs:
         if spec.sniff(head, ext):
             return spec.name
+    foreign = _foreign(p)
+    if foreign:
+        raise FormatError(foreign)
     for spec in specs:
         if ext in spec.extensions:
             return spec.name
