@@ -273,9 +273,18 @@ def output_lock(target: Path) -> Iterator[None]:
 
     path = lock_path(target)
     created = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:  # read-only, special (/proc) or full filesystem; no rights
+            for p in created:
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+            raise KernelAtlasError(
+                f"--out {target}: kernelatlas cannot write in {target.parent} "
+                f"({(exc.strerror or str(exc)).lower()}): choose a folder you can write to"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -258,6 +258,18 @@ def test_move_aside_never_lands_on_an_existing_path(tmp_path: Path, monkeypatch,
     assert (tmp_path / "d.previous-2").read_text() == "a file"
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", ["analyze", "harvest"])
+def test_an_out_that_cannot_be_written_is_named(tmp_path: Path, command: str) -> None:
+    """A folder no one can create files in (/proc here; read-only or full filesystems
+    alike): one line naming --out, not kernelatlas's hidden lock file."""
+    np.save(tmp_path / "m.npy", kernels(0))
+    run = run_cli([command, tmp_path / "m.npy", "--out", "/proc/kernelatlas-out"])
+    line = run.one_line_error()
+    assert "--out /proc/kernelatlas-out: kernelatlas cannot write in /proc" in line, line
+    assert ".kernelatlas-lock" not in line
+
+
 def test_force_on_the_cli_names_where_the_folder_is_kept(tmp_path: Path) -> None:
     dirs = _case_dirs(tmp_path)
     before = snapshot(dirs["user"])
