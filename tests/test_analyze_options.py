@@ -76,6 +76,27 @@ def test_analyze_takes_a_bank_and_a_glob(tmp_path: Path) -> None:
     assert doc["config"]["sources"] == ["bank", "models/a.npy", "models/b.npy"]
 
 
+def test_a_glob_leaves_out_what_is_not_a_weight_file_and_says_so(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "notes").mkdir(parents=True)
+    np.save(models / "a.npy", np.random.default_rng(0).standard_normal((40, 3, 3), np.float32))
+    (models / "README.md").write_text("how I trained these")
+    (models / "model.pdiparams").write_bytes(b"\x00paddle")
+    (models / "empty.onnx").write_bytes(b"")  # claimed by its suffix: reading it says why
+    run = run_cli(["harvest", "models/*", "--out", "bank", "--quiet"], cwd=tmp_path)
+    assert run.code == 2 and "models/empty.onnx: empty file" in run.lines[-1], run.lines
+    (models / "empty.onnx").unlink()
+    run = run_cli(["harvest", "models/*", "--out", "bank", "--quiet"], cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    assert (
+        "kernelatlas: note: 'models/*': left out 3 that are not weight files or model folders: "
+        "README.md, model.pdiparams, notes/"
+    ) in run.stderr
+    (models / "a.npy").unlink()
+    line = run_cli(["harvest", "models/*", "--out", "bank2"], cwd=tmp_path).one_line_error()
+    assert "nothing kernelatlas reads matches 'models/*': 3 matched, none a weight file" in line
+
+
 def test_a_folded_bank_is_not_analysed_unfolded(tmp_path: Path) -> None:
     layers = [LayerKernels("dw", 0, np.ones((4, 3, 3), np.float32), bn_folded=True)]
     KernelBank(tmp_path / "folded").add(HarvestResult("m.onnx+fold_bn", "m", "onnx", layers))

@@ -108,21 +108,43 @@ def _sources(args: argparse.Namespace) -> int:
 
 def expand_sources(sources: list[str]) -> list[str]:
     """Expand wildcards: file globs (``'models/*.onnx'``) and registry patterns
-    (``'mediapipe/*'``); existing paths, ``timm:`` names and plain names pass through."""
+    (``'mediapipe/*'``); existing paths, ``timm:`` names and plain names pass through.
+
+    A glob keeps the files and folders a weight format claims
+    (:func:`kernelatlas.harvest.formats.is_weight_file`); the others it matched (a README,
+    another framework's files) are left out and named in one note line."""
     import glob
     from pathlib import Path
 
     from ..errors import KernelAtlasError
+    from ..harvest.formats import is_weight_file
     from ..harvest.zoo import did_you_mean, list_sources
 
     out: list[str] = []
     for s in sources:
         if any(ch in s for ch in "*?[") and not s.startswith("timm:") and not Path(s).exists():
-            found = sorted(glob.glob(str(Path(s).expanduser()))) + list_sources(s)
+            files = sorted(glob.glob(str(Path(s).expanduser())))
+            kept = [f for f in files if is_weight_file(f)]
+            left = [
+                Path(f).name + ("/" if Path(f).is_dir() else "") for f in files if f not in kept
+            ]
+            found = kept + list_sources(s)
             if not found:
                 raise KernelAtlasError(
                     f"nothing matches {s!r}: no file, and no registered source"
                     f"{did_you_mean(s)} (see `kernelatlas sources`)"
+                    if not left
+                    else f"nothing kernelatlas reads matches {s!r}: {len(left)} matched, none a "
+                    f"weight file or model folder (e.g. {left[0]}; see `kernelatlas formats`)"
+                )
+            if left:
+                shown = ", ".join(left[:5]) + (
+                    f" and {len(left) - 5} more" if len(left) > 5 else ""
+                )
+                print(
+                    f"kernelatlas: note: {s!r}: left out {len(left)} that are not weight files "
+                    f"or model folders: {shown}",
+                    file=sys.stderr,
                 )
             out += [f for f in found if f not in out]
         else:

@@ -33,6 +33,7 @@ __all__ = [
     "get_format",
     "list_formats",
     "detect_format",
+    "is_weight_file",
     "read_file",
     "supported_text",
     "check_regular_file",
@@ -295,18 +296,41 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         raise FormatError(f"{p}: cannot read ({exc.strerror}); check its permissions") from None
     if not head:
         raise FormatError(f"{p}: empty file; download or export it again")
+    name = _claimed(p, head)
+    if name is not None:
+        return name
+    raise FormatError(_foreign(p) or f"{p}: unknown weight format; supported: {supported_text()}")
+
+
+def _claimed(p: Path, head: bytes) -> str | None:
+    """The first format whose ``sniff`` accepts ``head``, else the first that claims the
+    extension (not for another framework's file), else None."""
     ext = _suffix(p)
     specs = list_formats()
     for spec in specs:
         if spec.sniff(head, ext):
             return spec.name
-    foreign = _foreign(p)
-    if foreign:
-        raise FormatError(foreign)
-    for spec in specs:
-        if ext in spec.extensions:
-            return spec.name
-    raise FormatError(f"{p}: unknown weight format; supported: {supported_text()}")
+    if _foreign(p):
+        return None
+    return next((spec.name for spec in specs if ext in spec.extensions), None)
+
+
+def is_weight_file(path: str | os.PathLike[str]) -> bool:
+    """Whether a file or folder is one kernelatlas would try to read: a format claims it
+    (:func:`detect_format` would not answer "unknown weight format" or "a format kernelatlas
+    does not read"). What cannot be opened counts as claimed, so that reading it says why.
+    For wildcard expansions: ``'models/*'`` keeps the weight files and leaves a README out."""
+    p = Path(path)
+    if p.is_dir():
+        return any(s.folder_file and (p / s.folder_file).is_file() for s in list_formats())
+    try:
+        with open(p, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:
+        return True
+    if not head:  # empty: claimed by its extension (reading it then says it is empty)
+        return any(_suffix(p) in s.extensions for s in list_formats())
+    return _claimed(p, head) is not None
 
 
 def read_file(
