@@ -101,8 +101,9 @@ def recover_dir(out: Path) -> None:
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 
 
-def _renameat2(a: Path, b: Path, flag: int) -> bool | None:
-    """Linux ``renameat2(a, b, flag)``: True if done, False if refused, None if unsupported."""
+def _renameat2(a: Path, b: Path, flag: int) -> int | None:
+    """Linux ``renameat2(a, b, flag)``: 0 if done, else its errno; None where there is no
+    renameat2 (another OS or libc)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -110,13 +111,13 @@ def _renameat2(a: Path, b: Path, flag: int) -> bool | None:
     except (OSError, AttributeError):  # old glibc or another libc
         return None
     if renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flag) == 0:  # -100: AT_FDCWD
-        return True
-    return None if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL) else False
+        return 0
+    return ctypes.get_errno() or errno.EIO
 
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``)."""
-    return bool(_renameat2(a, b, _RENAME_EXCHANGE))
+    return _renameat2(a, b, _RENAME_EXCHANGE) == 0
 
 
 def move_aside(folder: Path) -> Path:
@@ -126,12 +127,14 @@ def move_aside(folder: Path) -> Path:
         dest = folder.parent / (f"{folder.name}.previous" + (f"-{i}" if i > 1 else ""))
         if dest.exists() or dest.is_symlink():
             continue
-        done = _renameat2(folder, dest, _RENAME_NOREPLACE)
-        if done is None:  # no renameat2 here: checked just above, then renamed
+        err = _renameat2(folder, dest, _RENAME_NOREPLACE)
+        if err in (None, errno.ENOSYS, errno.EINVAL):  # no RENAME_NOREPLACE: checked above
             os.rename(folder, dest)
             return dest
-        if done:
+        if err == 0:
             return dest
+        if err != errno.EEXIST:  # taken meanwhile: the next name; anything else is said
+            raise OSError(err, os.strerror(err), str(folder))
     raise OSError(errno.EEXIST, f"no free NAME.previous-N name beside {folder}")
 
 

@@ -258,6 +258,18 @@ def test_move_aside_never_lands_on_an_existing_path(tmp_path: Path, monkeypatch,
     assert (tmp_path / "d.previous-2").read_text() == "a file"
 
 
+def test_move_aside_says_why_it_cannot_rename(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from kernelatlas import atomic
+
+    monkeypatch.setattr(atomic, "_renameat2", lambda *a: errno.EACCES)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(PermissionError):  # at once, not after trying 10,000 names
+        atomic.move_aside(tmp_path / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 @pytest.mark.parametrize("command", ["analyze", "harvest"])
 def test_an_out_that_cannot_be_written_is_named(tmp_path: Path, command: str) -> None:
