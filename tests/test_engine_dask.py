@@ -227,6 +227,40 @@ def test_a_source_failing_on_a_worker_is_one_line_on_the_cli(tmp_path: Path) -> 
     assert not out.exists()
 
 
+def test_ctrl_c_on_a_local_cluster_is_one_line_and_stops_its_workers(tmp_path: Path) -> None:
+    """A terminal's ^C reaches the whole process group, the workers included: only the
+    driver answers it ("kernelatlas: interrupted", exit 130); each worker had printed a
+    KeyboardInterrupt traceback. No worker outlives the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    kernels = np.random.default_rng(0).standard_normal((1_000_000, 3, 3), np.float32)
+    np.save(tmp_path / "big.npy", kernels)
+    cmd = [sys.executable, "-m", "kernelatlas", "analyze", str(tmp_path / "big.npy"), "--out",
+           str(tmp_path / "o"), "--engine", "dask", "--workers", "2", "--no-fit", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    driver, seen = psutil.Process(proc.pid), set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen |= {c.pid for c in driver.children(recursive=True)}
+        if len(seen) >= 3:  # the fork server and its two workers
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the analysis ended before its workers were seen"
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what ^C in a terminal does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "kernelatlas: interrupted"
+    time.sleep(1.0)
+    assert not [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
 def test_a_script_without_a_main_guard_gets_told_how_to_start_workers(tmp_path: Path) -> None:
     """Worker processes import the main module first: a script that starts a LocalCluster
     at its top level cannot start one, and is told what to write instead of a traceback
