@@ -154,12 +154,20 @@ def test_a_second_analysis_skips_calibration(cache: Path, tmp_path: Path, capsys
     assert [c["cached"] for c in second.timings["calibration"]] == [True]
     assert second.summary["thresholds"] == first.summary["thresholds"]
     assert second.summary["models"] == first.summary["models"]
-    lines = []
+    lines, bars = [], []
     for out in ("c", "d"):  # the CLI shows the calibration's time and where it came from
         args = ["analyze", str(tmp_path / "k.npy"), "--out", str(tmp_path / out), "--no-fit",
                 "--no-init-baseline"]  # fmt: skip
         assert main(args) == 0
         err = capsys.readouterr().err
         lines += [x for x in err.splitlines() if x.startswith("kernelatlas: time")]
+        bars += [x for x in err.splitlines() if x.startswith("kernelatlas: calibrate 5x5")]
     assert len(lines) == 2 and all("calibrate" in x for x in lines), lines
     assert "(not cached yet)" in lines[0] and "(5x5 from the cache)" in lines[1], lines
+    # the bar counts what is scored (the null and the held-out null: 40,000 of 40,000), and
+    # a calibration from the cache says so (it counted the 64 kernels of the atlas's set-up)
+    assert bars[0] == "kernelatlas: calibrate 5x5: 40,000 kernels", bars
+    assert bars[1].startswith("kernelatlas: calibrate 5x5: done (40,000 kernels, "), bars
+    assert bars[2:3] == ["kernelatlas: calibrate 5x5: 40,000 kernels"], bars
+    assert bars[3].startswith("kernelatlas: calibrate 5x5 (from the cache): done ("), bars
+    assert "kernels" not in bars[3], bars

@@ -384,12 +384,16 @@ class _Run:
                     "the same architecture (half to calibrate, half held out); none is known "
                     "for these sources: use --null gaussian or analyse timm:NAME sources"
                 )
-        bar.set_description(f"calibrate {kh}x{kw}", len(null), "kernel", counts="score")
+        # the null, then as many held-out Gaussian kernels (calibration.calibrate)
+        total = len(null) + cfg.n_null
+        bar.set_description(f"calibrate {kh}x{kw}", total, "kernel", counts="score")
         cal = calibrate(
             kh, kw, null_kind=cfg.null, null_fpr=cfg.null_fpr, n_null=cfg.n_null, seed=cfg.seed,
             null=null, refresh=cfg.recalibrate,
         )  # fmt: skip
         atlas = cal.atlas
+        if cal.cached and bar.current is not None:
+            bar.current.skipped("from the cache")
         self.calibration.append(
             {"kh": kh, "kw": kw, "cached": cal.cached, "seconds": round(cal.seconds, 4)}
         )

@@ -138,6 +138,16 @@ class Stage:
             if self._bar is not None:
                 self._bar.set_description(desc, refresh=True)
 
+    def skipped(self, why: str) -> None:
+        """The stage's counted work was not needed (e.g. a result from the cache): it ends
+        as ``DESC (WHY): done (T s)``, without the units counted meanwhile."""
+        with _LOCK:
+            self.n = self.total = 0.0
+            self.counts = None
+            if self._bar is not None:
+                self._bar.total, self._bar.n = None, 0
+            self.set_description(f"{self.desc} ({why})")
+
     def __enter__(self) -> Stage:
         with _LOCK:
             self._open()
