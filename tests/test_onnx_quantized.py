@@ -204,8 +204,15 @@ def test_fused_conv_read_nchwc_counted_not_read(real, tmp_path):
     for got, want in zip(res.layers, ref.layers, strict=True):
         np.testing.assert_array_equal(got.weights, want.weights)
     nchwc = _rewrite(model, _domain("com.microsoft.nchwc", "Conv"))
-    res = _harvest(_save(nchwc, tmp_path / "nchwc.onnx", "com.microsoft.nchwc"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = harvest(_save(nchwc, tmp_path / "nchwc.onnx", "com.microsoft.nchwc"))
     assert res.layers == [] and res.skipped == {"nchwc": 13}
+    said = [str(w.message) for w in caught]  # the skip, then no contradiction of it
+    assert len(said) == 2 and "13 " in said[0], said
+    assert said[1].endswith(
+        "no depthwise kernels read: each depthwise layer was skipped (as said above); zero kernels"
+    ), said
 
 
 def _qdq_output(node, w, inits):

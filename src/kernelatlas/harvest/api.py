@@ -281,11 +281,11 @@ def harvest(source: Any, *, fold_bn: bool = False) -> HarvestResult:
             stacklevel=2,
         )
     if not res.layers:
-        warnings.warn(
-            f"{res.source}: no depthwise convolution found (skipped 1x1: {res.skipped_1x1}); "
-            "zero kernels",
-            stacklevel=2,
-        )
+        if any(n for reason, n in res.skipped.items() if reason != "1x1"):
+            what = "no depthwise kernels read: each depthwise layer was skipped (as said above)"
+        else:
+            what = f"no depthwise convolution found (skipped 1x1: {res.skipped_1x1})"
+        warnings.warn(f"{res.source}: {what}; zero kernels", stacklevel=2)
     return res
 
 
