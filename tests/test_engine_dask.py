@@ -261,6 +261,32 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_and_stops_its_workers(tmp_path: P
     assert not [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
 
 
+def test_dask_tasks_left_by_a_closed_cluster_print_no_traceback(monkeypatch) -> None:
+    """asyncio's "Task exception was never retrieved" for Dask's own tasks (a cluster closed
+    with work in flight: seen after ^C) is dropped; any other task's is kept, and
+    KERNELATLAS_DEBUG=1 keeps them all."""
+    import logging
+    import os
+
+    from kernelatlas.engine.dask import _ClusterShutdownNoise
+
+    def record(where: str) -> logging.LogRecord:
+        code = compile("def f():\n    raise KeyError('tcp://127.0.0.1:1')\nf()", where, "exec")
+        try:
+            exec(code, {})
+        except KeyError as exc:
+            info = (KeyError, exc, exc.__traceback__)
+        return logging.LogRecord("asyncio", logging.ERROR, where, 1,
+                                 "Task exception was never retrieved", None, info)  # fmt: skip
+
+    dask_file = os.sep.join(["", "venv", "site-packages", "distributed", "scheduler.py"])
+    noise = _ClusterShutdownNoise()
+    assert not noise.filter(record(dask_file))
+    assert noise.filter(record(os.sep.join(["", "home", "me", "my_tasks.py"])))
+    monkeypatch.setenv("KERNELATLAS_DEBUG", "1")
+    assert noise.filter(record(dask_file))
+
+
 def test_a_script_without_a_main_guard_gets_told_how_to_start_workers(tmp_path: Path) -> None:
     """Worker processes import the main module first: a script that starts a LocalCluster
     at its top level cannot start one, and is told what to write instead of a traceback

@@ -129,6 +129,27 @@ def _default_workers() -> int:
     return available_cores()
 
 
+class _ClusterShutdownNoise(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records of Dask's own tasks
+    (their traceback passes through ``distributed``): a LocalCluster closed while work is
+    in flight (^C, an error elsewhere) leaves such tasks, whose tracebacks the driver
+    printed after its own one-line error. ``KERNELATLAS_DEBUG=1`` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or os.environ.get("KERNELATLAS_DEBUG", "") not in ("", "0"):
+            return True
+        tb = exc.__traceback__
+        while tb is not None:
+            if f"{os.sep}distributed{os.sep}" in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
+_SHUTDOWN_FILTER = _ClusterShutdownNoise()
+
+
 @contextlib.contextmanager
 def dask_client(
     scheduler: str | None = None,
@@ -163,6 +184,7 @@ def dask_client(
                     "(`dask scheduler`) or leave --scheduler out for a local cluster"
                 ) from None
         else:
+            logging.getLogger("asyncio").addFilter(_SHUTDOWN_FILTER)  # once: a set
             config = {"distributed.nanny.pre-spawn-environ": _worker_environ()}
             with dask.config.set({**config, **(_start_method() if processes else {})}):
                 try:
