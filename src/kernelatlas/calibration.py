@@ -114,45 +114,25 @@ def _code_files(extra: tuple[str, ...] = ()) -> list[str]:
     import inspect
 
     from .atlas import registry
+    from .codehash import package_files
 
-    package = Path(__file__).parent
-    files = {str(p) for p in (package / "atlas").rglob("*.py")}
-    files |= {str(package / f) for f in ("null.py", "normalize.py", "taxonomy.py", *extra)}
+    files = package_files("atlas", "null.py", "normalize.py", "taxonomy.py", *extra)
     for fam in registry.families():
         try:
             src = inspect.getsourcefile(type(fam))
         except (TypeError, OSError):  # its module is gone from sys.modules, or compiled
             src = None
-        files.add(src or f"<{type(fam).__module__}.{type(fam).__qualname__}>")
-    return sorted(files)
-
-
-_DIGESTS: dict[tuple[Any, ...], str] = {}
+        files.append(src or f"<{type(fam).__module__}.{type(fam).__qualname__}>")
+    return files
 
 
 def code_digest(extra: tuple[str, ...] = ()) -> str:
-    """sha256 of the sources in :func:`_code_files` (names and bytes; a module without a
-    source file by its name only), recomputed when a file's size or mtime changes; ``extra``
-    adds kernelatlas modules (paths inside the package) that a cached result depends on."""
-    stamp = []
-    for f in _code_files(tuple(extra)):
-        try:
-            st = os.stat(f)
-            stamp.append((f, st.st_size, st.st_mtime_ns))
-        except OSError:
-            stamp.append((f, None, None))
-    key = tuple(stamp)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        for f, size, _ in stamp:
-            h.update(f"{Path(f).name}\0{size}\0".encode())
-            if size is not None:
-                try:
-                    h.update(Path(f).read_bytes())
-                except OSError:
-                    h.update(b"unreadable\0")
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
+    """sha256 of the sources in :func:`_code_files` (:func:`kernelatlas.codehash.files_digest`);
+    ``extra`` adds kernelatlas modules (paths inside the package) that a cached result
+    depends on."""
+    from .codehash import files_digest
+
+    return files_digest(_code_files(tuple(extra)))
 
 
 def calibration_key(

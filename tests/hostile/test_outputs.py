@@ -121,6 +121,33 @@ def test_harvest_reuses_unchanged_and_rereads_changed_files(tmp_path: Path) -> N
     assert fp["size"] == model.stat().st_size and "mtime_ns" in fp
 
 
+def test_kernels_read_by_other_reader_code_are_read_again(tmp_path: Path, monkeypatch) -> None:
+    """A bank (or an analysis's bank/) harvested by another kernelatlas's readers (a release
+    before a reader fix, a development install) is not reused as if unchanged: the same
+    file is harvested again; a bank given as input says its kernels may be stale."""
+    import warnings
+
+    from kernelatlas import __version__
+    from kernelatlas.harvest import api
+
+    model = tmp_path / "m.npy"
+    np.save(model, kernels(2))
+    real = api.reader_id()
+    assert real.startswith(f"{__version__}+") and len(real.split("+")[1]) == 16
+    monkeypatch.setattr(api, "reader_id", lambda: "0.1.0+0123456789abcdef")
+    assert api.harvest_to_bank([str(model)], tmp_path / "bank")["status"].tolist() == ["harvested"]
+    assert api.harvest_to_bank([str(model)], tmp_path / "bank")["status"].tolist() == ["reused"]
+    monkeypatch.setattr(api, "reader_id", lambda: real)  # this version's readers
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        api.link_bank(tmp_path / "bank", KernelBank(tmp_path / "linked"))
+    said = [str(w.message) for w in caught]
+    assert any("kernelatlas 0.1.0's readers read them, not this version's" in m for m in said), said
+    assert api.harvest_to_bank([str(model)], tmp_path / "bank")["status"].tolist() == ["changed"]
+    assert KernelBank(tmp_path / "bank").fingerprint(str(model.resolve()))["reader"] == real
+    assert api.harvest_to_bank([str(model)], tmp_path / "bank")["status"].tolist() == ["reused"]
+
+
 def _case_dirs(tmp_path: Path) -> dict[str, Path]:
     models = tmp_path / "models"
     models.mkdir()

@@ -156,8 +156,8 @@ def report_status(counts: Any) -> None:
     """One stderr line per source that was reused or harvested again (``status`` column)."""
     text = {
         "reused": "unchanged since it was harvested (same size and sha256): reused from the bank",
-        "changed": "changed since it was harvested (or no content hash was recorded): "
-        "harvested again",
+        "changed": "changed since it was harvested, or read by another version of "
+        "kernelatlas's readers (or no content hash was recorded): harvested again",
         "bank": "taken from the given bank",
     }
     for source, status in counts.drop_duplicates("source")[["source", "status"]].itertuples(

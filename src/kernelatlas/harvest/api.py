@@ -113,7 +113,24 @@ def _file_fingerprint(path: Path) -> dict[str, Any]:
         raise FormatError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
 
 
+def reader_id() -> str:
+    """``VERSION+DIGEST`` of the harvest readers' code (:mod:`kernelatlas.codehash`),
+    recorded in every fingerprint: kernels that other reader code read (another release, a
+    development install) are read again, never reused as if unchanged."""
+    from .. import __version__
+    from ..codehash import files_digest, package_files
+
+    return f"{__version__}+{files_digest(package_files('harvest'))[:16]}"
+
+
 def source_fingerprint(source: Any) -> dict[str, Any] | None:
+    """What identifies the content of a source and the code that read it (``reader``:
+    :func:`reader_id`), recorded in the bank beside its kernels; see :func:`_fingerprint`."""
+    fp = _fingerprint(source)
+    return None if fp is None else {**fp, "reader": reader_id()}
+
+
+def _fingerprint(source: Any) -> dict[str, Any] | None:
     """What identifies the content of a source, recorded in the bank beside its kernels.
 
     A file: its ``size``, ``mtime_ns`` and ``sha256`` (streamed); a registered source: its
@@ -160,8 +177,8 @@ def _folder_fingerprint(folder: Path) -> dict[str, Any]:
 
 
 def _same_content(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
-    if old is None or new is None:
-        return False
+    if old is None or new is None or old.get("reader") != new.get("reader"):
+        return False  # unrecorded, or read by other reader code
     if "sha256" in new:  # files and registered sources: the content hash decides
         return old.get("sha256") == new["sha256"] and old.get("size") == new.get("size")
     return old == new
@@ -220,11 +237,18 @@ def link_bank(src: Any, bank: KernelBank, *, fold_bn: bool = False) -> dict[str,
                 now = source_fingerprint(path)
             except KernelAtlasError:
                 now = None
-            if not _same_content(given.fingerprint(key), now):
+            old = given.fingerprint(key)
+            if not _same_content(old, now):
+                why = (
+                    f"kernelatlas {str(old.get('reader') or '?').split('+')[0]}'s readers read "
+                    "them, not this version's"
+                    if old and now and _same_content({**old, "reader": now.get("reader")}, now)
+                    else "the file changed since it was harvested, or the bank records no "
+                    "content hash"
+                )
                 warnings.warn(
-                    f"{src}: its kernels of {path} may be stale (the file changed since it was "
-                    "harvested, or the bank records no content hash): analyse the file itself "
-                    "to use its current weights",
+                    f"{src}: its kernels of {path} may be stale ({why}): analyse the file "
+                    "itself to read its current weights with this version",
                     stacklevel=2,
                 )
         bank.path.mkdir(parents=True, exist_ok=True)
