@@ -4,6 +4,7 @@ decompressing, a bounded walk, and a forked child that cannot outlive its parent
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -228,3 +229,69 @@ def test_forked_child_has_its_own_deadline_and_dies_with_its_parent(tmp_path):
                 p.kill()
             p.wait()
     assert list(tmp_path.iterdir()) == []  # anonymous temp file: nothing to clean
+
+
+def _convnext_like(seed: int = 0) -> tuple[dict, list[tuple[str, np.ndarray | None]]]:
+    """Keras's own ConvNeXt as ``keras.applications`` builds it (3.15): its depthwise convs
+    are ``Conv2D(groups=channels)``, kernels ``[7, 7, 1, filters]``; beside them a stem
+    Conv2D, a grouped conv that is not depthwise, and a weightless Activation."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    layers = [
+        ("InputLayer", "input_layer", {}, None),
+        ("Conv2D", "stem", {"groups": 1}, rng.standard_normal((4, 4, 3, 8)).astype(f32)),
+        ("Conv2D", "block_0_depthwise_conv", {"groups": 8, "strides": [1, 1],
+         "dilation_rate": [1, 1]}, rng.standard_normal((7, 7, 1, 8)).astype(f32)),
+        ("Activation", "block_0_gelu", {}, None),
+        ("Conv2D", "grouped", {"groups": 2}, rng.standard_normal((3, 3, 4, 8)).astype(f32)),
+        ("Conv2D", "block_1_depthwise_conv", {"groups": 8, "strides": [2, 2],
+         "dilation_rate": [1, 1]}, rng.standard_normal((7, 7, 1, 16)).astype(f32)),
+    ]  # fmt: skip
+    config = {"class_name": "Functional", "config": {"name": "convnext", "layers": [
+        {"module": "keras.layers", "class_name": cls, "config": {"name": name, **cfg}}
+        for cls, name, cfg, _ in layers]}}  # fmt: skip
+    return config, [(name, w) for _, name, _, w in layers]
+
+
+def test_keras_convnext_depthwise_convs_are_grouped_conv2d(tmp_path):
+    """Real Keras 3 ConvNeXt-T files (.keras and legacy .h5 saved by keras 3.15 with the
+    torch backend) gave 0 kernels and 'truncated or corrupt Keras file' (an empty
+    ``weight_names`` attribute of a weightless layer); now 18 layers / 6,624 kernels,
+    equal to Keras's own weights. Both layouts, rebuilt here without Keras."""
+    config, weights = _convnext_like()
+    names = ["conv2d", "conv2d_1", "conv2d_2", "conv2d_3"]  # Keras 3: by class and position
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        for group, (_, w) in zip(names, [x for x in weights if x[1] is not None], strict=True):
+            f.create_group(f"layers/{group}/vars").create_dataset("0", data=w)
+    archive = tmp_path / "convnext.keras"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("model.weights.h5", buf.getvalue())
+    legacy = tmp_path / "convnext.h5"
+    with h5py.File(legacy, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = [name.encode() for name, _ in weights]
+        for name, w in weights:
+            g = mw.create_group(name)
+            g.attrs["weight_names"] = [] if w is None else [f"{name}/kernel".encode()]
+            if w is not None:
+                g.create_dataset(f"{name}/kernel", data=w)
+    want = {name: w[:, :, 0, :].transpose(2, 0, 1) for name, w in weights if "depthwise" in name}
+    for path in (archive, legacy):
+        res = harvest(path)
+        assert [lk.layer for lk in res.layers] == list(want), path
+        for lk in res.layers:
+            np.testing.assert_array_equal(lk.weights, want[lk.layer])
+        assert [lk.stride for lk in res.layers] == [1, 2]
+    # a Keras 3 .h5 with no depthwise layer at all: said so, not "corrupt"
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Functional", "config": {
+            "name": "p", "layers": [{"class_name": "Activation", "config": {"name": "gelu"}}]}})  # fmt: skip
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = [b"gelu"]
+        mw.create_group("gelu").attrs["weight_names"] = []
+    with pytest.warns(UserWarning, match="no depthwise convolution found"):
+        assert harvest(plain).layers == []

@@ -58,6 +58,8 @@ from .formats import ReadResult, register_format
 __all__ = [
     "read_keras",
     "DEPTHWISE_CLASSES",
+    "GROUPED_CLASSES",
+    "is_depthwise",
     "MAX_HDF5_OBJECTS",
     "ConfigLayer",
     "config_layers",
@@ -67,10 +69,15 @@ __all__ = [
 
 #: Keras layer classes that hold a depthwise kernel.
 DEPTHWISE_CLASSES = ("DepthwiseConv2D", "SeparableConv2D")
+#: Classes of grouped convolutions, depthwise when each group has one input channel (a
+#: kernel ``[kh, kw, 1, filters]``): Keras's own ConvNeXt writes its depthwise convs as
+#: ``Conv2D(groups=channels)``.
+GROUPED_CLASSES = ("Conv2D", "Convolution2D")
 #: Variable names of the depthwise kernel, by class (Keras 3 ``DepthwiseConv2D``: ``kernel``).
 KERNEL_VARS: dict[str, tuple[str, ...]] = {
     "DepthwiseConv2D": ("kernel", "depthwise_kernel"),
     "SeparableConv2D": ("depthwise_kernel",),
+    **dict.fromkeys(GROUPED_CLASSES, ("kernel",)),
 }
 #: Without a config, only these variable names say "depthwise kernel" unambiguously.
 NAME_RULE_VARS = ("depthwise_kernel", "depthwise_filter", "depthwise_weights")
@@ -149,7 +156,9 @@ def config_layers(config: Any) -> list[ConfigLayer]:
             n = used.get(snake)
             used[snake] = 0 if n is None else n + 1
             path = f"{prefix}/{snake}" if n is None else f"{prefix}/{snake}_{n + 1}"
-            if cls in DEPTHWISE_CLASSES:
+            if cls in DEPTHWISE_CLASSES or (
+                cls in GROUPED_CLASSES and _max2(cfg.get("groups")) > 1
+            ):
                 out.append(ConfigLayer(name, cls, cfg, scope, path))
                 continue
             inner = _model_layers(entry)
@@ -206,8 +215,16 @@ def match_weights(layers: list[ConfigLayer], paths: Iterable[str]) -> list[tuple
     return [(layers[i], found[i]) for i in sorted(found)]
 
 
+def is_depthwise(shape: tuple[int, ...], cfg: dict | None) -> bool:
+    """Whether a 4-D kernel of a config layer is depthwise: always for the depthwise
+    classes; for a grouped convolution (``groups > 1``) when each group has one input
+    channel (``[kh, kw, 1, filters]``, the same layout as ``[kh, kw, groups, mult]``)."""
+    return not (cfg and _max2(cfg.get("groups")) > 1 and shape[2] != 1)
+
+
 def hwcm_layer(name: str, idx: int, w: np.ndarray, cfg: dict | None, dtype: str) -> LayerKernels:
-    """A ``[kh, kw, C, mult]`` kernel (Keras, TF.js, TF) as one layer of ``C*mult`` kernels."""
+    """A ``[kh, kw, C, mult]`` kernel (Keras, TF.js, TF) as one layer of ``C*mult`` kernels
+    (a depthwise grouped convolution's ``[kh, kw, 1, filters]``: the same kernels, in order)."""
     kh, kw, c, mult = w.shape
     k = np.asarray(w, np.float32).reshape(kh, kw, c * mult).transpose(2, 0, 1)
     return LayerKernels(
@@ -283,6 +300,8 @@ def _attr(obj: Any, name: str, walk: _Walk) -> Any:
     def one(key: str) -> Any:
         walk.step()
         aid = h5py.h5a.open(obj.id, key.encode())
+        if 0 in (aid.shape or ()):  # empty (a layer without weights): HDF5 stores nothing
+            return obj.attrs[key]
         size = aid.get_storage_size()
         if size > _MAX_CONFIG_BYTES:
             raise TensorTooLargeError(f"attribute {key!r} of {size:,} bytes; refused")
@@ -342,6 +361,8 @@ class _Layers:
         self.notes: list[str] = []
 
     def add(self, name: str, w: np.ndarray, cfg: dict | None) -> None:
+        if not is_depthwise(w.shape, cfg):  # a grouped convolution, not a depthwise one
+            return
         if w.shape[:2] == (1, 1):
             self.skipped["1x1"] = self.skipped.get("1x1", 0) + 1
             return

@@ -44,7 +44,7 @@ from ..errors import FormatError, KernelAtlasError, UnsafeFileError
 from ..limits import TensorTooLargeError, charge, check_tensor
 from .base import LayerKernels
 from .formats import ReadResult, register_format
-from .keras_h5 import config_layers, hwcm_layer, match_weights
+from .keras_h5 import config_layers, hwcm_layer, is_depthwise, match_weights
 
 __all__ = ["read_tfjs", "DEPTHWISE_OPS", "MANIFEST_NAME"]
 
@@ -345,6 +345,8 @@ def _harvest(
         what = f"{where}: weight {w.name!r}"
         if len(w.shape) != 4:
             raise FormatError(f"{what}: depthwise filter of shape {list(w.shape)}, expected 4-D")
+        if not is_depthwise(tuple(w.shape), cfg):  # a grouped convolution, not a depthwise one
+            continue
         if w.shape[:2] == (1, 1):
             skipped["1x1"] = skipped.get("1x1", 0) + 1
             continue
