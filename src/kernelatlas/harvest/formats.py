@@ -47,6 +47,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kernelatlas.harvest.keras_h5",
     "kernelatlas.harvest.tflite_",
     "kernelatlas.harvest.arrays",
+    "kernelatlas.harvest.pt2",
     "kernelatlas.harvest.torchscript",
     "kernelatlas.harvest.checkpoint",
     "kernelatlas.harvest.safetensors_",
