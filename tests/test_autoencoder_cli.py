@@ -55,3 +55,13 @@ def test_bad_bank_is_one_line_and_exit_2(tmp_path, capsys):
     empty.mkdir()
     rc = main(["autoencoder", "train", str(empty), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no kernels" in capsys.readouterr().err
+
+
+def test_progress_off_a_terminal_is_plain_lines(bank, tmp_path, capsys):
+    """Off a terminal (a log, CI) training progress is plain lines, never tqdm's carriage
+    returns (it drew a tqdm bar into logs)."""
+    args = [a for a in ARGS if a != "--quiet"]
+    rc = main(["autoencoder", "train", str(bank / "k3.npy"), "--out", str(tmp_path / "m"), *args])
+    err = capsys.readouterr().err
+    assert rc == 0 and "\r" not in err
+    assert "kernelatlas: autoencoder 3x3" in err and ": done (" in err

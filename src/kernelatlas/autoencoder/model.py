@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from ..errors import FormatError, KernelAtlasError
 from ..estimator import BaseEstimator, Device, Interval, KernelSize
 from ..normalize import as_kernel_array, normalize
 from ..null import DEFAULT_NULL_SIZE, calibrate_threshold, gaussian_null, null_rate
-from ..progress import advance
+from ..progress import Progress, advance
 from ..taxonomy import DEFAULT_NULL_FPR, DEGENERATE, PAPER_AE_THRESHOLDS, UNCLASSIFIED
 from ._net import AENet, cosine_distance
 from .spectrum import (
@@ -98,7 +99,8 @@ class KernelAutoencoder(BaseEstimator):
     device : ``"cpu"``, ``"cuda"``, ... or ``None`` (CUDA when available).
     seed : seeds the initialisation, the shuffling and the null draws; the same seed gives
         the same latent on the same device.
-    progress : show a tqdm progress bar while training.
+    progress : show the training's progress on stderr (a tqdm bar on a terminal, plain
+        lines otherwise).
     n_grid : points of the latent grid decoded and named for the spectrum.
     min_segment : segments shorter than this many grid points merge into a neighbour.
     null_fpr : false-positive rate on the Gaussian null for null-calibrated thresholds.
@@ -262,11 +264,9 @@ class KernelAutoencoder(BaseEstimator):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
         )
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc=f"autoencoder {kh}x{kw}", unit="step")
+        # Progress: a tqdm bar on a terminal, plain lines in a log (no carriage returns).
+        desc = f"autoencoder {kh}x{kw}"
+        shown = Progress().stage(desc, total=total, unit="step") if self.progress else None
         history: list[float] = []
         net.train()
         noise = float(self.latent_noise)
@@ -275,46 +275,45 @@ class KernelAutoencoder(BaseEstimator):
         # Search grid inside (0, 1): the sigmoid reaches neither end.
         zgrid = torch.linspace(0.005, 0.995, int(self.n_grid), device=dev)
         bce = torch.nn.functional.binary_cross_entropy_with_logits
-        for epoch in range(int(self.epochs)):
-            perm = torch.randperm(n, generator=gen).to(dev)
-            run = torch.zeros((), device=dev)
-            for i in range(steps_per_epoch):
-                xb = x[perm[i * bs : (i + 1) * bs]]
-                frac = 1.0 - (epoch * steps_per_epoch + i) / total
-                logit = net.encode_logit(xb)
-                zb = torch.sigmoid(logit)
-                loss = cosine_distance(xb, net.decode(zb)).mean()
-                rec_loss = loss.detach()
-                if search:
-                    # Global projection onto the decoded curve (principal-curve step): the
-                    # decoder learns from each kernel's best grid point, and the encoder
-                    # is pulled towards it, so clusters the curve has not reached yet are
-                    # not stuck behind others on the line.
-                    with torch.no_grad():
-                        g = net.decode(zgrid)
-                        g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-                        zs = zgrid[(xb @ g.T).argmax(1)]
-                    if noise > 0:
-                        eps = torch.randn(zs.shape, generator=ngen).to(dev)
-                        zs_n = zs + noise * frac * eps
-                    else:
-                        zs_n = zs
-                    loss = loss + cosine_distance(xb, net.decode(zs_n)).mean()
-                    # Cross-entropy on the logit: no vanishing gradient where saturated.
-                    loss = loss + bce(logit, zs)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                run += rec_loss * xb.shape[0]
-                if bar is not None:
-                    bar.update(1)
-            history.append(float(run.item()) / n)
-            advance(1, "ae_epoch")
-            if bar is not None:
-                bar.set_postfix(loss=f"{history[-1]:.4f}")
-        if bar is not None:
-            bar.close()
+        with shown if shown is not None else contextlib.nullcontext() as stage:
+            for epoch in range(int(self.epochs)):
+                perm = torch.randperm(n, generator=gen).to(dev)
+                run = torch.zeros((), device=dev)
+                for i in range(steps_per_epoch):
+                    xb = x[perm[i * bs : (i + 1) * bs]]
+                    frac = 1.0 - (epoch * steps_per_epoch + i) / total
+                    logit = net.encode_logit(xb)
+                    zb = torch.sigmoid(logit)
+                    loss = cosine_distance(xb, net.decode(zb)).mean()
+                    rec_loss = loss.detach()
+                    if search:
+                        # Global projection onto the decoded curve (principal-curve step): the
+                        # decoder learns from each kernel's best grid point, and the encoder
+                        # is pulled towards it, so clusters the curve has not reached yet are
+                        # not stuck behind others on the line.
+                        with torch.no_grad():
+                            g = net.decode(zgrid)
+                            g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                            zs = zgrid[(xb @ g.T).argmax(1)]
+                        if noise > 0:
+                            eps = torch.randn(zs.shape, generator=ngen).to(dev)
+                            zs_n = zs + noise * frac * eps
+                        else:
+                            zs_n = zs
+                        loss = loss + cosine_distance(xb, net.decode(zs_n)).mean()
+                        # Cross-entropy on the logit: no vanishing gradient where saturated.
+                        loss = loss + bce(logit, zs)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    run += rec_loss * xb.shape[0]
+                    if stage is not None:
+                        stage.update(1)
+                history.append(float(run.item()) / n)
+                advance(1, "ae_epoch")
+                if stage is not None:
+                    stage.set_description(f"{desc} (loss {history[-1]:.4f})")
         net.eval()
         self.net_ = net
         self.loss_history_ = history
