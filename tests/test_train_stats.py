@@ -140,6 +140,9 @@ def test_markdown_shows_every_scheme_and_the_rule():
     assert "### d / 1k (1000 images) / a" in md and "the rule" in md
     assert "| fast | init | 50, 50, 50, 50, 50 | 5/5 | 2.00x [2.00, 2.00]" in md
     assert "faster by the rule: d/1k/a/fast" in md
+    assert md.startswith("## bench-train `t`")
+    # bench-init's page is headed bench-init (it said bench-train)
+    assert summary_markdown(doc, name="bench-init").startswith("## bench-init `t`")
 
 
 def test_the_published_cpu_verdict_is_what_the_runs_give():

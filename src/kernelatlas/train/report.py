@@ -37,13 +37,16 @@ def _vs(r: dict[str, Any]) -> str:
     return f"{r['vs_control_speedup']:.2f}x {_ci(r['vs_control_ci'])} vs {r['control']}"
 
 
-def summary_markdown(doc: dict[str, Any], *, heading_level: int = 2) -> str:
-    """Per setting a table of every scheme; then the verdict and the coverage link."""
+def summary_markdown(
+    doc: dict[str, Any], *, heading_level: int = 2, name: str = "bench-train"
+) -> str:
+    """Per setting a table of every scheme; then the verdict and the coverage link
+    (``name``: the command, ``bench-train`` or ``bench-init``, for the heading)."""
     h = "#" * heading_level
     cfg = doc["config"]
     env = doc["environment"]
     lines = [
-        f"{h} bench-train `{cfg['name']}`: {env['device']} ({env['device_name']}), "
+        f"{h} {name} `{cfg['name']}`: {env['device']} ({env['device_name']}), "
         f"kernelatlas {doc['kernelatlas_version']}",
         "",
         f"Command: `{doc.get('command') or '(API)'}`. {cfg['steps']} steps of batch "
@@ -130,10 +133,15 @@ def summary_markdown(doc: dict[str, Any], *, heading_level: int = 2) -> str:
 
 
 def plot_curves(
-    doc: dict[str, Any], path: str | os.PathLike[str], *, value: str = "accuracy"
+    doc: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    value: str = "accuracy",
+    name: str = "bench-train",
 ) -> Path:
     """One panel per setting: ``value`` (``accuracy`` or ``coverage``) against step per
-    scheme, mean over seeds (accuracy: with the min-max band and the target dashed)."""
+    scheme, mean over seeds (accuracy: with the min-max band and the target dashed);
+    ``name`` (``bench-train`` or ``bench-init``) titles it."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -204,7 +212,7 @@ def plot_curves(
     )
     env = doc["environment"]
     fig.suptitle(
-        f"bench-train {doc['config']['name']}: {value} ({doc['config']['seeds']} seeds, "
+        f"{name} {doc['config']['name']}: {value} ({doc['config']['seeds']} seeds, "
         f"{env['device']} {env['device_name']}) - kernelatlas {doc['kernelatlas_version']}",
         fontsize=10,
     )
@@ -222,9 +230,9 @@ def write_report(doc: dict[str, Any], out: str | os.PathLike[str], name: str) ->
     out = Path(out)
     md = out / f"{name}.md"
     tmp = out / f".{name}.md.tmp"
-    tmp.write_text(summary_markdown(doc))
+    tmp.write_text(summary_markdown(doc, name=name))
     os.replace(tmp, md)
-    paths = [md, plot_curves(doc, out / f"{name}.png")]
+    paths = [md, plot_curves(doc, out / f"{name}.png", name=name)]
     if "coverage" in doc["runs"][0]["curve"][0]:
-        paths.append(plot_curves(doc, out / f"{name}-coverage.png", value="coverage"))
+        paths.append(plot_curves(doc, out / f"{name}-coverage.png", value="coverage", name=name))
     return paths
