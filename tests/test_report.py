@@ -256,6 +256,18 @@ def _ae_summary(method: str) -> dict:
     return {"models": [row], "layers": [], "config": cfg}
 
 
+def test_terminal_table_skipped_sizes_never_widen_a_column() -> None:
+    """A size that is not analysed is one line whose reason runs on after the counts; it
+    widened the last column to the reason's length (every header and value shifted)."""
+    doc = _ae_summary("both")
+    doc["skipped"] = [{"source": "t.npy", "model": "t", "kh": 2, "kw": 2, "layers": 1,
+                       "kernels": 8, "reason": "2x2: fewer than 3 taps " + "x" * 80}]  # fmt: skip
+    lines = coverage_table(doc).splitlines()
+    assert len(lines[0]) == len(lines[1]) == len(lines[2])  # header, rule, model row
+    assert lines[2].endswith("42.5% (91.9%)")
+    assert lines[3].startswith("t") and "not analysed (1 layer): 2x2: fewer" in lines[3]
+
+
 @pytest.mark.parametrize("method", ["autoencoder", "both"])
 def test_terminal_table_shows_the_autoencoder(method: str) -> None:
     lines = coverage_table(_ae_summary(method)).splitlines()

@@ -14,10 +14,21 @@ __all__ = ["format_table", "coverage_table"]
 
 
 def format_table(
-    head: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[bool]
+    head: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Sequence[bool],
+    notes: Sequence[tuple[Sequence[str], str]] = (),
 ) -> str:
-    """Columns as wide as their widest cell (nothing cut), a rule under the header."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
+    """Columns as wide as their widest cell (nothing cut), a rule under the header.
+
+    ``notes``: rows of a few leading cells and a text that runs on over the other columns
+    (it never widens them), printed after ``rows``.
+    """
+    widths = [
+        max([len(h), *(len(r[i]) for r in rows), *(len(c[i]) for c, _ in notes if i < len(c))])
+        for i, h in enumerate(head)
+    ]
 
     def line(cells: Sequence[str]) -> str:
         out = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
@@ -25,6 +36,7 @@ def format_table(
 
     text = [line(head), "  ".join("-" * w for w in widths)]
     text += [line(r) for r in rows]
+    text += [f"{line(cells)}  {note}" for cells, note in notes]
     return "\n".join(text)
 
 
@@ -98,13 +110,13 @@ def coverage_table(summary: dict[str, Any]) -> str:
                 *([*ae_cells, *atlas] if ae_first else [*atlas, *ae_cells]),
             ]
         )
+    notes = []
     for r in summary.get("skipped") or []:
-        rest = ["-"] * (len(head) - 5) + [f"not analysed ({r['layers']} layers): {r['reason']}"]
-        rows.append(
-            [labels.get(r["source"], r["model"]), str(r["source"]), f"{r['kh']}x{r['kw']}",
-             f"{int(r['kernels']):,}", *rest]
-        )  # fmt: skip
-    table = format_table(head, rows, right=right)
+        n = int(r["layers"])
+        cells = [labels.get(r["source"], r["model"]), str(r["source"]), f"{r['kh']}x{r['kw']}",
+                 f"{int(r['kernels']):,}"]  # fmt: skip
+        notes.append((cells, f"not analysed ({n} layer{'s' * (n != 1)}): {r['reason']}"))
+    table = format_table(head, rows, right=right, notes=notes)
     cfg = summary.get("config", {})
     kind = cfg.get("null", "gaussian")
     label = (summary.get("nulls") or {}).get("kinds", {}).get(kind, {}).get("label", kind)
