@@ -97,6 +97,8 @@ def test_page_is_one_self_contained_file(collide: dict) -> None:
     assert not re.search(r"(src|href)=['\"](https?:)?//", page), "network reference"
     # The files for those who keep the folder are linked, and the data is in the page.
     assert "href='kernels.parquet'" in page and "href='summary.json'" in page
+    # ... and described as they are: without --with-weights the table holds no weights
+    assert "with weights" not in page and "read with <code>kernelatlas.kernel_weights" in page
     assert 'id="ka-data"' in page and "explorer.js" not in page  # inline script, no file
     assert "nan%" not in page
     # The score is explained and the colour bar of the kernel figures is there.

@@ -96,6 +96,11 @@ def render_page(ctx: Any, wanted: list[Any], *, title: str = "kernelatlas report
     nav = " · ".join(f"<a href='#sec-{_e(s.name)}'>{_e(s.title)}</a>" for s in wanted)
     ctx.data.setdefault("families", families_doc())
     ctx.data.setdefault("summary", summary)
+    weights = (
+        "with weights"
+        if cfg.get("with_weights")
+        else "weights in <code>bank/</code>, read with <code>kernelatlas.kernel_weights</code>"
+    )
     head = (
         f"<p class='meta'>kernelatlas {_e(summary['kernelatlas_version'])} · {_e(summary['created'])} · "
         f"sources: {_e(', '.join(map(str, cfg['sources'])))} · method: {_e(cfg['method'])} · null: "
@@ -104,7 +109,7 @@ def render_page(ctx: Any, wanted: list[Any], *, title: str = "kernelatlas report
         "network. <b>Download from it:</b> <button type='button' class='dl' data-download='csv-all'>"
         "kernels.csv</button> (the per-kernel table without weights) · <button type='button' class='dl' "
         "data-download='summary'>summary.json</button>. <b>Beside it</b>, when the folder is kept: "
-        "<a href='kernels.parquet'>kernels.parquet</a> (every kernel, every column, with weights) · "
+        f"<a href='kernels.parquet'>kernels.parquet</a> (every kernel, every column; {weights}) · "
         "<a href='summary.json'>summary.json</a> · <a href='figures/'>figures/</a> (these figures as PNG) · "
         "<code>bank/</code> (the harvested kernels).</p>"
     )
