@@ -61,8 +61,27 @@ def kernels_path(run: str | os.PathLike[str]) -> Path:
 
 
 def kernels_dataset(run: str | os.PathLike[str]) -> ds.Dataset:
-    """The kernels table of ``run`` as a :class:`pyarrow.dataset.Dataset` (part files in order)."""
-    return ds.dataset(kernels_path(run), format="parquet")
+    """The kernels table of ``run`` as a :class:`pyarrow.dataset.Dataset` (part files in order).
+
+    Refuses (one :class:`KernelAtlasError`) anything that is not an analysis's table: a
+    kernel bank (its rows have no atlas names), other files, other Parquet data.
+    """
+    path = kernels_path(run)
+    try:
+        dataset = ds.dataset(path, format="parquet")
+    except (OSError, pa.ArrowInvalid):
+        raise KernelAtlasError(
+            f"{path} is not an analysis's kernels table (not Parquet data): pass a folder "
+            "written by `kernelatlas analyze`"
+        ) from None
+    if "family" not in dataset.schema.names:
+        what = "a kernel bank" if "weights" in dataset.schema.names else "Parquet data"
+        raise KernelAtlasError(
+            f"{path} holds {what}, not an analysis's kernels table (no atlas names): pass a "
+            "folder written by `kernelatlas analyze`, or analyze this one first "
+            "(`kernelatlas analyze BANK --out DIR`)"
+        )
+    return dataset
 
 
 def read_kernels(
