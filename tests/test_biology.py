@@ -413,3 +413,20 @@ def test_a_sample_from_many_part_files_keeps_few_files_open(tmp_path) -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(got) == sum(bool(toy["classified"].iloc[i % len(toy)]) for i in range(120))
+
+
+def test_mean_intervals_stay_inside_the_range_on_few_kernels() -> None:
+    """Shares and the cardinal-bias index get a Wilson interval: the normal one left
+    [-1, 1] (0.33 [-0.73, 1.40] on 3 fresh-init kernels) and had zero width at 0 and 1."""
+    from kernelatlas.biology.comparison import _reduce
+
+    def frame(orientations):
+        return pd.DataFrame({"family": ["first_derivative"] * len(orientations),
+                             "orientation": orientations})  # fmt: skip
+
+    m, lo, hi, n = _reduce(STATISTICS["cardinal_bias"], frame([0.0, 90.0, 45.0]))
+    assert n == 3 and m == pytest.approx(1 / 3) and -1.0 <= lo < m < hi <= 1.0
+    m, lo, hi, _ = _reduce(STATISTICS["cardinal_bias"], frame([0.0, 90.0, 180.0]))
+    assert m == 1.0 and -1.0 < lo < 1.0 and hi == pytest.approx(1.0)
+    m, lo, hi, _ = _reduce(STATISTICS["odd_share"], frame([0.0, 10.0]))
+    assert m == 1.0 and 0.0 < lo < 1.0 and hi == pytest.approx(1.0)

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..errors import KernelAtlasError
-from ..null import DEFAULT_NULL_SIZE, gaussian_null
+from ..null import DEFAULT_NULL_SIZE, gaussian_null, wilson_interval
 from ..taxonomy import (
     CENTER,
     DEFAULT_NULL_FPR,
@@ -690,9 +690,13 @@ def _reduce(stat: S.Statistic, frame: pd.DataFrame) -> tuple[float, float, float
     if stat.reduce == "median":
         q25, q50, q75 = np.quantile(v, [0.25, 0.5, 0.75])
         return float(q50), float(q25), float(q75), n
-    m = float(v.mean())
-    se = float(np.sqrt(max(float((v * v).mean()) - m * m, 0.0) / n))
-    return m, m - 1.96 * se, m + 1.96 * se, n
+    # A share (0/1 indicators) or an index (mean of +1/-1 signs = 2 * share of +1 - 1): the
+    # Wilson interval of the share, mapped onto the index, so it stays inside [0, 1] / [-1, 1]
+    # and never has zero width at 0 or 1 (a normal interval did both on small samples).
+    lo, hi = wilson_interval(int((v > 0).sum()), n)
+    if stat.signed:
+        lo, hi = 2.0 * lo - 1.0, 2.0 * hi - 1.0
+    return float(v.mean()), float(lo), float(hi), n
 
 
 def _published(stat: S.Statistic, ref: pd.DataFrame) -> tuple[float, str, str]:
@@ -774,7 +778,7 @@ def compare(
     -------
     DataFrame, columns :data:`COMPARE_COLUMNS`, one row per (source, model, kh, kw,
     statistic). ``<group>_value`` is the median (``lo``/``hi``: quartiles) or the mean of an
-    indicator (``lo``/``hi``: normal 95% interval); ``<group>_n`` the kernels behind it.
+    indicator or sign (``lo``/``hi``: Wilson 95% interval); ``<group>_n`` the kernels behind it.
     ``published_value`` is set where one published number maps onto the statistic
     (``published_relation``: ``=`` or ``<=`` an upper bound); ``published_refs`` lists the
     reference rows (:func:`kernelatlas.biology.reference`) it is compared with.

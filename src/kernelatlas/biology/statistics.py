@@ -69,7 +69,8 @@ class Statistic:
         (``family`` for shares).
     scope : families of classified kernels it is computed over.
     reduce : ``median`` (with the inter-quartile range) or ``mean`` (of an indicator or
-        a +1/-1 sign, with a normal 95% interval).
+        a +1/-1 sign, with the Wilson 95% interval of the share, mapped onto the index for
+        signs).
     references : ``statistic`` values of reference-table rows it is compared with.
     relation : how a published number relates to this statistic (``=``, ``<=``) or
         ``qualitative``.
@@ -85,6 +86,11 @@ class Statistic:
     relation: str
     description: str
 
+    @property
+    def signed(self) -> bool:
+        """Whether :meth:`values` are +1/-1 signs (an index in [-1, 1]), not 0/1 indicators."""
+        return self.name == "cardinal_bias"
+
     def values(self, frame) -> np.ndarray:  # frame: DataFrame of kernel_statistics rows
         """The per-kernel values this statistic reduces (indicators for means)."""
         fam = frame["family"].to_numpy(object)
@@ -97,7 +103,7 @@ class Statistic:
         v = v[np.isfinite(v)]
         if self.name == "phase_purity":
             return ((v < PURE_PHASE_WIDTH) | (v > 90.0 - PURE_PHASE_WIDTH)).astype(np.float64)
-        if self.name == "cardinal_bias":
+        if self.signed:
             return cardinal_sign(v)
         return v
 
