@@ -125,8 +125,10 @@ class AnalysisConfig:
                 f"null_fpr (--null-fpr) must be in (0, 1), got {self.null_fpr}: {why}; it is "
                 "the share of null kernels allowed through, e.g. 0.01 (1%)"
             )
-        if self.batch_size < 1 or self.n_null < 100:
-            raise KernelAtlasError("batch_size must be >= 1 and n_null >= 100")
+        if self.batch_size < 1:
+            raise KernelAtlasError(f"batch_size (--batch-size) must be >= 1, got {self.batch_size}")
+        if self.n_null < 100:
+            raise KernelAtlasError(f"n_null (--n-null) must be >= 100, got {self.n_null}")
         if self.seed < 0:
             raise KernelAtlasError(f"seed (--seed) must be >= 0, got {self.seed}")
         if self.ae_epochs is not None and self.method == "atlas":
@@ -140,6 +142,11 @@ class AnalysisConfig:
             raise KernelAtlasError(
                 "--null init calibrates on the fresh-init kernels and reports their held-out "
                 "half as the baseline: it cannot go with --no-init-baseline"
+            )
+        if "init" in (self.baselines or ()) and not self.init_baseline:
+            raise KernelAtlasError(
+                "--baselines init measures the fresh-init twins, which --no-init-baseline "
+                "leaves out: drop one of the two"
             )
         if self.engine not in ("local", "dask"):
             raise KernelAtlasError(f"engine must be 'local' or 'dask', got {self.engine!r}")
