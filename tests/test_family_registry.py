@@ -186,3 +186,23 @@ def test_unregistered_family_is_gone_everywhere(checker):
         assert "checker" not in Atlas(kernel_size=3, n_null=500).fit().thresholds_
     finally:
         register_family(Checker)  # the fixture unregisters it again
+
+
+def test_orientations_stay_in_their_period() -> None:
+    """A forward difference's orientation is 0, never 359.99999999999994 or 360.0 (``%`` on
+    atan2's -1e-14 degrees), and no angle is -0.0."""
+    import torch
+
+    from kernelatlas.atlas import Atlas
+    from kernelatlas.atlas.family import wrap_angle
+
+    k = np.zeros((2, 3, 3), np.float32)
+    k[0, 1] = [-1, 1, 0]  # forward differences along +x: orientation 0
+    k[1, 1] = [0, -1, 1]
+    df = Atlas(kernel_size=3, n_null=2000).fit().predict(k)
+    assert list(df["family"]) == ["first_derivative"] * 2
+    assert df["orientation"].tolist() == [0.0, 0.0]
+    got = wrap_angle(np.array([-1e-14, -0.0, 359.5, 720.25, 360.0]), 360.0)
+    assert got.tolist() == [0.0, 0.0, 359.5, 0.25, 0.0] and not np.signbit(got).any()
+    t = wrap_angle(torch.tensor([-1e-14, -0.0, 90.0], dtype=torch.float64), 180.0)
+    assert t.tolist() == [0.0, 0.0, 90.0] and not torch.signbit(t).any()

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .atlas.family import wrap_angle
 from .errors import KernelAtlasError
 from .estimator import BaseEstimator, Device, Interval, KernelSize
 from .normalize import normalize
@@ -201,7 +202,7 @@ def _wrap_angles(model: Any, theta: torch.Tensor) -> torch.Tensor:
     rows = list(theta.unbind(0))
     for i, p in enumerate(model.params):
         if p.kind == "angle":
-            rows[i] = torch.remainder(rows[i], p.period)
+            rows[i] = wrap_angle(rows[i], p.period)
     return torch.stack(rows)
 
 

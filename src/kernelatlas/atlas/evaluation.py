@@ -27,6 +27,7 @@ from ..taxonomy import (
     coverage,
 )
 from . import functional as F
+from .family import wrap_angle
 
 __all__ = [
     "family_effect",
@@ -96,7 +97,7 @@ def synthetic_kernels(
     cross = F.second_derivative_pattern(kh, kw, s_2, t_2, kind="cross", polarity=p_2, offset=o2)
     second = np.where(is_cross[:, None, None], cross, bar)
     # canonical cross: polarity +1 (cross(t, -1) == cross(t + 90, +1))
-    t_2c = np.where(is_cross & (p_2 < 0), t_2 + 90.0, t_2) % 180.0
+    t_2c = wrap_angle(np.where(is_cross & (p_2 < 0), t_2 + 90.0, t_2), 180.0)
     p_2c = np.where(is_cross, 1, p_2)
 
     kernels = np.concatenate([center, first, second]).astype(np.float64)

@@ -43,6 +43,7 @@ __all__ = [
     "centred_unit_columns",
     "take_rows",
     "row_argmax",
+    "wrap_angle",
 ]
 
 
@@ -94,6 +95,22 @@ class FamilyScore:
             shape=np.concatenate([p.shape for p in parts]),
             extra={k: np.concatenate([p.extra[k] for p in parts]) for k in keys},
         )
+
+
+#: Relative distance below the period at which a wrapped angle is the period's start.
+_WRAP_EPS = 1e-12
+
+
+def wrap_angle(x: Any, period: float) -> Any:
+    """``x`` (numpy or torch) modulo ``period``, in ``[0, period)``, with the angles a
+    rounding error below ``period`` at 0: ``x % period`` turns a forward difference's
+    ``-1e-14`` degrees into ``359.99999999999994`` (or ``360.0`` itself), and keeps ``-0.0``."""
+    top = period * (1.0 - _WRAP_EPS)
+    if isinstance(x, torch.Tensor):
+        r = torch.remainder(x, period)
+        return torch.where(r >= top, torch.zeros_like(r), r) + 0.0
+    r = np.mod(x, period)
+    return np.where(r >= top, 0.0, r) + 0.0
 
 
 def take_rows(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -257,7 +274,7 @@ class DenseBasis(Basis):
         orientation = np.take(self.orientation, idx)
         if self.sign == "orientation":
             polarity = np.ones(len(idx), np.int8)
-            orientation = np.where(pos, orientation, orientation + 180.0) % 360.0
+            orientation = wrap_angle(np.where(pos, orientation, orientation + 180.0), 360.0)
         else:
             polarity = np.where(pos, 1, -1).astype(np.int8)
         return FamilyScore(

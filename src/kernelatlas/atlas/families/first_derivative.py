@@ -35,6 +35,7 @@ from ..family import (
     PatternFamily,
     row_argmax,
     take_rows,
+    wrap_angle,
 )
 from ..registry import register_family
 from ..templates import flat_centred, gaussian_groups
@@ -74,7 +75,7 @@ class PlaneBasis(Basis):
         g = row_argmax(s)  # numpy's argmax: several times faster than torch's
         q1 = torch.from_numpy(np.stack([take_rows(yv, g), take_rows(yv, n + g)], axis=1))
         coef = (self.rinv[torch.from_numpy(g)] @ q1.to(torch.float64)[:, :, None]).squeeze(-1)
-        theta = torch.rad2deg(torch.atan2(-coef[:, 1], -coef[:, 0])) % 360.0
+        theta = wrap_angle(torch.rad2deg(torch.atan2(-coef[:, 1], -coef[:, 0])), 360.0)
         return FamilyScore(
             score=torch.sqrt(torch.from_numpy(take_rows(s, g))).numpy(),  # torch's sqrt, as before
             orientation=theta.numpy(),
@@ -123,7 +124,7 @@ class AffineFirstModel(FitModel):
             "sigma": torch.sqrt(su * sv),
             "sigma_u": su,
             "sigma_v": sv,
-            "orientation": torch.rad2deg(t) % 360.0,
+            "orientation": wrap_angle(torch.rad2deg(t), 360.0),
             "offset_u": x0 * torch.cos(t) + y0 * torch.sin(t),
             "polarity": torch.ones_like(a),
             "x0": x0,

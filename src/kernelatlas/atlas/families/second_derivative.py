@@ -32,6 +32,7 @@ from ..family import (
     PatternFamily,
     row_argmax,
     take_rows,
+    wrap_angle,
 )
 from ..registry import register_family
 from ..templates import flat_centred, gaussian_groups
@@ -134,7 +135,7 @@ class ConeBasis(Basis):
         cc = (self.rinv2[tg] @ torch.from_numpy(q2[:, :2, None]).to(torch.float64)).squeeze(-1)
         theta_cross = 0.5 * torch.rad2deg(torch.atan2(-cc[:, 0], cc[:, 1]))
         theta_bar = 0.5 * torch.rad2deg(phi.to(torch.float64))
-        theta = torch.where(is_cross, theta_cross, theta_bar) % 180.0
+        theta = wrap_angle(torch.where(is_cross, theta_cross, theta_bar), 180.0)
         pol = torch.where(is_cross, torch.ones_like(bar_sign), bar_sign)
         pol = torch.where(pol == 0, torch.ones_like(pol), pol)
         return FamilyScore(
@@ -192,7 +193,7 @@ class AffineSecondModel(FitModel):
         a, c = coef[0], coef[1]
         deg = torch.rad2deg(t)
         is_cross = c.abs() > a.abs()
-        deg = torch.where(is_cross & (c < 0), deg + 90.0, deg) % 180.0
+        deg = wrap_angle(torch.where(is_cross & (c < 0), deg + 90.0, deg), 180.0)
         return {
             "sigma": torch.sqrt(su * sv),
             "sigma_u": su,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import functional as F
-from ..family import DenseBasis, FamilyScore, FitModel, Param, PatternFamily
+from ..family import DenseBasis, FamilyScore, FitModel, Param, PatternFamily, wrap_angle
 from ..registry import register_family
 from ..templates import SIGMA_MIN
 from ._common import clip_start, draw, separable_gaussian
@@ -77,7 +77,7 @@ class ShiftModel(FitModel):
         a = coef[0]
         return {
             "sigma": s,
-            "orientation": torch.rad2deg(torch.atan2(y0, x0)) % 360.0,
+            "orientation": wrap_angle(torch.rad2deg(torch.atan2(y0, x0)), 360.0),
             "distance": torch.sqrt(x0 * x0 + y0 * y0),
             "polarity": torch.where(a >= 0, 1.0, -1.0),
             "x0": x0,
@@ -122,7 +122,7 @@ class Shift(PatternFamily):
         )["G"]
         return DenseBasis(
             g,
-            orientation=np.rad2deg(np.arctan2(pos[:, 1], pos[:, 0])) % 360.0,
+            orientation=wrap_angle(np.rad2deg(np.arctan2(pos[:, 1], pos[:, 0])), 360.0),
             scale=np.full(n, SIGMA_MIN),
             offset=pos,
             sign="polarity",
