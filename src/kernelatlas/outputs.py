@@ -342,7 +342,11 @@ class Staging:
     kept: Path | None = field(default=None, init=False)
 
     def publish(self) -> None:
-        """Make the staging folder the output (atomic on Linux; a folder kept aside first)."""
+        """Make the staging folder the output (atomic on Linux; a folder kept aside first);
+        never after a ^C, even one Python dropped (:func:`kernelatlas.interrupts.check`)."""
+        from .interrupts import check
+
+        check()
         self.kept = publish_dir(self.path, self.out, keep_previous=self.keep_previous)
         self.published = True
         if self.kept is not None:

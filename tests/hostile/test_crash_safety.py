@@ -170,3 +170,35 @@ def test_publish_swaps_in_one_step_on_linux(tmp_path, monkeypatch):
     atomic.publish_dir(staging, out)
     assert (out / "summary.json").read_text() == "new"
     assert not staging.exists()
+
+
+def test_a_ctrl_c_python_drops_still_stops_the_run(tmp_path, monkeypatch):
+    """A SIGINT that lands in a ``__del__`` (matplotlib's garbage collection) raises there,
+    and Python drops that KeyboardInterrupt ("Exception ignored in ..."): the run went on,
+    published its output and exited 0. Now nothing is published, the previous output stays,
+    and the command exits 130 with its one line."""
+    import kernelatlas.report as report
+
+    from .cli import run_cli
+
+    class _DiesInDel:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs here, inside __del__
+                pass
+
+    real = report.write_report
+
+    def interrupted_write(*args, **kwargs):
+        _DiesInDel()  # collected at once: the SIGINT is raised, and dropped, in its __del__
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(report, "write_report", interrupted_write)
+    np.save(tmp_path / "m.npy", np.random.default_rng(0).standard_normal((40, 3, 3), np.float32))
+    (tmp_path / "out").mkdir()
+    run = run_cli(["analyze", tmp_path / "m.npy", "--out", tmp_path / "out", "--no-fit",
+                   "--no-init-baseline", "--quiet"])  # fmt: skip
+    assert run.code == 130, run.stderr
+    assert run.lines[-1] == "kernelatlas: interrupted" and "Traceback" not in run.stderr
+    assert "Exception ignored" not in run.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # never published

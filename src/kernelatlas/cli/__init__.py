@@ -165,16 +165,22 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, *_: A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..interrupts import installed, interrupted
+
     debug = os.environ.get("KERNELATLAS_DEBUG", "") not in ("", "0")
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return EXIT_ERROR
-        return int(args.func(args) or 0)
+        with installed():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return EXIT_ERROR
+            code = int(args.func(args) or 0)
+            if interrupted():  # a ^C that Python dropped (in a __del__): still one
+                raise KeyboardInterrupt
+            return code
     except KeyboardInterrupt:
         print("kernelatlas: interrupted", file=sys.stderr)
         return 130
