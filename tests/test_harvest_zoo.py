@@ -177,3 +177,29 @@ def test_fetch_through_npm_pack_with_companion_files(tmp_path, monkeypatch, tiny
     with pytest.raises(KernelAtlasError, match="sha256 .* refusing it"):
         cache.fetch(bad)
     assert not cache.is_cached(bad)
+
+
+def test_fold_bn_folds_timms_batchnorm_act(tmp_path) -> None:
+    """timm's BatchNormAct2d (a BatchNorm2d subclass outside torch.nn) was traced into by
+    torch.fx: no layer of a timm model folded ('11 of 11 depthwise layers have no following
+    BatchNorm'). Every depthwise layer folds now, the module and its timm:NAME?file= alike."""
+    import timm
+
+    m = timm.create_model("mobilenetv3_small_100", pretrained=False).eval()
+    g = torch.Generator().manual_seed(0)
+    for mod in m.modules():  # trained-looking statistics, so that folding shows
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+            mod.weight.data.copy_(torch.rand(mod.weight.shape, generator=g) + 0.5)
+    plain, folded = harvest_fn(m), harvest_fn(m, fold_bn=True)
+    assert len(folded.layers) == 11 and all(lk.bn_folded for lk in folded.layers)
+    bn = m.blocks[0][0].bn1  # the first depthwise conv's batch norm: timm's BatchNormAct2d
+    assert type(bn).__module__.startswith("timm.")
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy()
+    np.testing.assert_allclose(
+        folded.layers[0].weights, plain.layers[0].weights * scale[:, None, None], rtol=1e-6
+    )
+    torch.save(m.state_dict(), tmp_path / "w.pth")
+    by_file = harvest_fn(f"timm:mobilenetv3_small_100?file={tmp_path / 'w.pth'}", fold_bn=True)
+    for a, b in zip(folded.layers, by_file.layers, strict=True):
+        np.testing.assert_array_equal(a.weights, b.weights)

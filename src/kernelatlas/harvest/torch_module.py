@@ -12,6 +12,7 @@ trace, as the next sibling of the conv inside an ``nn.Sequential``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -42,14 +43,28 @@ def _usable_bn(module: nn.Module | None) -> bool:
     )
 
 
+@functools.cache
+def _leaf_tracer() -> type:
+    import torch.fx
+
+    class LeafTracer(torch.fx.Tracer):
+        """fx's tracer, with every batch norm and convolution a leaf: fx traces into a module
+        defined outside ``torch.nn`` (timm's ``BatchNormAct2d``, ``Conv2dSame``), and its
+        ``F.batch_norm`` call was no BatchNorm module to fold."""
+
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            leaf = isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Conv2d)
+            return leaf or super().is_leaf_module(m, qualname)
+
+    return LeafTracer
+
+
 def following_batchnorms(model: nn.Module, conv_names: list[str]) -> dict[str, str]:
     """Map each depthwise conv path to the path of the BN that consumes its output."""
     modules = dict(model.named_modules())
     found: dict[str, str] = {}
     try:
-        import torch.fx
-
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = _leaf_tracer()().trace(model)
     except Exception:  # models with data-dependent control flow do not trace
         graph = None
     if graph is not None:
