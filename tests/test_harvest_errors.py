@@ -209,3 +209,24 @@ def test_a_text_file_named_pt_is_not_a_pytorch_file(tmp_path, capsys):
     (tmp_path / "legacy.pt").write_bytes(data[:40])
     with pytest.raises(FormatError, match="truncated or corrupt PyTorch pickle"):
         harvest(tmp_path / "legacy.pt")
+
+
+def test_tensorflow_layouts_in_npy_are_pointed_out(tmp_path) -> None:
+    """TensorFlow keeps depthwise kernels as [kh,kw,C] / [kh,kw,C,mult]: a 3-D one was read
+    silently as 3 kernels of 3x16, a 4-D one got a generic 'reshape the array'."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "tf3.npy", rng.standard_normal((3, 3, 16)).astype(np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = harvest(tmp_path / "tf3.npy")
+    assert res.counts() == {(3, 16): (1, 3)}  # read as it is, and said so
+    assert any("np.moveaxis(a, -1, 0)" in str(w.message) for w in caught)
+    np.save(tmp_path / "tf4.npy", rng.standard_normal((3, 3, 16, 1)).astype(np.float32))
+    with pytest.raises(FormatError, match=r"depthwise kernel \[kh,kw,C,mult\], save a\.reshape"):
+        harvest(tmp_path / "tf4.npy")
+    np.save(tmp_path / "torch.npy", rng.standard_normal((16, 3, 3)).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the usual layout: no word
+        assert harvest(tmp_path / "torch.npy").counts() == {(3, 3): (1, 16)}

@@ -10,6 +10,7 @@ source budget by its declared uncompressed size before it is inflated.
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
@@ -39,12 +40,26 @@ def _layer(name: str, arr: np.ndarray, idx: int, what: str, npz: bool) -> LayerK
             if npz
             else ""
         )
+        tf = arr.ndim == 4 and arr.shape[0] == arr.shape[1] and arr.shape[0] < arr.shape[2]
+        fix = (
+            "if it is a TensorFlow/Keras depthwise kernel [kh,kw,C,mult], save "
+            "a.reshape(kh, kw, -1).transpose(2, 0, 1)"
+            if tf
+            else "reshape the array"
+        )
         raise FormatError(
             f"{what}: expected numeric kernels [N,kh,kw] or [N,1,kh,kw], got "
-            f"{arr.dtype} {list(arr.shape)}; reshape the array{whole}"
+            f"{arr.dtype} {list(arr.shape)}; {fix}{whole}"
         )
     if arr.shape[1:] == (1, 1):
         return None
+    n, kh, kw = arr.shape
+    if n == kh and kw > kh and kw > 2 * n:  # [3, 3, 16]: kernels of 3x16, or TF's layout?
+        warnings.warn(
+            f"{what}: read as {n} kernels of {kh}x{kw}; if it is TensorFlow's [kh,kw,C] "
+            f"layout ({kw} kernels of {n}x{kh}), save np.moveaxis(a, -1, 0) instead",
+            stacklevel=2,
+        )
     return LayerKernels(
         layer=name,
         layer_index=idx,
