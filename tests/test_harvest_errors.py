@@ -230,3 +230,14 @@ def test_tensorflow_layouts_in_npy_are_pointed_out(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the usual layout: no word
         assert harvest(tmp_path / "torch.npy").counts() == {(3, 3): (1, 16)}
+
+
+def test_an_analysis_folder_as_a_source_is_named_with_its_bank(tmp_path) -> None:
+    from kernelatlas.outputs import mark_dir
+
+    run = mark_dir(tmp_path / "run", "analysis")
+    (run / "summary.json").write_text("{}")
+    with pytest.raises(
+        FormatError, match=r"holding an earlier analysis .* pass its bank, .*run/bank"
+    ):
+        harvest(run)

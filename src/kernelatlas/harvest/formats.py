@@ -183,8 +183,20 @@ _FILE_KINDS = (
 
 
 def _folder_hint(folder: Path) -> str:
-    """Why a folder is not a source, and what is: its weight files (by suffix) if any."""
+    """Why a folder is not a source, and what is: its weight files (by suffix) if any; an
+    analysis (or comparison) output is named as one, with its bank."""
     import itertools
+
+    from ..outputs import is_kernelatlas_dir
+
+    if is_kernelatlas_dir(folder, "analysis"):
+        return (
+            " holding an earlier analysis (summary.json, kernels.parquet): to analyse its "
+            f"kernels again pass its bank, {folder / 'bank'}; to compare runs, use "
+            "`kernelatlas compare`"
+        )
+    if is_kernelatlas_dir(folder, "comparison"):
+        return " holding a `kernelatlas compare` output: pass the analyses it compared"
 
     exts = {e for spec in list_formats() for e in spec.extensions}
 
