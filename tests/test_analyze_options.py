@@ -53,7 +53,11 @@ def test_null_init_reports_the_held_out_half(init_run) -> None:
 def test_fold_bn_applies_to_the_model_and_states_the_twin(init_run) -> None:
     res, caught = init_run
     assert [str(w.message) for w in caught] == []  # no raw warning about the twin
-    assert res.summary["config"]["fold_bn"] and res.summary["config"]["notes"] == [INIT_FOLD_NOTE]
+    notes = res.summary["config"]["notes"]
+    assert res.summary["config"]["fold_bn"] and notes[0] == INIT_FOLD_NOTE
+    # 216 fresh-init 3x3 kernels calibrate: 2.2 of them set the threshold, which is said
+    assert len(notes) == 2 and notes[1].startswith("the 3x3 calibration null (init) holds 216 ")
+    assert "is set by 2.2 of them" in notes[1] and "coarse" in notes[1]
     folded = pd.read_parquet(res.out / "kernels.parquet", columns=["bn_folded", "source"])
     assert folded["bn_folded"].all() and set(folded["source"]) == {f"{SOURCE}+fold_bn"}
     assert list(res.harvest["status"].unique()) == ["harvested"]

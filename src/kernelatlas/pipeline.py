@@ -164,6 +164,11 @@ class AnalysisConfig:
             check_device(self.device)
 
 
+#: Fewer null kernels than this allowed through (``n_null * null_fpr``) make a coarse
+#: threshold: the analysis says so (``--null init`` on a small model: 216 3x3 kernels).
+COARSE_NULL_PASSES = 10
+
+
 @dataclass
 class AnalysisResult:
     """Where the outputs went, the summary document, and where the time went.
@@ -330,6 +335,7 @@ class _Run:
         self.thresholds: list[dict[str, Any]] = []
         self.baselines: list[pd.DataFrame] = []
         self.calibration: list[dict[str, Any]] = []
+        self.notes: list[str] = []  # said in summary.json's config and by the CLI
         self.ae_by_size: list[dict[str, Any]] = []
         self.spectra: dict[str, Any] = {}
         self.status: dict[str, str] = {}
@@ -404,6 +410,13 @@ class _Run:
         self.calibration.append(
             {"kh": kh, "kw": kw, "cached": cal.cached, "seconds": round(cal.seconds, 4)}
         )
+        if len(null) * cfg.null_fpr < COARSE_NULL_PASSES:
+            self.notes.append(
+                f"the {kh}x{kw} calibration null ({cfg.null}) holds {len(null):,} kernels: at "
+                f"--null-fpr {cfg.null_fpr:g} its threshold is set by "
+                f"{len(null) * cfg.null_fpr:.1f} of them, so the realised null rate "
+                f"({atlas.null_rate_:.2%}) is coarse; use --null gaussian, or more sources"
+            )
         fitter = None
         if cfg.fit:
             from .fit import KernelFitter
@@ -745,6 +758,7 @@ def _summariser(
     skipped = _skipped_sizes(run.bank, run.bank.shapes())  # sizes the atlas cannot name: listed
     config_doc = {**asdict(cfg), "sources": [str(s) for s in sources]}
     notes = [INIT_FOLD_NOTE] if run.twins and cfg.fold_bn else []
+    notes += run.notes
     for kh, kw in sorted({(int(a), int(b)) for a, b in zip(counts["kh"], counts["kw"])}):
         notes += [r for k in run.kinds if (r := size_reason(k, kh, kw))]  # a baseline left out
     if notes:
