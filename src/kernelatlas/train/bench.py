@@ -320,7 +320,7 @@ def _run_into(
             doc.update(runs=old["runs"], references=old.get("references", []))
         elif old["runs"]:
             raise KernelAtlasError(
-                f"{path} already holds {len(old['runs'])} runs: pass --resume to continue "
+                f"{path} already holds {len(old['runs'])} run{'s' * (len(old['runs']) != 1)}: pass --resume to continue "
                 "it, or choose another --out"
             )
     done_keys = {
