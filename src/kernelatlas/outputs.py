@@ -47,6 +47,7 @@ from .atomic import (
     write_marker,
 )
 from .errors import KernelAtlasError
+from .interrupts import check as check_interrupt
 
 __all__ = [
     "ANALYSIS_FILES",
@@ -344,9 +345,7 @@ class Staging:
     def publish(self) -> None:
         """Make the staging folder the output (atomic on Linux; a folder kept aside first);
         never after a ^C, even one Python dropped (:func:`kernelatlas.interrupts.check`)."""
-        from .interrupts import check
-
-        check()
+        check_interrupt()
         self.kept = publish_dir(self.path, self.out, keep_previous=self.keep_previous)
         self.published = True
         if self.kept is not None:

@@ -11,6 +11,7 @@ traceback instead. Warnings are printed as one ``kernelatlas: warning: ...`` lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import errno
 import importlib
@@ -22,8 +23,9 @@ from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import KernelAtlasError
+from ..interrupts import installed, interrupted
 
-__all__ = ["main", "build_parser", "error_line", "EXIT_ERROR", "EXIT_BUG"]
+__all__ = ["main", "run", "build_parser", "error_line", "EXIT_ERROR", "EXIT_BUG"]
 
 #: Exit code of a failure the user can act on; of an unexpected one (a bug).
 EXIT_ERROR, EXIT_BUG = 2, 3
@@ -165,8 +167,6 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, *_: A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..interrupts import installed, interrupted
-
     debug = os.environ.get("KERNELATLAS_DEBUG", "") not in ("", "0")
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
@@ -197,5 +197,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = previous
 
 
+def run() -> NoReturn:
+    """The ``kernelatlas`` program: :func:`main`, then exit with its code. After a ^C (130)
+    the process ends at once, once its output is flushed: threads still in native code
+    (a harvest, a closing cluster) could crash the interpreter's finalisation (SIGSEGV,
+    seen after a ^C on a Dask run), turning "interrupted" into a crash."""
+    code = main()
+    if code == 130:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
