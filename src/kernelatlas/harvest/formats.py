@@ -257,19 +257,20 @@ def check_regular_file(path: str | os.PathLike[str]) -> int:
 
 #: Weight formats kernelatlas does not read, by suffix: (framework, what to do instead).
 FOREIGN_FORMATS: dict[str, tuple[str, str]] = {
-    ".pdiparams": ("PaddlePaddle", "convert the model to ONNX with paddle2onnx"),
-    ".pdmodel": ("PaddlePaddle", "convert the model to ONNX with paddle2onnx"),
-    ".pdparams": ("PaddlePaddle", "convert the model to ONNX with paddle2onnx"),
-    ".caffemodel": ("Caffe", "convert the model to ONNX (e.g. caffe2onnx)"),
-    ".prototxt": ("Caffe", "convert the model to ONNX (e.g. caffe2onnx)"),
+    **dict.fromkeys(
+        (".pdiparams", ".pdmodel", ".pdparams"),
+        ("PaddlePaddle", "convert the model to ONNX with paddle2onnx"),
+    ),
+    **dict.fromkeys(
+        (".caffemodel", ".prototxt"), ("Caffe", "convert the model to ONNX (e.g. caffe2onnx)")
+    ),
     ".mnn": ("MNN", "harvest the ONNX/TFLite/PyTorch model it was converted from"),
     ".param": ("ncnn", "harvest the ONNX/PyTorch model it was converted from"),
     ".xml": ("OpenVINO IR", "harvest the ONNX/PyTorch model it was converted from"),
     ".pb": ("TensorFlow GraphDef/SavedModel", "convert it to TFLite or ONNX (tf2onnx)"),
     ".weights": ("Darknet", "convert the model to ONNX"),
     ".mlmodel": ("Core ML", "harvest the model it was converted from"),
-    ".engine": ("TensorRT", "harvest the ONNX model it was built from"),
-    ".plan": ("TensorRT", "harvest the ONNX model it was built from"),
+    **dict.fromkeys((".engine", ".plan"), ("TensorRT", "harvest the ONNX model it was built from")),
 }
 #: Companion files that make a headerless ``.bin`` another framework's weights.
 _BIN_COMPANIONS = (".xml", ".param")
