@@ -89,3 +89,18 @@ def test_pickled_or_broken_tensors_are_refused(tiny_dscnn, tmp_path) -> None:
     (tmp_path / "t.pt2").write_bytes(path.read_bytes()[:300])
     with pytest.raises(FormatError, match=r"\.pt2"):
         harvest(tmp_path / "t.pt2")
+
+
+def test_a_big_endian_archive_reads_the_same(tiny_dscnn, tmp_path) -> None:
+    path = _export(tiny_dscnn, tmp_path / "m.pt2")
+    big = tmp_path / "big.pt2"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(big, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("/byteorder"):
+                data = b"big"
+            elif "/data/weights/weight_" in info.filename:  # float32 tensors, bytes swapped
+                data = np.frombuffer(data, "<f4").astype(">f4").tobytes()
+            zout.writestr(info, data)
+    for a, b in zip(harvest(path).layers, harvest(big).layers, strict=True):
+        np.testing.assert_array_equal(a.weights, b.weights)

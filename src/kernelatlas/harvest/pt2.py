@@ -92,8 +92,11 @@ def _size(v: Any) -> int:
     return n
 
 
-def _tensor(zf: zipfile.ZipFile, root: str, folder: str, entry: Any, name: str, path: Path):
-    """The array of one weights-config entry (as stored: its dtype name too)."""
+def _tensor(
+    zf: zipfile.ZipFile, root: str, folder: str, entry: Any, name: str, path: Path, big: bool
+) -> tuple[np.ndarray, str]:
+    """The array of one weights-config entry (float32) and its stored dtype's name;
+    ``big``: the archive's byte order is big-endian."""
     what = f"{path}: {name!r}"
     if not isinstance(entry, dict) or not isinstance(entry.get("tensor_meta"), dict):
         raise FormatError(f"{what}: no tensor description; the file is corrupt")
@@ -124,7 +127,7 @@ def _tensor(zf: zipfile.ZipFile, root: str, folder: str, entry: Any, name: str, 
     count = offset + span
     if count * dtype.itemsize > len(raw):
         raise FormatError(f"{what}: its view runs past the {len(raw):,} bytes of {member}")
-    flat = _decode(raw, dtype, False, 0, count) if numel else np.zeros(0, np.float32)
+    flat = _decode(raw, dtype, big, 0, count) if numel else np.zeros(0, np.float32)
     arr = np.lib.stride_tricks.as_strided(
         flat[offset:], shape, tuple(s * flat.itemsize for s in strides), writeable=False
     )
@@ -160,6 +163,8 @@ def read_pt2(path: Path, *, fold_bn: bool = False) -> ReadResult:
                 f"{path}: a .pt2 without an exported program{hint}: save it with torch.export.save"
             )
         root = graphs[0].split("/")[0] + "/"
+        order = f"{root}byteorder"
+        big = order in zf.NameToInfo and _member(zf, order, path, 64).strip() == b"big"
         configs = {}
         for folder, file in (
             ("weights", "model_weights_config.json"),
@@ -200,7 +205,7 @@ def read_pt2(path: Path, *, fold_bn: bool = False) -> ReadResult:
                 if groups < 2 or key not in configs:
                     continue  # a dense conv, or a weight computed in the graph
                 folder, entry = configs[key]
-                w, stored = _tensor(zf, root, folder, entry, key, path)
+                w, stored = _tensor(zf, root, folder, entry, key, path, big)
                 if w.ndim != 4 or w.shape[1] != 1:
                     continue  # grouped, but more than one input channel per group
                 if w.shape[2:] == (1, 1):
