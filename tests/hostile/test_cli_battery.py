@@ -145,6 +145,8 @@ CASES = [
      "nothing matches"),
     ("harvest into a file", lambda f: ["harvest", str(f["ok.npy"]), "--out", str(f["ok.npy"])],
      "is the input"),
+    ("autoencoder without an action", lambda f: ["autoencoder"],
+     "kernelatlas autoencoder needs an action: train"),
     ("autoencoder --device banana",
      lambda f: ["autoencoder", "train", str(f["ok.npy"]), "--out", str(f["dir"] / "ae"),
                 "--device", "banana"], "not a torch device"),

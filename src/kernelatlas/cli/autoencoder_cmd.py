@@ -21,6 +21,14 @@ def _kernel_size(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected K or KHxKW, got {text!r}")
 
 
+def _no_action(args: argparse.Namespace) -> int:
+    from ..errors import KernelAtlasError
+
+    raise KernelAtlasError(
+        "kernelatlas autoencoder needs an action: train (see `kernelatlas autoencoder --help`)"
+    )
+
+
 def register(subparsers: Any) -> None:
     """Add ``autoencoder train``."""
     p = subparsers.add_parser(
@@ -63,7 +71,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--min-kernels", type=int, default=100, help="skip sizes with fewer kernels")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=_no_action)
 
 
 def _train(args: argparse.Namespace) -> int:
