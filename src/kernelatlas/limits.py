@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 from .errors import FormatError, KernelAtlasError, TensorTooLargeError
 
@@ -43,6 +44,7 @@ __all__ = [
     "check_tensor",
     "source_budget",
     "charge",
+    "zip_member",
 ]
 
 #: Default per-tensor ceiling (bytes).
@@ -203,3 +205,16 @@ def check_tensor(
     if budget:
         charge(what, max(nbytes, numel * out_itemsize))
     return numel
+
+
+def zip_member(zf: Any, name: str, path: Any, cap: int | None = None) -> bytes:
+    """Member ``name`` of zip ``zf`` (from file ``path``), charged to the source budget by its
+    declared uncompressed size before it is decompressed; over ``cap`` bytes it is refused."""
+    info = zf.getinfo(name)
+    if cap is not None and info.file_size > cap:
+        raise TensorTooLargeError(
+            f"{path}: {name} declares {info.file_size:,} bytes uncompressed; over the "
+            f"{cap:,}-byte limit"
+        )
+    charge(f"{name} (uncompressed)", info.file_size)  # before decompressing it
+    return zf.read(info)  # zipfile stops at the declared size and checks the CRC

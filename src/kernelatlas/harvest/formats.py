@@ -290,6 +290,14 @@ def _foreign(p: Path) -> str | None:
     return f"{p}: {what} weights, a format kernelatlas does not read; {fix}"
 
 
+def _folder_format(folder: Path) -> str | None:
+    """The multi-file format whose folder this is (TF.js: ``model.json`` + shards), or None."""
+    return next(
+        (s.name for s in list_formats() if s.folder_file and (folder / s.folder_file).is_file()),
+        None,
+    )
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """The format of a file: the first whose ``sniff`` accepts its leading bytes, else the
     first that claims its extension.
@@ -298,10 +306,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     and for anything that is not a regular file (:func:`check_regular_file`).
     """
     p = Path(path)
-    if p.is_dir():  # a multi-file format's folder (TF.js model.json + shards)
-        for spec in list_formats():
-            if spec.folder_file and (p / spec.folder_file).is_file():
-                return spec.name
+    name = _folder_format(p) if p.is_dir() else None
+    if name is not None:
+        return name
     check_regular_file(p)
     try:
         with open(p, "rb") as f:
@@ -336,7 +343,7 @@ def is_weight_file(path: str | os.PathLike[str]) -> bool:
     For wildcard expansions: ``'models/*'`` keeps the weight files and leaves a README out."""
     p = Path(path)
     if p.is_dir():
-        return any(s.folder_file and (p / s.folder_file).is_file() for s in list_formats())
+        return _folder_format(p) is not None
     try:
         with open(p, "rb") as f:
             head = f.read(HEAD_BYTES)

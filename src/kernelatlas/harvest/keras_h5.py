@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, KernelAtlasError, UnsafeFileError
-from ..limits import TensorTooLargeError, charge, check_tensor
+from ..limits import TensorTooLargeError, charge, check_tensor, zip_member
 from .base import LayerKernels
 from .formats import ReadResult, register_format
 
@@ -475,18 +475,6 @@ def _name_index(f: Any, walk: _Walk) -> dict[str, str]:
     return out
 
 
-def _zip_member(zf: zipfile.ZipFile, name: str, path: Path, cap: int | None = None) -> bytes:
-    """A zip member, charged to the source budget by its declared uncompressed size first."""
-    info = zf.getinfo(name)
-    if cap is not None and info.file_size > cap:
-        raise TensorTooLargeError(
-            f"{path}: {name} declares {info.file_size:,} bytes uncompressed; over the "
-            f"{cap:,}-byte limit"
-        )
-    charge(f"{name} (uncompressed)", info.file_size)  # before decompressing it
-    return zf.read(info)  # zipfile stops at the declared size and checks the CRC
-
-
 def _no_filter_plugins() -> None:
     """libhdf5 loads compression-filter plugins (shared libraries) on demand: not for us."""
     try:
@@ -515,8 +503,8 @@ def _read_keras(path: Path) -> _Layers:
                     raise FormatError(
                         f"{path}: a zip without config.json/model.weights.h5 is not a .keras archive"
                     )
-                config = json.loads(_zip_member(zf, "config.json", path, _MAX_CONFIG_BYTES))
-                data = _zip_member(zf, "model.weights.h5", path)
+                config = json.loads(zip_member(zf, "config.json", path, _MAX_CONFIG_BYTES))
+                data = zip_member(zf, "model.weights.h5", path)
             with h5py.File(io.BytesIO(data), "r") as f:
                 return _read_v3(config, f, walk)
         with h5py.File(path, "r") as f:

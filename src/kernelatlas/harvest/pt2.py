@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, UnsafeFileError
-from ..limits import charge, check_tensor
+from ..limits import check_tensor, zip_member
 from .base import LayerKernels
 from .formats import ReadResult, register_format
 from .torch_pickle import _DTYPES, _decode
@@ -48,17 +48,9 @@ def _sniff(head: bytes, ext: str) -> bool:
     return head[:2] == b"PK" and ext == ".pt2"
 
 
-def _member(zf: zipfile.ZipFile, name: str, path: Path, cap: int | None = None) -> bytes:
-    info = zf.getinfo(name)
-    if cap is not None and info.file_size > cap:
-        raise FormatError(f"{path}: {name} declares {info.file_size:,} bytes; over the limit")
-    charge(f"{name} (uncompressed)", info.file_size)  # before decompressing it
-    return zf.read(info)
-
-
 def _json(zf: zipfile.ZipFile, name: str, path: Path) -> Any:
     try:
-        return json.loads(_member(zf, name, path, _MAX_JSON))
+        return json.loads(zip_member(zf, name, path, _MAX_JSON))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise FormatError(f"{path}: {name} is not JSON; the file is corrupt") from None
 
@@ -123,7 +115,7 @@ def _tensor(
     check_tensor(what, shape, dtype.itemsize)
     numel = math.prod(shape)
     span = 1 + sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) if numel else 0
-    raw = _member(zf, member, path)
+    raw = zip_member(zf, member, path)
     count = offset + span
     if count * dtype.itemsize > len(raw):
         raise FormatError(f"{what}: its view runs past the {len(raw):,} bytes of {member}")
@@ -164,7 +156,7 @@ def read_pt2(path: Path, *, fold_bn: bool = False) -> ReadResult:
             )
         root = graphs[0].split("/")[0] + "/"
         order = f"{root}byteorder"
-        big = order in zf.NameToInfo and _member(zf, order, path, 64).strip() == b"big"
+        big = order in zf.NameToInfo and zip_member(zf, order, path, 64).strip() == b"big"
         configs = {}
         for folder, file in (
             ("weights", "model_weights_config.json"),
