@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["installed", "check", "interrupted"]
+__all__ = ["installed", "check"]
 
 _SEEN = threading.Event()
 
@@ -50,11 +50,6 @@ def installed() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, old_handler)
         sys.unraisablehook = old_hook
-
-
-def interrupted() -> bool:
-    """Whether a SIGINT came since :func:`installed` began."""
-    return _SEEN.is_set()
 
 
 def check() -> None:

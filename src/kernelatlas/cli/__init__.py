@@ -23,7 +23,8 @@ from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import KernelAtlasError
-from ..interrupts import installed, interrupted
+from ..interrupts import check as check_interrupt
+from ..interrupts import installed
 
 __all__ = ["main", "run", "build_parser", "error_line", "EXIT_ERROR", "EXIT_BUG"]
 
@@ -178,8 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.print_help()
                 return EXIT_ERROR
             code = int(args.func(args) or 0)
-            if interrupted():  # a ^C that Python dropped (in a __del__): still one
-                raise KeyboardInterrupt
+            check_interrupt()  # a ^C that Python dropped (in a __del__) still is one
             return code
     except KeyboardInterrupt:
         print("kernelatlas: interrupted", file=sys.stderr)
