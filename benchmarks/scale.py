@@ -336,6 +336,40 @@ def run_analysis(
     return row
 
 
+def dask_pairs(
+    files: list[Path],
+    work: Path,
+    first: float,
+    pairs: int,
+    workers: int,
+    env: dict[str, str],
+    t_cols: int,
+) -> dict[str, Any]:
+    """Dask's wall time over the local engine's, pair by pair: ``first`` (the main runs'
+    ratio), then ``pairs`` more, each a Dask run right after a local one (the order
+    alternating, so a drift in the machine's load falls on both engines alike); the
+    verdict is the median ratio."""
+    ratios, walls = [round(first, 3)], []
+    for i in range(pairs):
+        order = ("dask", "local") if i % 2 == 0 else ("local", "dask")
+        wall = {}
+        for engine in order:
+            out = work / f"out-pair-{engine}"
+            row = run_analysis(files, out, engine=engine, workers=workers, env=env, t_cols=t_cols)
+            wall[engine] = row["wall_s"]
+            shutil.rmtree(out, ignore_errors=True)
+        walls.append(wall)
+        ratios.append(round(wall["dask"] / wall["local"], 3))
+        print("pair", i + 1, wall, flush=True)
+    median = float(np.median(ratios))
+    return {
+        "ratios_dask_over_local": ratios,
+        "pair_walls_s": walls,
+        "median": round(median, 3),
+        "dask_no_slower": bool(median <= 1.0),
+    }
+
+
 def same_rows(a: Path, b: Path) -> dict[str, Any]:
     """kernels.parquet of two analyses: the same part files, equal column for column."""
     pa_, pb = sorted(a.iterdir()), sorted(b.iterdir())
@@ -562,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="Dask LocalCluster workers")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/kernelatlas-scale"))
     ap.add_argument("--skip-dask", action="store_true")
+    ap.add_argument("--pairs", type=int, default=2,
+                    help="more alternating Dask/local runs of --n after the first pair (the "
+                         "parity verdict is the median of every pair's ratio)")  # fmt: skip
     ap.add_argument("--baseline-src", type=Path, default=None,
                     help="another source tree (its src/) for an old/new ratio on --small")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the inputs and outputs")
@@ -643,6 +680,11 @@ def main(argv: list[str] | None = None) -> int:
         row["ratio_vs_local_x_floor"] = round(row["ratio_to_floor"] / local["ratio_to_floor"], 3)
         record(f"{big} dask, {args.workers} workers", row)
         shutil.rmtree(work / "out-dask", ignore_errors=True)
+        result["dask_vs_local_pairs"] = dask_pairs(
+            files, work, row["wall_s"] / local["wall_s"], args.pairs, args.workers, env, t_cols
+        )
+        print("pairs", json.dumps(result["dask_vs_local_pairs"]), flush=True)
+        save()
     shutil.rmtree(work / "out-local", ignore_errors=True)
     result["runs"] = runs
     result["stage_table"] = stage_table(runs)
