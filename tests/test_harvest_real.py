@@ -141,3 +141,45 @@ def test_fer_mini_xception_keras2_h5_and_its_int8_tflite(shipped):
     assert [lk.layer for lk in h5.layers][:2] == ["separable_conv2d_1", "separable_conv2d_2"]
     assert "int8" in {lk.dtype for lk in q.layers}
     assert all(np.isfinite(lk.weights).all() for lk in h5.layers + q.layers)
+
+
+def test_mediapipe_task_bundle_real_and_rewritten(shipped, tmp_path):
+    """A real MediaPipe Tasks bundle (``face_landmarker.task``, a zip of TFLite models) is
+    read member by member: its detector's kernels equal the mediapipe wheel's BlazeFace
+    short-range file, bit for bit. The same members nested as ``gesture_recognizer.task``
+    nests its bundles, or in a zip not named ``.task``, read the same; a zip without a
+    model is one line. Before, each was refused as "a zip without data.pkl: not a PyTorch
+    checkpoint"."""
+    import zipfile
+
+    from kernelatlas.errors import FormatError
+
+    res = harvest("mediapipe_tasks/face_landmarker")
+    assert res.format == "tflite_task"
+    assert res.counts() == {(3, 3): (50, 2530)} == get_source(res.source).expected_counts
+    members = [lk.layer.split("/", 1)[0] for lk in res.layers]
+    assert members == ["face_detector.tflite"] * 16 + ["face_landmarks_detector.tflite"] * 34
+    assert [lk.layer_index for lk in res.layers] == list(range(50))
+    det = harvest(shipped("mediapipe/face_detection_short_range"))
+    for a, b in zip(res.layers[:16], det.layers, strict=True):
+        np.testing.assert_array_equal(a.weights, b.weights)
+        assert (a.stride, a.dtype, a.bn_folded) == (b.stride, b.dtype, True)
+    with zipfile.ZipFile(shipped("mediapipe_tasks/face_landmarker")) as zf:
+        blobs = {i.filename: zf.read(i) for i in zf.infolist()}
+    inner = tmp_path / "inner.task"
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in blobs.items():
+            zf.writestr(name, data)
+    nested = tmp_path / "bundle.zip"  # not named .task: found by its first member
+    with zipfile.ZipFile(nested, "w") as zf:
+        zf.write(inner, "face_landmarker.task")
+    got = harvest(nested)
+    assert got.counts() == res.counts()
+    assert got.layers[0].layer == "face_landmarker.task/" + res.layers[0].layer
+    for a, b in zip(got.layers, res.layers, strict=True):
+        np.testing.assert_array_equal(a.weights, b.weights)
+    empty = tmp_path / "meta.task"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("geometry.binarypb", blobs["geometry_pipeline_metadata_landmarks.binarypb"])
+    with pytest.raises(FormatError, match="without .tflite models"):
+        harvest(empty)

