@@ -2,8 +2,11 @@
 
 Depthwise = a ``Conv`` node with ``group == C_in > 1`` (C_in = weight channels * group)
 and a weight of shape ``[C_in * mult, 1, kh, kw]``. The weight comes from an initializer
-or a ``Constant`` node, possibly through ``Identity``, ``Cast``, ``Mul`` by a constant and
-``DequantizeLinear`` (int8 weight-only models; per-tensor or per-channel scales).
+or a ``Constant`` node, possibly through ``Identity``, ``Cast``, ``Mul`` by a constant,
+``Transpose``/``Reshape``/``Unsqueeze``/``Squeeze`` (a kernel stored as ``[kh, kw, C, 1]``
+or ``[C, kh, kw]``), ``QuantizeLinear`` (fake-quantised float weights) and
+``DequantizeLinear`` (int8 weight-only models; per-tensor or per-channel scales). A
+depthwise conv whose weight is computed at run time is counted under ``skipped``.
 Quantised convolutions count too: ``QLinearConv`` (dequantised with its weight scale and
 zero point) and ``ConvInteger`` (with its zero point and the weight scale of onnxruntime's
 dynamic-quantisation pattern), and onnxruntime's ``FusedConv``. With ``fold_bn=True`` a
@@ -32,6 +35,9 @@ from .base import LayerKernels
 from .formats import ReadResult, register_format
 
 __all__ = ["read_onnx", "MAX_FOLD_STEPS"]
+
+#: The skip reason of a depthwise conv whose weight is not a constant (as for TFLite).
+NOT_CONSTANT = "weights not constant"
 
 
 _MAX_DEPTH = 64  # constant-folding chain length
@@ -159,6 +165,21 @@ class _Graph:
             check_tensor(what, _bcast(what, a[0], b[0]), 4)  # charged before it is computed
             stored = a[1] if a[0].size >= b[0].size else b[1]
             return np.multiply(a[0], b[0], dtype=np.float32), stored
+        if op in _LAYOUT_OPS:
+            return self._layout(node, name, depth)
+        if op == "QuantizeLinear":  # fake quantisation of a float weight (QDQ, QAT export)
+            x = self.const(node.input[0], depth + 1)
+            scale = self.const(node.input[1], depth + 1)
+            has_zero = len(node.input) > 2 and node.input[2]
+            zero = self.const(node.input[2], depth + 1) if has_zero else None
+            attrs = _attrs(node)
+            if x is None or scale is None or (has_zero and zero is None):
+                return None
+            if int(attrs.get("block_size", 0)) or "output_dtype" in attrs:
+                return None  # blocked / typed-by-attribute quantisation: not folded here
+            what = f"{self.path}: {node.name or name!r}"
+            return _quantize(what, x[0], scale[0], None if zero is None else zero[0],
+                             int(attrs.get("axis", 1))), x[1]  # fmt: skip
         if op == "DequantizeLinear":
             x = self.const(node.input[0], depth + 1)
             scale = self.const(node.input[1], depth + 1)
@@ -171,6 +192,72 @@ class _Graph:
             what = f"{self.path}: {node.name or name!r}"
             return _dequantize(what, x[0], scale[0], None if zero is None else zero[0], axis), x[1]
         return None
+
+    def _layout(self, node: Any, name: str, depth: int) -> tuple[np.ndarray, str] | None:
+        """``Transpose``, ``Reshape``, ``Unsqueeze``, ``Squeeze`` of a constant (an exporter
+        that stores a kernel as ``[kh, kw, C, 1]`` or ``[C, kh, kw]`` and reorders it in the
+        graph), with ONNX's semantics (``Reshape``'s 0 and -1; axes as attribute or input)."""
+        x = self.const(node.input[0], depth + 1)
+        if x is None:
+            return None
+        arr, stored = x
+        attrs = _attrs(node)
+        what = f"{self.path}: {node.name or name!r} ({node.op_type})"
+        axes: Any = attrs.get("axes")
+        if len(node.input) > 1 and node.input[1]:
+            second = self.const(node.input[1], depth + 1)
+            if second is None:
+                return None
+            axes = second[0]
+        try:
+            if node.op_type == "Transpose":
+                perm = attrs.get("perm") or list(range(arr.ndim))[::-1]
+                out = np.transpose(arr, [int(p) for p in perm])
+            elif node.op_type == "Reshape":
+                shape = [int(d) for d in np.asarray(axes).ravel()]
+                if not int(attrs.get("allowzero", 0)):
+                    shape = [
+                        arr.shape[i] if d == 0 and i < arr.ndim else d for i, d in enumerate(shape)
+                    ]
+                out = arr.reshape(shape)
+            elif node.op_type == "Unsqueeze":
+                ax = [int(a) for a in np.asarray(axes).ravel()]
+                rank = arr.ndim + len(ax)
+                out = np.expand_dims(arr, tuple(sorted(a % rank for a in ax)))
+            else:  # Squeeze
+                out = np.squeeze(arr) if axes is None else np.squeeze(
+                    arr, tuple(int(a) for a in np.asarray(axes).ravel()))  # fmt: skip
+        except (ValueError, TypeError, IndexError):  # numpy AxisError is both
+            raise FormatError(
+                f"{what}: does not fit its constant input; the file is corrupt"
+            ) from None
+        charge(what, out.nbytes)  # a copy is made when it is harvested
+        return out, stored
+
+
+#: Ops that only reorder or reshape a constant kernel, followed by constant folding.
+_LAYOUT_OPS = ("Transpose", "Reshape", "Unsqueeze", "Squeeze")
+
+
+def _quantize(
+    what: str, x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int
+) -> np.ndarray:
+    """ONNX ``QuantizeLinear``: ``saturate(round_half_even(x / scale) + zero)`` in the zero
+    point's integer type (uint8 without one), a 1-D ``scale``/``zero`` along ``axis``."""
+    dtype = np.dtype(np.uint8) if zero is None else np.asarray(zero).dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise FormatError(f"{what}: QuantizeLinear to {dtype}; not an integer type")
+    s = np.asarray(scale, np.float32)
+    z = np.zeros_like(s) if zero is None else np.asarray(zero, np.float32)
+    if s.ndim == 1 and s.size > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    numel = check_tensor(what, _bcast(what, x, s, z), 4)  # charged before computing
+    charge(f"{what} (temporary)", 4 * numel)
+    info = np.iinfo(dtype)
+    q = np.rint(np.asarray(x, np.float32) / s) + z
+    return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def _dequantize(
@@ -358,7 +445,7 @@ def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernel
     layers: list[LayerKernels] = []
     skipped = 0
     notes: list[str] = []
-    nchwc = 0
+    nchwc = not_constant = 0
     for node in model.graph.node:
         op = (node.domain if node.domain != "ai.onnx" else "", node.op_type)
         if op == (_NCHWC, "Conv") and int(_attrs(node).get("group", 1)) > 1:
@@ -371,8 +458,11 @@ def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernel
         if group < 2:
             continue
         got = _conv_weight(g, node, notes)
-        if got is None:
-            continue  # weight computed at run time: nothing to harvest
+        if got is None:  # weight computed at run time: nothing to harvest, but counted
+            wname = node.input[_CONV_WEIGHT[op]]
+            if _declared_in_channels(model.graph, wname) in (1, None):
+                not_constant += 1
+            continue
         w, stored = got
         if w.ndim != 4 or w.shape[1] != 1 or w.shape[0] % group:
             continue  # grouped, not depthwise
@@ -405,4 +495,15 @@ def _read_graph(path: Path, model: Any, fold_bn: bool) -> tuple[list[LayerKernel
             "(bn_folded=False)",
             stacklevel=4,
         )
-    return layers, {"1x1": skipped, "nchwc": nchwc}, notes
+    return layers, {"1x1": skipped, "nchwc": nchwc, NOT_CONSTANT: not_constant}, notes
+
+
+def _declared_in_channels(graph: Any, name: str) -> int | None:
+    """Dimension 1 (input channels per group) of a tensor's declared type, None if unknown:
+    a non-constant weight with more than 1 is a grouped conv, not a depthwise one."""
+    for vi in (*graph.value_info, *graph.input):
+        if vi.name == name and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) == 4 and dims[1].HasField("dim_value"):
+                return int(dims[1].dim_value)
+    return None
