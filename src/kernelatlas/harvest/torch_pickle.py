@@ -968,6 +968,12 @@ def _open_pickle(path: Path, what: str) -> TorchFile:
             window = min(window * 8, size, MAX_PICKLE_BYTES)
 
 
+_NOT_TORCH = (
+    "{what}: not a PyTorch file (no zip archive or pickle header); check that it is the "
+    "weight file, or download or export it again"
+)
+
+
 def _legacy_from(path: Path, what: str, data: bytes, size: int) -> TorchFile:
     buf = io.BytesIO(data)
     storages: dict[str, _Storage] = {}
@@ -981,7 +987,11 @@ def _legacy_from(path: Path, what: str, data: bytes, size: int) -> TorchFile:
         start = buf.tell()
         try:
             return _Unpickler(buf, what, pers, limit=size - start).load()
+        except UnsafeFileError as exc:
+            raise _located(exc, what) from None
         except KernelAtlasError as exc:
+            if start == 0 and data[:1] != b"\x80":  # not a pickle at all (a Core ML .bin...)
+                raise FormatError(_NOT_TORCH.format(what=what)) from None
             raise _located(exc, what) from None
         except (MemoryError, RecursionError):
             raise FormatError(f"{what}: corrupt pickle (absurd sizes or nesting)") from None
@@ -993,10 +1003,7 @@ def _legacy_from(path: Path, what: str, data: bytes, size: int) -> TorchFile:
                     "run (kernelatlas ran none of it); do not load this file"
                 ) from None
             if start == 0 and data[:1] != b"\x80":  # torch.save pickles open with PROTO
-                raise FormatError(
-                    f"{what}: not a PyTorch file (no zip archive or pickle header); check that "
-                    "it is the weight file, or download or export it again"
-                ) from None
+                raise FormatError(_NOT_TORCH.format(what=what)) from None
             if buf.tell() >= len(data) and len(data) < size:
                 raise _Window from None
             raise FormatError(
