@@ -154,7 +154,7 @@ def test_mediapipe_task_bundle_real_and_rewritten(shipped, tmp_path):
 
     from kernelatlas.errors import FormatError
 
-    res = harvest("mediapipe_tasks/face_landmarker")
+    res = harvest("tasks/face_landmarker")
     assert res.format == "tflite_task"
     assert res.counts() == {(3, 3): (50, 2530)} == get_source(res.source).expected_counts
     members = [lk.layer.split("/", 1)[0] for lk in res.layers]
@@ -164,7 +164,7 @@ def test_mediapipe_task_bundle_real_and_rewritten(shipped, tmp_path):
     for a, b in zip(res.layers[:16], det.layers, strict=True):
         np.testing.assert_array_equal(a.weights, b.weights)
         assert (a.stride, a.dtype, a.bn_folded) == (b.stride, b.dtype, True)
-    with zipfile.ZipFile(shipped("mediapipe_tasks/face_landmarker")) as zf:
+    with zipfile.ZipFile(shipped("tasks/face_landmarker")) as zf:
         blobs = {i.filename: zf.read(i) for i in zf.infolist()}
     inner = tmp_path / "inner.task"
     with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as zf:

