@@ -3,7 +3,8 @@
 ``chromium(tmp)`` starts Chromium through chromedriver (selenium) with no network use of
 its own, a fresh profile and downloads allowed into ``tmp/downloads``; ``open_report``
 loads a page and waits until its scripts are ready, returning the seconds that took;
-``hover`` moves the mouse onto a point of an element; ``wait_file`` waits for a download; ``severe_logs`` lists console errors.
+``hover`` moves the mouse onto a point of an element; ``wait_file`` waits for a download;
+``severe_logs`` lists console errors; ``phone`` gives the page a phone's viewport.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ def open_report(driver: Any, page: Path, *, timeout: float = 60.0) -> float:
             return time.perf_counter() - t0
         time.sleep(0.01)
     raise TimeoutError(f"{page} did not become ready in {timeout} s")
+
+
+def phone(driver: Any, width: int = 390, height: int = 844) -> None:
+    """Make the page's viewport a phone's (``width`` CSS pixels, touch-sized, as Chrome's
+    device mode does; a window cannot be made narrower than 500 px)."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True},
+    )
 
 
 def ready_ms(driver: Any) -> float:

@@ -673,3 +673,89 @@ def test_early_figures_are_drawn_while_the_baselines_are_measured(
         assert a == (run / name).read_text().replace(str(run), ""), name
     for png in (collide["out"] / "figures").glob("*.png"):
         assert png.read_bytes() == (run / "figures" / png.name).read_bytes(), png.name
+
+
+# --------------------------------------------------------------------------- in a browser
+
+
+@pytest.mark.browser
+def test_explorer_controls_keyboard_history_and_phone_in_chromium(
+    collide: dict, tmp_path: Path
+) -> None:
+    """The page (moved alone) as a user drives it in Chromium: the layer filter, a layer row
+    opening its kernels and Back undoing it, the kernels and the table headers from the
+    keyboard, and nothing wider than a 390 px phone; no console error or warning."""
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    from tests.browser import chromium, missing, open_report, phone
+
+    if missing():
+        pytest.fail(missing())
+    run = collide["out"]
+    page = tmp_path / "moved" / "r.html"
+    page.parent.mkdir()
+    shutil.copy(run / "index.html", page)
+    table = pq.read_table(run / "kernels.parquet", columns=["source", "layer"]).to_pandas()
+    layers = load_summary(run)["layers"]
+    driver = chromium(tmp_path)
+    try:
+        open_report(driver, page)
+
+        def rows() -> list[int]:
+            return driver.execute_script(
+                "var e = window.kernelatlas.explorer;"
+                "return Array.from(e.matches()).map(i => e.kernelInfo(i).row)"
+            )
+
+        def kernels_of(i: int) -> list[int]:
+            sel = (table["source"] == layers[i]["source"]) & (table["layer"] == layers[i]["layer"])
+            return list(np.flatnonzero(sel.to_numpy()))
+
+        # The layer list filters (it put back the previous choice, so it never did).
+        Select(driver.find_element("id", "ka-f-layer")).select_by_value("1")
+        assert rows() == kernels_of(1)
+        Select(driver.find_element("id", "ka-f-layer")).select_by_value("")
+        assert len(rows()) == len(table)
+
+        # A layer row opens its kernels; Back gives the filter and the scroll back.
+        row = driver.find_elements("css selector", "#ka-layer-table tbody tr.pick")[2]
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
+        y = driver.execute_script("return window.scrollY")
+        row.click()
+        picked = int(row.get_attribute("data-layer"))
+        assert rows() == kernels_of(picked)
+        top = "return document.getElementById('ka-explorer').getBoundingClientRect().top"
+        assert abs(driver.execute_script(top)) <= 2  # scrolled to the explorer
+        driver.back()
+        driver.execute_script("return 1")  # let popstate run
+        assert len(rows()) == len(table)
+        assert abs(driver.execute_script("return window.scrollY") - y) <= 2
+
+        # The kernels from the keyboard: Tab reaches the grid, arrows move, Enter pins.
+        grid = driver.find_element("id", "ka-grid")
+        assert grid.get_attribute("tabindex") == "0"
+        driver.execute_script("arguments[0].focus()", grid)
+        grid.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+        dl = driver.find_element("id", "ka-dl")
+        assert int(dl.get_attribute("data-row")) == rows()[2]
+        grid.send_keys(Keys.ENTER)
+        assert driver.execute_script("return window.kernelatlas.explorer.state.pinned") == 2
+        # ... and the table headers sort from it.
+        th = driver.find_element("css selector", "#ka-layer-table thead th:nth-child(6)")
+        assert th.get_attribute("tabindex") == "0"
+        th.send_keys(Keys.ENTER)
+        assert th.get_attribute("aria-sort") == "ascending"
+
+        # A phone: nothing is wider than the screen (wide tables scroll in their own box).
+        phone(driver)
+        open_report(driver, page)
+        over = driver.execute_script(
+            "var W = document.documentElement.clientWidth;"
+            "return [document.documentElement.scrollWidth, W]"
+        )
+        assert over[0] <= over[1], over
+        logs = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert not logs, logs
+    finally:
+        driver.quit()

@@ -118,6 +118,32 @@ def _coverage_figures(ctx: ReportContext) -> Iterator[Figure]:
     )
 
 
+#: Tooltips of the tables' column headers (what a newcomer asks of each).
+HEADER_TIPS: dict[str, str] = {
+    "kernels": "depthwise kernels of this size in the model (or layer)",
+    "degenerate": "zero, constant or non-finite kernels: counted, never classified",
+    "classified": "share of the non-degenerate kernels that an atlas pattern matches above the "
+    "threshold calibrated on the null",
+    "null (held-out)": "the same rate on null kernels never used to calibrate: about the "
+    "false-positive rate by construction",
+    "fresh init": "the same rate on the same architecture freshly initialised (held-out half)",
+    "strongest baseline": "the baseline with the highest coverage for this row",
+    "excess over it": "classified minus the strongest baseline's coverage, in percentage points, "
+    "with its 95% interval",
+    "depth": "relative depth of the layer in the network: 0 first, 1 last",
+    "#": "the layer's index in the network (depthwise layers only)",
+    "AE classified": "share the autoencoder classifies (reconstruction distance under its threshold)",
+}
+
+
+def _tip(head: str) -> str:
+    """`` title='...'`` for a column header with a tooltip, else ''."""
+    tip = HEADER_TIPS.get(head)
+    if tip is None and head.replace(" ", "_") in FAMILIES:
+        tip = f"share of all kernels named {head}"
+    return f" title='{_e(tip)}'" if tip else ""
+
+
 def models_table(ctx: ReportContext) -> str:
     """Coverage per (source, size): the counts, coverage beside its baselines, family shares."""
     models = ctx.summary["models"]
@@ -148,7 +174,9 @@ def models_table(ctx: ReportContext) -> str:
             cells += [f"<td>{_pct(m.get(k))}</td>" for k in keys]
         cells += [f"<td>{_pct((m.get('family_shares') or {}).get(f))}</td>" for f in FAMILIES]
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    th = "".join(f'<th class="{"l" if i < 2 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
+    th = "".join(
+        f'<th class="{"l" if i < 2 else ""}"{_tip(h)}>{_e(h)}</th>' for i, h in enumerate(head)
+    )
     return (
         f"<div class='tw'><table class='sortable-table' id='ka-models-table'><thead><tr>{th}</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></div>"
@@ -232,7 +260,9 @@ def baselines_table(ctx: ReportContext) -> str:
             f"{_ci(ex.get('interval'), True)}</td>"
         )
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    th = "".join(f'<th class="{"l" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(head))
+    th = "".join(
+        f'<th class="{"l" if i == 0 else ""}"{_tip(h)}>{_e(h)}</th>' for i, h in enumerate(head)
+    )
     return (
         f"<div class='tw'><table class='sortable-table' id='ka-baselines-table'><thead><tr>{th}</tr>"
         f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
@@ -426,7 +456,9 @@ def _layers(ctx: ReportContext) -> str:
             f"<tr class='pick' data-layer='{i}' data-source='{_e(r['source'])}' title='show in the explorer'>"
             + "".join(cells) + "</tr>"
         )  # fmt: skip
-    th = "".join(f"<th class='{'l' if h in ('model', 'layer') else ''}'>{_e(h)}</th>" for h in head)
+    th = "".join(
+        f"<th class='{'l' if h in ('model', 'layer') else ''}'{_tip(h)}>{_e(h)}</th>" for h in head
+    )
     options = "".join(
         f"<option value='{_e(s)}'>{_e(lab)}</option>" for s, lab in ctx.labels.items()
     )
@@ -484,8 +516,8 @@ def _atlas(ctx: ReportContext) -> str:
         "orientation within half a bin), with the number averaged; kernels are centred and unit-normalised, and "
         f"on- and off-polarity kernels are never averaged together. Pooled over: {sources}.</p>"
         + ctx.figure_html("atlas")
-        + "<table><thead><tr><th class='l'>family</th><th class='l'>what</th><th class='l'>model</th></tr>"
-        f"</thead><tbody>{fam_rows}</tbody></table>"
+        + "<div class='tw'><table><thead><tr><th class='l'>family</th><th class='l'>what</th><th class='l'>model</th></tr>"
+        f"</thead><tbody>{fam_rows}</tbody></table></div>"
     )
 
 
@@ -677,8 +709,8 @@ def _autoencoder(ctx: ReportContext) -> str:
         "every real model kernelatlas can load, so a model's figures do not depend on what else is in the run; "
         "<i>this run</i>: trained on this run's kernels (<code>--ae train</code>, or a size without a reference). "
         "Agreement with the atlas counts only kernels that at least one method classifies.</p>"
-        "<table><thead><tr><th>size</th><th>distance threshold</th><th class='l'>rule</th><th>null classified</th>"
-        f"<th>fresh init classified</th><th class='l'>autoencoder</th><th>trained on</th></tr></thead><tbody>{rows}</tbody></table>"
+        "<div class='tw'><table><thead><tr><th>size</th><th>distance threshold</th><th class='l'>rule</th><th>null classified</th>"
+        f"<th>fresh init classified</th><th class='l'>autoencoder</th><th>trained on</th></tr></thead><tbody>{rows}</tbody></table></div>"
         + notes
         + (
             f"<p>The decoded row along the latent (top), the atlas name of each decoded pattern (band: {legend_html(named)}) "
@@ -741,9 +773,9 @@ def thresholds_table(thresholds: list[dict[str, Any]]) -> str:
         for t in thresholds
     )
     return (
-        "<table><thead><tr><th>size</th><th class='l'>method</th><th class='l'>family</th><th>threshold</th>"
+        "<div class='tw'><table><thead><tr><th>size</th><th class='l'>method</th><th class='l'>family</th><th>threshold</th>"
         "<th class='l'>null</th><th>null rate (calibration)</th><th>null rate (held-out)</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
+        f"<tbody>{rows}</tbody></table></div>"
     )
 
 
@@ -763,6 +795,6 @@ def _method(ctx: ReportContext) -> str:
         f"{100 * float(cfg['null_fpr']):g}% of them pass any family:</p>"
         + thresholds_table(s["thresholds"])
         + "<p><b>fit R&sup2;</b>: the share of the kernel's variance explained by the best bounded parametric fit "
-        "(centre, first or second derivative of a Gaussian).</p>"
+        f"(one model per pattern family: {_e(', '.join(f.replace('_', ' ') for f in PATTERN_FAMILIES))}).</p>"
         + f"<pre>{_e(json.dumps({'config': cfg, 'versions': s['versions']}, indent=1))}</pre>"
     )

@@ -211,7 +211,8 @@ def _write_comparison(
     )
     head = "".join(f"<th>{_e(f.replace('_', ' '))}</th>" for f in FAMILIES)
     page = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>kernelatlas comparison</title>"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'><title>kernelatlas comparison</title>"
         f"<style>{CSS}</style></head><body><h1>kernelatlas comparison</h1>"
         f"<p class='meta'>kernelatlas {__version__} · runs: "
         + ", ".join(
@@ -220,12 +221,18 @@ def _write_comparison(
         )
         + "</p>"
         + banner
-        + "<table><thead><tr><th class='l'>setting</th>"
+        + "<p>One row per run, model (each source file its own) and kernel size. <b>classified</b>: the share "
+        "of non-degenerate kernels an atlas pattern matches above the threshold calibrated on the run's null "
+        "(random kernels; only the stated false-positive rate of them pass); <b>null</b>: that rate on held-out "
+        "null kernels; <b>fresh init</b>: the same architecture untrained; family shares are of all kernels. "
+        "Each run's own page (linked above, while the folders stay where they were) has the baselines, "
+        "intervals and every kernel.</p>"
+        + "<div class='tw'><table><thead><tr><th class='l'>setting</th>"
         + "".join(f"<th class='l'>{_e(lab)}</th>" for lab in labels)
-        + f"</tr></thead><tbody>{settings}</tbody></table>"
-        "<table><thead><tr><th class='l'>run</th><th class='l'>model</th><th class='l'>source</th><th>size</th>"
+        + f"</tr></thead><tbody>{settings}</tbody></table></div>"
+        "<div class='tw'><table><thead><tr><th class='l'>run</th><th class='l'>model</th><th class='l'>source</th><th>size</th>"
         f"<th>kernels</th><th>classified</th><th>null</th><th>fresh init</th>{head}</tr></thead><tbody>{rows}"
-        "</tbody></table>" + "".join(ctx.img(f) for f in figs) + "</body></html>"
+        "</tbody></table></div>" + "".join(ctx.img(f) for f in figs) + "</body></html>"
     )
     (staging / "index.html").write_text(page, encoding="utf-8")
     write_json(

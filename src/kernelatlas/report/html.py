@@ -82,6 +82,57 @@ def families_doc() -> list[dict[str, Any]]:
     ]
 
 
+def reading_guide(summary: dict[str, Any]) -> str:
+    """The page's "how to read it" box: what classified, the null, the baselines, the excess,
+    the intervals and the score mean, in this run's terms (its null and false-positive rate)."""
+    cfg = summary["config"]
+    kinds = (summary.get("nulls") or {}).get("kinds") or {}
+    null = str(kinds.get(cfg["null"], {}).get("label", cfg["null"]))
+    fpr = f"{100 * float(cfg['null_fpr']):g}%"
+    terms = [
+        (
+            "classified",
+            "a kernel is <i>classified</i> when its best match to an atlas pattern (centre-surround, "
+            "edge, bar, ...) is closer than the threshold for its family and size. The thresholds are set so that "
+            f"only {fpr} of <i>null</i> kernels pass: a classified share well above {fpr} is structure random "
+            "kernels do not have. Degenerate kernels (zero, constant, non-finite) are left out of it.",
+        ),
+        (
+            "null",
+            f"random kernels the thresholds are calibrated on: here <b>{_e(null)}</b>. <i>null (held-out)</i> "
+            f"is the rate on other kernels of the same null (about {fpr} by construction).",
+        ),
+        (
+            "fresh init",
+            "the same architecture freshly initialised (untrained), through the same thresholds: "
+            "what training added is the distance between it and the trained share.",
+        ),
+        (
+            "baselines, excess",
+            "other nulls that keep one property of the real kernels (smoothness, spectrum, "
+            "covariance); the <i>excess</i> is the trained share minus the strongest baseline's, in percentage "
+            "points: what that property does not explain.",
+        ),
+        (
+            "intervals",
+            "<span class='ci'>[lo, hi]</span> after a rate is its 95% interval (the kernels seen "
+            "as a sample of what training produces); <i>n</i> is how many kernels the rate is over.",
+        ),
+        (
+            "score",
+            "the cosine similarity (1 = a perfect match) between the centred, unit-norm kernel and the "
+            "closest pattern of its family; the explorer shows each kernel's score beside its threshold.",
+        ),
+    ]
+    if not kinds:
+        terms = [t for t in terms if t[0] != "baselines, excess"]
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in terms)
+    return (
+        "<details class='howto' id='ka-howto' open><summary>How to read this page</summary>"
+        f"<dl>{items}</dl></details>"
+    )
+
+
 def render_page(ctx: Any, wanted: list[Any], *, title: str = "kernelatlas report") -> str:
     """The page of a :class:`~.sections.ReportContext` with the sections in ``wanted``."""
     summary = ctx.summary
@@ -118,7 +169,7 @@ def render_page(ctx: Any, wanted: list[Any], *, title: str = "kernelatlas report
             "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
-            f"<header><h1>{_e(title)}</h1>{head}<nav>{nav}</nav></header>",
+            f"<header><h1>{_e(title)}</h1>{head}<nav>{nav}</nav>{reading_guide(summary)}</header>",
             *bodies,
             json_script("ka-data", ctx.data),
             f"<script>{asset('explorer.js')}</script>",

@@ -140,7 +140,7 @@
   }
   function buildExplorer(root) {
     var state = { source: "", layer: "", size: "", family: "", polarity: "", classified: "",
-                  sort: "row", page: 0, pageSize: 400, cell: 48, centred: true, pinned: -1, hover: -1 };
+                  sort: "row", page: 0, pageSize: 400, cell: 48, centred: true, pinned: -1, hover: -1, cursor: -1 };
     var controls = el("div", { class: "ka-controls" });
     function select(name, label, options) {
       var lab = el("label", null, label), s = el("select", { "data-filter": name, id: "ka-f-" + name });
@@ -184,15 +184,21 @@
 
     var main = el("div", { class: "ka-main" });
     var gridwrap = el("div", { class: "ka-gridwrap" });
-    var pager = el("div", { class: "ka-pager" });
-    var prev = el("button", { type: "button", id: "ka-prev" }, "◀ previous"), next = el("button", { type: "button", id: "ka-next" }, "next ▶");
-    var pageText = el("span", { id: "ka-page" });
-    pager.appendChild(prev); pager.appendChild(pageText); pager.appendChild(next);
-    var canvas = el("canvas", { class: "ka-grid", id: "ka-grid" });
-    gridwrap.appendChild(pager);
+    function makePager(suffix) { // one above the grid, one below it (a page of kernels is long on a phone)
+      var p = el("div", { class: "ka-pager" });
+      var b0 = el("button", { type: "button", id: "ka-prev" + suffix }, "◀ previous"), b1 = el("button", { type: "button", id: "ka-next" + suffix }, "next ▶");
+      var t = el("span", { id: "ka-page" + suffix });
+      p.appendChild(b0); p.appendChild(t); p.appendChild(b1);
+      return { node: p, prev: b0, next: b1, text: t };
+    }
+    var pagers = [makePager(""), makePager("-bottom")];
+    var canvas = el("canvas", { class: "ka-grid", id: "ka-grid", tabindex: "0", role: "application",
+      "aria-label": "kernels of this page: hover or click one; with the keyboard, arrow keys move between kernels, Enter pins one, Page Up and Page Down turn the page" });
+    gridwrap.appendChild(pagers[0].node);
     gridwrap.appendChild(canvas);
-    var side = el("div", { class: "ka-side", id: "ka-details" });
-    side.appendChild(el("div", { class: "meta", id: "ka-hint" }, "Hover over a kernel for its details; click to pin it."));
+    gridwrap.appendChild(pagers[1].node);
+    var side = el("div", { class: "ka-side", id: "ka-details", "aria-live": "polite" });
+    side.appendChild(el("div", { class: "meta", id: "ka-hint" }, "Hover over a kernel for its details; click (or tap) to pin it. Keyboard: Tab to the kernels, then the arrow keys and Enter."));
     var big = el("canvas", { class: "ka-big", id: "ka-big", width: "180", height: "180" });
     side.appendChild(big);
     var dl = el("dl", { id: "ka-dl" });
@@ -283,14 +289,20 @@
         ctx.lineWidth = 2;
         ctx.strokeRect(ox - 1.5, oy - 1.5, px * info.kw + 3, px * info.kh + 3);
         if (i === state.pinned) { ctx.strokeStyle = "#000"; ctx.lineWidth = 1; ctx.strokeRect(cx + 0.5, cy + 0.5, cell - 1, cell - 1); }
+        if (t === state.cursor && document.activeElement === canvas) { // the keyboard's kernel
+          ctx.save(); ctx.strokeStyle = "#000"; ctx.lineWidth = 2; ctx.setLineDash([4, 3]);
+          ctx.strokeRect(cx + 1, cy + 1, cell - 2, cell - 2); ctx.restore();
+        }
       }
       canvas.setAttribute("data-min-px", String(isFinite(minPx) ? minPx : 0));
       var total = X.total;
       status.textContent = int(matches.length) + " kernels match the filter (of " + int(K.n) + " in this page" +
         (X.sampled ? ", a stratified sample of " + int(total) : "") + ")" + (matches.length ? "; showing " + int(lo + 1) + "–" + int(hi) : "") + ".";
-      pageText.textContent = "page " + (state.page + 1) + " of " + pages;
-      prev.disabled = state.page <= 0;
-      next.disabled = state.page >= pages - 1;
+      pagers.forEach(function (p) {
+        p.text.textContent = "page " + (state.page + 1) + " of " + pages;
+        p.prev.disabled = state.page <= 0;
+        p.next.disabled = state.page >= pages - 1;
+      });
     }
 
     function details(i) {
@@ -395,14 +407,52 @@
       render();
       details(state.pinned >= 0 ? state.pinned : i);
     });
-    prev.addEventListener("click", function () { state.page = Math.max(0, state.page - 1); render(); });
-    next.addEventListener("click", function () { state.page += 1; render(); });
+    function turn(by) {
+      var pages = Math.max(1, Math.ceil(matches.length / state.pageSize));
+      state.page = Math.max(0, Math.min(pages - 1, state.page + by));
+      if (state.cursor >= 0) state.cursor = Math.min(matches.length - 1, state.page * state.pageSize);
+      render();
+    }
+    pagers.forEach(function (p) {
+      p.prev.addEventListener("click", function () { turn(-1); });
+      p.next.addEventListener("click", function () { turn(1); });
+    });
+    // The keyboard: the grid takes the focus; arrows move a cursor over the kernels.
+    canvas.addEventListener("focus", function () {
+      var lo = state.page * state.pageSize, hi = Math.min(matches.length, lo + state.pageSize);
+      if (!(state.cursor >= lo && state.cursor < hi)) state.cursor = hi > lo ? lo : -1;
+      render(); if (state.cursor >= 0) details(matches[state.cursor]);
+    });
+    canvas.addEventListener("blur", function () { render(); details(state.pinned); });
+    canvas.addEventListener("keydown", function (ev) {
+      if (!matches.length) return;
+      var cols = layout().cols, t = state.cursor < 0 ? state.page * state.pageSize : state.cursor, k = ev.key;
+      if (k === "ArrowRight") t += 1; else if (k === "ArrowLeft") t -= 1;
+      else if (k === "ArrowDown") t += cols; else if (k === "ArrowUp") t -= cols;
+      else if (k === "Home") t = state.page * state.pageSize;
+      else if (k === "End") t = Math.min(matches.length, (state.page + 1) * state.pageSize) - 1;
+      else if (k === "PageDown") t += state.pageSize; else if (k === "PageUp") t -= state.pageSize;
+      else if (k === "Enter" || k === " ") {
+        ev.preventDefault();
+        var i = matches[t];
+        state.pinned = i === state.pinned ? -1 : i;
+        render(); details(i);
+        return;
+      } else if (k === "Escape") { state.pinned = -1; render(); details(matches[t]); return; }
+      else return;
+      ev.preventDefault();
+      t = Math.max(0, Math.min(matches.length - 1, t));
+      state.cursor = t; state.page = Math.floor(t / state.pageSize);
+      render(); details(matches[t]);
+    });
     function onChange() {
-      state.source = fSource.value; state.size = fSize.value;
+      // the layer chosen, read before the layer list is rebuilt for the model and size (the
+      // rebuild keeps it when it is still listed; it used to put back the previous choice)
+      state.source = fSource.value; state.size = fSize.value; state.layer = fLayer.value;
       layerOptions();
       state.layer = fLayer.value; state.family = fFamily.value; state.polarity = fPol.value;
       state.classified = fCls.value; state.sort = fSort.value; state.cell = Number(fCell.value);
-      state.centred = fView.value === "centred"; state.page = 0;
+      state.centred = fView.value === "centred"; state.page = 0; state.cursor = -1;
       filter(); render(); details(state.pinned);
     }
     [fSource, fLayer, fSize, fFamily, fPol, fCls, fSort, fCell, fView].forEach(function (s) { s.addEventListener("change", onChange); });
@@ -416,6 +466,7 @@
           var s = document.getElementById("ka-f-" + k);
           if (k === "source" || k === "size") { s.value = values[k]; state[k] = values[k]; layerOptions(); }
           else if (s) s.value = values[k];
+          if (k === "layer") state.layer = values[k];
         });
         onChange();
       },
@@ -429,10 +480,17 @@
     var ths = table.querySelectorAll("thead th");
     ths.forEach(function (th, col) {
       th.classList.add("sortable");
+      th.setAttribute("tabindex", "0");
+      th.setAttribute("aria-sort", "none");
+      if (!th.title) th.title = "sort by this column (click again to reverse)";
+      th.addEventListener("keydown", function (ev) {
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); th.click(); }
+      });
       th.addEventListener("click", function () {
         var asc = !th.classList.contains("sorted-asc");
-        ths.forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
+        ths.forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); h.setAttribute("aria-sort", "none"); });
         th.classList.add(asc ? "sorted-asc" : "sorted-desc");
+        th.setAttribute("aria-sort", asc ? "ascending" : "descending");
         var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
         rows.sort(function (a, b) {
           var ca = a.cells[col], cb = b.cells[col];
@@ -510,14 +568,36 @@
     E = buildExplorer(root);
     window.kernelatlas.explorer = E;
   }
+  // A layer row opens its kernels in the explorer as a step in the history: Back returns to
+  // the row (the browser restores the scroll) with the explorer's filter as it was.
+  var FILTERS = ["source", "size", "layer", "family", "polarity", "classified", "sort", "cell", "view"];
+  function filterState() {
+    var out = {};
+    FILTERS.forEach(function (k) { var s = document.getElementById("ka-f-" + k); if (s) out[k] = s.value; });
+    return out;
+  }
   document.querySelectorAll("tr.pick").forEach(function (tr) {
+    tr.setAttribute("tabindex", "0");
+    tr.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { ev.preventDefault(); tr.click(); } });
     tr.addEventListener("click", function () {
       if (!E) return;
       var l = Number(tr.getAttribute("data-layer"));
       if (!(l >= 0)) return;
+      if (window.history && history.replaceState) {
+        try { history.replaceState({ kaExplorer: filterState(), kaY: window.scrollY }, ""); } catch (e) { /* a sandboxed frame */ }
+      }
       E.set({ source: String(K.L.source[l]), size: "", layer: String(l) });
+      // pushed before scrolling: the browser keeps the row's scroll with the entry left
+      if (window.history && history.pushState) {
+        try { history.pushState({ kaExplorer: filterState() }, "", "#sec-explorer"); } catch (e) { /* as above */ }
+      }
       root.scrollIntoView();
     });
+  });
+  window.addEventListener("popstate", function (ev) {
+    if (!E || !ev.state || !ev.state.kaExplorer) return;
+    E.set(ev.state.kaExplorer); // the page's height changes with the grid: then its scroll
+    if (typeof ev.state.kaY === "number") window.scrollTo(0, ev.state.kaY);
   });
   document.querySelectorAll("[data-download]").forEach(function (b) {
     b.addEventListener("click", function () {
