@@ -567,13 +567,14 @@ def _example_figures(ctx: ReportContext) -> Iterator[Figure]:
             labels.append(f"{f.replace('_', ' ')}\n(n={totals.get(f, 0):,})")
         fig = ctx.plt.figure(figsize=(1.05 * n + 0.8, 1.3 * len(fams) + 0.5))
         ax = fig.add_axes((0.1, 0.02, 0.82, 0.88))
+        ax.set_anchor("N")  # the grid right under the title (no band of white between)
         img = F.kernel_grid(ax, cells, titles=titles, frames=frames, row_labels=labels, fontsize=5.5, label_fontsize=8)  # fmt: skip
         if img is not None:
             F.kernel_colorbar(fig, [ax], label="centred weight / max |weight|")
         fig.suptitle(
             f"Random real {kh}x{kw} kernels per family (model, layer L, channel c, score s)",
-            fontsize=9,
-        )
+            fontsize=9, y=0.905, va="bottom",
+        )  # fmt: skip
         yield ctx.save(fig, f"examples_{kh}x{kw}.png", f"Random {kh}x{kw} kernels per family, each labelled with its model, layer, channel and score")  # fmt: skip
 
 

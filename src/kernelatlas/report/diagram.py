@@ -55,7 +55,7 @@ class Panel:
             bits.append(f"σ={sigma:g} px")
         if self.orientation is not None:
             bits.append(f"θ={self.orientation:g}°")
-        return ", ".join(bits)
+        return "\n".join(bits)  # one per line: a narrow column's title never overprints the next
 
 
 # ----------------------------------------------------------------- family generators
@@ -363,11 +363,12 @@ def plot_diagram(
     ncols = len(columns)
     fig = plt.figure(figsize=(1.05 * ncols + 1.2, 1.25 * len(cells) + 0.4))
     ax = fig.add_axes((0.08, 0.02, 0.86, 0.9))
+    ax.set_anchor("N")  # the grid right under the title (no band of white between)
     kernel_grid(ax, cells, titles=titles, row_labels=labels, empty=empty, fontsize=7)
     kernel_colorbar(fig, [ax], label="weight / max |weight| (each panel)")
     fig.suptitle(
         "On- and off-centre DoG and their first and second derivatives (generated), beside the mean "
         "of your classified kernels in each panel (n kernels; on and off never averaged together)",
-        fontsize=9,
-    )
+        fontsize=9, y=0.925, va="bottom",
+    )  # fmt: skip
     return fig
