@@ -539,14 +539,19 @@ class _Run:
 
 
 def _warm_imports(figures: bool) -> tuple[tuple[Any, ...], ...] | None:
-    """Import the atlas (torch) and, for a report with figures, return the diagram's panels."""
+    """Import the atlas (torch) and, for a report with figures, matplotlib (~0.5 s that the
+    first figure would otherwise spend after the last partition, when the figures are the
+    tail's longest thread); return the diagram's panels."""
     from . import atlas  # noqa: F401
 
     if not figures:
         return None
     from .report.diagram import diagram_columns
+    from .report.figures import pyplot
 
-    return tuple(tuple(c) for c in diagram_columns())
+    panels = tuple(tuple(c) for c in diagram_columns())
+    pyplot()
+    return panels
 
 
 def _names(atlas: Any) -> Any:

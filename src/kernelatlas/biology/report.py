@@ -67,12 +67,10 @@ class BiologySection:
 
     def figures(self, fig_dir: Path, *, dpi: int = 110) -> list[str]:
         """Write ``biology_summary.png`` and ``biology_<kh>x<kw>.png``; return their names."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
+        from ..report.figures import pyplot
         from .figures import plot_distribution_row, plot_family_orders, plot_statistic
+
+        plt = pyplot()
 
         made = []
         if not len(self.table):

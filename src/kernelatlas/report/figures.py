@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not by every
     from matplotlib.axes import Axes
 
 __all__ = [
+    "pyplot",
     "FAMILY_COLORS",
     "KERNEL_CMAP",
     "COVERAGE_COLORS",
@@ -65,6 +66,18 @@ COVERAGE_COLORS: dict[str, str] = {
     "init_coverage": "#f4a582",
     "ae_coverage": "#92c5de",
 }
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (a backend already chosen is kept): the one
+    import of every kernelatlas figure, and of the analysis's import thread, which loads it
+    while the kernels are classified."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def family_color(family: str) -> str:

@@ -206,13 +206,10 @@ class ReportContext:
 
     @cached_property
     def plt(self) -> Any:
-        """``matplotlib.pyplot`` on the Agg backend."""
-        import matplotlib
+        """``matplotlib.pyplot`` on the Agg backend (:func:`.figures.pyplot`)."""
+        from .figures import pyplot
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        return plt
+        return pyplot()
 
     def save(self, fig: Any, file: str, caption: str) -> Figure:
         """Write ``fig`` to ``figures/file`` (atomically), close it, return its :class:`Figure`."""

@@ -142,11 +142,9 @@ def plot_curves(
     """One panel per setting: ``value`` (``accuracy`` or ``coverage``) against step per
     scheme, mean over seeds (accuracy: with the min-max band and the target dashed);
     ``name`` (``bench-train`` or ``bench-init``) titles it."""
-    import matplotlib
+    from ..report.figures import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     runs = doc["runs"]
     if not runs:
         raise KernelAtlasError("no runs to plot")
