@@ -544,6 +544,18 @@ def test_progress_off_a_terminal_is_plain_lines(collide: dict) -> None:
         assert any(ln.startswith(done) for ln in lines), stage
 
 
+def test_progress_counts_one_unit_in_the_singular() -> None:
+    out = io.StringIO()
+    p = Progress(stream=out, tty=False, interval=0)
+    for total in (1, 2):
+        with p.stage("baseline figures", total, "figure") as st:
+            st.update(total)
+    text = out.getvalue()
+    assert "baseline figures: 1 figure\n" in text and "(1 figure, " in text, text
+    assert "baseline figures: 2 figures\n" in text and "(2 figures, " in text, text
+    assert "1 figures" not in text
+
+
 def test_calibration_and_training_advance_their_bars() -> None:
     from kernelatlas.atlas import Atlas
     from kernelatlas.autoencoder import KernelAutoencoder

@@ -40,6 +40,11 @@ def _num(n: float) -> str:
     return f"{int(n):,}" if float(n).is_integer() else f"{n:,.1f}"
 
 
+def _count(n: float, unit: str) -> str:
+    """``n`` and its unit: ``1 figure``, ``3 figures``, ``40,000 kernels``."""
+    return f"{_num(n)} {unit}" if n == 1 else f"{_num(n)} {unit}s"
+
+
 class Stage:
     """One stage of a job with a total (see :class:`Progress`); use it as a context manager."""
 
@@ -79,7 +84,7 @@ class Stage:
                 unit_scale=False,
             )
         else:
-            p._line(f"{self.desc}: {_num(self.total)} {self.unit}s" if self.total else self.desc)
+            p._line(f"{self.desc}: {_count(self.total, self.unit)}" if self.total else self.desc)
 
     def _show(self) -> None:
         p = self.progress
@@ -94,8 +99,8 @@ class Stage:
             self._last_line = now
             pct = 100.0 * min(self.n / self.total, 1.0)
             p._line(
-                f"{self.desc}: {pct:.0f}% ({_num(min(self.n, self.total))}/{_num(self.total)} "
-                f"{self.unit}s, {now - self._t0:.0f} s)"
+                f"{self.desc}: {pct:.0f}% ({_num(min(self.n, self.total))}/"
+                f"{_count(self.total, self.unit)}, {now - self._t0:.0f} s)"
             )
 
     def _close(self, ok: bool) -> None:
@@ -113,7 +118,7 @@ class Stage:
             p._line(f"{self.desc}: done ({elapsed:.1f} s)")
         elif ok:
             p._line(
-                f"{self.desc}: done ({_num(self.n or self.total)} {self.unit}s, {elapsed:.1f} s)"
+                f"{self.desc}: done ({_count(self.n or self.total, self.unit)}, {elapsed:.1f} s)"
             )
         else:
             p._line(f"{self.desc}: stopped after {elapsed:.1f} s")
