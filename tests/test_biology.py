@@ -430,3 +430,16 @@ def test_mean_intervals_stay_inside_the_range_on_few_kernels() -> None:
     assert m == 1.0 and -1.0 < lo < 1.0 and hi == pytest.approx(1.0)
     m, lo, hi, _ = _reduce(STATISTICS["odd_share"], frame([0.0, 10.0]))
     assert m == 1.0 and 0.0 < lo < 1.0 and hi == pytest.approx(1.0)
+
+
+def test_the_sample_text_names_only_the_bounds_that_bind() -> None:
+    """A per-model bound at or above the per-size one never binds: the page does not name it
+    beside the one that does (it read '20,000 per model ... and 2,000 per kernel size')."""
+    from kernelatlas.biology.report import _sample_text
+
+    both = _sample_text({"max_kernels": 20_000, "max_per_size": 2_000})
+    assert "2,000 per kernel size" in both and "20,000" not in both, both
+    tight = _sample_text({"max_kernels": 500, "max_per_size": 2_000})
+    assert "500 per model and size" in tight and "2,000 per kernel size" in tight, tight
+    assert "500 per model" in _sample_text({"max_kernels": 500, "max_per_size": None})
+    assert _sample_text({"max_kernels": None, "max_per_size": None}).startswith("Every")

@@ -238,11 +238,14 @@ def _sample_text(doc: dict[str, Any]) -> str:
     per_model, per_size = doc.get("max_kernels"), doc.get("max_per_size")
     if per_model is None and per_size is None:
         return "Every classified kernel counts."
-    bounds = [f"{per_model:,} per model and size"] if per_model is not None else []
+    bounds = []
+    if per_model is not None and (per_size is None or per_model < per_size):  # else it never binds
+        bounds.append(f"{per_model:,} per model and size")
     if per_size is not None:
         bounds.append(f"{per_size:,} per kernel size, its models sharing them equally")
     return (
-        "Each group is a seeded uniform sample of its classified kernels, at most "
+        "Each group (trained, null, fresh init) is a seeded uniform sample of its classified "
+        "kernels, at most "
         + " and at most ".join(bounds)
         + " (n in the table: the intervals are those of the sample)."
     )
