@@ -113,9 +113,21 @@ def test_degenerate_rows(case):
     pd.testing.assert_frame_equal(rest, alone, rtol=1e-3, atol=1e-3)
 
 
-def test_not_fitted_error_type():
+def test_not_fitted_error_type(case):
+    """Every estimator refuses an unfitted predict with NotFittedError (the autoencoder
+    raised a plain KernelAtlasError, so ``except NotFittedError`` missed it)."""
+    _, fresh, _, _ = case
     with pytest.raises(NotFittedError):
-        Atlas(kernel_size=3).predict(np.zeros((1, 3, 3)))
+        fresh.predict(np.zeros((1, 5, 5)))
+
+
+def test_scikit_learn_parameter_protocol(case):
+    """``get_params(deep=False)`` (what sklearn's clone calls; the autoencoder's took no
+    argument: TypeError), and a repr that shows only what differs from the defaults."""
+    name, fresh, _, _ = case
+    assert fresh.get_params(deep=False) == fresh.get_params(deep=True) == fresh.get_params()
+    assert repr(type(fresh)()) == f"{name}()"
+    assert repr(type(fresh)(seed=3)) == f"{name}(seed=3)"
 
 
 def test_one_kernel_size_parser_and_range():

@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__
 from ..errors import FormatError, KernelAtlasError
-from ..estimator import BaseEstimator, Device, Interval, KernelSize
+from ..estimator import BaseEstimator, Device, Interval, KernelSize, NotFittedError
 from ..normalize import as_kernel_array, normalize
 from ..null import DEFAULT_NULL_SIZE, calibrate_threshold, gaussian_null, null_rate
 from ..progress import Progress, advance
@@ -182,29 +182,6 @@ class KernelAutoencoder(BaseEstimator):
         self.latent_noise = latent_noise
         self.search = search
 
-    # ------------------------------------------------------------------ parameters
-    _PARAMS: tuple[str, ...] = (
-        "kernel_size",
-        "hidden",
-        "epochs",
-        "batch_size",
-        "lr",
-        "device",
-        "seed",
-        "progress",
-        "n_grid",
-        "min_segment",
-        "null_fpr",
-        "null_size",
-        "name_spectrum",
-        "latent_noise",
-        "search",
-    )
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor's keyword arguments (scikit-learn convention)."""
-        return {p: getattr(self, p) for p in self._PARAMS}
-
     def _validate_params(self) -> None:
         self._shape = parse_kernel_size(self.kernel_size)
         for name in ("hidden", "epochs", "batch_size", "n_grid", "min_segment", "null_size"):
@@ -221,7 +198,7 @@ class KernelAutoencoder(BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "net_"):
-            raise KernelAtlasError(
+            raise NotFittedError(
                 "this KernelAutoencoder is not fitted: call fit(kernels) or KernelAutoencoder.load(dir)"
             )
 
@@ -599,7 +576,3 @@ class KernelAutoencoder(BaseEstimator):
         ae.spectrum_ = None if sp is None else pd.DataFrame(sp)[list(SPECTRUM_COLUMNS)]
         ae.segments_ = None if sg is None else pd.DataFrame(sg)[list(SEGMENT_COLUMNS)]
         return ae
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"KernelAutoencoder({args})"
