@@ -80,6 +80,26 @@ def test_analyze_takes_a_bank_and_a_glob(tmp_path: Path) -> None:
     assert doc["config"]["sources"] == ["bank", "models/a.npy", "models/b.npy"]
 
 
+def test_quiet_keeps_the_caveats_and_a_coarse_gaussian_null_says_raise_n_null(
+    tmp_path: Path,
+) -> None:
+    """``--quiet`` silences progress only (README): it also hid the notes, such as that the
+    threshold rests on one null kernel; and the note told a Gaussian-null run to "use --null
+    gaussian, or more sources", where only --n-null (or --null-fpr) changes it."""
+    np.save(tmp_path / "m.npy", np.random.default_rng(0).standard_normal((40, 3, 3), np.float32))
+    run = run_cli(["analyze", "m.npy", "--out", "report", "--no-fit", "--no-init-baseline",
+                   "--baselines", "gaussian", "--n-null", "1000", "--null-fpr", "0.001",
+                   "--quiet"], cwd=tmp_path)  # fmt: skip
+    assert run.code == 0, run.stderr
+    notes = [ln for ln in run.lines if ln.startswith("kernelatlas: note:")]
+    assert len(notes) == 1, run.lines
+    assert (
+        "(gaussian) holds 1,000 kernels: at --null-fpr 0.001 its threshold is set by 1.0"
+        in notes[0]
+    )
+    assert notes[0].endswith("is coarse; raise --n-null to 10,000 or more, or --null-fpr"), notes
+
+
 def test_a_glob_leaves_out_what_is_not_a_weight_file_and_says_so(tmp_path: Path) -> None:
     models = tmp_path / "models"
     (models / "notes").mkdir(parents=True)

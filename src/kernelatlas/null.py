@@ -68,6 +68,7 @@ __all__ = [
     "NULL_KINDS",
     "DEFAULT_BASELINES",
     "DEFAULT_NULL_SIZE",
+    "MAX_NULL_SIZE",
     "NULLS",
     "NullKind",
     "NullReference",
@@ -98,6 +99,9 @@ __all__ = [
 ]
 
 DEFAULT_NULL_SIZE = 20_000
+#: The most null kernels per size (and per baseline kind) an analysis may ask for
+#: (``--n-null``): beyond, it only runs out of memory.
+MAX_NULL_SIZE = 10_000_000
 # Surrogates are drawn (and their float64 intermediates held) this many at a time, fewer
 # for large kernels (:func:`draw_rows`: at most ~DRAW_BYTES_PER_TAP bytes a tap of each row
 # within the work budget, kernelatlas.limits); 3x3..15x15 always draw DRAW_CHUNK.

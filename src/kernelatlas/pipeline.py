@@ -17,6 +17,7 @@ one run per output) is :mod:`kernelatlas.outputs`'s.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from .errors import KernelAtlasError
 from .null import (
     DEFAULT_BASELINES,
     DEFAULT_NULL_SIZE,
+    MAX_NULL_SIZE,
     NullReference,
     ReferenceBuilder,
     calibration_null,
@@ -127,8 +129,12 @@ class AnalysisConfig:
             )
         if self.batch_size < 1:
             raise KernelAtlasError(f"batch_size (--batch-size) must be >= 1, got {self.batch_size}")
-        if self.n_null < 100:
-            raise KernelAtlasError(f"n_null (--n-null) must be >= 100, got {self.n_null}")
+        if not 100 <= self.n_null <= MAX_NULL_SIZE:
+            raise KernelAtlasError(
+                f"n_null (--n-null) must be between 100 and {MAX_NULL_SIZE:,}, got "
+                f"{self.n_null:,}: null kernels drawn per size and per baseline kind (default "
+                f"{DEFAULT_NULL_SIZE:,})"
+            )
         if self.seed < 0:
             raise KernelAtlasError(f"seed (--seed) must be >= 0, got {self.seed}")
         if self.ae_epochs is not None and self.method == "atlas":
@@ -411,11 +417,16 @@ class _Run:
             {"kh": kh, "kw": kw, "cached": cal.cached, "seconds": round(cal.seconds, 4)}
         )
         if len(null) * cfg.null_fpr < COARSE_NULL_PASSES:
+            if get_null(cfg.null).finite:  # as many kernels as the sources have
+                fix = "use --null gaussian, or more sources"
+            else:  # drawn: --n-null of them
+                need = math.ceil(COARSE_NULL_PASSES / cfg.null_fpr)
+                fix = f"raise --n-null to {need:,} or more, or --null-fpr"
             self.notes.append(
                 f"the {kh}x{kw} calibration null ({cfg.null}) holds {len(null):,} kernels: at "
                 f"--null-fpr {cfg.null_fpr:g} its threshold is set by "
                 f"{len(null) * cfg.null_fpr:.1f} of them, so the realised null rate "
-                f"({atlas.null_rate_:.2%}) is coarse; use --null gaussian, or more sources"
+                f"({atlas.null_rate_:.2%}) is coarse; {fix}"
             )
         fitter = None
         if cfg.fit:

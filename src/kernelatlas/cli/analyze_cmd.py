@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from ..null import DEFAULT_BASELINES, DEFAULT_NULL_SIZE, NULL_KINDS
+from ..null import DEFAULT_BASELINES, DEFAULT_NULL_SIZE, MAX_NULL_SIZE, NULL_KINDS
 from ..taxonomy import DEFAULT_NULL_FPR
 from .harvest_cmd import FOLD_BN_HELP, SOURCE_HELP, expand_sources, report_status, skipped_lines
 
@@ -40,15 +40,14 @@ def _analyze(args: argparse.Namespace) -> int:
     cfg.validate()  # options first: no source is expanded or read for a bad command line
     with skipped_lines():  # skipped layers, counted by reason
         res = analyze(expand_sources(args.sources), args.out, cfg, force=args.force)
-    if not args.quiet:
-        if res.harvest is not None:
-            report_status(res.harvest)
-        for note in res.summary["config"].get("notes", []):
-            print(f"kernelatlas: note: {note}", file=sys.stderr)
-        for r in (res.summary.get("autoencoder") or {}).get("by_size", []):
-            if r.get("note"):
-                print(f"kernelatlas: note: {r['note']}", file=sys.stderr)
-    # --quiet silences progress only: the result and where it is always print.
+    if not args.quiet and res.harvest is not None:
+        report_status(res.harvest)
+    # --quiet silences progress only: the caveats, the result and where it is always print.
+    for note in res.summary["config"].get("notes", []):
+        print(f"kernelatlas: note: {note}", file=sys.stderr)
+    for r in (res.summary.get("autoencoder") or {}).get("by_size", []):
+        if r.get("note"):
+            print(f"kernelatlas: note: {r['note']}", file=sys.stderr)
     print(_coverage_table(res.summary))
     print(f"report: {res.out / 'index.html'}")
     if not args.quiet:
@@ -155,8 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_NULL_SIZE,
         metavar="N",
-        help=f"null kernels per size to calibrate on, and per kind for each baseline (>= 100; "
-        f"default {DEFAULT_NULL_SIZE:,}); time grows with N times the kernel area",
+        help=f"null kernels per size to calibrate on, and per kind for each baseline (100 to "
+        f"{MAX_NULL_SIZE:,}; default {DEFAULT_NULL_SIZE:,}); time grows with N times the "
+        "kernel area",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the null, fits and autoencoder")
     p.add_argument(
