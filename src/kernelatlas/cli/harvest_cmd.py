@@ -83,11 +83,15 @@ def _formats(args: argparse.Namespace) -> int:
 def _sources(args: argparse.Namespace) -> int:
     from ..errors import KernelAtlasError
     from ..harvest.cache import cache_dir, is_cached
-    from ..harvest.zoo import get_source, list_sources
+    from ..harvest.formats import list_formats
+    from ..harvest.zoo import did_you_mean, get_source, list_sources
 
     names = list_sources(args.pattern)
     if not names:
-        raise KernelAtlasError(f"no registered source matches {args.pattern!r}")
+        raise KernelAtlasError(
+            f"no registered source matches {args.pattern!r}{did_you_mean(args.pattern)} "
+            "(`kernelatlas sources` lists them all)"
+        )
     width = max(len(n) for n in [*names, "source"])
     print(f"{'source':<{width}}  {'format':<10} {'cache':<10}  depthwise kernels per size")
     print(f"{'-' * width}  {'-' * 10} {'-' * 10}  {'-' * 26}")
@@ -99,9 +103,10 @@ def _sources(args: argparse.Namespace) -> int:
         if args.verbose:
             print(f"{'':<{width}}  model: {info.model}; {info.paper}")
             print(f"{'':<{width}}  pip: {info.package} ({info.member}); licence: {info.licence}")
+    suffixes = "/".join(e for f in list_formats() if f.name != "tfjs" for e in f.extensions)
     print(
         f"\ncache: {cache_dir()}  (also: timm:NAME, timm:NAME?file=PATH, timm:NAME@init, "
-        "or a path to .pt/.pth/.bin/.safetensors/.onnx/.tflite/.h5/.keras/.npy/.npz)"
+        f"a path to a {suffixes} file, or a TF.js model.json; `kernelatlas formats`)"
     )
     return 0
 
@@ -222,6 +227,11 @@ def _fetch(args: argparse.Namespace) -> int:
     from ..harvest.cache import cached_path, fetch_many
     from ..harvest.zoo import did_you_mean, list_sources
 
+    if args.all and args.names:
+        raise KernelAtlasError(
+            f"--all fetches every source, so {' '.join(args.names)} would add nothing: drop "
+            "the names or --all"
+        )
     if args.all:
         names = list_sources()
     else:

@@ -51,6 +51,8 @@ def _bench(args: argparse.Namespace, *, name: str) -> int:
     if "steps" in changes and "eval_every" not in changes:
         changes["eval_every"] = max(1, int(changes["steps"]) // 10)  # ten evaluations
     cfg = replace(cfg, **changes)
+    if args.threads < 0:
+        raise KernelAtlasError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         import torch
 
@@ -78,9 +80,20 @@ def _bench(args: argparse.Namespace, *, name: str) -> int:
 
 
 def _schemes(args: argparse.Namespace) -> int:
+    import difflib
+
+    from ..errors import KernelAtlasError
     from ..train.schemes import get_scheme, list_schemes
 
-    for n in list_schemes(args.pattern):
+    names = list_schemes(args.pattern)
+    if not names:
+        close = difflib.get_close_matches(args.pattern, list_schemes(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KernelAtlasError(
+            f"no registered scheme matches {args.pattern!r}{hint} (`kernelatlas schemes` "
+            "lists them all)"
+        )
+    for n in names:
         info = get_scheme(n)
         opts = f" [options: {', '.join(info.options)}]" if info.options else ""
         print(f"{n:22s} {info.lever:9s} {info.summary}{opts}")
