@@ -121,7 +121,20 @@ CASES = [
     ("--null init with --no-init-baseline", _analyze("--null", "init", "--no-init-baseline"),
      "cannot go with --no-init-baseline"),
     ("--batch-size 0", _analyze("--batch-size", "0"), "batch_size (--batch-size) must be >= 1, got 0"),
-    ("--n-null 5", _analyze("--n-null", "5"), "n_null (--n-null) must be >= 100, got 5"),
+    ("--n-null 5", _analyze("--n-null", "5"), "n_null (--n-null) must be between 100 and 10,000,000, got 5"),
+    ("--n-null 10^11", _analyze("--n-null", "99999999999"), "between 100 and 10,000,000, got 99,999,999,999"),
+    ("misspelt command", lambda f: ["anlyze", str(f["ok.npy"]), "--out", str(f["previous"])],
+     "invalid choice: 'anlyze' (choose from sources, harvest, formats, fetch, analyze, compare, "
+     "autoencoder, bench-train, bench-init, schemes); did you mean analyze? (see `kernelatlas --help`)"),
+    ("misspelt --null kind", _analyze("--null", "gausian"), "; did you mean gaussian? (see"),
+    ("misspelt autoencoder action", lambda f: ["autoencoder", "trian"], "did you mean train?"),
+    ("no scheme matches", lambda f: ["schemes", "strucutred"],
+     "no registered scheme matches 'strucutred'; did you mean structured, structured_njet?"),
+    ("no source matches", lambda f: ["sources", "mobilnet_v2"], "; did you mean mobilenet_v2?"),
+    ("fetch --all and names", lambda f: ["fetch", "--all", "mobilenet_v2"], "drop the names or --all"),
+    ("bench-train --threads -1",
+     lambda f: ["bench-train", "--out", str(f["dir"] / "bench"), "--threads", "-1"],
+     "--threads must be >= 0 (0: torch's default), got -1"),
     ("--baselines init with --no-init-baseline",
      _analyze("--baselines", "init", "--no-init-baseline"), "drop one of the two"),
     ("unknown --method", _analyze("--method", "magic"), "invalid choice"),
@@ -229,6 +242,56 @@ def test_read_only_out_is_one_line(files) -> None:
 def test_error_line_maps_each_failure_to_a_sentence(exc, says) -> None:
     line, code = error_line(exc)
     assert says in line and code == 2 and "\n" not in line
+
+
+def test_an_unwritable_cache_names_its_variable_not_out(files, tmp_path) -> None:
+    """A cache that cannot be written (a file in its place; a read-only home) said
+    "/x: File exists" (EEXIST was not mapped) or "read-only file system: write somewhere
+    writable (--out)", though --out was fine: now the variable that moves the cache."""
+    run = run_cli(["fetch", "mobilenet_v2"], env={"KERNELATLAS_CACHE": str(files["ok.npy"])})
+    assert run.one_line_error() == (
+        f"kernelatlas: error: {files['ok.npy']}: is in the way (a file where a folder is "
+        "needed?): kernelatlas keeps its cache there; set KERNELATLAS_CACHE to a folder you "
+        "can write"
+    )
+    ro = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "home" / ".cache"))
+    calib = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "c" / "3x3.json"))
+    env = {"HOME": str(tmp_path / "home"), "KERNELATLAS_CACHE": "",
+           "KERNELATLAS_CALIBRATIONS": str(tmp_path / "c")}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert error_line(ro)[0].endswith("set KERNELATLAS_CACHE to a folder you can write")
+        assert error_line(calib)[0].endswith(
+            "set KERNELATLAS_CALIBRATIONS to a folder you can write"
+        )
+        elsewhere = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out"))
+        assert error_line(elsewhere)[0].endswith("write somewhere writable (--out)")
+
+
+def test_a_broken_home_gives_matplotlib_a_folder_without_its_warning(tmp_path) -> None:
+    """With a home matplotlib cannot write (read-only, or a file), importing it printed a
+    multi-line "mkdir -p failed ... Matplotlib created a temporary cache directory" warning
+    into every analysis; the CLI now hands it a temporary folder first."""
+    import subprocess
+
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME",
+                                                            "XDG_CACHE_HOME")}  # fmt: skip
+    env |= {"HOME": str(home), "MPLBACKEND": "Agg"}
+    code = (
+        "import os, kernelatlas.cli as cli; {} "
+        "import matplotlib.pyplot; print(os.environ.get('MPLCONFIGDIR', ''))"
+    )
+    before = subprocess.run([sys.executable, "-c", code.format("")], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "Matplotlib created a temporary" in before.stderr  # what a user saw
+    after = subprocess.run([sys.executable, "-c", code.format("cli.use_writable_matplotlib_dir();")],
+                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert after.returncode == 0 and after.stderr == "", after.stderr
+    made = after.stdout.strip()
+    assert Path(made).name.startswith("kernelatlas-matplotlib-") and not Path(made).exists()
 
 
 def test_an_unexpected_exception_is_one_line_exit_3() -> None:

@@ -202,3 +202,31 @@ def test_a_ctrl_c_python_drops_still_stops_the_run(tmp_path, monkeypatch):
     assert run.lines[-1] == "kernelatlas: interrupted" and "Traceback" not in run.stderr
     assert "Exception ignored" not in run.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # never published
+
+
+def test_a_ctrl_c_a_library_turns_into_its_own_error_still_exits_130(tmp_path, monkeypatch):
+    """A SIGINT inside matplotlib's C image resampling came out as ``ValueError: Invalid
+    affine transformation matrix``, so a ^C while the figures were drawn ended in "unexpected
+    ValueError ... (a kernelatlas bug)", exit 3. Now: "kernelatlas: interrupted", exit 130,
+    nothing published."""
+    import kernelatlas.report as report
+
+    from .cli import run_cli
+
+    def interrupted_write(*args, **kwargs):
+        try:  # what the C extension does: the handler's KeyboardInterrupt becomes its error
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        except KeyboardInterrupt:
+            raise ValueError("Invalid affine transformation matrix") from None
+        raise AssertionError("the SIGINT did not arrive")
+
+    monkeypatch.setattr(report, "write_report", interrupted_write)
+    np.save(tmp_path / "m.npy", np.random.default_rng(0).standard_normal((40, 3, 3), np.float32))
+    (tmp_path / "out").mkdir()
+    run = run_cli(["analyze", tmp_path / "m.npy", "--out", tmp_path / "out", "--no-fit",
+                   "--no-init-baseline", "--quiet"])  # fmt: skip
+    assert run.code == 130, run.stderr
+    assert run.lines == ["kernelatlas: interrupted"], run.lines
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # never published

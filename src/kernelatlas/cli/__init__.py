@@ -19,6 +19,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import __version__
@@ -65,6 +66,19 @@ class _Parser(argparse.ArgumentParser):
             sub.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
         return ns
 
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """As argparse's, with the close choices named (``anlyze``: did you mean analyze?;
+        ``--null gausian``: did you mean gaussian?)."""
+        choices = action.choices
+        if choices is None or value in choices:
+            return
+        names = [str(c) for c in choices]
+        close = difflib.get_close_matches(str(value), names, n=2, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise argparse.ArgumentError(
+            action, f"invalid choice: {value!r} (choose from {', '.join(names)}){hint}"
+        )
+
     def _command_parser(self, command: str | None) -> argparse.ArgumentParser:
         """The parser of sub-command ``command`` (this one when there is none)."""
         for action in self._actions:
@@ -109,7 +123,15 @@ _OS_ERRORS: dict[int, str] = {
     errno.EIO: "input/output error: the disk or the network file system failed",
     errno.ENOTEMPTY: "folder not empty",
     errno.EXDEV: "cannot move across file systems",
+    errno.EEXIST: "is in the way (a file where a folder is needed?): move it or use another path",
 }
+# errnos of a folder kernelatlas cannot write
+_UNWRITABLE = frozenset(
+    {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EEXIST,
+     errno.ENOTDIR}
+)  # fmt: skip
+
+
 _BY_TEXT = {  # OSErrors without an errno (pyarrow's), recognised by their text
     "no space left": errno.ENOSPC,
     "read-only file system": errno.EROFS,
@@ -117,6 +139,26 @@ _BY_TEXT = {  # OSErrors without an errno (pyarrow's), recognised by their text
     "file too large": errno.EFBIG,
     "disk quota": errno.EDQUOT,
 }
+
+
+def _moved_by(path: str) -> str | None:
+    """The variable that moves the kernelatlas cache ``path`` is in (or on the way to):
+    ``KERNELATLAS_CALIBRATIONS`` inside the calibrations, else ``KERNELATLAS_CACHE``."""
+    from ..calibration import calibration_dir
+    from ..harvest.cache import cache_dir
+
+    try:
+        p = Path(os.path.abspath(path))
+        folders = [(Path(os.path.abspath(d)), var) for d, var in (
+            (calibration_dir(), "KERNELATLAS_CALIBRATIONS"), (cache_dir(), "KERNELATLAS_CACHE"),
+        )]  # fmt: skip
+        inside = [(len(d.parts), var) for d, var in folders if p == d or d in p.parents]
+        if inside:
+            return max(inside)[1]  # the innermost folder holding it
+        above = [(len(d.parts), var) for d, var in folders if p in d.parents]
+        return min(above)[1] if above else None  # the outermost folder under it
+    except (OSError, ValueError, RuntimeError):
+        return None
 
 
 def _os_error_line(exc: OSError) -> str:
@@ -128,6 +170,9 @@ def _os_error_line(exc: OSError) -> str:
     where = exc.filename if exc.filename is not None else None
     if what is None:
         what = exc.strerror or text or type(exc).__name__
+    var = _moved_by(str(where)) if where and code in _UNWRITABLE else None
+    if var is not None:  # the weight or calibration cache, not --out
+        what = f"{what.split(':')[0]}: kernelatlas keeps its cache there; set {var} to a folder you can write"
     return f"{where}: {what}" if where else what
 
 
@@ -137,8 +182,8 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         return str(exc), exc.exit_code
     if isinstance(exc, MemoryError):
         return (
-            "out of memory: use fewer or smaller sources, a smaller --batch-size, or a lower "
-            "KERNELATLAS_MAX_SOURCE_BYTES",
+            "out of memory: use fewer or smaller sources, a smaller --batch-size or --n-null, "
+            "or a lower KERNELATLAS_MAX_SOURCE_BYTES",
             EXIT_ERROR,
         )
     if isinstance(exc, OSError):
@@ -167,12 +212,59 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, *_: A
         print(f"kernelatlas: warning: {_one_line(message)}", file=sys.stderr)
 
 
+#: Temporary folders this process made for itself (removed at exit).
+_TEMP_DIRS: list[str] = []
+
+
+def _writable_dir(path: str) -> bool:
+    """Whether folder ``path`` is writable or can be made (its nearest existing ancestor is a
+    writable folder); creates nothing."""
+    p = os.path.abspath(path)
+    while not os.path.lexists(p):
+        p = os.path.dirname(p)
+    return os.path.isdir(p) and os.access(p, os.W_OK)
+
+
+def use_writable_matplotlib_dir() -> None:
+    """Give matplotlib a temporary config and cache folder (``MPLCONFIGDIR``, removed at exit)
+    when its own, under a read-only or broken home, cannot be written: it would print its
+    own multi-line warning on every run instead."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    home = os.path.expanduser("~")
+    wanted = [
+        os.path.join(os.environ.get(var) or os.path.join(home, sub), "matplotlib")
+        for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache"))
+    ]
+    if all(_writable_dir(d) for d in wanted):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    with contextlib.suppress(OSError):
+        tmp = tempfile.mkdtemp(prefix="kernelatlas-matplotlib-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        _TEMP_DIRS.append(tmp)  # run() removes it itself after a ^C (no atexit there)
+        os.environ["MPLCONFIGDIR"] = tmp
+
+
+def _interrupted() -> bool:
+    """Whether a SIGINT came during the command (recorded by :func:`interrupts.installed`)."""
+    try:
+        check_interrupt()
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     debug = os.environ.get("KERNELATLAS_DEBUG", "") not in ("", "0")
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
         with installed():
+            use_writable_matplotlib_dir()
             parser = build_parser()
             args = parser.parse_args(argv)
             if not getattr(args, "func", None):
@@ -188,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
         return 1
     except Exception as exc:
+        if _interrupted():  # a ^C a library turned into its own error (matplotlib's
+            print("kernelatlas: interrupted", file=sys.stderr)  # ValueError in a draw)
+            return 130
         if debug:
             raise
         line, code = error_line(exc)
@@ -207,6 +302,10 @@ def run() -> NoReturn:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+            import shutil
+
+            for tmp in _TEMP_DIRS:
+                shutil.rmtree(tmp, ignore_errors=True)
         os._exit(130)
     sys.exit(code)
 
