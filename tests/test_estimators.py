@@ -85,11 +85,16 @@ def test_not_fitted_error(case):
 
 
 def test_wrong_size_message(case):
-    _, _, fitted, _ = case
+    name, _, fitted, _ = case
     with pytest.raises(KernelAtlasError, match=r"for 5x5 kernels, got 3x3"):
         fitted.predict(np.zeros((2, 3, 3), np.float32))
     with pytest.raises(KernelAtlasError, match="squeeze the channel axis"):
         fitted.predict(np.zeros((2, 1, 5, 5), np.float32))
+    if name != "KernelAutoencoder":  # its own check says "train one for that size"
+        # [N, 25]: N flattened 5x5 kernels, read as one 4x25 kernel ("fit one per size")
+        with pytest.raises(KernelAtlasError, match=r"got 4x25: a 2-D array is one kernel; "
+                           r"for 4 flattened kernels pass kernels\.reshape\(-1, 5, 5\)"):  # fmt: skip
+            fitted.predict(np.zeros((4, 25), np.float32))
 
 
 def test_determinism(case):

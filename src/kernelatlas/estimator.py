@@ -298,9 +298,15 @@ class BaseEstimator:
         if arr.shape[1:] != tuple(shape):
             kh, kw = shape
             name = type(self).__name__
+            fix = f"fit one {name} per kernel size"
+            if np.ndim(kernels) == 2 and arr.shape[2] == kh * kw:  # rows of flattened kernels
+                fix = (
+                    f"a 2-D array is one kernel; for {arr.shape[1]} flattened kernels pass "
+                    f"kernels.reshape(-1, {kh}, {kw})"
+                )
             raise KernelAtlasError(
                 f"this {name} is fitted for {kh}x{kw} kernels, got {arr.shape[1]}x{arr.shape[2]}: "
-                f"fit one {name} per kernel size"
+                f"{fix}"
             )
         return arr
 
