@@ -66,3 +66,28 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch, efficientnet_lite0_pa
     assert result.attempted >= 8, result
     assert result.failed == 0, result
     assert (tmp_path / "report" / "summary.json").is_file()
+
+
+def test_every_python_snippet_of_the_docs_defines_what_it_uses() -> None:
+    """The Python blocks of each docs/*.md, run in order as a notebook would, use no name they
+    do not define or import (ruff's F821): atlas.md used ``normalize`` and ``kernels``,
+    autoencoder.md ``kernels``, ``z`` and ``null_kernels``, training.md ``torch``,
+    ``plot_coverage``, ``loader`` and ``ax`` without them. (README's is run as a doctest.)"""
+    import re
+    import subprocess
+    import sys
+
+    docs = sorted((README.parent / "docs").glob("*.md"))
+    failures = []
+    for doc in docs:
+        blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+        if not blocks:
+            continue
+        run = subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "F821",
+             "--output-format", "concise", "--stdin-filename", f"{doc.stem}.py", "-"],
+            input="\n".join(blocks), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if run.returncode != 0:
+            failures.append(f"{doc.name}: {run.stdout.strip() or run.stderr.strip()}")
+    assert len(docs) >= 10 and failures == [], "\n".join(failures)
