@@ -47,6 +47,11 @@ def load_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise KernelAtlasError(f"cannot read {path}: {exc}") from None
+    except UnicodeDecodeError:  # a weight file or other binary given as a run
+        raise KernelAtlasError(
+            f"{path} is not a summary.json (binary data): pass a directory written by "
+            "`kernelatlas analyze`"
+        ) from None
     validate_summary(doc)
     return doc
 

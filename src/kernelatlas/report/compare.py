@@ -154,6 +154,12 @@ def compare(
     """
     if len(run_dirs) < 2:
         raise KernelAtlasError("compare needs at least two analysis directories")
+    seen: dict[Path, str] = {}
+    for d in run_dirs:  # the same run twice would compare it with itself
+        key = Path(d).expanduser().resolve()
+        if key in seen:
+            raise KernelAtlasError(f"{d} is given twice (as {seen[key]}): name each run once")
+        seen[key] = str(d)
     labels = list(labels) if labels else [Path(d).name or str(d) for d in run_dirs]
     if len(labels) != len(run_dirs) or len(set(labels)) != len(labels):
         raise KernelAtlasError("give one distinct label per directory (--labels A B ...)")
