@@ -155,10 +155,13 @@ def compare(
     if len(run_dirs) < 2:
         raise KernelAtlasError("compare needs at least two analysis directories")
     seen: dict[Path, str] = {}
-    for d in run_dirs:  # the same run twice would compare it with itself
+    for d in run_dirs if not labels else ():  # unlabelled, a run twice is a slip
         key = Path(d).expanduser().resolve()
         if key in seen:
-            raise KernelAtlasError(f"{d} is given twice (as {seen[key]}): name each run once")
+            raise KernelAtlasError(
+                f"{d} is given twice (as {seen[key]}): name each run once, or give each its "
+                "own --labels"
+            )
         seen[key] = str(d)
     labels = list(labels) if labels else [Path(d).name or str(d) for d in run_dirs]
     if len(labels) != len(run_dirs) or len(set(labels)) != len(labels):
