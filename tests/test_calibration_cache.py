@@ -49,6 +49,24 @@ def test_second_calibration_comes_from_the_cache_and_predicts_the_same(cache: Pa
     assert C.calibrate(5, 5, null_fpr=0.01, n_null=N_NULL, seed=2, refresh=True).cached is False
 
 
+def test_an_unwritable_cache_is_said_once_and_costs_only_a_recalibration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache that cannot be written (here a file where its folder goes: root ignores
+    permissions) warns once, naming the variable, and the calibration still works."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a user's file\n")
+    monkeypatch.setenv("KERNELATLAS_CALIBRATIONS", str(blocker / "calibrations"))
+    monkeypatch.setattr(C, "_UNWRITABLE", set())
+    with pytest.warns(UserWarning, match="KERNELATLAS_CALIBRATIONS") as said:
+        first = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL, seed=2)
+        again = C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL, seed=2)
+    assert len([w for w in said if "calibration cache" in str(w.message)]) == 1
+    assert not first.cached and not again.cached
+    assert again.atlas.thresholds_ == first.atlas.thresholds_
+    assert blocker.read_text() == "a user's file\n"
+
+
 def test_another_version_recalibrates(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     C.calibrate(3, 3, null_fpr=0.01, n_null=N_NULL)
     monkeypatch.setattr(C, "__version__", "9.9.9")

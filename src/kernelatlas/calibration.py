@@ -37,6 +37,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,8 +245,20 @@ def _write(path: Path, key: dict[str, Any], atlas: Atlas, heldout: float) -> Non
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only or full cache costs a recalibration next time, nothing else
+    except OSError as exc:  # a read-only or full cache costs a recalibration, nothing else
+        where = str(path.parent)
+        if where not in _UNWRITABLE:  # said once per cache folder and process
+            _UNWRITABLE.add(where)
+            warnings.warn(
+                f"calibration cache {where} cannot be written "
+                f"({exc.strerror or type(exc).__name__}): every analysis will calibrate again; "
+                "set KERNELATLAS_CALIBRATIONS to a folder you can write",
+                stacklevel=2,
+            )
+
+
+#: Cache folders a calibration could not be written to in this process (warned once each).
+_UNWRITABLE: set[str] = set()
 
 
 def calibrate(
