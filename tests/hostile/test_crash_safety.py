@@ -230,3 +230,30 @@ def test_a_ctrl_c_a_library_turns_into_its_own_error_still_exits_130(tmp_path, m
     assert run.code == 130, run.stderr
     assert run.lines == ["kernelatlas: interrupted"], run.lines
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # never published
+
+
+def test_sigterm_stops_a_run_as_a_ctrl_c_does(tmp_path):
+    """SIGTERM (``timeout``, ``kill``, a batch scheduler) killed the run on the spot: no
+    line, exit -15. Now it is taken like a ^C: one line, exit 143, nothing published; beside
+    the output at most the staging folder's resumable bank (as after a failed run; that the
+    next run resumes from it: test_killed_analyze_shows_old_or_new_state_and_resumes)."""
+    from kernelatlas.atomic import staging_path
+
+    out = tmp_path / "out"
+    proc = _start(["analyze", *SOURCES, "--out", "out", "--no-init-baseline", "--no-fit"], tmp_path)
+    staging = staging_path(out)
+    deadline = time.monotonic() + 120
+    while not staging.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be terminated"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert lines[-1] == "kernelatlas: terminated (SIGTERM)" and "Traceback" not in err.decode()
+    assert not out.exists()  # never published
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left in ([], [staging.name]), left
+    if left:
+        assert {p.name for p in staging.iterdir()} <= {"bank", MARKER}

@@ -16,6 +16,7 @@ import difflib
 import errno
 import importlib
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..errors import KernelAtlasError
 from ..interrupts import check as check_interrupt
-from ..interrupts import installed
+from ..interrupts import installed, received
 
 __all__ = ["main", "run", "build_parser", "error_line", "EXIT_ERROR", "EXIT_BUG"]
 
@@ -250,12 +251,26 @@ def use_writable_matplotlib_dir() -> None:
 
 
 def _interrupted() -> bool:
-    """Whether a SIGINT came during the command (recorded by :func:`interrupts.installed`)."""
+    """Whether a SIGINT or SIGTERM came during the command (recorded by
+    :func:`interrupts.installed`)."""
     try:
         check_interrupt()
     except KeyboardInterrupt:
         return True
     return False
+
+
+#: Exit codes of a run stopped by SIGINT / SIGTERM (128 + the signal, as a shell reports).
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+def _stopped() -> int:
+    """Say why the run stopped (one line) and return its exit code."""
+    if received() == signal.SIGTERM:
+        print("kernelatlas: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    print("kernelatlas: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,15 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_interrupt()  # a ^C that Python dropped (in a __del__) still is one
             return code
     except KeyboardInterrupt:
-        print("kernelatlas: interrupted", file=sys.stderr)
-        return 130
+        return _stopped()
     except BrokenPipeError:  # `kernelatlas sources | head`: the reader went away
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
         return 1
     except Exception as exc:
         if _interrupted():  # a ^C a library turned into its own error (matplotlib's
-            print("kernelatlas: interrupted", file=sys.stderr)  # ValueError in a draw)
-            return 130
+            return _stopped()  # ValueError in a draw)
         if debug:
             raise
         line, code = error_line(exc)
@@ -294,11 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> NoReturn:
     """The ``kernelatlas`` program: :func:`main`, then exit with its code. After a ^C (130)
-    the process ends at once, once its output is flushed: threads still in native code
-    (a harvest, a closing cluster) could crash the interpreter's finalisation (SIGSEGV,
-    seen after a ^C on a Dask run), turning "interrupted" into a crash."""
+    or a SIGTERM (143) the process ends at once, once its output is flushed: threads still
+    in native code (a harvest, a closing cluster) could crash the interpreter's finalisation
+    (SIGSEGV, seen after a ^C on a Dask run), turning "interrupted" into a crash."""
     code = main()
-    if code == 130:
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -306,7 +319,7 @@ def run() -> NoReturn:
 
             for tmp in _TEMP_DIRS:
                 shutil.rmtree(tmp, ignore_errors=True)
-        os._exit(130)
+        os._exit(code)
     sys.exit(code)
 
 
