@@ -247,12 +247,7 @@ def _quantize(
     dtype = np.dtype(np.uint8) if zero is None else np.asarray(zero).dtype
     if not np.issubdtype(dtype, np.integer):
         raise FormatError(f"{what}: QuantizeLinear to {dtype}; not an integer type")
-    s = np.asarray(scale, np.float32)
-    z = np.zeros_like(s) if zero is None else np.asarray(zero, np.float32)
-    if s.ndim == 1 and s.size > 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
+    s, z = _scale_zero(scale, zero, x.ndim, axis)
     numel = check_tensor(what, _bcast(what, x, s, z), 4)  # charged before computing
     charge(f"{what} (temporary)", 4 * numel)
     info = np.iinfo(dtype)
@@ -265,15 +260,24 @@ def _dequantize(
 ) -> np.ndarray:
     """``(q - zero) * scale`` in float32, a 1-D ``scale``/``zero`` along ``axis`` (ONNX's
     per-axis quantisation), charged to the source budget before it is computed."""
-    s = np.asarray(scale, np.float32)
-    z = np.zeros_like(s) if zero is None else np.asarray(zero, np.float32)
-    if s.ndim == 1 and s.size > 1:
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
+    s, z = _scale_zero(scale, zero, q.ndim, axis)
     numel = check_tensor(what, _bcast(what, q, s, z), 4)  # charged before computing
     charge(f"{what} (temporary)", 4 * numel)
     return np.subtract(q, z, dtype=np.float32) * s
+
+
+def _scale_zero(
+    scale: np.ndarray, zero: np.ndarray | None, ndim: int, axis: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (de)quantisation's ``scale`` and ``zero`` point (0 without one) in float32, a 1-D
+    pair of more than one value shaped to run along ``axis`` of an ``ndim``-D tensor."""
+    s = np.asarray(scale, np.float32)
+    z = np.zeros_like(s) if zero is None else np.asarray(zero, np.float32)
+    if s.ndim == 1 and s.size > 1:
+        shape = [1] * ndim
+        shape[axis] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    return s, z
 
 
 def _bcast(what: str, *arrays: np.ndarray) -> tuple[int, ...]:
