@@ -771,3 +771,15 @@ def test_explorer_controls_keyboard_history_and_phone_in_chromium(
         assert not logs, logs
     finally:
         driver.quit()
+
+
+def test_a_tiny_false_positive_rate_is_written_in_plain_digits() -> None:
+    """``--null-fpr 1e-9`` read "1e-07% false positives" in the terminal and on the page."""
+    from kernelatlas.report.labels import percent
+    from kernelatlas.report.terminal import coverage_table
+
+    assert [percent(r) for r in (0.01, 0.005, 1e-9, 0.0123456)] == [
+        "1%", "0.5%", "0.0000001%", "1.23%"
+    ]  # fmt: skip
+    text = coverage_table({"config": {"null": "gaussian", "null_fpr": 1e-9}, "models": []})
+    assert "(0.0000001% false positives)" in text and "e-0" not in text, text

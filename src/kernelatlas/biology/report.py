@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..errors import KernelAtlasError
 from ..null import DEFAULT_NULL_SIZE
+from ..report.labels import percent
 from ..taxonomy import DEFAULT_NULL_FPR
 from .comparison import BIOLOGY_NULL_SIZE, compare, group_statistics, label_kernels
 from .literature import sources
@@ -293,7 +294,7 @@ def render_html(doc: dict[str, Any] | None, figures: list[str]) -> str:
         "<p>The kernels beside published receptive-field statistics of cats and monkeys, in dimensionless "
         "quantities only (kernels are in pixels, receptive fields in degrees of visual angle). Only classified "
         "kernels count; the null is iid Gaussian kernels named by the same calibrated atlas and fitted the same "
-        f"way ({doc.get('null_kernels_per_size', 0):,} per size, about {100 * doc.get('null_fpr', 0):g}% of them "
+        f"way ({doc.get('null_kernels_per_size', 0):,} per size, about {percent(doc.get('null_fpr', 0))} of them "
         f"classified). {_sample_text(doc)} Where the analogy breaks: a kernel's support truncates any surround (a 3x3 kernel cannot hold "
         "a DoG with a wide surround), the atlas names centred kernels so a blob with a positive pedestal also counts "
         "as centre-surround (the raw opponent ratio tells them apart), and most published findings are qualitative "

@@ -17,6 +17,7 @@ import pandas as pd
 from ..taxonomy import FAMILIES, FAMILY_INFO, PAPER_AE_THRESHOLDS, PATTERN_FAMILIES, UNCLASSIFIED
 from . import figures as F
 from .html import _e, _num, _pct, legend_html, swatch
+from .labels import percent
 from .sections import Figure, ReportContext, register_section
 
 __all__ = ["models_table", "baselines_table", "family_excess_table", "nulls_table", "layers_figure",
@@ -793,7 +794,7 @@ def _method(ctx: ReportContext) -> str:
         "<code>(score - threshold) / (1 - threshold)</code>, and its <code>score</code> column is that family's "
         "cosine (for an unclassified kernel, the closest family's). A cosine of 1 is a perfect match. Thresholds "
         f"are calibrated per kernel size on {_e(_null_label(s, cfg['null']))} null kernels so that at most "
-        f"{100 * float(cfg['null_fpr']):g}% of them pass any family:</p>"
+        f"{percent(cfg['null_fpr'])} of them pass any family:</p>"
         + thresholds_table(s["thresholds"])
         + "<p><b>fit R&sup2;</b>: the share of the kernel's variance explained by the best bounded parametric fit "
         f"(one model per pattern family: {_e(', '.join(f.replace('_', ' ') for f in PATTERN_FAMILIES))}).</p>"

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..taxonomy import FAMILIES, FAMILY_INFO
 from .figures import family_color
+from .labels import percent
 
 __all__ = ["render_page", "CSS", "asset", "json_script"]
 
@@ -88,7 +89,7 @@ def reading_guide(summary: dict[str, Any]) -> str:
     cfg = summary["config"]
     kinds = (summary.get("nulls") or {}).get("kinds") or {}
     null = str(kinds.get(cfg["null"], {}).get("label", cfg["null"]))
-    fpr = f"{100 * float(cfg['null_fpr']):g}%"
+    fpr = percent(cfg["null_fpr"])
     terms = [
         (
             "classified",
@@ -155,7 +156,7 @@ def render_page(ctx: Any, wanted: list[Any], *, title: str = "kernelatlas report
     head = (
         f"<p class='meta'>kernelatlas {_e(summary['kernelatlas_version'])} · {_e(summary['created'])} · "
         f"sources: {_e(', '.join(map(str, cfg['sources'])))} · method: {_e(cfg['method'])} · null: "
-        f"{_e(cfg['null'])} at {100 * float(cfg['null_fpr']):g}% false-positive rate</p>"
+        f"{_e(cfg['null'])} at {percent(cfg['null_fpr'])} false-positive rate</p>"
         "<p class='files'>This page is one self-contained file: it works when moved or mailed, with no "
         "network. <b>Download from it:</b> <button type='button' class='dl' data-download='csv-all'>"
         "kernels.csv</button> (the per-kernel table without weights) · <button type='button' class='dl' "

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["source_labels", "size_label"]
+__all__ = ["source_labels", "size_label", "percent"]
 
 
 def _tail(source: str) -> str:
@@ -46,3 +46,13 @@ def source_labels(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
 
 def size_label(kh: int, kw: int) -> str:
     return f"{int(kh)}x{int(kw)}"
+
+
+def percent(rate: float) -> str:
+    """A rate as a percentage in plain digits, to 3 significant ones (``0.01`` -> ``1%``,
+    ``1e-9`` -> ``0.0000001%``; ``:g`` wrote ``1e-07%``)."""
+    import numpy as np
+
+    return (
+        np.format_float_positional(100 * float(rate), precision=3, fractional=False, trim="-") + "%"
+    )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..taxonomy import PATTERN_FAMILIES
-from .labels import source_labels
+from .labels import percent, source_labels
 
 __all__ = ["format_table", "coverage_table"]
 
@@ -122,7 +122,7 @@ def coverage_table(summary: dict[str, Any]) -> str:
     label = (summary.get("nulls") or {}).get("kinds", {}).get(kind, {}).get("label", kind)
     note = (
         f"classified: at thresholds calibrated on the {label} null "
-        f"({100 * float(cfg.get('null_fpr', 0.01)):g}% false positives); null: the held-out "
+        f"({percent(cfg.get('null_fpr', 0.01))} false positives); null: the held-out "
         "rate of that null; init: fresh init of the same architecture; excess: over the "
         "strongest baseline (summary.json has every baseline, with intervals)"
     )

@@ -42,6 +42,8 @@
     return Number(v).toFixed(digits);
   }
   function int(v) { return Number(v).toLocaleString("en-US"); }
+  // a rate as a percentage in plain digits (1e-9: "0.0000001%", as report.labels.percent)
+  function pct(r) { return (100 * r).toLocaleString("en-US", { maximumSignificantDigits: 3, maximumFractionDigits: 20 }) + "%"; }
   function famName(f) { return String(f).replace(/_/g, " "); }
   function color(v) { // v in [-1, 1]
     var i = Math.round((v + 1) / 2 * (CMAP.length - 1));
@@ -382,8 +384,8 @@
           return famName(f) + " " + fmt(s, 3) + (t !== null ? " / " + fmt(t, 3) + (s > t ? " ✓" : "") : "");
         });
         if (per.length) lines.push("Per family (cosine / threshold): " + per.join("; ") + ".");
-        lines.push("Thresholds are calibrated per kernel size so that at most " + (100 * DATA.summary.config.null_fpr) +
-          "% of " + DATA.summary.config.null + " null kernels pass any family.");
+        lines.push("Thresholds are calibrated per kernel size so that at most " + pct(DATA.summary.config.null_fpr) +
+          " of " + DATA.summary.config.null + " null kernels pass any family.");
       }
       explain.textContent = lines.join(" ");
     }
