@@ -26,14 +26,12 @@ __all__ = ["installed", "check", "received", "SIGNALS"]
 #: The signals :func:`installed` turns into KeyboardInterrupt (and records).
 SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
-_SEEN = threading.Event()
-_FIRST: list[int] = []  # the first signal number received in the block
+_FIRST: list[int] = []  # the first signal number received in the block (empty: none)
 
 
 def _on_signal(signum: int, frame: Any) -> None:
     if not _FIRST:
         _FIRST.append(int(signum))
-    _SEEN.set()
     raise KeyboardInterrupt
 
 
@@ -53,7 +51,6 @@ def installed() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _SEEN.clear()
     _FIRST.clear()
     old = {s: signal.signal(s, _on_signal) for s in SIGNALS}
     old_hook = sys.unraisablehook
@@ -68,7 +65,7 @@ def installed() -> Iterator[None]:
 
 def check() -> None:
     """Raise KeyboardInterrupt if a SIGINT or SIGTERM came (even one Python dropped)."""
-    if _SEEN.is_set():
+    if _FIRST:
         raise KeyboardInterrupt
 
 

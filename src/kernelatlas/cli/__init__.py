@@ -42,6 +42,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def did_you_mean(
+    value: str, names: Sequence[str], *, n: int = 2, cutoff: float = 0.6, sep: str = " or "
+) -> str:
+    """``"; did you mean a or b?"`` for the names spelt closest to ``value``
+    (:func:`difflib.get_close_matches`), or ``""``: the hint of a misspelt command, option,
+    choice or scheme pattern (sources: :func:`kernelatlas.harvest.zoo.did_you_mean`)."""
+    close = difflib.get_close_matches(value, list(names), n=n, cutoff=cutoff)
+    return f"; did you mean {sep.join(close)}?" if close else ""
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (the usage is in ``--help``)."""
 
@@ -58,11 +68,8 @@ class _Parser(argparse.ArgumentParser):
             options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
             for extra in extras:
                 if extra.startswith("-"):
-                    close = difflib.get_close_matches(
-                        extra.split("=")[0], options, n=2, cutoff=0.75
-                    )
-                    if close:
-                        hint = f"; did you mean {' or '.join(close)}?"
+                    hint = did_you_mean(extra.split("=")[0], options, cutoff=0.75)
+                    if hint:
                         break
             sub.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
         return ns
@@ -74,8 +81,7 @@ class _Parser(argparse.ArgumentParser):
         if choices is None or value in choices:
             return
         names = [str(c) for c in choices]
-        close = difflib.get_close_matches(str(value), names, n=2, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        hint = did_you_mean(str(value), names)
         raise argparse.ArgumentError(
             action, f"invalid choice: {value!r} (choose from {', '.join(names)}){hint}"
         )
@@ -250,16 +256,6 @@ def use_writable_matplotlib_dir() -> None:
         os.environ["MPLCONFIGDIR"] = tmp
 
 
-def _interrupted() -> bool:
-    """Whether a SIGINT or SIGTERM came during the command (recorded by
-    :func:`interrupts.installed`)."""
-    try:
-        check_interrupt()
-    except KeyboardInterrupt:
-        return True
-    return False
-
-
 #: Exit codes of a run stopped by SIGINT / SIGTERM (128 + the signal, as a shell reports).
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
@@ -294,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
         return 1
     except Exception as exc:
-        if _interrupted():  # a ^C a library turned into its own error (matplotlib's
+        if received() is not None:  # a ^C a library turned into its own error (matplotlib's
             return _stopped()  # ValueError in a draw)
         if debug:
             raise

@@ -80,15 +80,13 @@ def _bench(args: argparse.Namespace, *, name: str) -> int:
 
 
 def _schemes(args: argparse.Namespace) -> int:
-    import difflib
-
     from ..errors import KernelAtlasError
     from ..train.schemes import get_scheme, list_schemes
+    from . import did_you_mean
 
     names = list_schemes(args.pattern)
     if not names:
-        close = difflib.get_close_matches(args.pattern, list_schemes(), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(args.pattern, list_schemes(), n=3, sep=", ")
         raise KernelAtlasError(
             f"no registered scheme matches {args.pattern!r}{hint} (`kernelatlas schemes` "
             "lists them all)"
