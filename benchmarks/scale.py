@@ -169,14 +169,16 @@ def unavoidable(files: list[Path], t_cols: int) -> dict[str, Any]:
     """A lower bound of any files-to-report analysis that keeps kernelatlas's rules, by
     piece: a fresh interpreter importing what a report needs (numpy, pandas, Arrow, torch,
     matplotlib; median of 3), reading and hashing every input (the bank is keyed by
-    content), copying the kernels into a bank (one uncompressed float32 list column), and
-    the floor product; the reading, hashing and copying on every core (threads: these
-    release the GIL). ``serial_s`` adds the pieces; ``overlapped_s`` is the start plus
+    content), copying the kernels into a bank (one uncompressed binary column, as a bank
+    file stores them), and the floor product; the reading, hashing and copying on every
+    core (threads: these release the GIL). ``serial_s`` adds the pieces; ``overlapped_s`` is the start plus
     the CPU seconds of the rest spread perfectly over the cores."""
     import hashlib
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow as pa
+
+    from kernelatlas.bank import stored_weights
 
     starts = []
     for _ in range(3):
@@ -194,7 +196,7 @@ def unavoidable(files: list[Path], t_cols: int) -> dict[str, Any]:
         i, arr = i_arr
         flat = pa.array(arr.reshape(-1))
         offsets = pa.array(np.arange(0, len(flat) + 1, arr[0].size, dtype=np.int32))
-        col = pa.ListArray.from_arrays(offsets, flat)
+        col = stored_weights(pa.ListArray.from_arrays(offsets, flat))  # as a bank stores it
         out = files[0].parent.parent / f"unavoidable-{i}.parquet"
         pq.write_table(pa.table({"weights": col}), out, compression="none",
                        row_group_size=PARTITION)  # fmt: skip

@@ -8,7 +8,14 @@ import pytest
 
 import kernelatlas
 from kernelatlas.atomic import MARKER
-from kernelatlas.bank import BANK_COLUMNS, KernelBank, weights_array
+from kernelatlas.bank import (
+    BANK_COLUMNS,
+    BANK_SCHEMA,
+    STORAGE_SCHEMA,
+    KernelBank,
+    weight_lists,
+    weights_array,
+)
 from kernelatlas.errors import KernelAtlasError
 from kernelatlas.harvest import HarvestResult, LayerKernels
 
@@ -159,7 +166,59 @@ def test_weights_are_writable_unless_a_view_is_asked_for(tmp_path):
     k -= k.mean()  # the public readers hand out arrays of one's own
     column = pq.read_table(bank.files()[0]).column("weights").combine_chunks().slice(0, 4)
     view = weights_array(column, 3, 3, writable=False)
-    assert not view.flags.writeable and np.shares_memory(view, column.values.to_numpy())
+    stored = np.frombuffer(column.buffers()[2], np.uint8)
+    assert not view.flags.writeable and np.shares_memory(view, stored)
     own = weights_array(column, 3, 3)
     assert own.flags.writeable and not np.shares_memory(own, view)
     np.testing.assert_array_equal(own, view)
+    lists = weight_lists(column).chunk(0)  # the list view of the same bytes
+    assert np.shares_memory(lists.values.to_numpy(), stored)
+    np.testing.assert_array_equal(weights_array(lists, 3, 3), view)
+
+
+def test_bank_files_store_weights_as_bytes_and_read_as_lists(tmp_path):
+    bank = KernelBank(tmp_path / "bank")
+    res = _result()
+    bank.add(res)
+    schema = pq.read_schema(bank.files()[0])
+    assert schema.field("weights").type == STORAGE_SCHEMA.field("weights").type == pa.large_binary()
+    table = bank._table(None, None, None)
+    assert table.schema.equals(BANK_SCHEMA)  # readers see list<float>
+    want = res.to_table()
+    assert table.column("weights").to_pylist() == want.column("weights").to_pylist()
+    # sliced chunks of either type, with rows of mixed sizes
+    stored = pq.read_table(bank.files()[0]).column("weights").combine_chunks()
+    for sl in [(0, 13), (3, 7), (10, 3), (13, 0)]:
+        got = weight_lists(stored.slice(*sl))
+        assert got.to_pylist() == want.column("weights").combine_chunks().slice(*sl).to_pylist()
+    # a bank table given back to add() (lists or stored bytes) is written alike
+    other = KernelBank(tmp_path / "other")
+    other.add(pq.read_table(bank.files()[0]))
+    np.testing.assert_array_equal(other.kernels(5, 5), res.layers[1].weights)
+
+
+def test_banks_written_before_read_alike_and_mixed(tmp_path):
+    """Files of kernelatlas < 0.2 hold list<float> weights: read as they are, beside new
+    ones, in file order."""
+    bank = KernelBank(tmp_path / "bank")
+    bank.add(_result("b-new", seed=1))
+    old = _result("a-old", seed=0)
+    t = old.to_table()
+    meta = {b"kernelatlas_source": b"a-old", **(t.schema.metadata or {})}
+    pq.write_table(t.replace_schema_metadata(meta), bank.file_for("a-old"))
+    bank.add(_result("c-new", seed=2))
+    assert [pq.read_schema(f).field("weights").type for f in bank.files()] == [
+        pa.list_(pa.float32()), pa.large_binary(), pa.large_binary()
+    ]  # fmt: skip
+    want = np.concatenate(
+        [_result(s, seed=i).layers[1].weights for i, s in enumerate(["a", "b", "c"])]
+    )
+    np.testing.assert_array_equal(bank.kernels(5, 5), want)
+    df = bank.read(kh=5, kw=5)
+    assert df["source"].tolist() == ["a-old"] * 6 + ["b-new"] * 6 + ["c-new"] * 6
+    np.testing.assert_array_equal(weights_array(df["weights"], 5, 5), want)
+    batches = list(bank.iter_batches(kh=5, kw=5, batch_size=4))
+    np.testing.assert_array_equal(
+        np.concatenate([weights_array(b["weights"], 5, 5) for b in batches]), want
+    )
+    assert bank.counts()["kernels"].tolist() == [3, 4, 6] * 3  # (1x5, 3x3, 5x5)

@@ -86,6 +86,8 @@ def test_tables_back_and_weights_kept(small_bank, models, tmp_path) -> None:
     a = pq.ParquetDataset(tmp_path / "a").read()
     b = pq.ParquetDataset(tmp_path / "b").read()
     assert a.equals(b) and "weights" in a.column_names
+    # kernels.parquet's weights are lists of floats (the bank stores them as bytes)
+    assert a.schema.field("weights").type == pa.list_(pa.float32())
     sel = a.filter(pa.compute.equal(a.column("kh"), 5))
     np.testing.assert_array_equal(
         kernel_weights(tmp_path / "a", sel.select(["kh", "kw", "weights"])),

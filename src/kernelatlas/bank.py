@@ -45,7 +45,9 @@ __all__ = [
     "KernelBank",
     "BANK_COLUMNS",
     "BANK_SCHEMA",
+    "STORAGE_SCHEMA",
     "weights_array",
+    "weight_lists",
     "open_parquet",
     "check_column_range",
     "FINGERPRINT_KEY",
@@ -94,6 +96,14 @@ BANK_SCHEMA = pa.schema(
     ]
 )
 assert tuple(BANK_SCHEMA.names) == BANK_COLUMNS
+#: How a bank file stores ``weights``: each kernel's float32 values as one binary value
+#: (Parquet decodes a ``list<float>`` value by value from its levels: ~8x slower to write
+#: and ~7x slower to read, docs/scale.md). Readers see :data:`BANK_SCHEMA`'s list column,
+#: a view of the same buffer; files written before (``list<float>``) read as they are.
+STORED_WEIGHTS = pa.large_binary()
+STORAGE_SCHEMA = BANK_SCHEMA.set(
+    BANK_SCHEMA.get_field_index("weights"), pa.field("weights", STORED_WEIGHTS)
+)
 
 _STRING_COLUMNS = ["source", "model", "format", "layer", "dtype"]
 _PACKED = [c for c in BANK_COLUMNS if c != "weights"]
@@ -182,13 +192,114 @@ def _list_to_pandas(arrow_type: pa.DataType) -> Any:
     return None
 
 
+def _is_stored(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
+
+
+def _chunks(column: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def _byte_offsets(chunk: pa.Array) -> np.ndarray:
+    """Offsets (int64, relative to the chunk's slice) of a binary chunk's values."""
+    width = 8 if pa.types.is_large_binary(chunk.type) else 4
+    buf = chunk.buffers()[1]
+    raw = np.frombuffer(buf, np.int64 if width == 8 else np.int32)
+    return raw[chunk.offset : chunk.offset + len(chunk) + 1].astype(np.int64, copy=False)
+
+
+def stored_weights(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """A ``list<float>`` weights column as a bank file stores it (:data:`STORED_WEIGHTS`):
+    the same float32 buffer as bytes, no per-kernel work."""
+    out = []
+    for chunk in _chunks(column):
+        if _is_stored(chunk.type):
+            out.append(chunk.cast(STORED_WEIGHTS))
+            continue
+        offsets = chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        values = chunk.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        if values.type != pa.float32():
+            values = values.cast(pa.float32())
+        if values.null_count:
+            raise KernelAtlasError("weights column has missing values: the bank is damaged")
+        data = values.buffers()[1]
+        start = values.offset * 4
+        data = data.slice(start, int(offsets[-1] - offsets[0]) * 4)
+        byte_offsets = (offsets - offsets[0]) * 4
+        valid = None
+        if chunk.null_count:
+            valid = pa.array(chunk.is_valid()).buffers()[1]
+        out.append(
+            pa.LargeBinaryArray.from_buffers(
+                STORED_WEIGHTS,
+                len(chunk),
+                [valid, pa.py_buffer(byte_offsets), data],
+                null_count=chunk.null_count,
+            )  # fmt: skip
+        )
+    return pa.chunked_array(out, type=STORED_WEIGHTS)
+
+
+def weight_lists(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """A bank file's weights column as ``list<float>`` (:data:`BANK_SCHEMA`): a view of the
+    stored bytes (only the offsets are computed); a list column comes back as it is."""
+    out = []
+    for chunk in _chunks(column):
+        if not _is_stored(chunk.type):
+            out.append(chunk)
+            continue
+        offsets = _byte_offsets(chunk)
+        if ((offsets - offsets[0]) % 4).any():
+            raise KernelAtlasError(
+                "weights column holds partial float32 values: the bank is damaged"
+            )
+        counts = (offsets - offsets[0]) // 4
+        data = chunk.buffers()[2]
+        n_values = int(counts[-1])
+        if n_values >= 2**31:  # list offsets are int32: split the chunk
+            half = len(chunk) // 2
+            out.extend(weight_lists(chunk.slice(0, half)).chunks)
+            out.extend(weight_lists(chunk.slice(half)).chunks)
+            continue
+        floats = pa.Array.from_buffers(
+            pa.float32(), n_values, [None, data.slice(int(offsets[0]), n_values * 4)]
+        )
+        valid = None if not chunk.null_count else pa.array(chunk.is_valid()).buffers()[1]
+        out.append(
+            pa.ListArray.from_buffers(
+                BANK_SCHEMA.field("weights").type,
+                len(chunk),
+                [valid, pa.py_buffer(counts.astype(np.int32))],
+                null_count=chunk.null_count,
+                children=[floats],
+            )  # fmt: skip
+        )
+    return pa.chunked_array(out, type=BANK_SCHEMA.field("weights").type)
+
+
+def _as_lists(table: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``table`` with a stored (binary) weights column shown as :data:`BANK_SCHEMA`'s list."""
+    if "weights" not in table.schema.names:
+        return table
+    at = table.schema.get_field_index("weights")
+    if not _is_stored(table.schema.field(at).type):
+        return table
+    field = BANK_SCHEMA.field("weights")
+    lists = weight_lists(table.column(at))
+    if isinstance(table, pa.RecordBatch):
+        one = pa.concat_arrays(lists.chunks) if lists.num_chunks else pa.array([], field.type)
+        return table.set_column(at, field, one)
+    return table.set_column(at, field, lists)
+
+
 def weights_array(list_column: Any, kh: int, kw: int, *, writable: bool = True) -> np.ndarray:
-    """Kernels ``[N, kh, kw]`` float32 from a ``weights`` list column, via its flat buffer.
+    """Kernels ``[N, kh, kw]`` float32 from a ``weights`` column, via its flat buffer.
 
     Parameters
     ----------
-    list_column : pyarrow ListArray / ChunkedArray, or a pandas Series (Arrow-backed, as
-        :meth:`KernelBank.read` returns it, or of numpy arrays).
+    list_column : pyarrow list or binary (as stored in a bank file) Array / ChunkedArray,
+        or a pandas Series (Arrow-backed, as :meth:`KernelBank.read` returns it, or of
+        numpy arrays).
     kh, kw : kernel size; every row must hold ``kh*kw`` values.
     writable : False: a one-chunk column may come back as a read-only view of its Arrow
         buffer (no copy; what the analysis's partitions use); True: always an array of
@@ -224,12 +335,18 @@ def _flat_weights(chunk: pa.Array, k: int, kh: int, kw: int) -> np.ndarray:
     on the offsets: no per-row work), without a copy where Arrow's buffer allows."""
     if chunk.null_count:
         raise KernelAtlasError("weights column has missing kernels: the bank is damaged")
-    offsets = chunk.offsets.to_numpy(zero_copy_only=False)
-    if not np.array_equal(np.diff(offsets), np.full(len(chunk), k, offsets.dtype)):
+    stored = _is_stored(chunk.type)
+    offsets = _byte_offsets(chunk) if stored else chunk.offsets.to_numpy(zero_copy_only=False)
+    step = 4 * k if stored else k
+    if not np.array_equal(np.diff(offsets), np.full(len(chunk), step, offsets.dtype)):
         raise KernelAtlasError(
             f"weights rows are not all {kh}x{kw}={k} values: select one kernel size "
             "(e.g. bank.read(kh=..., kw=...)) before stacking"
         )
+    if stored:  # the bytes are the float32 values, row after row
+        flat = np.frombuffer(chunk.buffers()[2], np.float32, len(chunk) * k, int(offsets[0]))
+        flat.flags.writeable = False  # Arrow's buffer: never written through
+        return flat
     values = chunk.values.slice(int(offsets[0]), len(chunk) * k)
     if values.type != pa.float32():
         values = values.cast(pa.float32())
@@ -365,7 +482,7 @@ class KernelBank:
                 f"table lacks bank columns {missing}: build it with HarvestResult.to_table()"
             )
         prints = _fingerprints(table.schema)
-        table = table.select(list(BANK_COLUMNS))
+        table = _as_lists(table.select(list(BANK_COLUMNS)))
         if not table.schema.equals(BANK_SCHEMA):  # HarvestResult.to_table's already is
             table = table.cast(BANK_SCHEMA)
         if table.num_rows == 0:
@@ -412,6 +529,8 @@ class KernelBank:
         ).encode()
         if fingerprint is not None:
             meta[FINGERPRINT_KEY] = json.dumps({source: fingerprint}).encode()
+        at = table.schema.get_field_index("weights")
+        table = table.set_column(at, STORAGE_SCHEMA.field(at), stored_weights(table.column(at)))
         table = table.replace_schema_metadata(meta)
         options = {"row_group_size": self.row_group_size, **PARQUET_OPTIONS}
         if self.is_remote:
@@ -452,28 +571,32 @@ class KernelBank:
         self._fs.invalidate_cache(self._root)
 
     # -- reading -----------------------------------------------------------------------
-    def _dataset(self) -> ds.Dataset | None:
-        files = self.files()
-        if not files:
-            return None
-        for f in files:
+    def _datasets(self) -> list[ds.Dataset]:
+        """The bank's files as datasets, in file order: one per run of files that store
+        ``weights`` alike (a bank written by kernelatlas < 0.2 stores ``list<float>``)."""
+        runs: list[tuple[pa.Schema, list[str]]] = []
+        for f in self.files():
             try:
-                names = self._read_schema(f).names
+                schema = self._read_schema(f)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise KernelAtlasError(
                     f"{f}: unreadable bank file ({exc}); delete it and harvest that source again"
                 ) from None
+            names = schema.names
             if tuple(names) != BANK_COLUMNS:
                 raise KernelAtlasError(
                     f"{f} is not a kernel bank file (columns {names[:4]}...); move it out of "
                     f"{self.path}"
                 )
-        return ds.dataset(
-            [self._inner(f) for f in files],
-            schema=BANK_SCHEMA,
-            format="parquet",
-            filesystem=self._afs,
-        )
+            stored = STORAGE_SCHEMA if _is_stored(schema.field("weights").type) else BANK_SCHEMA
+            if runs and runs[-1][0] is stored:
+                runs[-1][1].append(self._inner(f))
+            else:
+                runs.append((stored, [self._inner(f)]))
+        return [
+            ds.dataset(files, schema=schema, format="parquet", filesystem=self._afs)
+            for schema, files in runs
+        ]
 
     @staticmethod
     def _filter(kh: int | None, kw: int | None) -> ds.Expression | None:
@@ -505,22 +628,23 @@ class KernelBank:
         The ``weights`` column stays Arrow-backed; turn it into ``[N, kh, kw]`` with
         :func:`weights_array`.
         """
-        dataset = self._dataset()
-        if dataset is None:
-            return
-        scanner = dataset.scanner(
-            columns=self._columns(columns), filter=self._filter(kh, kw), batch_size=batch_size
-        )
-        for batch in scanner.to_batches():
-            if batch.num_rows:
-                yield batch.to_pandas(types_mapper=_list_to_pandas)
+        for dataset in self._datasets():
+            scanner = dataset.scanner(
+                columns=self._columns(columns), filter=self._filter(kh, kw), batch_size=batch_size
+            )
+            for batch in scanner.to_batches():
+                if batch.num_rows:
+                    yield _as_lists(batch).to_pandas(types_mapper=_list_to_pandas)
 
     def _table(self, kh: int | None, kw: int | None, columns: Sequence[str] | None) -> pa.Table:
         cols = self._columns(columns)
-        dataset = self._dataset()
-        if dataset is None:
+        parts = [
+            _as_lists(d.to_table(columns=cols, filter=self._filter(kh, kw)))
+            for d in self._datasets()
+        ]
+        if not parts:
             return BANK_SCHEMA.empty_table().select(cols)
-        return dataset.to_table(columns=cols, filter=self._filter(kh, kw))
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def read(
         self,
@@ -544,7 +668,7 @@ class KernelBank:
         """Row counts per distinct ``keys`` (a subset of ``_LAYER_KEYS``): from each file's
         layer counts (its footer), or streamed batch by batch from files written without
         them (memory ~ groups)."""
-        if self._dataset() is None:  # (also checks every file is a bank file)
+        if not self._datasets():  # (also checks every file is a bank file)
             return None
         parts: list[pa.Table] = []
         for f in self.files():

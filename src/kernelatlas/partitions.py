@@ -267,7 +267,7 @@ def analyse_batch(
     sizes in ``rows_before`` (size -> ``[rows of that size before this batch in the bank
     file, rows of that size in the file]``; the first is advanced past the batch's rows).
     """
-    from .bank import weights_array
+    from .bank import weight_lists, weights_array
     from .normalize import normalize
     from .report.diagram import panel_stats
 
@@ -337,7 +337,7 @@ def analyse_batch(
         for frame in frames:
             cols.update(_arrow(frame))
         if job.with_weights:
-            cols["weights"] = sub.column("weights")
+            cols["weights"] = weight_lists(sub.column("weights"))  # a list<float> view
         pieces.append(pa.table(cols))
         order.append(idx)
         sec["write"] = sec.get("write", 0.0) + time.perf_counter() - t
