@@ -287,7 +287,8 @@ def _as_lists(table: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
     field = BANK_SCHEMA.field("weights")
     lists = weight_lists(table.column(at))
     if isinstance(table, pa.RecordBatch):
-        one = pa.concat_arrays(lists.chunks) if lists.num_chunks else pa.array([], field.type)
+        chunks = lists.chunks or [pa.array([], field.type)]
+        one = chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
         return table.set_column(at, field, one)
     return table.set_column(at, field, lists)
 
