@@ -443,3 +443,25 @@ def test_the_sample_text_names_only_the_bounds_that_bind() -> None:
     assert "500 per model and size" in tight and "2,000 per kernel size" in tight, tight
     assert "500 per model" in _sample_text({"max_kernels": 500, "max_per_size": None})
     assert _sample_text({"max_kernels": None, "max_per_size": None}).startswith("Every")
+
+
+def test_a_run_path_names_the_null_at_the_runs_rate(tmp_path, monkeypatch) -> None:
+    """``compare(run)`` calibrates the null as the run calibrated its kernels (its
+    summary.json's ``null_fpr``, ``n_null``, ``seed``), not at the 1% default: an analysis
+    at ``--null-fpr 0.05`` compared at 1% gave a null of another selection, silently."""
+    import json
+
+    monkeypatch.setenv("KERNELATLAS_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    _toy_table().to_parquet(run / "kernels.parquet")
+    cfg = {"null_fpr": 0.05, "n_null": 2000, "seed": 3}
+    (run / "summary.json").write_text(json.dumps({"config": cfg}))
+    kw = {"n_biology_null": 3000, "fits": False}
+    got = compare(run, **kw).set_index("statistic").loc["share_center"]
+    want = compare(_toy_table(), **kw, **cfg).set_index("statistic").loc["share_center"]
+    default = compare(_toy_table(), **kw, n_null=2000).set_index("statistic").loc["share_center"]
+    assert got["null_n"] == want["null_n"] and got["null_value"] == want["null_value"]
+    assert got["null_n"] > 2.5 * default["null_n"]  # 5% of 3,000 kernels, not 1%
+    explicit = compare(run / "kernels.parquet", **kw, null_fpr=0.01, n_null=2000, seed=0)
+    assert explicit.set_index("statistic").loc["share_center", "null_n"] == default["null_n"]

@@ -14,6 +14,7 @@ same thing in every column.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -454,7 +455,7 @@ def kernel_statistics(
     kernels: pd.DataFrame | str | os.PathLike[str],
     *,
     max_kernels: int | None = 20_000,
-    seed: int = 0,
+    seed: int | None = None,
     device: str | None = None,
     fits: bool = True,
     max_per_size: int | None = None,
@@ -468,7 +469,8 @@ def kernel_statistics(
         analysis directory.
     max_kernels : at most this many classified kernels per (source, model, size), a seeded
         uniform sample (None: all).
-    seed : seed of that sample and of any fit run here.
+    seed : seed of that sample and of any fit run here (None: the analysis's, for a path
+        of one; else 0).
     max_per_size : at most this many per kernel size, all its (source, model) together:
         each gets the same quota (or all it has), the largest that fits (None: no bound).
         The cost of the statistics is then flat in the number of kernels.
@@ -487,6 +489,7 @@ def kernel_statistics(
     families); NaN where a statistic does not apply or its fit is unusable
     (R^2 outside [0, 1]).
     """
+    seed = _run_settings(kernels, DEFAULT_NULL_FPR, DEFAULT_NULL_SIZE, seed)[2]
     df = _read(kernels, max_kernels, seed, max_per_size)
     parts = []
     for (kh, kw), idx in df.groupby(["kh", "kw"], sort=True).indices.items():
@@ -588,10 +591,10 @@ def group_statistics(
     init: pd.DataFrame | None = None,
     null: bool = True,
     sizes: list[tuple[int, int]] | None = None,
-    null_fpr: float = DEFAULT_NULL_FPR,
-    n_null: int = DEFAULT_NULL_SIZE,
+    null_fpr: float | None = None,
+    n_null: int | None = None,
     n_biology_null: int = BIOLOGY_NULL_SIZE,
-    seed: int = 0,
+    seed: int | None = None,
     max_kernels: int | None = 20_000,
     device: str | None = None,
     fits: bool = True,
@@ -604,6 +607,7 @@ def group_statistics(
     computed before (:func:`_null_group`). ``kernels`` None: only the null (for ``sizes``)
     and init groups.
     """
+    null_fpr, n_null, seed = _run_settings(kernels, null_fpr, n_null, seed)
     out: dict[str, pd.DataFrame] = {}
     if kernels is not None:
         out["kernels"] = kernel_statistics(
@@ -681,6 +685,28 @@ def _null_group(
     return out
 
 
+def _run_settings(
+    kernels: object, null_fpr: float | None, n_null: int | None, seed: int | None
+) -> tuple[float, int, int]:
+    """``null_fpr, n_null, seed`` with each None taken from the analysis that ``kernels``
+    is a path of (its ``summary.json`` config: the null and the fresh init are then named
+    as its kernels were), else the defaults (``DEFAULT_NULL_FPR``, ``DEFAULT_NULL_SIZE``, 0)."""
+    cfg: dict[str, Any] = {}
+    if None in (null_fpr, n_null, seed) and isinstance(kernels, (str, os.PathLike)):
+        from ..results import kernels_path
+
+        try:
+            summary = kernels_path(kernels).parent / "summary.json"
+            cfg = dict(json.loads(summary.read_text()).get("config") or {})
+        except (KernelAtlasError, OSError, ValueError, AttributeError, TypeError):
+            cfg = {}  # a bare kernels table, or no readable summary: the defaults
+    return (
+        float(cfg.get("null_fpr", DEFAULT_NULL_FPR)) if null_fpr is None else float(null_fpr),
+        int(cfg.get("n_null", DEFAULT_NULL_SIZE)) if n_null is None else int(n_null),
+        int(cfg.get("seed", 0)) if seed is None else int(seed),
+    )
+
+
 # --------------------------------------------------------------------------- reduce
 def _reduce(stat: S.Statistic, frame: pd.DataFrame) -> tuple[float, float, float, int]:
     v = stat.values(frame)
@@ -742,10 +768,10 @@ def compare(
     *,
     init: pd.DataFrame | None = None,
     null: bool = True,
-    null_fpr: float = DEFAULT_NULL_FPR,
-    n_null: int = DEFAULT_NULL_SIZE,
+    null_fpr: float | None = None,
+    n_null: int | None = None,
     n_biology_null: int = BIOLOGY_NULL_SIZE,
-    seed: int = 0,
+    seed: int | None = None,
     max_kernels: int | None = 20_000,
     device: str | None = None,
     fits: bool = True,
@@ -759,11 +785,15 @@ def compare(
     ----------
     kernels : a kernels table (DataFrame or path to ``kernels.parquet`` / its directory).
     init : a kernels table of freshly initialised kernels whose ``model`` and ``source``
-        name the trained model they are the twin of (e.g. from :func:`label_kernels`);
-        None: the init columns are NaN.
+        name the trained model they are the twin of (e.g. from :func:`label_kernels`, or
+        :func:`kernelatlas.biology.init_kernels` for registered sources); None: the init
+        columns are NaN (``analyze``'s section, :func:`kernelatlas.biology.report.biology_section`,
+        builds them).
     null : compute the null columns (iid Gaussian kernels, one sample per kernel size).
-    null_fpr, n_null, seed : the atlas calibration of the null and init kernels (use the
-        analysis's: ``summary["config"]``); ``seed`` also seeds samples and fits.
+    null_fpr, n_null, seed : the atlas calibration of the null and init kernels; ``seed``
+        also seeds samples and fits. None: those of the analysis ``kernels`` is a path of
+        (its ``summary.json`` config, so the null is named as its kernels were), else
+        ``DEFAULT_NULL_FPR``, ``DEFAULT_NULL_SIZE`` and 0.
     n_biology_null : null kernels drawn per size (about ``null_fpr`` of them classified).
     max_kernels : classified kernels per (source, model, size) at most (seeded sample).
     max_per_size : classified kernels per kernel size at most, its models together (each
@@ -789,6 +819,7 @@ def compare(
     >>> table = compare("report/kernels.parquet")  # doctest: +SKIP
     >>> table.query("statistic == 'cardinal_bias'")[["model", "kh", "kernels_value", "null_value"]]  # doctest: +SKIP
     """
+    null_fpr, n_null, seed = _run_settings(kernels, null_fpr, n_null, seed)
     stats = dict(statistics or {})
     if (
         "kernels" not in stats
