@@ -215,3 +215,20 @@ def test_settings_regimes_and_config_errors(tmp_path):
         preset("huge")
     with pytest.raises(KernelAtlasError, match="regime"):
         parse_regime("lots")
+
+
+def test_an_option_prefix_is_refused_not_expanded(tmp_path, capsys):
+    """argparse read ``--seed 3`` as ``--seeds 3`` (three seeds, not seed 3) and ran them;
+    now a prefix is one line naming the option it abbreviates, before any work."""
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exc:
+        main(["bench-train", "--seed", "3", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert "--seed 3; did you mean --seeds?" in err and not out.exists()
+    # a nested command's options are the ones named (it named `autoencoder`'s --help)
+    with pytest.raises(SystemExit) as exc:
+        main(["autoencoder", "train", str(tmp_path), "--out", str(out), "--ep", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "did you mean --epochs?" in err and "autoencoder train --help" in err

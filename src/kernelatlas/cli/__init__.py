@@ -53,7 +53,15 @@ def did_you_mean(
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (the usage is in ``--help``)."""
+    """An argument parser whose errors are one line (the usage is in ``--help``).
+
+    Options are never abbreviated: argparse's prefix matching read ``--seed 3`` as
+    ``--seeds 3`` (three seeds, not seed 3); a prefix is refused with the close names.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"kernelatlas: error: {message} (see `{self.prog} --help`)\n")
@@ -63,12 +71,18 @@ class _Parser(argparse.ArgumentParser):
         with the close options of that sub-command (``--methd``: did you mean --method?)."""
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
-            sub = self._command_parser(getattr(ns, "command", None))
+            sub = self._command_parser(ns)
             hint = ""
             options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
             for extra in extras:
                 if extra.startswith("-"):
-                    hint = did_you_mean(extra.split("=")[0], options, cutoff=0.75)
+                    given = extra.split("=")[0]
+                    longer = [o for o in options if o.startswith(given)]  # an abbreviation
+                    hint = (
+                        f"; did you mean {' or '.join(longer[:3])}?"
+                        if longer
+                        else did_you_mean(given, options, cutoff=0.75)
+                    )
                     if hint:
                         break
             sub.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
@@ -86,12 +100,19 @@ class _Parser(argparse.ArgumentParser):
             action, f"invalid choice: {value!r} (choose from {', '.join(names)}){hint}"
         )
 
-    def _command_parser(self, command: str | None) -> argparse.ArgumentParser:
-        """The parser of sub-command ``command`` (this one when there is none)."""
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-                return action.choices[command]
-        return self
+    def _command_parser(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        """The parser of the (innermost) sub-command ``ns`` chose, e.g. ``autoencoder
+        train``'s (this one when there is none)."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    chosen = getattr(ns, action.dest, None)
+                    if chosen in action.choices:
+                        parser = action.choices[chosen]
+                        break
+            else:
+                return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
