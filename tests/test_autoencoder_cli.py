@@ -65,3 +65,24 @@ def test_progress_off_a_terminal_is_plain_lines(bank, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0 and "\r" not in err
     assert "kernelatlas: autoencoder 3x3" in err and ": done (" in err
+
+
+def test_a_flat_npy_is_refused_not_read_as_one_kernel(tmp_path, capsys):
+    """A 2-D ``.npy`` [N, k*k] is not one N x k*k kernel (it was, then skipped as '1 kernels')."""
+    np.save(tmp_path / "flat.npy", np.zeros((200, 25), np.float32))
+    rc = main(["autoencoder", "train", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "reshape it" in err and "[200, 25]" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_few_steps_is_one_warning(bank, tmp_path, capsys):
+    """The defaults (20 epochs at batch 4096) give 20 steps on 300 kernels: said, in one line."""
+    rc = main(["autoencoder", "train", str(bank / "k7.npy"), "--out", str(tmp_path / "m"),
+               "--epochs", "1", "--hidden", "16", "--device", "cpu", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 0 and err.count("kernelatlas: warning:") == 1 and "only 1 optimiser steps" in err
+    rc = main(["autoencoder", "train", str(bank / "k3.npy"), "--out", str(tmp_path / "n"),
+               "--epochs", "5", "--batch-size", "1", "--hidden", "4", "--device", "cpu",
+               "--quiet"])  # fmt: skip
+    assert rc == 0 and "warning" not in capsys.readouterr().err  # 5 x 200 = 1,000 steps

@@ -54,6 +54,11 @@ def kernels_from(source: object, kernel_size: int | tuple[int, int] | None = Non
             arr = np.load(Path(source), allow_pickle=False)
         except Exception as exc:  # missing, truncated, pickled object arrays
             raise FormatError(f"{source} is not a readable .npy array of kernels ({exc})") from None
+        if arr.ndim == 2:  # one kernel for the API, never a bank of them
+            raise KernelAtlasError(
+                f"{source} holds a 2-D array {list(arr.shape)}; expected kernels [N,kh,kw]: "
+                f"reshape it (e.g. arr.reshape({arr.shape[0]}, kh, kw))"
+            )
         source = arr
     if isinstance(source, (np.ndarray, list, tuple)):
         arr = as_kernel_array(source).astype(np.float32, copy=False)
