@@ -97,8 +97,8 @@ def test_resume_shards_and_merge(tiny_doc, tmp_path, one_torch_thread):
         run_benchmark(_tiny(), out, log=None)
     again = run_benchmark(_tiny(), out, resume=True, write_report=False, log=None)
     assert again["runs"] == full["runs"]  # nothing left to run
-    with pytest.raises(KernelAtlasError, match="different configuration"):
-        run_benchmark(_tiny(seeds=3), out, resume=True, log=None)
+    with pytest.raises(KernelAtlasError, match="different configuration.*seeds 2 there, 3 here"):
+        run_benchmark(_tiny(seeds=3), out, resume=True, log=None)  # says what differs
     # shards of (setting, seed) units, merged, give the same curves as one process
     docs = [
         run_benchmark(_tiny(), tmp_path / str(k), shard=(k, 2), write_report=False, log=None)

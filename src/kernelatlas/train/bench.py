@@ -84,6 +84,15 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``'steps 20 there, 40 here; ...'``: what differs between two documents' configs."""
+    a = {**old["config"], "shard": old.get("shard")}
+    b = {**new["config"], "shard": new.get("shard")}
+    diff = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    text = "; ".join(f"{k} {json.dumps(a.get(k))} there, {json.dumps(b.get(k))} here" for k in diff)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
@@ -315,7 +324,9 @@ def _run_into(
         if resume:
             if old["config"] != doc["config"] or old.get("shard") != doc["shard"]:
                 raise KernelAtlasError(
-                    f"{path} holds a different configuration or shard: use another --out"
+                    f"{path} holds a different configuration or shard "
+                    f"({_differences(old, doc)}): repeat its options to resume it, or use "
+                    "another --out"
                 )
             doc.update(runs=old["runs"], references=old.get("references", []))
         elif old["runs"]:

@@ -51,7 +51,7 @@ def summary_markdown(
         "",
         f"Command: `{doc.get('command') or '(API)'}`. {cfg['steps']} steps of batch "
         f"{cfg['batch_size']} (AdamW lr {cfg['lr']:g}), evaluation every {cfg['eval_every']} "
-        f"steps on {cfg['n_test'] or 'all'} test images; {cfg['seeds']} seeds per scheme.",
+        f"steps on {cfg['n_test'] or 'all'} test images; {cfg['seeds']} seed{'s' * (cfg['seeds'] != 1)} per scheme.",
         "",
         f"Rule: {doc['rule']}",
         "",
