@@ -111,3 +111,14 @@ def test_array_pickle_reader_refuses_anything_but_arrays(tmp_path):
     big.write_bytes(gzip.compress(pickle.dumps(np.zeros(2000, dtype=np.uint8))))
     with pytest.raises(FormatError, match="more than 1000 bytes"):
         read_array_pickle(big, max_bytes=1000)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist5k", "animals"])
+def test_a_data_folder_that_is_not_one_is_refused(tmp_path, monkeypatch, name):
+    """A misspelt ``root`` / ``KERNELATLAS_DATA_DIR`` was ignored for mnist5k and animals
+    (the bundled files were read instead, silently); now every dataset refuses it."""
+    with pytest.raises(KernelAtlasError, match="nowhere.*root=.*is not a folder"):
+        load_dataset(name, root=tmp_path / "nowhere")
+    monkeypatch.setenv("KERNELATLAS_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(KernelAtlasError, match="KERNELATLAS_DATA_DIR.*is not a folder"):
+        load_dataset(name)

@@ -125,8 +125,16 @@ def read_idx(path: str | os.PathLike[str], ndim: int) -> np.ndarray:
 
 
 def _data_root(root: str | os.PathLike[str] | None) -> Path | None:
-    root = root or os.environ.get(_DATA_ENV)
-    return Path(root) if root else None
+    """The data folder asked for (``root``, else ``KERNELATLAS_DATA_DIR``), or None; one that
+    is not a folder is refused (a misspelt one was ignored: the bundled files were used)."""
+    given = root or os.environ.get(_DATA_ENV)
+    if not given:
+        return None
+    path = Path(given).expanduser()
+    if not path.is_dir():
+        where = "--data-dir / root=" if root else _DATA_ENV
+        raise KernelAtlasError(f"data folder {str(given)!r} ({where}) is not a folder")
+    return path
 
 
 def _fashion_mnist(root: str | os.PathLike[str] | None) -> tuple[np.ndarray, ...]:
