@@ -86,3 +86,22 @@ def test_too_few_steps_is_one_warning(bank, tmp_path, capsys):
                "--epochs", "5", "--batch-size", "1", "--hidden", "4", "--device", "cpu",
                "--quiet"])  # fmt: skip
     assert rc == 0 and "warning" not in capsys.readouterr().err  # 5 x 200 = 1,000 steps
+
+
+def test_a_npy_bank_is_read_as_safely_as_harvest_reads_it(tmp_path, capsys):
+    """``autoencoder train X.npy`` used ``np.load``: a FIFO hung it, a header declaring
+    10^9 kernels was allocated; now the harvester's checks come first, in one line."""
+    import os
+
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.npy"
+    with open(huge, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 5, 5)}
+        )
+        f.write(b"\0" * 100)
+    for path, words in ((fifo, "FIFO"), (huge, "over the")):
+        rc = main(["autoencoder", "train", str(path), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and words in err

@@ -50,9 +50,17 @@ def kernels_from(source: object, kernel_size: int | tuple[int, int] | None = Non
     from .model import parse_kernel_size
 
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".npy":
+        from ..harvest.arrays import _read_npy  # the harvester's reader: sizes checked first
+        from ..harvest.formats import check_regular_file
+
+        if os.path.lexists(source):
+            check_regular_file(source)  # a FIFO, a device, a folder: one line, nothing read
         try:
-            arr = np.load(Path(source), allow_pickle=False)
-        except Exception as exc:  # missing, truncated, pickled object arrays
+            with open(source, "rb") as fp:
+                arr = _read_npy(fp, str(source), os.fstat(fp.fileno()).st_size)
+        except KernelAtlasError:
+            raise  # a declared size over the limits, object arrays: the reader's own line
+        except Exception as exc:  # missing, truncated, not a .npy
             raise FormatError(f"{source} is not a readable .npy array of kernels ({exc})") from None
         if arr.ndim == 2:  # one kernel for the API, never a bank of them
             raise KernelAtlasError(
