@@ -101,7 +101,11 @@ def _schemes(args: argparse.Namespace) -> int:
 def _add_bench_args(p: argparse.ArgumentParser, *, name: str) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument(
-        "--smoke", dest="size", action="store_const", const="smoke", help="about a minute on CPU"
+        "--smoke",
+        dest="size",
+        action="store_const",
+        const="smoke",
+        help="one to one and a half minutes on CPU (the default)",
     )
     size.add_argument(
         "--cpu",

@@ -171,8 +171,7 @@ def preset(name: str) -> BenchConfig:
     """The named sizes.
 
     - ``smoke``: Fashion-MNIST 5k, both architectures, ``default``/``structured``/
-      ``master_key_frozen``, 2 seeds, 100 steps: about 35 s of CPU (a minute on two idle
-      cores).
+      ``master_key_frozen``, 2 seeds, 100 steps: 45-70 s of CPU (docs/training.md).
     - ``cpu``: the CPU grid of docs/benchmarks/bench-train.md: three datasets, three
       regimes, both architectures (small), the schemes of :data:`TRAIN_SCHEMES`, 5 seeds,
       120 steps of batch 64 (about 45 minutes of CPU).
