@@ -25,13 +25,14 @@
 #
 # Knobs: SHARDS (default 12, one CPU core each to launch kernels), LIMIT (seconds per shard,
 # default 480, so the whole call fits a 600 s device command with start-up and merge),
-# DEVICE (cuda), KERNELATLAS_DATA_DIR (.devdata), PYTHON (python3).
+# DEVICE (cuda), KERNELATLAS_DATA_DIR (.devdata when it exists, else the installed packages'
+# files), PYTHON (python3). Exit status: non-zero when a shard failed (other than cut by
+# LIMIT) or the merge did.
 set -u
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-export KERNELATLAS_DATA_DIR=${KERNELATLAS_DATA_DIR:-.devdata}
-
 if [ "${1:-}" = "--prepare" ]; then
+    export KERNELATLAS_DATA_DIR=${KERNELATLAS_DATA_DIR:-.devdata}
     mkdir -p "$KERNELATLAS_DATA_DIR"
     $PY - "$KERNELATLAS_DATA_DIR" <<'EOF'
 import shutil, sys
@@ -50,6 +51,10 @@ EOF
 fi
 
 OUT=${1:?usage: gpu_run.sh OUTDIR | gpu_run.sh --prepare}
+# the prepared copies when there are some, else the installed packages' files
+if [ -z "${KERNELATLAS_DATA_DIR:-}" ] && [ -d .devdata ]; then
+    export KERNELATLAS_DATA_DIR=.devdata
+fi
 DEVICE=${DEVICE:-cuda}
 SHARDS=${SHARDS:-12}
 LIMIT=${LIMIT:-480}
@@ -63,7 +68,7 @@ mkdir -p "$OUT"
     nproc
 } | tee "$OUT/gpu.txt"
 
-ARGS=(--gpu --device "$DEVICE" --threads 1 --data-dir "$KERNELATLAS_DATA_DIR" --quiet)
+ARGS=(--gpu --device "$DEVICE" --threads 1 --quiet)
 if [ -n "${TINY:-}" ]; then
     ARGS+=(--dataset fashion_mnist --regime 1k --arch convnext,mobilenetv2
            --schemes default,structured,master_key_frozen_ls --seeds 2 --steps 6 --eval-every 3 --n-test 100)
@@ -75,11 +80,21 @@ for ((k = 0; k < SHARDS; k++)); do
         --out "$OUT/shard$k" >"$OUT/shard$k.log" 2>&1 &
     pids+=($!)
 done
+failed=0
 for k in "${!pids[@]}"; do
     wait "${pids[$k]}"
-    echo "shard $k rc=$?" | tee -a "$OUT/gpu.txt"
+    rc=$?
+    echo "shard $k rc=$rc" | tee -a "$OUT/gpu.txt"
+    # 124: cut by LIMIT, its JSON keeps what it finished; anything else is a failure
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
+        failed=1
+        tail -n 3 "$OUT/shard$k.log" | tee -a "$OUT/gpu.txt"
+    fi
 done
 echo "== $(date +%T) merge" | tee -a "$OUT/gpu.txt"
 $PY benchmarks/summarize_bench_init.py "$OUT"/shard*/bench-train.json \
     --json "$OUT/bench-train-gpu.json" --md "$OUT/bench-train-gpu.md" 2>&1 | tee -a "$OUT/gpu.txt"
+merged=${PIPESTATUS[0]}
 ls -la "$OUT"
+# a failed shard or merge is a failed run (it exited 0 whatever happened)
+[ "$failed" -eq 0 ] && [ "$merged" -eq 0 ]
