@@ -211,6 +211,12 @@ def test_settings_regimes_and_config_errors(tmp_path):
     ):
         with pytest.raises(KernelAtlasError, match=msg):
             run_benchmark(replace(cfg, **bad), tmp_path, log=None)
+    for bad, msg in (  # a scheme listed twice ran twice on seed 0, counted as 2 seeds
+        (dict(schemes=("default", "dog", "default", "dog")), "'default', 'dog' listed more"),
+        (dict(archs=("convnext", "convnext")), "arch 'convnext' listed more than once"),
+    ):
+        with pytest.raises(KernelAtlasError, match=msg):
+            replace(cfg, **bad).validate()
     with pytest.raises(KernelAtlasError, match="unknown preset"):
         preset("huge")
     with pytest.raises(KernelAtlasError, match="regime"):

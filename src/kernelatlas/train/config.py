@@ -118,6 +118,13 @@ class BenchConfig:
     def validate(self) -> None:
         from .schemes import list_schemes
 
+        for what, names in (("dataset", self.datasets), ("arch", self.archs),
+                            ("scheme", self.schemes)):  # fmt: skip
+            twice = sorted({n for n in names if list(names).count(n) > 1})
+            if twice:  # run twice with the same seed, the copies counted as more seeds
+                raise KernelAtlasError(
+                    f"{what} {', '.join(map(repr, twice))} listed more than once: list each once"
+                )
         for d in self.datasets:
             if d not in DATASETS:
                 raise KernelAtlasError(f"unknown dataset {d!r}: choose from {', '.join(DATASETS)}")
