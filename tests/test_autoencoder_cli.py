@@ -76,16 +76,19 @@ def test_a_flat_npy_is_refused_not_read_as_one_kernel(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_too_few_steps_is_one_warning(bank, tmp_path, capsys):
+def test_too_few_steps_is_one_warning(bank, tmp_path, capsys, monkeypatch):
     """The defaults (20 epochs at batch 4096) give 20 steps on 300 kernels: said, in one line."""
-    rc = main(["autoencoder", "train", str(bank / "k7.npy"), "--out", str(tmp_path / "m"),
-               "--epochs", "1", "--hidden", "16", "--device", "cpu", "--quiet"])  # fmt: skip
+    from kernelatlas.cli import autoencoder_cmd
+
+    rc = main(["autoencoder", "train", str(bank / "k3.npy"), "--out", str(tmp_path / "m"),
+               "--epochs", "1", "--hidden", "4", "--device", "cpu", "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 0 and err.count("kernelatlas: warning:") == 1 and "only 1 optimiser steps" in err
+    monkeypatch.setattr(autoencoder_cmd, "FEW_STEPS", 13)
     rc = main(["autoencoder", "train", str(bank / "k3.npy"), "--out", str(tmp_path / "n"),
-               "--epochs", "5", "--batch-size", "1", "--hidden", "4", "--device", "cpu",
+               "--epochs", "1", "--batch-size", "16", "--hidden", "4", "--device", "cpu",
                "--quiet"])  # fmt: skip
-    assert rc == 0 and "warning" not in capsys.readouterr().err  # 5 x 200 = 1,000 steps
+    assert rc == 0 and "warning" not in capsys.readouterr().err  # 200 / 16 -> 13 steps
 
 
 def test_a_npy_bank_is_read_as_safely_as_harvest_reads_it(tmp_path, capsys):
