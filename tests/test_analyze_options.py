@@ -127,3 +127,23 @@ def test_a_folded_bank_is_not_analysed_unfolded(tmp_path: Path) -> None:
     line = run_cli(["analyze", tmp_path / "folded", "--out", tmp_path / "r"]).one_line_error()
     assert "harvested with --fold-bn" in line and "analyse it with --fold-bn" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folded"]
+
+
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["analyze", "x.npy", "--ou", "o"], "unrecognized arguments: --ou; did you mean --out?"),
+        (["analyze", "x.npy", "--outt=o"], "unrecognized arguments: --outt; did you mean --out?"),
+        (["analyze", "x.npy"], "the following arguments are required: --out"),
+        (["harvest", "x.npy", "-o", "b"], "the following arguments are required: --out"),
+    ],
+)
+def test_a_misspelt_required_option_is_named_not_said_missing(argv, says, capsys):
+    """``analyze M --ou O`` said '--out is required' (argparse checks the required options
+    before the unknown ones): the option typed is what to name."""
+    from kernelatlas.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and says in err, err

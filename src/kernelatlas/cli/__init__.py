@@ -59,30 +59,52 @@ class _Parser(argparse.ArgumentParser):
     ``--seeds 3`` (three seeds, not seed 3); a prefix is refused with the close names.
     """
 
+    _argv: list[str] = []  # the command line being parsed (for the required-option hint)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):
+            # a misspelt required option (--ou for --out) is what to name, not the absence
+            for given in self._unknown_options(self._argv):
+                hint = self._option_hint(given)
+                if hint:
+                    message = f"unrecognized arguments: {given}{hint}"
+                    break
         self.exit(EXIT_ERROR, f"kernelatlas: error: {message} (see `{self.prog} --help`)\n")
+
+    def _unknown_options(self, tokens: Sequence[str]) -> list[str]:
+        known = {o for a in self._actions for o in a.option_strings}
+        out = []
+        for tok in tokens:
+            if tok == "--":
+                break
+            if tok.startswith("-") and len(tok) > 1 and tok.split("=")[0] not in known:
+                out.append(tok.split("=")[0])
+        return out
+
+    def _option_hint(self, given: str) -> str:
+        """``"; did you mean --x?"`` for an unknown option: the options it abbreviates, or
+        those spelt closest; ``""`` when none is close."""
+        options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        longer = [o for o in options if o.startswith(given)]  # an abbreviation
+        if longer:
+            return f"; did you mean {' or '.join(longer[:3])}?"
+        return did_you_mean(given, options, cutoff=0.75)
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
         """As argparse's, but unknown options are refused by the sub-command that got them,
         with the close options of that sub-command (``--methd``: did you mean --method?)."""
+        _Parser._argv = list(sys.argv[1:] if args is None else args)
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
             sub = self._command_parser(ns)
             hint = ""
-            options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
             for extra in extras:
                 if extra.startswith("-"):
-                    given = extra.split("=")[0]
-                    longer = [o for o in options if o.startswith(given)]  # an abbreviation
-                    hint = (
-                        f"; did you mean {' or '.join(longer[:3])}?"
-                        if longer
-                        else did_you_mean(given, options, cutoff=0.75)
-                    )
+                    hint = sub._option_hint(extra.split("=")[0])
                     if hint:
                         break
             sub.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
