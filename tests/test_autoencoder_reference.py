@@ -133,7 +133,10 @@ def test_ae_train_keeps_per_run_training(tmp_path: Path):
                          figures=False, ae="train", ae_epochs=2)  # fmt: skip
     res = analyze(["mediapipe/hand_recrop"], tmp_path / "t", cfg)
     (r,) = res.summary["autoencoder"]["by_size"]
-    assert r["autoencoder"] == "run" and r["note"] is None and r["trained_on"] == 112
+    assert r["autoencoder"] == "run" and r["trained_on"] == 112
+    # 2 epochs of 112 kernels at batch 4096: 2 steps, said (the figures are a floor)
+    assert r["note"].startswith("the 3x3 autoencoder trained for only 2 optimiser steps")
+    assert "raise --ae-epochs" in r["note"]
     with pytest.raises(KernelAtlasError, match="ae must be one of"):
         analyze(["mediapipe/hand_recrop"], tmp_path / "x", cfg, ae="banana")
 

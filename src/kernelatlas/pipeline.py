@@ -812,6 +812,7 @@ def _autoencoder_for(bank: Any, kh: int, kw: int, cfg: AnalysisConfig) -> tuple[
     on this run's kernels (a seeded sample of at most ``cfg.ae_max_train``).
     """
     from .autoencoder import KernelAutoencoder
+    from .autoencoder.model import FEW_STEPS, optimiser_steps
     from .autoencoder.reference import has_reference, load_reference, why_no_reference
 
     if cfg.ae == "reference" and has_reference((kh, kw)):
@@ -837,13 +838,22 @@ def _autoencoder_for(bank: Any, kh: int, kw: int, cfg: AnalysisConfig) -> tuple[
     ae = KernelAutoencoder(
         kernel_size=(kh, kw), seed=cfg.seed, device=cfg.device, null_fpr=cfg.null_fpr, **kwargs
     ).fit(train)
-    note = None
+    notes = []
     if cfg.ae == "reference":
-        note = (
+        notes.append(
             f"no reference autoencoder for {kh}x{kw} ({why_no_reference((kh, kw))}): trained"
             f" on this run's {len(train):,} kernels, so these autoencoder figures depend on"
             " what else is in the run"
         )
+    steps = optimiser_steps(len(train), ae.batch_size, ae.epochs)
+    if 0 < steps < FEW_STEPS:
+        notes.append(
+            f"the {kh}x{kw} autoencoder trained for only {steps} optimiser steps ({ae.epochs}"
+            f" epochs of {len(train):,} kernels at batch {ae.batch_size}; the references took"
+            " about 55,000), too few for its curve to reach every family: its classified"
+            " share is a floor (raise --ae-epochs)"
+        )
+    note = "; ".join(notes) or None
     info = {"autoencoder": "run", "trained_on": int(len(train)), "reference": None, "note": note}
     return ae, info
 

@@ -32,13 +32,30 @@ from .spectrum import (
     segment_spectrum,
 )
 
-__all__ = ["KernelAutoencoder", "PREDICT_COLUMNS", "resolve_device", "parse_kernel_size"]
+__all__ = [
+    "KernelAutoencoder",
+    "PREDICT_COLUMNS",
+    "resolve_device",
+    "parse_kernel_size",
+    "FEW_STEPS",
+    "optimiser_steps",
+]
 
 PREDICT_COLUMNS: tuple[str, ...] = ("ae_latent", "ae_distance", "ae_classified", "ae_family")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "kernelatlas.autoencoder/1"
 _INFER_BATCH = 65_536
+#: Fewer optimiser steps than this get a warning (``autoencoder train``) or a note
+#: (``analyze``): docs/autoencoder.md measures the class defaults (20 epochs at batch 4096,
+#: ~240 steps on the pooled banks) as far too short for the curve to reach every family;
+#: the shipped references took about 55,000.
+FEW_STEPS = 1000
+
+
+def optimiser_steps(n_kernels: int, batch_size: int, epochs: int) -> int:
+    """Optimiser steps of a training on ``n_kernels`` (one per batch, per epoch)."""
+    return math.ceil(int(n_kernels) / max(1, int(batch_size))) * int(epochs)
 
 
 def parse_kernel_size(kernel_size: object) -> tuple[int, int]:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
 from typing import Any
 
 __all__ = ["register", "FEW_STEPS"]
 
-#: Fewer optimiser steps than this get a warning: docs/autoencoder.md measures the class
-#: defaults (20 epochs at batch 4096, ~240 steps on the pooled banks) as far too short.
-FEW_STEPS = 1000
+from ..autoencoder.model import FEW_STEPS, optimiser_steps
 
 
 def _kernel_size(text: str) -> tuple[int, int]:
@@ -144,7 +141,7 @@ def _train_into(args: argparse.Namespace, out: Any) -> int:
         if kernels.shape[0] < args.min_kernels:
             print(f"skip {kh}x{kw}: {kernels.shape[0]} kernels < --min-kernels {args.min_kernels}")
             continue
-        steps = math.ceil(kernels.shape[0] / max(1, args.batch_size)) * args.epochs
+        steps = optimiser_steps(kernels.shape[0], args.batch_size, args.epochs)
         if 0 < steps < FEW_STEPS:
             warnings.warn(
                 f"autoencoder {kh}x{kw}: only {steps} optimiser steps ({args.epochs} epochs of "
