@@ -25,7 +25,7 @@ _SEED_FORMAT = {
     "numpy": "numpy", "npz": "numpy", "onnx": "onnx", "tflite": "tflite", "keras": "keras",
     "keras3": "keras", "keras3_h5": "keras", "keras3_real": "keras", "tfjs": "tfjs",
     "tfjs_layers": "tfjs",
-    "torchscript": "torchscript", "pickled_model": "checkpoint",
+    "torchscript": "torchscript", "pickled_model": "checkpoint", "openvino": "openvino",
 }  # fmt: skip
 
 

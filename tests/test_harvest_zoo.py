@@ -17,7 +17,7 @@ from kernelatlas.harvest import harvest as harvest_fn
 
 def test_registry_lists_with_wildcards_and_refuses_overwrites():
     names = zoo.list_sources()
-    assert len(names) == 30 and names == sorted(names)
+    assert len(names) == 32 and names == sorted(names)
     assert zoo.list_sources("efficientnet_lite?") == [f"efficientnet_lite{i}" for i in range(3)]
     assert len(zoo.list_sources("mediapipe/*")) == 14
     with pytest.raises(KernelAtlasError, match="already registered"):
@@ -34,7 +34,15 @@ def test_every_entry_is_complete_and_its_cached_file_verifies(name, shipped):
         info.name = "x"  # type: ignore[misc]
     assert ("==" in info.package or info.package.startswith("npm:")) and info.licence
     assert info.paper and len(info.sha256) == 64 and info.expected
-    assert info.format in {"checkpoint", "tflite", "tflite_task", "onnx", "tfjs", "keras"}
+    assert info.format in {
+        "checkpoint",
+        "tflite",
+        "tflite_task",
+        "onnx",
+        "tfjs",
+        "keras",
+        "openvino",
+    }
     assert cache.sha256_file(shipped(name)) == info.sha256
     for member, digest in info.files:  # companions (TF.js shards) beside the weight file
         assert cache.sha256_file(shipped(name).parent / member.rsplit("/", 1)[-1]) == digest

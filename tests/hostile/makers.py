@@ -32,6 +32,7 @@ SEED_NAMES = {
     "tfjs_layers": "tfjs_layers/model.json",
     "torchscript": "script.pt",
     "pickled_model": "model.pth",
+    "openvino": "openvino/model.xml",
 }
 
 
@@ -675,6 +676,154 @@ def write_tfjs(model: nn.Module, folder: Path, *, kind: str = "graph", quant: st
     return path
 
 
+# ----------------------------------------------------------------------------- OpenVINO IR
+class OpenVINOIR:
+    """A tiny OpenVINO IR v11 writer: ``add`` a layer, ``connect`` ports, ``save`` the pair.
+
+    ``const`` puts an array's bytes in the ``.bin`` (u4/i4: two a byte, low nibble first, as
+    OpenVINO writes them). Layouts copied from IRs written by openvino 2026.4 and NNCF.
+    """
+
+    _ET = {"float32": "f32", "float16": "f16", "int8": "i8", "uint8": "u8", "int64": "i64"}
+
+    def __init__(self) -> None:
+        self.layers: list[str] = []
+        self.edges: list[tuple[int, int, int, int]] = []
+        self.blob = bytearray()
+
+    def add(self, type_: str, name: str, data: dict | None = None,
+            inputs: tuple[list[int], ...] = (), out: list[int] | None = None) -> int:  # fmt: skip
+        lid = len(self.layers)
+        attrs = " ".join(f'{k}="{v}"' for k, v in (data or {}).items())
+        body = f"<data {attrs}/>" if data else ""
+        if inputs:
+            body += "<input>" + "".join(
+                f'<port id="{i}" precision="FP32">' + "".join(f"<dim>{d}</dim>" for d in dims) + "</port>"
+                for i, dims in enumerate(inputs)) + "</input>"  # fmt: skip
+        if out is not None:
+            body += f'<output><port id="{len(inputs)}" precision="FP32">' + "".join(
+                f"<dim>{d}</dim>" for d in out) + "</port></output>"  # fmt: skip
+        self.layers.append(
+            f'<layer id="{lid}" name="{name}" type="{type_}" version="opset1">{body}</layer>'
+        )
+        return lid
+
+    def const(self, name: str, arr: np.ndarray, element_type: str | None = None) -> int:
+        arr = np.ascontiguousarray(arr)
+        et = element_type or self._ET[arr.dtype.name]
+        if et in ("u4", "i4"):
+            nib = (arr.reshape(-1).astype(np.int64) & 0x0F).astype(np.uint8)
+            nib = np.concatenate([nib, np.zeros(nib.size % 2, np.uint8)])
+            raw = (nib[0::2] | (nib[1::2] << 4)).tobytes()
+        else:
+            raw = arr.tobytes()
+        data = {"element_type": et, "shape": ", ".join(map(str, arr.shape)),
+                "offset": len(self.blob), "size": len(raw)}  # fmt: skip
+        self.blob += raw
+        return self.add("Const", name, data, out=list(arr.shape))
+
+    def op(self, type_: str, name: str, *srcs: int, data: dict | None = None) -> int:
+        lid = self.add(type_, name, data, inputs=tuple([] for _ in srcs), out=[])
+        for port, src in enumerate(srcs):
+            self.connect(src, lid, port)
+        return lid
+
+    def connect(self, src: int, dst: int, port: int) -> None:
+        self.edges.append((src, self._out_port(src), dst, port))
+
+    def _out_port(self, lid: int) -> int:
+        return self.layers[lid].count('<port id="') - 1 if "<input>" in self.layers[lid] else 0
+
+    def xml(self) -> str:
+        edges = "".join(
+            f'<edge from-layer="{a}" from-port="{ap}" to-layer="{b}" to-port="{bp}"/>'
+            for a, ap, b, bp in self.edges
+        )
+        return (
+            '<?xml version="1.0"?>\n<net name="tiny" version="11">\n<layers>'
+            + "\n".join(self.layers) + f"</layers>\n<edges>{edges}</edges>\n</net>\n"
+        )  # fmt: skip
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.xml())
+        path.with_suffix(".bin").write_bytes(bytes(self.blob))
+        return path
+
+
+def openvino_weight(ir: OpenVINOIR, name: str, w: np.ndarray, weights: str) -> int:
+    """The op that yields a ``[G, mult, 1, kh, kw]`` float weight, stored as ``weights``:
+    ``f32``, ``f16`` (Const f16 -> Convert), ``int8`` (NNCF INT8_SYM: i8 -> Convert f16 ->
+    Multiply f16 scale -> Convert f32), ``uint8`` (INT8_ASYM: ... Subtract a u8 zero point
+    first), ``fq`` (FakeQuantize, 255 levels), ``reshape`` (a ``[C, 1, kh, kw]`` Const
+    through Reshape)."""
+    f32 = {"destination_type": "f32"}
+    f16 = {"destination_type": "f16"}
+    g = w.shape[0]
+    if weights == "f32":
+        return ir.const(name, w.astype(np.float32))
+    if weights == "f16":
+        return ir.op(
+            "Convert", name, ir.const(f"{name}_compressed", w.astype(np.float16)), data=f32
+        )
+    if weights == "reshape":
+        flat = ir.const(name, w.reshape(-1, 1, *w.shape[-2:]).astype(np.float32))
+        target = ir.const(f"{name}/shape", np.array(w.shape, np.int64))
+        return ir.op("Reshape", f"{name}/reshape", flat, target, data={"special_zero": "false"})
+    amax = np.abs(w).reshape(g, -1).max(1).reshape(g, 1, 1, 1, 1).astype(np.float32)
+    if weights == "fq":
+        lo, hi = ir.const(f"{name}/lo", -amax), ir.const(f"{name}/hi", amax)
+        return ir.op("FakeQuantize", f"{name}/fq", ir.const(name, w.astype(np.float32)), lo, hi,
+                     lo, hi, data={"levels": 255, "auto_broadcast": "numpy"})  # fmt: skip
+    scale = (amax / 127).astype(np.float16)
+    if weights == "int8":
+        q = ir.op("Convert", f"{name}/q", ir.const(name, np.round(w / scale).astype(np.int8)),
+                  data=f16)  # fmt: skip
+    elif weights == "uint8":
+        zp = np.full(amax.shape, 128, np.uint8)
+        qv = ir.const(name, (np.round(w / scale) + 128).clip(0, 255).astype(np.uint8))
+        q = ir.op("Subtract", f"{name}/sub", ir.op("Convert", f"{name}/q", qv, data=f16),
+                  ir.op("Convert", f"{name}/zp", ir.const(f"{name}/zp", zp), data=f16))  # fmt: skip
+    else:
+        raise ValueError(weights)
+    mul = ir.op("Multiply", f"{name}/scale", q, ir.const(f"{name}/s", scale))
+    return ir.op("Convert", f"{name}/f32", mul, data=f32)
+
+
+def write_openvino(model: nn.Module, path: Path, *, weights: str = "f16") -> Path:
+    """An OpenVINO IR (``path`` + ``.bin``) of ``model``'s depthwise convs, each a
+    ``GroupConvolution`` on its own ``Parameter`` (weights stored as ``weights``, see
+    :func:`openvino_weight`), plus a plain ``Convolution`` (never depthwise)."""
+    ir = OpenVINOIR()
+    for name, conv in depthwise_convs(model):
+        w = conv.weight.detach().numpy()
+        mult = conv.out_channels // conv.in_channels
+        w5 = w.reshape(conv.in_channels, mult, 1, *w.shape[-2:])
+        x = ir.add("Parameter", f"x{name}", {"shape": f"1,{conv.in_channels},16,16",
+                                               "element_type": "f32"}, out=[1, conv.in_channels, 16, 16])  # fmt: skip
+        wt = openvino_weight(ir, f"features.{name}.weight", w5, weights)
+        s, d = conv.stride[0], conv.dilation[0]
+        gc = ir.add("GroupConvolution", f"features.{name}/GroupConvolution",
+                    {"strides": f"{s}, {s}", "dilations": f"{d}, {d}", "pads_begin": "0, 0",
+                     "pads_end": "0, 0", "auto_pad": "explicit"},
+                    inputs=([1, conv.in_channels, 16, 16], list(w5.shape)), out=[])  # fmt: skip
+        ir.connect(x, gc, 0)
+        ir.connect(wt, gc, 1)
+        ir.connect(gc, ir.add("Result", f"y{name}", inputs=([],)), 0)
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    x = ir.add(
+        "Parameter", "image", {"shape": "1,3,16,16", "element_type": "f32"}, out=[1, 3, 16, 16]
+    )
+    cw = ir.const("stem.weight", stem.weight.detach().numpy())
+    conv = ir.add("Convolution", "stem", {"strides": "1, 1", "dilations": "1, 1",
+                                          "pads_begin": "1, 1", "pads_end": "1, 1"},
+                  inputs=([1, 3, 16, 16], list(stem.weight.shape)), out=[])  # fmt: skip
+    ir.connect(x, conv, 0)
+    ir.connect(cw, conv, 1)
+    ir.connect(conv, ir.add("Result", "ystem", inputs=([],)), 0)
+    return ir.save(path)
+
+
 def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
     """Every seed file of :data:`SEED_NAMES` under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -696,6 +845,7 @@ def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
         ),
         "torchscript": write_torchscript,
         "pickled_model": write_pickled_model,
+        "openvino": write_openvino,
     }
     return {k: writers[k](model, folder / name) for k, name in SEED_NAMES.items()}
 

