@@ -57,16 +57,19 @@ def test_other_frameworks_files_are_named(tmp_path, capsys):
         (tmp_path / companion).write_text("<net/>\n" if companion.endswith("xml") else "7767517\n")
     (tmp_path / "inference.pdiparams").write_bytes(raw)
     (tmp_path / "plain.bin").write_bytes(raw)  # no companion: still the PyTorch message
-    for name, framework in (("nc.bin", "ncnn"), ("inference.pdiparams", "PaddlePaddle")):
-        with pytest.raises(FormatError, match=f"{framework} weights, a format kernelatlas does"):
-            harvest(tmp_path / name)
+    with pytest.raises(FormatError, match="PaddlePaddle weights, a format kernelatlas does"):
+        harvest(tmp_path / "inference.pdiparams")
     with pytest.raises(FormatError, match="not a PyTorch file"):
         harvest(tmp_path / "plain.bin")
-    with pytest.raises(FormatError, match="the weights of the OpenVINO IR ov.xml: harvest"):
-        harvest(tmp_path / "ov.bin")  # OpenVINO IR is read now: the .xml names its weights
-    assert main(["harvest", str(tmp_path / "nc.bin"), "--out", str(tmp_path / "b")]) == 2
+    # OpenVINO IR and ncnn are read now: their model file names the weights
+    for name, what in (("ov.bin", "OpenVINO IR model ov.xml"), ("nc.bin", "ncnn model nc.param")):
+        with pytest.raises(FormatError, match=f"the weights of the {what}: harvest"):
+            harvest(tmp_path / name)
+    assert (
+        main(["harvest", str(tmp_path / "inference.pdiparams"), "--out", str(tmp_path / "b")]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ncnn weights" in err[0] and "ONNX" in err[0]
+    assert len(err) == 1 and "PaddlePaddle weights" in err[0] and "paddle2onnx" in err[0]
 
 
 def test_unknown_and_empty_format(tmp_path):

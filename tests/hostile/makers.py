@@ -33,6 +33,7 @@ SEED_NAMES = {
     "torchscript": "script.pt",
     "pickled_model": "model.pth",
     "openvino": "openvino/model.xml",
+    "ncnn": "ncnn/model.param",
 }
 
 
@@ -824,6 +825,80 @@ def write_openvino(model: nn.Module, path: Path, *, weights: str = "f16") -> Pat
     return ir.save(path)
 
 
+# ----------------------------------------------------------------------------- ncnn
+NCNN_F16, NCNN_I8 = 0x01306B47, 0x000D4B38
+
+
+def ncnn_buffer(w: np.ndarray, weights: str) -> bytes:
+    """One flagged ncnn weight buffer (as ``ModelBin::load(w, 0)`` reads it): ``f32`` (flag
+    0), ``f16``, ``int8`` (the caller writes the scales) or ``table`` (a 256-entry float
+    table and uint8 indexes); padded to 4 bytes."""
+    flat = np.asarray(w, np.float32).reshape(-1)
+    if weights == "f32":
+        raw = np.uint32(0).tobytes() + flat.tobytes()
+    elif weights == "f16":
+        raw = np.uint32(NCNN_F16).tobytes() + flat.astype("<f2").tobytes()
+    elif weights == "int8":
+        raw = np.uint32(NCNN_I8).tobytes() + flat.astype(np.int8).tobytes()
+    elif weights == "table":
+        table = np.linspace(flat.min(), flat.max(), 256, dtype=np.float32)
+        index = np.abs(flat[:, None] - table[None]).argmin(1).astype(np.uint8)
+        raw = bytes([1, 2, 3, 4]) + table.tobytes() + index.tobytes()
+    else:
+        raise ValueError(weights)
+    return raw + bytes(-len(raw) % 4)
+
+
+def ncnn_int8(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """ncnn2int8's quantisation of a depthwise ``[C, kh, kw]``, one scale a group:
+    ``(q, scale)`` with ``q = round(w * scale)``."""
+    scale = (127 / np.abs(w).reshape(group, -1).max(1)).astype(np.float32)
+    per = np.repeat(scale, len(w) // group)
+    return np.round(w * per[:, None, None]).clip(-127, 127), scale
+
+
+def write_ncnn(model: nn.Module, path: Path, *, weights: str = "f16") -> Path:
+    """An ncnn model (``path`` + ``.bin``) of ``model``'s convs: the stem ``Convolution`` and
+    a ``BatchNorm``, each depthwise conv as ``ConvolutionDepthWise`` (weights stored as
+    ``weights``; ``int8`` with per-channel scales, ``int8_scale_term=1``), a ``Scale`` and a
+    ``PReLU`` between them, an ``InnerProduct`` last: every weight's bytes in layer order."""
+    lines, blob = [], bytearray()
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    sw = stem.weight.detach().numpy()
+    lines.append("Input in 0 1 data 0=16 1=16 2=3")
+    lines.append(f"Convolution stem 1 1 data s0 0={sw.shape[0]} 1=3 4=1 5=1 6={sw.size}")
+    blob += ncnn_buffer(sw, "f32") + np.arange(sw.shape[0], dtype="<f4").tobytes()
+    lines.append(f"BatchNorm bn 1 1 s0 s1 0={sw.shape[0]}")
+    blob += np.ones(4 * sw.shape[0], "<f4").tobytes()
+    prev = "s1"
+    for i, (name, conv) in enumerate(depthwise_convs(model)):
+        w = conv.weight.detach().numpy()[:, 0]
+        c_out, kh, kw = w.shape
+        term = " 8=1" if weights == "int8" else ""
+        lines.append(
+            f"ConvolutionDepthWise features.{name} 1 1 {prev} d{i} 0={c_out} 1={kw} 11={kh} "
+            f"2={conv.dilation[1]} 12={conv.dilation[0]} 3={conv.stride[1]} 13={conv.stride[0]} "
+            f"5=1 6={w.size} 7={conv.in_channels}{term} -23310=2,0.0,6.0 9=3"
+        )
+        if weights == "int8":
+            q, scale = ncnn_int8(w, conv.in_channels)
+            blob += ncnn_buffer(q, "int8") + np.zeros(c_out, "<f4").tobytes()
+            blob += scale.astype("<f4").tobytes() + np.float32(64.0).tobytes()
+        else:
+            blob += ncnn_buffer(w, weights) + np.zeros(c_out, "<f4").tobytes()
+        lines.append(f"Scale sc{i} 1 1 d{i} e{i} 0={c_out} 1=1")
+        blob += np.ones(2 * c_out, "<f4").tobytes()
+        lines.append(f"PReLU pr{i} 1 1 e{i} f{i} 0=1")
+        blob += np.float32(0.25).tobytes()
+        prev = f"f{i}"
+    lines.append(f"InnerProduct fc 1 1 {prev} out 0=10 1=1 2=40")
+    blob += ncnn_buffer(np.ones(40), "f16") + np.zeros(10, "<f4").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"7767517\n{len(lines)} {len(lines) + 1}\n" + "\n".join(lines) + "\n")
+    path.with_suffix(".bin").write_bytes(bytes(blob))
+    return path
+
+
 def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
     """Every seed file of :data:`SEED_NAMES` under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -846,6 +921,7 @@ def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
         "torchscript": write_torchscript,
         "pickled_model": write_pickled_model,
         "openvino": write_openvino,
+        "ncnn": write_ncnn,
     }
     return {k: writers[k](model, folder / name) for k, name in SEED_NAMES.items()}
 

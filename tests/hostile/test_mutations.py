@@ -46,7 +46,7 @@ def mutated(seeds, tmp_path_factory) -> dict[str, list[tuple[str, Path]]]:
         for kind, tag, blob in cases:
             p = folder / f"{tag}{seed.suffix}"
             p.write_bytes(blob)
-            if key == "openvino":  # mutated .xml, the intact .bin beside each
+            if key in ("openvino", "ncnn"):  # mutated .xml/.param, the intact .bin beside each
                 shutil.copy(seed.with_suffix(".bin"), p.with_suffix(".bin"))
             out[key].append((kind, p))
     return out

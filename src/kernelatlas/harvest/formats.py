@@ -54,6 +54,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kernelatlas.harvest.onnx_",
     "kernelatlas.harvest.tfjs",
     "kernelatlas.harvest.openvino_ir",
+    "kernelatlas.harvest.ncnn_",
 )
 #: How many leading bytes of a file ``sniff`` sees.
 HEAD_BYTES = 64
@@ -266,7 +267,6 @@ FOREIGN_FORMATS: dict[str, tuple[str, str]] = {
         (".caffemodel", ".prototxt"), ("Caffe", "convert the model to ONNX (e.g. caffe2onnx)")
     ),
     ".mnn": ("MNN", "harvest the ONNX/TFLite/PyTorch model it was converted from"),
-    ".param": ("ncnn", "harvest the ONNX/PyTorch model it was converted from"),
     ".pb": ("TensorFlow GraphDef/SavedModel", "convert it to TFLite or ONNX (tf2onnx)"),
     ".weights": ("Darknet", "convert the model to ONNX"),
     **dict.fromkeys(
@@ -276,8 +276,8 @@ FOREIGN_FORMATS: dict[str, tuple[str, str]] = {
     ".blob": ("OpenVINO compiled blob (Myriad/DepthAI)", "harvest the model it was compiled from"),
     **dict.fromkeys((".engine", ".plan"), ("TensorRT", "harvest the ONNX model it was built from")),
 }
-#: Companion files that make a headerless ``.bin`` another framework's weights.
-_BIN_COMPANIONS = (".param",)
+#: Model files whose headerless ``.bin`` beside them holds their weights (harvest the model).
+_BIN_COMPANIONS = {".xml": "OpenVINO IR", ".param": "ncnn"}
 #: Folder formats of other frameworks: a folder, or any file inside one, is theirs.
 _PACKAGES = (".mlpackage", ".mlmodelc")
 
@@ -289,13 +289,12 @@ def _foreign(p: Path) -> str | None:
     package = next((q.suffix.lower() for q in p.parents if q.suffix.lower() in _PACKAGES), None)
     if package is not None:  # a file inside a Core ML package (Data/.../weights/weight.bin)
         ext = package
-    elif ext == ".bin" and p.with_suffix(".xml").is_file():  # OpenVINO model.xml + model.bin
-        xml = p.with_suffix(".xml")
-        return f"{p}: the weights of the OpenVINO IR {xml.name}: harvest {xml} (it names them)"
-    elif ext == ".bin":  # ncnn model.param + model.bin
-        ext = next((c for c in _BIN_COMPANIONS if p.with_suffix(c).is_file()), "")
-        if not ext:
-            return None
+    elif ext == ".bin":  # OpenVINO model.xml + model.bin, ncnn model.param + model.bin
+        for companion, what in _BIN_COMPANIONS.items():
+            model = p.with_suffix(companion)
+            if model.is_file():
+                return f"{p}: the weights of the {what} model {model.name}: harvest {model}"
+        return None
     if ext not in FOREIGN_FORMATS:
         return None
     what, fix = FOREIGN_FORMATS[ext]
