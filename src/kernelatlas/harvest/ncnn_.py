@@ -382,6 +382,13 @@ def _read(path: Path) -> ReadResult:
                     skipped["1x1"] = skipped.get("1x1", 0) + 1
                 elif got is not None:
                     out.append(LayerKernels(layer.name, len(out), *got))
+        else:
+            if b is not None and offset != b.size:
+                notes.append(
+                    f"the layers' weights end at byte {offset:,} of {b.path.name}, which has "
+                    f"{b.size:,}: the .bin may not be this .param's (or a layer's weight size "
+                    "is not what kernelatlas knows)"
+                )
     finally:
         if b is not None:
             b.f.close()
