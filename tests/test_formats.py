@@ -26,7 +26,7 @@ _SEED_FORMAT = {
     "keras3": "keras", "keras3_h5": "keras", "keras3_real": "keras", "tfjs": "tfjs",
     "tfjs_layers": "tfjs",
     "torchscript": "torchscript", "pickled_model": "checkpoint", "openvino": "openvino",
-    "ncnn": "ncnn",
+    "ncnn": "ncnn", "tf_graphdef": "tf_graphdef",
 }  # fmt: skip
 
 

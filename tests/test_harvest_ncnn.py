@@ -99,6 +99,15 @@ def test_int8_without_scales_is_noted(tmp_path):
     np.testing.assert_array_equal(res.layers[0].weights.reshape(-1), q)
 
 
+def test_a_bin_longer_than_the_weights_is_noted(tiny_dscnn, tmp_path):
+    path = write_ncnn(tiny_dscnn, tmp_path / "model.param")
+    assert not harvest(path).notes  # the walk ends exactly at the end of the .bin
+    with open(path.with_suffix(".bin"), "ab") as f:
+        f.write(bytes(8))
+    res = harvest(path)
+    assert res.n_kernels == 104 and "may not be this .param's" in res.notes[0]
+
+
 def test_bin_beside_a_param_names_the_param(tiny_dscnn, tmp_path):
     path = write_ncnn(tiny_dscnn, tmp_path / "model.param")
     with pytest.raises(FormatError, match="the weights of the ncnn model model.param: harvest"):

@@ -34,6 +34,7 @@ SEED_NAMES = {
     "pickled_model": "model.pth",
     "openvino": "openvino/model.xml",
     "ncnn": "ncnn/model.param",
+    "tf_graphdef": "frozen.pb",
 }
 
 
@@ -899,6 +900,100 @@ def write_ncnn(model: nn.Module, path: Path, *, weights: str = "f16") -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- TF GraphDef
+def pb_varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def pb_field(num: int, payload: bytes | int) -> bytes:
+    """One protobuf field: a varint (int) or a length-delimited payload (bytes)."""
+    if isinstance(payload, int):
+        return pb_varint(num << 3) + pb_varint(payload)
+    return pb_varint(num << 3 | 2) + pb_varint(len(payload)) + payload
+
+
+def tf_tensor(arr: np.ndarray, *, values: str = "content") -> bytes:
+    """A TensorProto: ``content`` (float32 tensor_content), ``half`` (DT_HALF half_val
+    bits, packed), ``float_val`` (packed float_val; one value broadcasts)."""
+    shape = b"".join(pb_field(2, pb_field(1, int(d))) for d in arr.shape)
+    if values == "content":
+        body = pb_field(1, 1) + pb_field(2, shape) + pb_field(4, arr.astype("<f4").tobytes())
+    elif values == "half":
+        bits = arr.astype("<f2").view("<u2").reshape(-1)
+        body = (
+            pb_field(1, 19)
+            + pb_field(2, shape)
+            + pb_field(13, b"".join(pb_varint(int(v)) for v in bits))
+        )
+    elif values == "float_val":
+        body = pb_field(1, 1) + pb_field(2, shape) + pb_field(5, np.unique(arr).astype("<f4").tobytes()
+                                                             if np.unique(arr).size == 1 else
+                                                             arr.astype("<f4").tobytes())  # fmt: skip
+    else:
+        raise ValueError(values)
+    return body
+
+
+def tf_node(name: str, op: str, inputs: tuple[str, ...] = (), **attrs: bytes) -> bytes:
+    """A NodeDef; ``attrs`` maps names to encoded AttrValue payloads."""
+    body = pb_field(1, name.encode()) + pb_field(2, op.encode())
+    body += b"".join(pb_field(3, i.encode()) for i in inputs)
+    for key, val in attrs.items():
+        body += pb_field(5, pb_field(1, key.encode()) + pb_field(2, val))
+    return pb_field(1, body)
+
+
+def tf_ints(values: list[int]) -> bytes:
+    """An AttrValue ``list { i: ... }`` (packed)."""
+    return pb_field(1, pb_field(3, b"".join(pb_varint(v) for v in values)))
+
+
+def write_tf_graphdef(model: nn.Module, path: Path, *, values: str = "content",
+                      saved_model: bool = False) -> Path:  # fmt: skip
+    """A frozen GraphDef of ``model``'s depthwise convs (NHWC): each filter a ``Const``
+    ``[kh, kw, C, mult]`` behind an ``Identity``, read by a ``DepthwiseConv2dNative`` with
+    its strides and dilations; a ``Conv2D`` stem (never depthwise). ``saved_model`` wraps the
+    graph in a SavedModel whose filters are variables (``VarHandleOp`` + ``ReadVariableOp``)."""
+    nodes = [tf_node("image", "Placeholder", dtype=pb_field(6, 1))]
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    sw = stem.weight.detach().numpy().transpose(2, 3, 1, 0)
+    nodes.append(tf_node("stem/weights", "Const", value=pb_field(8, tf_tensor(sw))))
+    nodes.append(
+        tf_node("stem/Conv2D", "Conv2D", ("image", "stem/weights"), strides=tf_ints([1, 1, 1, 1]))
+    )
+    prev = "stem/Conv2D"
+    for name, conv in depthwise_convs(model):
+        scope = f"block{name}/depthwise"
+        if saved_model:
+            nodes.append(tf_node(f"{scope}_weights", "VarHandleOp", dtype=pb_field(6, 1)))
+            nodes.append(
+                tf_node(f"{scope}/ReadVariableOp", "ReadVariableOp", (f"{scope}_weights",))
+            )
+            filt = f"{scope}/ReadVariableOp"
+        else:
+            value = pb_field(8, tf_tensor(keras_kernel(conv), values=values))
+            nodes.append(tf_node(f"{scope}_weights", "Const", value=value, dtype=pb_field(6, 1)))
+            nodes.append(tf_node(f"{scope}_weights/read", "Identity", (f"{scope}_weights:0",)))
+            filt = f"{scope}_weights/read"
+        s, d = conv.stride[0], conv.dilation[0]
+        nodes.append(tf_node(scope, "DepthwiseConv2dNative", (f"{prev}:0", filt, "^image"),
+                             strides=tf_ints([1, s, s, 1]), dilations=tf_ints([1, d, d, 1]),
+                             padding=pb_field(2, b"SAME")))  # fmt: skip
+        prev = scope
+    graph = b"".join(nodes) + pb_field(4, pb_field(1, 27))  # versions { producer: 27 }
+    if saved_model:
+        graph = pb_field(1, 1) + pb_field(2, pb_field(2, graph))  # schema 1, meta_graphs
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(graph)
+    return path
+
+
 def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
     """Every seed file of :data:`SEED_NAMES` under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -922,6 +1017,7 @@ def write_seeds(model: nn.Sequential, folder: Path) -> dict[str, Path]:
         "pickled_model": write_pickled_model,
         "openvino": write_openvino,
         "ncnn": write_ncnn,
+        "tf_graphdef": write_tf_graphdef,
     }
     return {k: writers[k](model, folder / name) for k, name in SEED_NAMES.items()}
 

@@ -55,6 +55,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kernelatlas.harvest.tfjs",
     "kernelatlas.harvest.openvino_ir",
     "kernelatlas.harvest.ncnn_",
+    "kernelatlas.harvest.tf_graphdef",
 )
 #: How many leading bytes of a file ``sniff`` sees.
 HEAD_BYTES = 64
@@ -267,7 +268,6 @@ FOREIGN_FORMATS: dict[str, tuple[str, str]] = {
         (".caffemodel", ".prototxt"), ("Caffe", "convert the model to ONNX (e.g. caffe2onnx)")
     ),
     ".mnn": ("MNN", "harvest the ONNX/TFLite/PyTorch model it was converted from"),
-    ".pb": ("TensorFlow GraphDef/SavedModel", "convert it to TFLite or ONNX (tf2onnx)"),
     ".weights": ("Darknet", "convert the model to ONNX"),
     **dict.fromkeys(
         (".mlmodel", ".mlpackage", ".mlmodelc"),
