@@ -399,7 +399,7 @@ def _harvest(ir: _IR, fold: _Folder, where: str) -> ReadResult:
             continue
         w, stored = got
         what = f"{where}: GroupConvolution {layer.name!r}"
-        if declared is not None and all(d >= 0 for d in declared) and list(w.shape) != declared:
+        if declared and all(d >= 0 for d in declared) and list(w.shape) != declared:
             raise FormatError(
                 f"{what}: weight of shape {list(w.shape)}, but the layer declares {declared}; "
                 "the file is corrupt"
