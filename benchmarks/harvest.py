@@ -71,6 +71,13 @@ def bare_load(fmt: str, path: Path) -> Callable[[], object]:
             return out
 
         return load_h5
+    if fmt == "openvino":  # the XML parsed into a tree and the whole .bin read
+        from xml.etree import ElementTree
+
+        def load_ir() -> tuple:
+            return ElementTree.fromstring(path.read_bytes()), path.with_suffix(".bin").read_bytes()
+
+        return load_ir
     raise ValueError(fmt)
 
 
