@@ -13,7 +13,7 @@ from kernelatlas.cli import main
 from kernelatlas.errors import FormatError, TensorTooLargeError
 from kernelatlas.harvest import harvest
 from kernelatlas.harvest import ncnn_ as ncnn_reader
-from kernelatlas.harvest.formats import detect_format
+from kernelatlas.harvest.formats import detect_format, is_weight_file
 from tests.hostile.makers import depthwise_convs, ncnn_int8, write_ncnn
 
 DATA = Path(__file__).parent / "data"
@@ -155,6 +155,7 @@ def test_corrupt_headers(tmp_path, capsys):
     (tmp_path / "other.param").write_text("not ncnn\n")  # claimed by its suffix, then refused
     with pytest.raises(FormatError, match="does not start with ncnn's magic 7767517"):
         harvest(tmp_path / "other.param")
+    assert not is_weight_file(tmp_path / "other.param") and is_weight_file(path)  # wildcards
     path.write_text(text)
     path.with_suffix(".bin").unlink()
     assert main(["harvest", str(path), "--out", str(tmp_path / "bank")]) == 2

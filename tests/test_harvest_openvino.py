@@ -13,7 +13,7 @@ from kernelatlas.cli import main
 from kernelatlas.errors import FormatError, TensorTooLargeError, UnsafeFileError
 from kernelatlas.harvest import harvest
 from kernelatlas.harvest import openvino_ir as ov_ir
-from kernelatlas.harvest.formats import detect_format
+from kernelatlas.harvest.formats import detect_format, is_weight_file
 from tests.hostile.makers import OpenVINOIR, depthwise_convs, write_openvino
 
 DATA = Path(__file__).parent / "data"
@@ -196,6 +196,9 @@ def test_an_xml_that_is_not_an_ir(tmp_path):
     )
     with pytest.raises(FormatError, match="root is <opencv_storage>, not an OpenVINO IR"):
         harvest(path)
+    # a wildcard ('models/*') leaves it out, as it did before IRs were read; keeps the IR
+    assert not is_weight_file(path) and is_weight_file(DATA / "openvino" / "tiny_dscnn.xml")
+    assert not is_weight_file(DATA / "openvino" / "tiny_dscnn.bin")
 
 
 def test_truncated_files(ir_pair):

@@ -97,6 +97,8 @@ class FormatSpec:
     description : one line for ``kernelatlas formats``.
     folder_file : a file name (``model.json``) that makes a folder holding it a model of this
         format (multi-file formats); ``read`` then gets the folder.
+    glob_by_content : a wildcard (``'models/*'``) keeps a file with one of ``extensions`` only
+        when ``sniff`` accepts it (other tools' ``.xml`` files are common beside models).
     """
 
     name: str
@@ -107,6 +109,7 @@ class FormatSpec:
     can_fold_bn: bool = False
     description: str = ""
     folder_file: str | None = None
+    glob_by_content: bool = False
 
 
 _REGISTRY: dict[str, FormatSpec] = {}
@@ -122,6 +125,7 @@ def register_format(
     can_fold_bn: bool = False,
     description: str = "",
     folder_file: str | None = None,
+    glob_by_content: bool = False,
 ) -> Callable[[Reader], Reader]:
     """Register the decorated function as the reader of format ``name``.
 
@@ -136,7 +140,15 @@ def register_format(
         if not all(e.startswith(".") for e in exts):
             raise KernelAtlasError(f"format {name!r}: extensions must start with '.', got {exts}")
         _REGISTRY[name] = FormatSpec(
-            name, exts, read, sniff, extra, can_fold_bn, description, folder_file
+            name,
+            exts,
+            read,
+            sniff,
+            extra,
+            can_fold_bn,
+            description,
+            folder_file,
+            glob_by_content,
         )
         return read
 
@@ -364,7 +376,9 @@ def is_weight_file(path: str | os.PathLike[str]) -> bool:
         return True
     if not head:  # empty: claimed by its extension (reading it then says it is empty)
         return any(_suffix(p) in s.extensions for s in list_formats())
-    return _claimed(p, head) is not None
+    name = _claimed(p, head)
+    return name is not None and (get_format(name).sniff(head, _suffix(p))
+                                 or not get_format(name).glob_by_content)  # fmt: skip
 
 
 def read_file(

@@ -440,6 +440,7 @@ def _sniff(head: bytes, ext: str) -> bool:
     extensions=(".param",),
     sniff=_sniff,
     description="ncnn model (model.param + model.bin beside it)",
+    glob_by_content=True,
 )
 def read_ncnn(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of an ncnn model (its ``.param``; the ``.bin`` beside it)."""

@@ -436,6 +436,7 @@ def _sniff(head: bytes, ext: str) -> bool:
     extensions=(".xml",),
     sniff=_sniff,
     description="OpenVINO IR (model.xml + model.bin beside it)",
+    glob_by_content=True,
 )
 def read_openvino(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of an OpenVINO IR model (its ``.xml``; the ``.bin`` beside it)."""
