@@ -11,7 +11,7 @@ import pytest
 from kernelatlas.errors import FormatError, TensorTooLargeError
 from kernelatlas.harvest import harvest
 from kernelatlas.harvest import tf_graphdef as tfg
-from kernelatlas.harvest.formats import detect_format
+from kernelatlas.harvest.formats import detect_format, is_weight_file
 from tests.hostile.makers import (
     depthwise_convs,
     pb_field,
@@ -28,7 +28,7 @@ def test_real_frozen_graph_excerpt():
     0.11.0's ``graph_opt.pb`` (MobileNet-thin OpenPose, Apache-2.0; see docs/harvest.md),
     whose full file gives 3x3: 47 L / 15,042 k as TensorFlow's own protos read it."""
     path = DATA / "mobilenet_thin_excerpt.pb"
-    assert detect_format(path) == "tf_graphdef"
+    assert detect_format(path) == "tf_graphdef" and is_weight_file(path)
     res = harvest(path)
     assert res.counts() == {(3, 3): (4, 264)} and res.skipped == {"1x1": 1}
     assert [lk.layer for lk in res.layers] == [
@@ -91,7 +91,13 @@ def test_one_value_fills_the_tensor_and_identity_cycles_are_not_constants(tmp_pa
 
 def test_saved_model_filters_are_variables(tiny_dscnn, tmp_path, capsys):
     path = write_tf_graphdef(tiny_dscnn, tmp_path / "saved_model.pb", saved_model=True)
-    assert detect_format(path) == "tf_graphdef"  # by its name: a SavedModel starts otherwise
+    assert detect_format(path) == "tf_graphdef" and is_weight_file(path)
+    # a SavedModel folder's other protobufs (fingerprint.pb: varint fields) are left out of
+    # a wildcard, and named when harvested directly
+    (fingerprint := tmp_path / "fingerprint.pb").write_bytes(b"\x08\x96\x01\x10\x07\x18\x02")
+    assert not is_weight_file(fingerprint)
+    with pytest.raises(FormatError, match="neither a GraphDef"):
+        harvest(fingerprint)
     with pytest.warns(UserWarning, match="no depthwise kernels read"):
         res = harvest(path)
     assert res.n_kernels == 0 and res.skipped == {tfg.NOT_CONSTANT: 5}

@@ -303,7 +303,10 @@ def _read(path: Path) -> ReadResult:
 
 
 def _sniff(head: bytes, ext: str) -> bool:
-    """A GraphDef's first bytes: node (field 1) { name (field 1) = printable text, op = 2 }."""
+    """A GraphDef's first bytes: node (field 1) { name (field 1) = printable text, op = 2 };
+    or a SavedModel's: schema version 1, then meta_graphs (field 2)."""
+    if head[:3] == b"\x08\x01\x12":
+        return True
     try:
         w = _Wire(head, "")
         if head[:1] != b"\n":
@@ -326,6 +329,7 @@ def _sniff(head: bytes, ext: str) -> bool:
     extensions=(".pb",),
     sniff=_sniff,
     description="TensorFlow frozen GraphDef .pb (saved_model.pb: filters in variables/ not read)",
+    glob_by_content=True,
 )
 def read_graphdef(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a TensorFlow frozen graph (``.pb``)."""
