@@ -42,7 +42,12 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "checkpoint": (("checkpoint", "checkpoint_legacy", "pickled_model"), ".pt"),
     "torchscript": (("torchscript",), ".pt"),
     "numpy": (("numpy", "npz"), ".npy"),
+    "openvino": (("openvino",), ".xml"),  # the XML fuzzed; its .bin beside, as input.bin
+    "ncnn": (("ncnn",), ".param"),  # the .param fuzzed; its .bin beside, as input.bin
+    "tf_graphdef": (("tf_graphdef",), ".pb"),
 }
+#: targets whose fuzzed file reads the ``.bin`` of the same name beside it
+_BIN_BESIDE = ("openvino", "ncnn")
 
 
 def _write_seeds(folder: Path) -> dict[str, Path]:
@@ -80,8 +85,11 @@ def _child(target: str, seconds: float, seed_dir: str, findings: str) -> None:
         import kernelatlas.harvest.arrays  # noqa: F401
         import kernelatlas.harvest.checkpoint  # noqa: F401
         import kernelatlas.harvest.keras_h5  # noqa: F401
+        import kernelatlas.harvest.ncnn_  # noqa: F401
         import kernelatlas.harvest.onnx_  # noqa: F401
+        import kernelatlas.harvest.openvino_ir  # noqa: F401
         import kernelatlas.harvest.safetensors_  # noqa: F401
+        import kernelatlas.harvest.tf_graphdef  # noqa: F401
         import kernelatlas.harvest.tfjs  # noqa: F401
         import kernelatlas.harvest.tflite_  # noqa: F401
         import kernelatlas.harvest.torch_pickle  # noqa: F401
@@ -140,6 +148,10 @@ def _seed_dir(target: str, seeds: dict[str, Path], root: Path) -> Path:
             (root / f"shards-{target}").mkdir(exist_ok=True)
             for shard in seeds[k].parent.glob("*.bin"):
                 (root / f"shards-{target}" / shard.name).write_bytes(shard.read_bytes())
+        if target in _BIN_BESIDE:  # the model's weights, named as the fuzzed input's .bin
+            (root / f"shards-{target}").mkdir(exist_ok=True)
+            blob = seeds[k].with_suffix(".bin").read_bytes()
+            (root / f"shards-{target}" / "input.bin").write_bytes(blob)
     for f in CORPUS.glob(f"*{suffix}*"):  # earlier findings of this format
         if "segv" not in f.name and "hang" not in f.name:  # known libhdf5 crashers/hangs
             (d / f.name).write_bytes(f.read_bytes())
