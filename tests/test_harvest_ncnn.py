@@ -74,6 +74,12 @@ DW = "ConvolutionDepthWise dw 1 1 a b 0=4 1=3 6=36 7=4"
 W36 = np.uint32(0).tobytes() + np.arange(36, dtype="<f4").tobytes()
 
 
+def test_layer_tables_are_disjoint():
+    """A type is either sized (34 built-in types load weights) or weightless (76), never both."""
+    assert not set(ncnn_reader._LOADS) & ncnn_reader._NO_WEIGHTS
+    assert len(ncnn_reader._LOADS) == 34 and len(ncnn_reader._NO_WEIGHTS) == 76
+
+
 def test_unknown_layer_type_stops_the_walk(tmp_path):
     path = _model(tmp_path, [DW, "MyPlugin p 1 1 b c 0=7", DW.replace("dw ", "dw2 ")], W36 * 2)
     res = harvest(path)
