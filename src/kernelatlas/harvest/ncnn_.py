@@ -3,8 +3,9 @@
 The ``.param`` lists layers (``type name n_in n_out blobs... key=value...``); the headerless
 ``.bin`` beside it is the concatenation of every layer's weights, in layer order, each as
 the layer's ``load_model`` reads it. So to find a layer's weights kernelatlas must know
-the size of every weight before it: :data:`_LOADS` has the rule of each of the 34 ncnn layer types
-that loads weights (from ncnn's ``src/layer/*.cpp``); a layer of a type it does not know
+the size of every weight before it: :data:`_LOADS` has the rule of each of the 34 built-in
+layer types that load weights (from ncnn's ``src/layer/*.cpp``; :data:`_NO_WEIGHTS` lists
+the 76 that load none); a layer of a type it does not know
 (a custom layer) ends the walk, and the depthwise layers after it are counted under
 ``skipped``, never guessed.
 
