@@ -51,6 +51,26 @@ def bare_load(fmt: str, path: Path) -> Callable[[], object]:
             return [m.Buffers(i).DataAsNumpy() for i in range(m.BuffersLength())]
 
         return load
+    if fmt == "tflite_task":  # the bundle unzipped (nested bundles too), each TFLite as above
+        import io
+        import zipfile
+
+        import tflite
+
+        def load_task() -> list:
+            out: list = []
+            todo = [path.read_bytes()]
+            while todo:
+                with zipfile.ZipFile(io.BytesIO(todo.pop())) as z:
+                    for name in z.namelist():
+                        if name.endswith(".task"):
+                            todo.append(z.read(name))
+                        elif name.endswith(".tflite"):
+                            m = tflite.Model.GetRootAsModel(z.read(name), 0)
+                            out += [m.Buffers(i).DataAsNumpy() for i in range(m.BuffersLength())]
+            return out
+
+        return load_task
     if fmt == "tfjs":
 
         def load_tfjs() -> list:
