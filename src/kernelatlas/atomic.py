@@ -21,7 +21,9 @@ import errno
 import json
 import os
 import shutil
+import stat
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ __all__ = [
     "MARKER",
     "write_marker",
     "read_marker",
+    "read_small_file",
+    "read_json",
+    "is_temp_name",
     "staging_path",
     "old_path",
     "lock_path",
@@ -41,21 +46,78 @@ __all__ = [
 #: Name of the marker file in every folder kernelatlas creates.
 MARKER = ".kernelatlas"
 _SUFFIX = ".kernelatlas"
+#: A marker is a few dozen bytes; anything larger is not one.
+_MARKER_BYTES = 4096
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of kernelatlas's temporary files (``.NAME.tmp``,
+    ``.NAME...tmp``, ``.STEM.tmp.png``: hidden, written aside then renamed into place), which
+    a killed writer may leave behind; a user's hidden file is not one."""
+    return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".tmp.png"))
+
+
+def read_small_file(path: Path, max_bytes: int, *, follow: bool = True) -> bytes:
+    """The bytes of a small regular file, without ever blocking or reading without end.
+
+    Raises
+    ------
+    FileNotFoundError, OSError : missing or unreadable (``follow=False``: a symlink is
+        ``ELOOP``).
+    ValueError : not a regular file (a FIFO, which a plain read waits on forever; a device
+        such as ``/dev/zero``, read without end; a socket, a folder), or over ``max_bytes``.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise ValueError(f"{path} holds {st.st_size:,} bytes, over {max_bytes:,}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # grew while read
+        raise ValueError(f"{path} holds over {max_bytes:,} bytes")
+    return data
+
+
+def read_json(path: Path, max_bytes: int, *, follow: bool = True) -> Any:
+    """The JSON document in small regular file ``path`` (:func:`read_small_file`).
+
+    Raises OSError (missing, unreadable) or ValueError (not a regular file, too large,
+    not UTF-8 JSON, or nested too deep to parse).
+    """
+    data = read_small_file(path, max_bytes, follow=follow)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deep") from None
 
 
 def write_marker(folder: Path, kind: str) -> None:
-    """Stamp ``folder`` (which must exist) as a kernelatlas folder of ``kind``."""
+    """Stamp ``folder`` (which must exist) as a kernelatlas folder of ``kind``: written aside
+    and renamed into place, so a marker is whole or absent, and a symlink planted at its
+    name is replaced, never written through."""
     from . import __version__
 
     doc = {"kernelatlas_version": __version__, "kind": kind}
-    # written in place: a marker cut short does not parse, and the folder is not taken as ours
-    (folder / MARKER).write_text(json.dumps(doc) + "\n")
+    tmp = folder / f"{MARKER}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "x") as f:  # O_EXCL: never through a file or link already there
+            f.write(json.dumps(doc) + "\n")
+        os.replace(tmp, folder / MARKER)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
-    """The marker of ``folder`` (a dict with ``kind``), or None when it has none."""
+    """The marker of ``folder`` (a dict with ``kind``), or None when it has none (or what is
+    at its name is not one: a symlink, a FIFO, a device, a large or unparsable file)."""
     try:
-        doc = json.loads((folder / MARKER).read_text())
+        doc = read_json(folder / MARKER, _MARKER_BYTES, follow=False)
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and "kind" in doc else None

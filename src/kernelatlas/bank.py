@@ -432,7 +432,14 @@ class KernelBank:
             return [self._url(n) for n in names if n.endswith(".parquet") and not n.startswith(".")]
         if not self.path.is_dir():
             return []
-        return sorted(p for p in self.path.glob("*.parquet") if not p.name.startswith("."))
+        files = sorted(p for p in self.path.glob("*.parquet") if not p.name.startswith("."))
+        for p in files:  # a FIFO would hang the Parquet reader (past ^C), a device never end
+            if not p.is_file():
+                raise KernelAtlasError(
+                    f"{p} is not a regular file (a FIFO, device, folder or dangling link), "
+                    f"not a bank file: move it out of {self.path}"
+                )
+        return files
 
     def file_for(self, source: str) -> Path | str:
         """The file that holds (or will hold) ``source`` (a path, or a URL)."""
@@ -449,11 +456,17 @@ class KernelBank:
         return self.file_for(source).is_file()
 
     def _read_schema(self, f: Path | str) -> pa.Schema:
-        return pq.read_schema(self._inner(f), filesystem=self._afs)
+        try:
+            return pq.read_schema(self._inner(f), filesystem=self._afs)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _unreadable(f, exc) from None
 
     def parquet_file(self, f: Path | str) -> pq.ParquetFile:
         """A :class:`pyarrow.parquet.ParquetFile` of one of :meth:`files`."""
-        return pq.ParquetFile(self._inner(f), filesystem=self._afs)
+        try:
+            return pq.ParquetFile(self._inner(f), filesystem=self._afs)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _unreadable(f, exc) from None
 
     def sources(self) -> list[str]:
         """Source keys in the bank, read from each file's metadata."""
@@ -519,7 +532,7 @@ class KernelBank:
             return None
         try:
             return _fingerprints(self._read_schema(self.file_for(source))).get(source)
-        except (pa.ArrowInvalid, OSError):
+        except (pa.ArrowInvalid, OSError, KernelAtlasError):
             return None
 
     def _write(self, source: str, table: pa.Table, fingerprint: Any = None) -> None:
@@ -701,7 +714,7 @@ class KernelBank:
             types = [BANK_SCHEMA.field(c).type for c in _LAYER_KEYS] + [pa.int64()]
             cols = [pa.array(v, type=t) for v, t in zip(doc["rows"], types, strict=True)]
             table = pa.table(dict(zip([*_LAYER_KEYS, "count_all"], cols, strict=True)))
-        except (ValueError, KeyError, TypeError, pa.ArrowException):
+        except (ValueError, KeyError, TypeError, RecursionError, pa.ArrowException):
             return None
         total = pc.sum(table.column("count_all")).as_py() or 0
         if total != pf.metadata.num_rows or (
@@ -745,9 +758,17 @@ def _fingerprints(schema: pa.Schema) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(FINGERPRINT_KEY)
     try:
         doc = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # unparsable: unrecorded (harvested again)
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _unreadable(f: Path | str, exc: BaseException) -> KernelAtlasError:
+    """The one line for a bank file that Parquet cannot read."""
+    detail = " ".join(str(exc).split())[:160]
+    return KernelAtlasError(
+        f"{f}: unreadable bank file ({detail}); delete it and harvest that source again"
+    )
 
 
 def _regroup(parts: list[pa.Table], keys: list[str]) -> pa.Table:

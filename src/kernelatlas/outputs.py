@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +38,10 @@ from pathlib import Path
 
 from .atomic import (
     MARKER,
+    is_temp_name,
     lock_path,
     publish_dir,
+    read_json,
     read_marker,
     recover_dir,
     remove_owned,
@@ -96,6 +98,33 @@ _CONTENTS: dict[str, tuple[frozenset[str], dict[str, tuple[str, ...]]]] = {
 }
 
 
+#: The largest summary.json (or comparison.json) read to recognise a 0.1.0 output.
+_DOC_BYTES = 256 * 2**20
+
+
+def _has_content(folder: Path) -> bool:
+    """Whether folder ``folder`` holds anything but kernelatlas's marker (a ``.kernelatlas``
+    that is not one, such as a symlink or a FIFO planted at its name, is content)."""
+    names = [p.name for p in folder.iterdir()]
+    return any(n != MARKER for n in names) or (bool(names) and read_marker(folder) is None)
+
+
+def _own_file(path: Path, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``path``, inside a sub-folder of an output, is a file kernelatlas writes there:
+    a regular file (not a symlink) with one of ``suffixes``; a Parquet file must also carry
+    kernelatlas's version in its footer (a user's own table does not)."""
+    if path.suffix not in suffixes or path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix != ".parquet":
+        return True
+    import pyarrow.parquet as pq
+
+    try:
+        return b"kernelatlas_version" in (pq.read_schema(path).metadata or {})
+    except Exception:  # not Parquet at all
+        return False
+
+
 def mark_dir(folder: Path, kind: str) -> Path:
     """Create ``folder`` (and parents) if needed and stamp it with the marker of ``kind``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,11 +153,11 @@ def _legacy_kind(folder: Path, kind: str) -> bool:
         return bool(subs) and all(
             p.name.startswith("ae_") and (p / "config.json").is_file() for p in subs
         )
-    names = {n for n in names if not (n.startswith(".") and n.endswith(".tmp"))}
+    names = {n for n in names if not is_temp_name(n)}
     if not names or not names <= allowed or required not in names:
         return False
-    try:
-        doc = json.loads((folder / required).read_text())
+    try:  # never waits on a FIFO nor reads a device planted at its name
+        doc = read_json(folder / required, _DOC_BYTES)
     except (OSError, ValueError):
         return False
     return isinstance(doc, dict) and "kernelatlas_version" in doc
@@ -152,17 +181,14 @@ def _foreign(folder: Path, kind: str) -> str | None:
         return None
     names, subs = _CONTENTS[kind]
     for p in sorted(folder.iterdir()):
-        if p.name == MARKER or p.name.endswith(".tmp"):
-            continue
+        if p.name == MARKER or (is_temp_name(p.name) and p.is_file() and not p.is_symlink()):
+            continue  # a killed writer's temporary file: kernelatlas's
         if p.name not in names or p.is_symlink():
             return p.name
         if p.name in subs and p.is_dir():
             for q in sorted(p.iterdir()):
-                if (
-                    q.name != MARKER
-                    and not q.name.startswith(".")
-                    and not (q.suffix in subs[p.name] and q.is_file() and not q.is_symlink())
-                ):
+                temp = is_temp_name(q.name) and q.is_file() and not q.is_symlink()
+                if not (q.name == MARKER or temp or _own_file(q, subs[p.name])):
                     return f"{p.name}/{q.name}"
     return None
 
@@ -245,7 +271,7 @@ def check_out(
             f"--out {shown} exists and is not a folder: kernelatlas never replaces a file; "
             "choose another path"
         )
-    if target.is_dir() and any(p.name != MARKER for p in target.iterdir()):
+    if target.is_dir() and _has_content(target):
         if not is_kernelatlas_dir(target, kind):
             other = read_marker(target)
             what = f"a kernelatlas {other['kind']} folder" if other else "not a kernelatlas output"
@@ -277,11 +303,21 @@ def output_lock(target: Path) -> Iterator[None]:
     while True:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # never through a symlink planted at its name (it would truncate its target)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(path, flags, 0o644)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.ELOOP, "not a regular file", str(path))
         except OSError as exc:  # read-only, special (/proc) or full filesystem; no rights
             for p in created:
                 with contextlib.suppress(OSError):
                     p.rmdir()
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink, or a FIFO / device
+                raise KernelAtlasError(
+                    f"{path} (where kernelatlas locks --out {target.name}) is a symlink or "
+                    "not a regular file, so not kernelatlas's lock: remove it and run again"
+                ) from None
             raise KernelAtlasError(
                 f"--out {target}: kernelatlas cannot write in {target.parent} "
                 f"({(exc.strerror or str(exc)).lower()}): choose a folder you can write to"
@@ -395,7 +431,7 @@ def _remove(p: Path) -> None:
 def _needs_keeping(target: Path, kind: str) -> bool:
     """Whether replacing ``target`` would delete what kernelatlas did not write there: a
     folder that is not kernelatlas's of ``kind``, or one holding a user's file."""
-    if not target.is_dir() or not any(p.name != MARKER for p in target.iterdir()):
+    if not target.is_dir() or not _has_content(target):
         return False
     return not is_kernelatlas_dir(target, kind) or _foreign(target, kind) is not None
 
@@ -424,7 +460,7 @@ def _prepare_staging(
         new.mkdir(exist_ok=True)
         for f in old.iterdir():
             dst = new / f.name
-            mine = f.name == MARKER or f.suffix in subs.get(name, ())
+            mine = f.name == MARKER or _own_file(f, subs.get(name, ()))
             if mine and f.is_file() and not f.is_symlink() and not dst.exists():
                 try:
                     os.link(f, dst)
@@ -484,7 +520,7 @@ def appending(
     with output_lock(target):
         target = check_out(target, replace=False, **checks)  # again, under the lock
         created = not target.exists()
-        if created or not any(p.name != MARKER for p in target.iterdir()):
+        if created or not _has_content(target):
             mark_dir(target, kind)
             write_marker(target, kind)  # an empty folder becomes this kind's
         elif is_kernelatlas_dir(target, kind):

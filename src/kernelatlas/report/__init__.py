@@ -32,26 +32,31 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+#: The largest summary.json read (one of 30 sources is about 0.5 MB).
+_MAX_SUMMARY_BYTES = 256 * 2**20
+
+
 def load_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate ``run_dir/summary.json`` (``run_dir`` may also be that file)."""
+    from ..atomic import read_json
     from ..errors import KernelAtlasError
 
     path = Path(run_dir)
     if not path.is_file():
         path = path / "summary.json"
-    try:
-        doc = json.loads(path.read_text())
+    try:  # a FIFO or a device at its name is refused, never waited on or read without end
+        doc = read_json(path, _MAX_SUMMARY_BYTES)
     except FileNotFoundError:
         raise KernelAtlasError(
             f"{path} not found: pass a directory written by `kernelatlas analyze`"
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise KernelAtlasError(f"cannot read {path}: {exc}") from None
     except UnicodeDecodeError:  # a weight file or other binary given as a run
         raise KernelAtlasError(
             f"{path} is not a summary.json (binary data): pass a directory written by "
             "`kernelatlas analyze`"
         ) from None
+    except (OSError, ValueError) as exc:
+        raise KernelAtlasError(f"cannot read {path}: {exc}") from None
     validate_summary(doc)
     return doc
 

@@ -1,0 +1,274 @@
+"""What is planted around or inside an output, a bank or the cache never makes kernelatlas
+write through it, delete it, hang on it or crash on it.
+
+A hostile (or careless) user's folder can hold a ``.kernelatlas`` marker that is a symlink,
+a FIFO or a device; a lock file that is a symlink; hidden files or their own Parquet files
+inside an earlier output; FIFOs, devices and corrupt files in a bank given as input; a
+cached weight file that no longer matches its registry sha256. Each case is one command
+(or one call) whose result is one line, with every file around byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kernelatlas.atomic import MARKER, lock_path
+from kernelatlas.bank import KernelBank
+from kernelatlas.errors import KernelAtlasError
+from kernelatlas.outputs import check_out, mark_dir, replacing
+
+from .cli import run_cli
+from .test_outputs import snapshot
+
+#: A planted FIFO must not hang a command: it fails (one line) long before this.
+DEADLINE_S = 30.0
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("planted-model")
+    np.save(d / "m.npy", np.random.default_rng(0).standard_normal((32, 3, 3), np.float32))
+    return d / "m.npy"
+
+
+# ------------------------------------------------------------------ markers and locks
+def _plant_marker(out: Path, how: str, victim: Path) -> None:
+    out.mkdir()
+    marker = out / MARKER
+    if how == "symlink to a user's file":
+        marker.symlink_to(victim)
+    elif how == "symlink to /dev/zero":
+        marker.symlink_to("/dev/zero")
+    elif how == "FIFO":
+        os.mkfifo(marker)
+    elif how == "deeply nested JSON":
+        marker.write_text(DEEP_JSON)
+
+
+MARKERS = ["symlink to a user's file", "symlink to /dev/zero", "FIFO", "deeply nested JSON"]
+
+
+@pytest.mark.parametrize("with_files", [True, False], ids=["with a file", "alone"])
+@pytest.mark.parametrize("how", MARKERS)
+def test_a_planted_marker_is_never_trusted_followed_or_read_forever(
+    tmp_path: Path, model: Path, how: str, with_files: bool
+) -> None:
+    victim = tmp_path / "thesis.tex"
+    victim.write_text("my thesis\n")
+    out = tmp_path / "out"
+    _plant_marker(out, how, victim)
+    if with_files:
+        (out / "notes.txt").write_text("mine\n")
+    before = snapshot(tmp_path)
+    run = run_cli(["harvest", model, "--out", out], deadline=DEADLINE_S)
+    line = run.one_line_error()
+    assert run.code == 2 and "not a kernelatlas" in line, line
+    assert snapshot(tmp_path) == before
+    assert victim.read_text() == "my thesis\n"
+
+
+def test_a_planted_lock_symlink_is_refused_never_truncated(tmp_path: Path, model: Path) -> None:
+    victim = tmp_path / "notes.txt"
+    victim.write_text("my notes\n")
+    lock_path(tmp_path / "bank").symlink_to(victim)
+    before = snapshot(tmp_path)
+    run = run_cli(["harvest", model, "--out", tmp_path / "bank"], deadline=DEADLINE_S)
+    assert "lock" in run.one_line_error()
+    assert snapshot(tmp_path) == before
+
+
+def test_a_stale_regular_lock_file_is_reused(tmp_path: Path, model: Path) -> None:
+    lock_path(tmp_path / "bank").write_text("12345\n")  # left by a SIGKILLed run
+    run = run_cli(["harvest", model, "--out", tmp_path / "bank", "--quiet"])
+    assert run.code == 0, run.stderr
+    assert not lock_path(tmp_path / "bank").exists()
+
+
+# ----------------------------------------------------- a user's files inside an output
+def _analysis(out: Path) -> Path:
+    """A small kernelatlas analysis output, as `analyze` lays it out."""
+    mark_dir(out, "analysis")
+    (out / "summary.json").write_text('{"kernelatlas_version": "0.2.0"}\n')
+    (out / "index.html").write_text("<html></html>\n")
+    (mark_dir(out / "figures", "figures") / "coverage.png").write_bytes(b"\x89PNG\r\n")
+    bank = KernelBank(out / "bank")
+    from kernelatlas.harvest import harvest
+
+    np.save(out.parent / "k.npy", np.ones((4, 3, 3), np.float32))
+    bank.add(harvest(out.parent / "k.npy"))
+    (out / "kernels.parquet").mkdir()
+    part = pa.table({"a": [1]}).replace_schema_metadata({b"kernelatlas_version": b"0.2.0"})
+    pq.write_table(part, out / "kernels.parquet" / "part-000000.parquet")
+    return out
+
+
+USER_FILES = [
+    "figures/.notes",
+    "figures/.git/HEAD",
+    "bank/.mine",
+    "draft.tmp",
+    "bank/mydata.parquet",
+    "kernels.parquet/mine.parquet",
+]
+
+
+@pytest.mark.parametrize("planted", USER_FILES)
+def test_a_users_file_inside_an_output_is_never_deleted(tmp_path: Path, planted: str) -> None:
+    out = _analysis(tmp_path / "report")
+    assert check_out(out, kind="analysis") == out  # kernelatlas's own files only: replaceable
+    user = out / planted
+    user.parent.mkdir(parents=True, exist_ok=True)
+    if user.suffix == ".parquet":
+        pd.DataFrame({"mine": [1, 2]}).to_parquet(user)
+    else:
+        user.write_text("mine\n")
+    with pytest.raises(KernelAtlasError, match="kernelatlas did not write") as err:
+        check_out(out, kind="analysis")
+    assert f"holds {'/'.join(planted.split('/')[:2])}," in str(err.value)
+    digest = hashlib.sha256(user.read_bytes()).hexdigest()
+    with pytest.warns(UserWarning, match="kept, unchanged"):
+        with replacing(out, kind="analysis", force=True, keep=("bank",)) as stage:
+            mark_dir(stage.path / "bank", "bank")
+            stage.publish()
+    assert stage.kept is not None  # the folder holding the user's file is kept aside, whole
+    assert hashlib.sha256((stage.kept / planted).read_bytes()).hexdigest() == digest
+
+
+# ------------------------------------------------------------ a bank given as input
+def _bank_with(tmp_path: Path, model: Path, how: str) -> Path:
+    bank = tmp_path / "bank"
+    run = run_cli(["harvest", model, "--out", bank, "--quiet"])
+    assert run.code == 0, run.stderr
+    planted = bank / "zz.parquet"
+    if how == "FIFO":
+        os.mkfifo(planted)
+    elif how == "symlink to /dev/zero":
+        planted.symlink_to("/dev/zero")
+    elif how == "not Parquet":
+        planted.write_text("garbage\n")
+    elif how == "truncated":
+        (good,) = [p for p in bank.glob("*.parquet") if p != planted]
+        planted.write_bytes(good.read_bytes()[:3000])
+    return bank
+
+
+@pytest.mark.parametrize("how", ["FIFO", "symlink to /dev/zero", "not Parquet", "truncated"])
+def test_a_bank_holding_a_fifo_device_or_corrupt_file_is_one_line(
+    tmp_path: Path, model: Path, how: str
+) -> None:
+    bank = _bank_with(tmp_path, model, how)
+    before = snapshot(tmp_path)
+    run = run_cli(
+        ["analyze", bank, "--out", tmp_path / "report", "--no-fit", "--quiet"],
+        deadline=DEADLINE_S,
+    )
+    line = run.one_line_error()
+    assert run.code == 2 and "zz.parquet" in line, line
+    assert snapshot(tmp_path) == before
+
+
+def test_deeply_nested_json_in_a_bank_footer_is_unrecorded_not_a_crash(
+    tmp_path: Path, model: Path
+) -> None:
+    bank_dir = _bank_with(tmp_path, model, "")
+    (f,) = bank_dir.glob("*.parquet")
+    table = pq.read_table(f)
+    meta = dict(table.schema.metadata)
+    key = meta[b"kernelatlas_source"].decode()
+    meta[b"kernelatlas_fingerprint"] = DEEP_JSON.encode()
+    meta[b"kernelatlas_layer_counts"] = DEEP_JSON.encode()
+    pq.write_table(table.replace_schema_metadata(meta), f)
+    bank = KernelBank(bank_dir)
+    assert bank.fingerprint(key) is None  # unrecorded: the next harvest reads it again
+    assert int(bank.counts()["kernels"].sum()) == 32  # counted from its rows instead
+
+
+# --------------------------------------------------- summary.json that is not a file
+def test_a_fifo_summary_in_an_out_or_a_compared_run_is_one_line(tmp_path: Path, model) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "summary.json")
+    run = run_cli(["harvest", model, "--out", out], deadline=DEADLINE_S)
+    assert "not a kernelatlas" in run.one_line_error()
+    run = run_cli(["analyze", model, "--out", out, "--no-fit", "--quiet"], deadline=DEADLINE_S)
+    assert "not a kernelatlas" in run.one_line_error()
+    other = mark_dir(tmp_path / "other", "analysis")
+    run = run_cli(["compare", out, other, "--out", tmp_path / "cmp"], deadline=DEADLINE_S)
+    assert "summary.json" in run.one_line_error()
+    assert not (tmp_path / "cmp").exists()
+
+
+# ------------------------------------------------------------------ the weight cache
+@pytest.fixture()
+def own_cache(tmp_path: Path, shipped, monkeypatch) -> Path:
+    """A private cache holding one real registered source (a 120 kB TFLite model)."""
+    name = "mediapipe/hand_recrop"
+    real = shipped(name)
+    cache = tmp_path / "cache"
+    (cache / name).mkdir(parents=True)
+    shutil.copy2(real, cache / name / real.name)
+    monkeypatch.setenv("KERNELATLAS_CACHE", str(cache))
+    return cache / name / real.name
+
+
+def test_a_cached_file_that_no_longer_matches_its_sha256_is_refused(own_cache: Path) -> None:
+    from kernelatlas.harvest.cache import fetch
+
+    assert fetch("mediapipe/hand_recrop") == own_cache  # intact: used as it is
+    data = bytearray(own_cache.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    own_cache.write_bytes(bytes(data))
+    before = own_cache.read_bytes()
+    with pytest.raises(KernelAtlasError, match="sha256") as err:
+        fetch("mediapipe/hand_recrop")
+    assert "kernelatlas fetch" in str(err.value) and "\n" not in str(err.value)
+    assert own_cache.read_bytes() == before  # never deleted or overwritten
+    run = run_cli(["harvest", "mediapipe/hand_recrop", "--out", own_cache.parents[3] / "b"])
+    assert "no longer matches its registry sha256" in run.one_line_error()
+    assert not (own_cache.parents[3] / "b").exists()
+
+
+def test_archive_links_devices_and_oversized_members_are_refused(tmp_path, monkeypatch) -> None:
+    import io
+    import tarfile
+
+    from kernelatlas.harvest import cache
+    from kernelatlas.harvest.zoo import get_source
+
+    info = get_source("tfjs/blazeface")
+    member = info.member
+    archive = tmp_path / "pkg.tgz"
+    with tarfile.open(archive, "w:gz") as t:
+        link = tarfile.TarInfo(member)
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(link)
+        dev = tarfile.TarInfo(info.files[0][0])
+        dev.type, dev.devmajor, dev.devminor = tarfile.CHRTYPE, 1, 5
+        t.addfile(dev)
+    monkeypatch.setenv("KERNELATLAS_CACHE", str(tmp_path / "c"))
+    arch = cache._Archive(archive, "npm:x")
+    for m, digest in (*info.files, (member, info.sha256)):
+        with pytest.raises(KernelAtlasError, match="not a regular file"):
+            cache._extract(arch, archive.name, info, m, digest, tmp_path, cache._companion(info, m))
+    arch.close()
+    big = tmp_path / "big.tgz"
+    with tarfile.open(big, "w:gz") as t:
+        ti = tarfile.TarInfo(member)
+        ti.size = 3 * 2**20
+        t.addfile(ti, io.BytesIO(bytes(ti.size)))
+    monkeypatch.setenv("KERNELATLAS_MAX_SOURCE_BYTES", "1M")
+    arch = cache._Archive(big, "npm:x")
+    with pytest.raises(KernelAtlasError, match="KERNELATLAS_MAX_SOURCE_BYTES"):
+        cache._extract(arch, big.name, info, member, info.sha256, tmp_path, tmp_path / "f")
+    arch.close()
+    assert not list(tmp_path.glob("*.part")) and not (tmp_path / "f").exists()
