@@ -184,9 +184,11 @@ def _restore(
     path: Path, key: dict[str, Any], atlas_kw: dict[str, Any]
 ) -> tuple[Atlas, float] | None:
     """The atlas and held-out rate of entry ``path`` when every field checks, else None."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    from .atomic import read_json
+
+    try:  # a FIFO, device or deeply nested file planted in the cache is not an entry
+        doc = read_json(path, 16 * 2**20)
+    except (OSError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("key") != key:
         return None

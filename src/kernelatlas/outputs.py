@@ -150,9 +150,7 @@ def _legacy_kind(folder: Path, kind: str) -> bool:
         return b"kernelatlas_version" in meta
     if kind == "autoencoders":
         subs = [folder / n for n in names]
-        return bool(subs) and all(
-            p.name.startswith("ae_") and (p / "config.json").is_file() for p in subs
-        )
+        return bool(subs) and all(p.name.startswith("ae_") and _saved_ae(p) for p in subs)
     names = {n for n in names if not is_temp_name(n)}
     if not names or not names <= allowed or required not in names:
         return False
@@ -161,6 +159,17 @@ def _legacy_kind(folder: Path, kind: str) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(doc, dict) and "kernelatlas_version" in doc
+
+
+def _saved_ae(folder: Path) -> bool:
+    """Whether ``folder`` holds an autoencoder kernelatlas saved (its config says so)."""
+    from .autoencoder.model import CONFIG_FILE, FORMAT
+
+    try:
+        doc = read_json(folder / CONFIG_FILE, _DOC_BYTES)
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
 
 
 def is_kernelatlas_dir(folder: Path, kind: str | None = None) -> bool:

@@ -34,6 +34,16 @@ DEADLINE_S = 30.0
 DEEP_JSON = "[" * 100_000 + "]" * 100_000
 
 
+def cap_memory() -> None:
+    """In a command's child: at most 1 GiB more address space (a read of /dev/zero that
+    regresses ends in MemoryError there, not in the machine's OOM killer)."""
+    import resource
+
+    with open("/proc/self/status") as f:
+        vm = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("planted-model")
@@ -70,7 +80,7 @@ def test_a_planted_marker_is_never_trusted_followed_or_read_forever(
     if with_files:
         (out / "notes.txt").write_text("mine\n")
     before = snapshot(tmp_path)
-    run = run_cli(["harvest", model, "--out", out], deadline=DEADLINE_S)
+    run = run_cli(["harvest", model, "--out", out], deadline=DEADLINE_S, setup=cap_memory)
     line = run.one_line_error()
     assert run.code == 2 and "not a kernelatlas" in line, line
     assert snapshot(tmp_path) == before
@@ -171,6 +181,7 @@ def test_a_bank_holding_a_fifo_device_or_corrupt_file_is_one_line(
     run = run_cli(
         ["analyze", bank, "--out", tmp_path / "report", "--no-fit", "--quiet"],
         deadline=DEADLINE_S,
+        setup=cap_memory,
     )
     line = run.one_line_error()
     assert run.code == 2 and "zz.parquet" in line, line
@@ -272,3 +283,36 @@ def test_archive_links_devices_and_oversized_members_are_refused(tmp_path, monke
         cache._extract(arch, big.name, info, member, info.sha256, tmp_path, tmp_path / "f")
     arch.close()
     assert not list(tmp_path.glob("*.part")) and not (tmp_path / "f").exists()
+
+
+# ------------------------------------------- autoencoder configs and calibration entries
+@pytest.mark.parametrize("how", ["FIFO", "deeply nested JSON"])
+def test_a_planted_autoencoder_config_is_refused_never_read_forever(
+    tmp_path: Path, model: Path, how: str
+) -> None:
+    out = tmp_path / "aes"
+    (out / "ae_3x3").mkdir(parents=True)
+    config = out / "ae_3x3" / "config.json"
+    os.mkfifo(config) if how == "FIFO" else config.write_text(DEEP_JSON)
+    before = snapshot(tmp_path)
+    run = run_cli(["autoencoder", "train", model, "--out", out, "--force", "--quiet"],
+                  deadline=DEADLINE_S)  # fmt: skip
+    assert "holds ae_3x3, which kernelatlas did not write" in run.one_line_error()
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.timeout(DEADLINE_S)  # in this process: a FIFO read would wait forever
+@pytest.mark.parametrize("how", ["FIFO", "deeply nested JSON"])  # /dev/zero: OOM, not here
+def test_a_planted_calibration_entry_is_recalibrated_never_read_forever(
+    tmp_path: Path, monkeypatch, how: str
+) -> None:
+    from kernelatlas import calibration
+
+    monkeypatch.setenv("KERNELATLAS_CALIBRATIONS", str(tmp_path))
+    args = dict(null_fpr=0.05, n_null=200, seed=3)
+    key = calibration.calibration_key(3, 3, null_kind="gaussian", **args)
+    entry = calibration._entry_path(key)
+    os.mkfifo(entry) if how == "FIFO" else entry.write_text(DEEP_JSON)
+    got = calibration.calibrate(3, 3, **args)
+    assert not got.cached and got.atlas.thresholds_
+    assert calibration.calibrate(3, 3, **args).cached  # the entry was rewritten whole

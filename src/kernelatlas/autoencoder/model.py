@@ -567,7 +567,7 @@ class KernelAutoencoder(BaseEstimator):
                 raise ValueError(f"format {cfg.get('format')!r}, expected {FORMAT!r}")
             params = dict(cfg["params"])
             fitted = cfg["fitted"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise FormatError(f"{cfg_path} is not a valid autoencoder config ({exc})") from None
         params["kernel_size"] = tuple(params["kernel_size"])
         params["device"] = device

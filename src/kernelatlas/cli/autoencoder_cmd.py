@@ -96,9 +96,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _ours(folder: Any) -> bool:
     """Whether ``folder`` (an ``ae_KHxKW/`` to be replaced) is absent or kernelatlas's."""
-    import json
-
-    from ..atomic import read_marker
+    from ..atomic import read_json, read_marker
     from ..autoencoder.model import CONFIG_FILE, FORMAT
 
     if not folder.exists() and not folder.is_symlink():
@@ -107,8 +105,8 @@ def _ours(folder: Any) -> bool:
         return False
     if (read_marker(folder) or {}).get("kind") == "autoencoder":
         return True
-    try:  # saved by kernelatlas 0.1.0 (no marker)
-        return json.loads((folder / CONFIG_FILE).read_text()).get("format") == FORMAT
+    try:  # saved by kernelatlas 0.1.0 (no marker); a FIFO or device there is refused
+        return read_json(folder / CONFIG_FILE, 64 * 2**20).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
