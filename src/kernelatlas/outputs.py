@@ -222,6 +222,20 @@ def _within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def _caches() -> list[tuple[Path, str]]:
+    """The folders a run writes into while it works (resolved), with the variable that
+    moves each: the weight cache (the biology null's statistics, and by default the
+    calibrations, are in it), then the calibrations."""
+    from .calibration import calibration_dir
+    from .harvest.cache import cache_dir
+
+    return [
+        (Path(os.path.realpath(d)), var)
+        for d, var in ((cache_dir(), "KERNELATLAS_CACHE"),
+                       (calibration_dir(), "KERNELATLAS_CALIBRATIONS"))
+    ]  # fmt: skip
+
+
 def check_out(
     out: str | os.PathLike[str],
     *,
@@ -275,6 +289,14 @@ def check_out(
                 f"--out {shown} is {what}, which kernelatlas would replace as a whole: name a "
                 "new folder (e.g. --out report)"
             )
+    if replace:
+        for folder, var in _caches():
+            if _within(folder, target):
+                raise KernelAtlasError(
+                    f"--out {shown} holds kernelatlas's cache {folder} ({var}), which a run "
+                    "writes into while it works and publishing --out would delete: choose "
+                    f"another --out, or set {var} to a folder outside it"
+                )
     if target.exists() and not target.is_dir():
         raise KernelAtlasError(
             f"--out {shown} exists and is not a folder: kernelatlas never replaces a file; "

@@ -316,3 +316,18 @@ def test_a_planted_calibration_entry_is_recalibrated_never_read_forever(
     got = calibration.calibrate(3, 3, **args)
     assert not got.cached and got.atlas.thresholds_
     assert calibration.calibrate(3, 3, **args).cached  # the entry was rewritten whole
+
+
+# ------------------------------------------------ caches a run writes into, inside --out
+@pytest.mark.parametrize("var", ["KERNELATLAS_CALIBRATIONS", "KERNELATLAS_CACHE"])
+def test_an_out_holding_a_cache_is_refused(tmp_path: Path, monkeypatch, var: str) -> None:
+    out = tmp_path / "report"
+    monkeypatch.setenv(var, str(out / "cache"))  # written during the run, gone at the swap
+    with pytest.raises(KernelAtlasError, match=f"holds kernelatlas's cache .*{var}"):
+        check_out(out, kind="analysis")
+    monkeypatch.setenv(var, str(out))
+    with pytest.raises(KernelAtlasError, match=var):
+        check_out(out, kind="analysis", force=True)
+    monkeypatch.setenv(var, str(tmp_path))  # an output inside the cache is only a folder
+    assert check_out(out, kind="analysis") == out
+    assert check_out(out, kind="bank", replace=False) == out  # a bank adds files, replaces none
