@@ -331,3 +331,36 @@ def test_an_out_holding_a_cache_is_refused(tmp_path: Path, monkeypatch, var: str
     monkeypatch.setenv(var, str(tmp_path))  # an output inside the cache is only a folder
     assert check_out(out, kind="analysis") == out
     assert check_out(out, kind="bank", replace=False) == out  # a bank adds files, replaces none
+
+
+# ------------------------------------------------- an autoencoder saved over an older one
+def test_an_autoencoder_saved_over_another_is_never_left_half_written(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from kernelatlas.autoencoder import KernelAutoencoder
+    from kernelatlas.autoencoder import model as ae_model
+    from kernelatlas.errors import FormatError
+
+    kernels = np.random.default_rng(0).standard_normal((64, 3, 3)).astype(np.float32)
+    fits = [
+        KernelAutoencoder((3, 3), hidden=8, epochs=1, seed=s, progress=False).fit(kernels)
+        for s in (0, 1)
+    ]
+    fits[0].save(tmp_path / "ae")
+    real_replace, calls = os.replace, []
+
+    def killed_before_the_config(src, dst):  # a SIGKILL between the two renames
+        calls.append(dst)
+        if str(dst).endswith(ae_model.CONFIG_FILE):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ae_model.os, "replace", killed_before_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        fits[1].save(tmp_path / "ae")
+    monkeypatch.undo()
+    assert len(calls) == 2  # the new weights were in place when it stopped
+    with pytest.raises(FormatError, match="not a saved autoencoder"):  # never old config +
+        KernelAutoencoder.load(tmp_path / "ae")  # new weights, read as one model
+    fits[1].save(tmp_path / "ae")
+    assert KernelAutoencoder.load(tmp_path / "ae").threshold_ == fits[1].threshold_

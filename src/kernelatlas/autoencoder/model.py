@@ -524,8 +524,10 @@ class KernelAutoencoder(BaseEstimator):
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created).
 
-        Each file is written to a temporary name and renamed into place; the config goes
-        last, so a directory with a config always has matching weights.
+        Each file is written to a temporary name and renamed into place; an older config is
+        removed first and the new one goes last, so a directory with a config always has
+        matching weights (a save killed midway leaves no config, never an older one beside
+        the new weights).
         """
         self._check_fitted()
         from safetensors.torch import save_file
@@ -537,6 +539,7 @@ class KernelAutoencoder(BaseEstimator):
         os.close(fd)
         try:
             save_file(state, tmp, metadata={"format": FORMAT})
+            (out / CONFIG_FILE).unlink(missing_ok=True)
             os.replace(tmp, out / WEIGHTS_FILE)
             fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w") as f:
