@@ -34,6 +34,7 @@ __all__ = [
     "read_small_file",
     "read_json",
     "is_temp_name",
+    "temp_sibling",
     "staging_path",
     "old_path",
     "lock_path",
@@ -55,6 +56,17 @@ def is_temp_name(name: str) -> bool:
     ``.NAME...tmp``, ``.STEM.tmp.png``: hidden, written aside then renamed into place), which
     a killed writer may leave behind; a user's hidden file is not one."""
     return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".tmp.png"))
+
+
+def temp_sibling(path: Path, *, keep_suffix: bool = False) -> Path:
+    """A fresh temporary name beside ``path`` to write it under before renaming it into
+    place: hidden, unpredictable (pid and random), so nothing can be planted there first
+    (a symlink at a fixed ``.NAME.tmp`` is written through); ``keep_suffix`` keeps
+    ``path``'s suffix last (``.STEM.<pid>.<rand>.tmp.png``: matplotlib picks the format by it)."""
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    if keep_suffix:
+        return path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}")
+    return path.with_name(f".{path.name}.{tag}.tmp")
 
 
 def read_small_file(path: Path, max_bytes: int, *, follow: bool = True) -> bytes:

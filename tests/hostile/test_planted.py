@@ -364,3 +364,19 @@ def test_an_autoencoder_saved_over_another_is_never_left_half_written(
         KernelAutoencoder.load(tmp_path / "ae")  # new weights, read as one model
     fits[1].save(tmp_path / "ae")
     assert KernelAutoencoder.load(tmp_path / "ae").threshold_ == fits[1].threshold_
+
+
+def test_results_written_into_a_users_folder_never_go_through_a_planted_temp_name(
+    tmp_path: Path,
+) -> None:
+    from kernelatlas.train.bench import _write_json
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("my notes\n")
+    (tmp_path / ".bench-train.json.tmp").symlink_to(victim)  # the old fixed name
+    _write_json(tmp_path / "bench-train.json", {"runs": []})
+    assert victim.read_text() == "my notes\n"
+    assert (tmp_path / "bench-train.json").read_text().startswith("{")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".bench-train.json.tmp", "bench-train.json", "notes.txt"
+    ]  # fmt: skip

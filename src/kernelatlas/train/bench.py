@@ -79,9 +79,14 @@ def plan_settings(cfg: BenchConfig) -> list[tuple[str, int | None, str]]:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=_json_default))
-    os.replace(tmp, path)
+    from ..atomic import temp_sibling
+
+    tmp = temp_sibling(path)  # never a fixed name: a symlink planted there is written through
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=_json_default))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -216,7 +216,9 @@ def plot_curves(
     )
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    from ..atomic import temp_sibling
+
+    tmp = temp_sibling(path, keep_suffix=True)  # never a fixed name (a planted symlink)
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, path)
@@ -227,7 +229,9 @@ def write_report(doc: dict[str, Any], out: str | os.PathLike[str], name: str) ->
     """``out/<name>.md``, ``out/<name>.png`` and (with coverage) ``out/<name>-coverage.png``."""
     out = Path(out)
     md = out / f"{name}.md"
-    tmp = out / f".{name}.md.tmp"
+    from ..atomic import temp_sibling
+
+    tmp = temp_sibling(md)
     tmp.write_text(summary_markdown(doc, name=name))
     os.replace(tmp, md)
     paths = [md, plot_curves(doc, out / f"{name}.png", name=name)]
