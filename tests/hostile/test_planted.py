@@ -380,3 +380,18 @@ def test_results_written_into_a_users_folder_never_go_through_a_planted_temp_nam
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".bench-train.json.tmp", "bench-train.json", "notes.txt"
     ]  # fmt: skip
+
+
+def test_a_fetch_never_overwrites_a_file_in_the_cache_that_is_not_the_registrys(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from kernelatlas.harvest.cache import cached_path, fetch
+
+    monkeypatch.setenv("KERNELATLAS_CACHE", str(tmp_path))  # a folder of the user's data
+    mine = cached_path("tfjs/blazeface")  # the manifest's name; its shard is not there
+    mine.parent.mkdir(parents=True)
+    mine.write_text('{"my": "own model.json"}\n')
+    with pytest.raises(KernelAtlasError, match="no longer matches its registry sha256"):
+        fetch("tfjs/blazeface")  # refused before any download, never written over
+    assert mine.read_text() == '{"my": "own model.json"}\n'
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["blazeface", "blazeface.json", "tfjs"]

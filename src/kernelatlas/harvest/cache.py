@@ -56,9 +56,17 @@ _VERIFIED: dict[tuple[str, int, int, int], str] = {}
 
 
 def _check_cached(info: SourceInfo) -> None:
-    """Refuse a cached source whose files no longer match their registry sha256."""
+    """Refuse a source whose files in the cache (those there: a fetch adds the others) no
+    longer match their registry sha256: never used, and never overwritten by a fetch."""
     for member, digest in (*info.files, (info.member, info.sha256)):
         path = _companion(info, member)
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not path.is_file():
+            raise KernelAtlasError(
+                f"{info.name}: {path} is in the way in the cache (not a regular file): move it "
+                f"and run `kernelatlas fetch {info.name}` again"
+            )
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
         got = _VERIFIED.get(key) or sha256_file(path)
@@ -238,10 +246,9 @@ def fetch_many(sources: Iterable[str | SourceInfo], *, quiet: bool = False) -> l
     infos = [_info(s) for s in sources]
     todo: dict[str, list[SourceInfo]] = {}
     for info in infos:
+        _check_cached(info)  # what is used is what the registry names; nothing is replaced
         if not is_cached(info):
             todo.setdefault(info.package, []).append(info)
-        else:
-            _check_cached(info)  # what is used is what the registry names
     for package, group in todo.items():
         _fetch_package(package, group, quiet)
     return [cached_path(i) for i in infos]
