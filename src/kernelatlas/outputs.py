@@ -40,6 +40,7 @@ from .atomic import (
     MARKER,
     is_temp_name,
     lock_path,
+    old_path,
     publish_dir,
     read_json,
     read_marker,
@@ -274,6 +275,12 @@ def check_out(
         if p.is_dir() and _within(target, p):
             raise KernelAtlasError(
                 f"--out {shown} is inside the input folder {p}: choose a folder outside it"
+            )
+        work = [w for w in (staging_path(target), old_path(target)) if _within(p, w)]
+        if work:  # the run clears and replaces those siblings
+            raise KernelAtlasError(
+                f"the input {p} is inside {work[0].name}, kernelatlas's working folder for "
+                f"--out {shown}, which this run clears: copy it elsewhere first"
             )
     if replace:
         cwd = Path(os.path.realpath(os.getcwd()))

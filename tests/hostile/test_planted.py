@@ -395,3 +395,17 @@ def test_a_fetch_never_overwrites_a_file_in_the_cache_that_is_not_the_registrys(
         fetch("tfjs/blazeface")  # refused before any download, never written over
     assert mine.read_text() == '{"my": "own model.json"}\n'
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["blazeface", "blazeface.json", "tfjs"]
+
+
+def test_an_input_inside_the_outs_working_siblings_is_refused(tmp_path: Path) -> None:
+    from kernelatlas.atomic import old_path, staging_path
+
+    out = tmp_path / "report"
+    for work in (staging_path(out), old_path(out)):
+        bank = mark_dir(work / "bank", "bank")  # a failed run's resumable bank
+        with pytest.raises(KernelAtlasError, match="kernelatlas's working folder"):
+            check_out(out, kind="analysis", inputs=[bank])
+        with pytest.raises(KernelAtlasError, match="kernelatlas's working folder"):
+            with replacing(out, kind="analysis", inputs=[bank / "x.parquet"], keep=("bank",)):
+                pass
+        assert (bank / MARKER).is_file()  # the run cleared nothing
