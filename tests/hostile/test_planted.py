@@ -409,3 +409,27 @@ def test_an_input_inside_the_outs_working_siblings_is_refused(tmp_path: Path) ->
             with replacing(out, kind="analysis", inputs=[bank / "x.parquet"], keep=("bank",)):
                 pass
         assert (bank / MARKER).is_file()  # the run cleared nothing
+
+
+# ---------------------------------------------------------- a full disk under each writer
+def small_files(limit: int):
+    """For a command's child: files of at most ``limit`` bytes (``ulimit -f``: EFBIG, as a
+    full disk)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+
+@pytest.mark.parametrize("limit", [2048, 4096], ids=["weights fail (Rust)", "config fails"])
+def test_autoencoder_train_on_a_full_disk_is_one_line_and_a_rerun_works(
+    tmp_path: Path, model: Path, limit: int
+) -> None:
+    args = ["autoencoder", "train", model, "--out", tmp_path / "aes", "--epochs", "1",
+            "--hidden", "8", "--min-kernels", "1", "--quiet"]  # fmt: skip
+    full = run_cli(args, setup=small_files(limit))
+    line = full.one_line_error()  # was exit 3 (safetensors' SafetensorError)
+    assert full.code == 2 and "file too large for this file system" in line, line
+    assert not (tmp_path / "aes" / "ae_3x3").exists()  # it blocked every later run
+    again = run_cli(args)
+    assert again.code == 0, again.stderr
+    assert (tmp_path / "aes" / "ae_3x3" / "config.json").is_file()

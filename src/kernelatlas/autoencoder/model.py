@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -533,6 +534,7 @@ class KernelAutoencoder(BaseEstimator):
         from safetensors.torch import save_file
 
         out = Path(directory)
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=".safetensors")
@@ -545,6 +547,10 @@ class KernelAutoencoder(BaseEstimator):
             with os.fdopen(fd, "w") as f:
                 json.dump(self._config(), f, indent=1, allow_nan=True)
             os.replace(tmp, out / CONFIG_FILE)
+        except BaseException:
+            if created:  # a folder this save made (all of it its own) and could not fill
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -16,6 +16,7 @@ import difflib
 import errno
 import importlib
 import os
+import re
 import signal
 import sys
 import warnings
@@ -238,6 +239,10 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         )
     if isinstance(exc, OSError):
         return _os_error_line(exc), EXIT_ERROR
+    rust = re.search(r"\(os error (\d+)\)", str(exc))
+    if rust:  # an I/O error of a Rust library (safetensors' full disk): std::io::Error's text
+        code = int(rust.group(1))
+        return _os_error_line(OSError(code, os.strerror(code))), EXIT_ERROR
     detail = str(exc).strip().splitlines()
     return (
         f"unexpected {type(exc).__name__}: {detail[0][:200] if detail else 'no detail'} "

@@ -103,6 +103,8 @@ def _ours(folder: Any) -> bool:
         return True
     if folder.is_symlink() or not folder.is_dir():
         return False
+    if not any(folder.iterdir()):  # empty (a save that failed midway): nothing to lose
+        return True
     if (read_marker(folder) or {}).get("kind") == "autoencoder":
         return True
     try:  # saved by kernelatlas 0.1.0 (no marker); a FIFO or device there is refused
