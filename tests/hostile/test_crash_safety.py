@@ -136,9 +136,9 @@ def test_interrupted_swap_is_recovered(tmp_path, monkeypatch):
     real = os.replace
     calls = []
 
-    def crash_on_second(src, dst):
+    def crash_on_second(src, dst):  # the second of the two renames (the marker's is none)
         calls.append(dst)
-        if len(calls) == 2:
+        if Path(src) == staging:
             raise KeyboardInterrupt  # the process dies here
         return real(src, dst)
 
