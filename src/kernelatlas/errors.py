@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
+# C0 and C1 control characters and DEL: a file or member name holding ESC sequences would
+# recolour, clear or retitle the terminal its message is printed on
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: object) -> str:
+    """``text`` as one terminal line: whitespace runs (newlines included) become one space,
+    and every other control character is shown escaped (``\x1b``), never sent raw."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(str(text).split()))
+
 
 class KernelAtlasError(Exception):
     """A user-facing error (bad input, bad option). The CLI prints it on one line, exit 2."""

@@ -214,6 +214,9 @@ class Progress:
         self._line(text)
 
     def _line(self, text: str) -> None:
+        from .errors import one_line
+
+        text = one_line(text)  # a name's control characters never reach the terminal raw
         if self.tty:
             from tqdm.auto import tqdm
 

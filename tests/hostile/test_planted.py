@@ -449,3 +449,15 @@ def test_autoencoder_train_on_a_full_disk_is_one_line_and_a_rerun_works(
     again = run_cli(args)
     assert again.code == 0, again.stderr
     assert (tmp_path / "aes" / "ae_3x3" / "config.json").is_file()
+
+
+# ----------------------------------------------------- names that would drive the terminal
+def test_control_characters_in_names_never_reach_the_terminal_raw(tmp_path: Path) -> None:
+    bad = tmp_path / "x\x1b[31m\x1b]0;pwned\x07.npy"  # recolours and retitles a terminal
+    bad.write_bytes(b"garbage")
+    run = run_cli(["harvest", bad, "--out", tmp_path / "b"])
+    line = run.one_line_error()
+    assert "\\x1b[31m\\x1b]0;pwned\\x07.npy" in line and "\x1b" not in run.stderr, line
+    from kernelatlas.errors import one_line
+
+    assert one_line("a\tb\n\x9bc\x7f") == "a b \\x9bc\\x7f"

@@ -253,7 +253,9 @@ def error_line(exc: BaseException) -> tuple[str, int]:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    from ..errors import one_line
+
+    return one_line(text)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

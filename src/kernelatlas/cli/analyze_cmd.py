@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from ..errors import one_line
 from ..null import DEFAULT_BASELINES, DEFAULT_NULL_SIZE, MAX_NULL_SIZE, NULL_KINDS
 from ..taxonomy import DEFAULT_NULL_FPR
 from .harvest_cmd import FOLD_BN_HELP, SOURCE_HELP, expand_sources, report_status, skipped_lines
@@ -44,10 +45,10 @@ def _analyze(args: argparse.Namespace) -> int:
         report_status(res.harvest)
     # --quiet silences progress only: the caveats, the result and where it is always print.
     for note in res.summary["config"].get("notes", []):
-        print(f"kernelatlas: note: {note}", file=sys.stderr)
+        print(f"kernelatlas: note: {one_line(note)}", file=sys.stderr)
     for r in (res.summary.get("autoencoder") or {}).get("by_size", []):
         if r.get("note"):
-            print(f"kernelatlas: note: {r['note']}", file=sys.stderr)
+            print(f"kernelatlas: note: {one_line(r['note'])}", file=sys.stderr)
     print(_coverage_table(res.summary))
     print(f"report: {res.out / 'index.html'}")
     if not args.quiet:

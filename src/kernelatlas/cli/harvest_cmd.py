@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import one_line
+
 __all__ = ["register", "expand_sources", "report_status", "FOLD_BN_HELP", "SOURCE_HELP"]
 
 #: One meaning of --fold-bn for `harvest` and `analyze`.
@@ -147,8 +149,10 @@ def expand_sources(sources: list[str]) -> list[str]:
                     f" and {len(left) - 5} more" if len(left) > 5 else ""
                 )
                 print(
-                    f"kernelatlas: note: {s!r}: left out {len(left)} that are not weight files "
-                    f"or model folders: {shown}",
+                    one_line(
+                        f"kernelatlas: note: {s!r}: left out {len(left)} that are not weight "
+                        f"files or model folders: {shown}"
+                    ),
                     file=sys.stderr,
                 )
             out += [f for f in found if f not in out]
@@ -169,7 +173,7 @@ def report_status(counts: Any) -> None:
         index=False
     ):
         if status in text:
-            print(f"kernelatlas: {source}: {text[status]}", file=sys.stderr)
+            print(one_line(f"kernelatlas: {source}: {text[status]}"), file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -187,7 +191,7 @@ def skipped_lines() -> Iterator[None]:
     finally:  # also when the command fails: what was skipped explains the error
         for w in caught:
             if issubclass(w.category, SkippedLayersWarning):
-                print(f"kernelatlas: note: {w.message}", file=sys.stderr)
+                print(f"kernelatlas: note: {one_line(w.message)}", file=sys.stderr)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
