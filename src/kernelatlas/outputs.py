@@ -198,7 +198,8 @@ def _foreign(folder: Path, kind: str) -> str | None:
         if p.name in subs and p.is_dir():
             for q in sorted(p.iterdir()):
                 temp = is_temp_name(q.name) and q.is_file() and not q.is_symlink()
-                if not (q.name == MARKER or temp or _own_file(q, subs[p.name])):
+                mark = q.name == MARKER and read_marker(p) is not None  # not a planted link
+                if not (mark or temp or _own_file(q, subs[p.name])):
                     return f"{p.name}/{q.name}"
     return None
 

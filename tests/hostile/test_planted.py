@@ -461,3 +461,13 @@ def test_control_characters_in_names_never_reach_the_terminal_raw(tmp_path: Path
     from kernelatlas.errors import one_line
 
     assert one_line("a\tb\n\x9bc\x7f") == "a b \\x9bc\\x7f"
+
+
+def test_a_planted_marker_inside_an_outputs_folder_is_a_users_file(tmp_path: Path) -> None:
+    out = _analysis(tmp_path / "report")
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine\n")
+    (out / "figures" / MARKER).unlink()
+    (out / "figures" / MARKER).symlink_to(victim)
+    with pytest.raises(KernelAtlasError, match="holds figures/.kernelatlas, which"):
+        check_out(out, kind="analysis")
