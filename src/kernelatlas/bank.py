@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .atomic import read_marker, write_marker
 from .errors import KernelAtlasError
+from .sizes import MAX_SIDE
 
 __all__ = [
     "KernelBank",
@@ -178,11 +179,40 @@ def _arrow_fs(fs: Any) -> pa.fs.FileSystem:
 def open_parquet(
     path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
 ) -> pq.ParquetFile:
-    """A :class:`pyarrow.parquet.ParquetFile` for a local path or any fsspec URL."""
+    """A :class:`pyarrow.parquet.ParquetFile` for a local path or any fsspec URL (its row
+    groups' declared sizes checked: :func:`check_row_groups`)."""
     if _is_url(path):
         fs, inner = _url_fs(str(path), storage_options)
-        return pq.ParquetFile(inner, filesystem=_arrow_fs(fs))
-    return pq.ParquetFile(str(path).removeprefix("file://"))
+        return check_row_groups(pq.ParquetFile(inner, filesystem=_arrow_fs(fs)), path)
+    return check_row_groups(pq.ParquetFile(str(path).removeprefix("file://")), path)
+
+
+#: The most one bank row may hold uncompressed: the largest float32 kernel
+#: (:data:`~kernelatlas.sizes.MAX_SIDE` squared taps) and 64 KiB of names (source, layer...);
+#: a row group declaring more per row is refused before it is read.
+MAX_ROW_BYTES = 4 * MAX_SIDE**2 + 64 * 1024
+
+
+def check_row_groups(pf: pq.ParquetFile, where: Any) -> pq.ParquetFile:
+    """``pf``, once no row group declares more than its rows can hold: values (a list
+    column's elements: at most a 128x128 kernel's taps a row) and uncompressed bytes
+    (:data:`MAX_ROW_BYTES` a row, + 1 MiB). A 5 kB file whose run-length-encoded pages
+    decode to GBs of zeros (a decompression bomb in a bank from elsewhere) is one line,
+    not gigabytes allocated or an OOM kill."""
+    meta = pf.metadata
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        values = max((rg.column(j).num_values for j in range(rg.num_columns)), default=0)
+        if (
+            values > rg.num_rows * MAX_SIDE**2
+            or rg.total_byte_size > rg.num_rows * MAX_ROW_BYTES + 2**20
+        ):
+            raise KernelAtlasError(
+                f"{where}: row group {i} declares {values:,} values ({rg.total_byte_size:,} "
+                f"bytes) for {rg.num_rows:,} kernels, more than any kernel bank holds; not a "
+                "bank file kernelatlas wrote: harvest the source again"
+            )
+    return pf
 
 
 def _list_to_pandas(arrow_type: pa.DataType) -> Any:
@@ -464,9 +494,10 @@ class KernelBank:
     def parquet_file(self, f: Path | str) -> pq.ParquetFile:
         """A :class:`pyarrow.parquet.ParquetFile` of one of :meth:`files`."""
         try:
-            return pq.ParquetFile(self._inner(f), filesystem=self._afs)
+            pf = pq.ParquetFile(self._inner(f), filesystem=self._afs)
         except (pa.ArrowInvalid, OSError) as exc:
             raise _unreadable(f, exc) from None
+        return check_row_groups(pf, f)
 
     def sources(self) -> list[str]:
         """Source keys in the bank, read from each file's metadata."""
@@ -602,6 +633,7 @@ class KernelBank:
                     f"{f} is not a kernel bank file (columns {names[:4]}...); move it out of "
                     f"{self.path}"
                 )
+            self.parquet_file(f)  # its row groups' declared sizes (check_row_groups)
             stored = STORAGE_SCHEMA if _is_stored(schema.field("weights").type) else BANK_SCHEMA
             if runs and runs[-1][0] is stored:
                 runs[-1][1].append(self._inner(f))

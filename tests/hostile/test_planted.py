@@ -471,3 +471,20 @@ def test_a_planted_marker_inside_an_outputs_folder_is_a_users_file(tmp_path: Pat
     (out / "figures" / MARKER).symlink_to(victim)
     with pytest.raises(KernelAtlasError, match="holds figures/.kernelatlas, which"):
         check_out(out, kind="analysis")
+
+
+def test_a_bank_file_decoding_to_far_more_than_its_rows_is_refused_before_reading(
+    tmp_path: Path, model: Path
+) -> None:
+    bank = _bank_with(tmp_path, model, "")
+    (f,) = bank.glob("*.parquet")
+    table = pq.read_table(f)
+    rows = [np.zeros(2_000_000, np.float32)] + [np.zeros(9, np.float32)] * (table.num_rows - 1)
+    weights = pa.array(rows, type=pa.list_(pa.float32()))  # a few kB of run-length zeros
+    table = table.set_column(table.schema.get_field_index("weights"), "weights", weights)
+    pq.write_table(table.cast(table.schema), f, compression="zstd")
+    assert f.stat().st_size < 64_000
+    run = run_cli(["analyze", bank, "--out", tmp_path / "r", "--no-fit", "--quiet"])
+    line = run.one_line_error()
+    assert f.name in line and "more than any kernel bank holds" in line, line
+    assert ".kernelatlas-staging" not in line  # the input's name, not its link's

@@ -230,6 +230,7 @@ def link_bank(src: Any, bank: KernelBank, *, fold_bn: bool = False) -> dict[str,
     given = KernelBank(Path(src).expanduser())
     keys: dict[str, str] = {}
     for f, key in zip(given.files(), given.sources(), strict=True):
+        given.parquet_file(f)  # its declared sizes, before anything is read (check_row_groups)
         if key.endswith("+fold_bn") != fold_bn:
             done, need = ("with", "with") if not fold_bn else ("without", "without")
             raise KernelAtlasError(
