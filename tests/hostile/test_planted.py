@@ -488,3 +488,20 @@ def test_a_bank_file_decoding_to_far_more_than_its_rows_is_refused_before_readin
     line = run.one_line_error()
     assert f.name in line and "more than any kernel bank holds" in line, line
     assert ".kernelatlas-staging" not in line  # the input's name, not its link's
+
+
+def test_a_model_folders_fingerprint_never_reads_a_file_outside_it(tmp_path: Path) -> None:
+    from kernelatlas.harvest.api import source_fingerprint
+
+    folder = tmp_path / "tfjs"
+    folder.mkdir()
+    (folder / "model.json").write_text("{}")
+    (folder / "shard.bin").write_bytes(b"\0" * 64)
+    before = source_fingerprint(folder)
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"not the model's")
+    (folder / "notes.bin").symlink_to(outside)  # its reader refuses it; hashing read it all
+    (folder / "inner.bin").symlink_to(folder / "shard.bin")  # inside: part of the model
+    outside.chmod(0)  # unreadable (for a user that is not root): still never opened
+    after = source_fingerprint(folder)
+    assert after["files"] == before["files"] + 1 and after["size"] == before["size"] + 64
