@@ -502,6 +502,7 @@ def test_a_model_folders_fingerprint_never_reads_a_file_outside_it(tmp_path: Pat
     outside.write_bytes(b"not the model's")
     (folder / "notes.bin").symlink_to(outside)  # its reader refuses it; hashing read it all
     (folder / "inner.bin").symlink_to(folder / "shard.bin")  # inside: part of the model
+    (folder / "loop.bin").symlink_to(folder / "loop.bin")  # neither: no RuntimeError
     outside.chmod(0)  # unreadable (for a user that is not root): still never opened
     after = source_fingerprint(folder)
     assert after["files"] == before["files"] + 1 and after["size"] == before["size"] + 64

@@ -173,9 +173,9 @@ def _folder_fingerprint(folder: Path) -> dict[str, Any]:
     import hashlib
 
     h, size, n = hashlib.sha256(), 0, 0
-    inside = folder.resolve()
-    for f in sorted(folder.iterdir()):
-        if f.is_symlink() and inside not in f.resolve().parents:
+    inside = Path(os.path.realpath(folder))
+    for f in sorted(folder.iterdir()):  # realpath: no RuntimeError on a symlink loop
+        if f.is_symlink() and inside not in Path(os.path.realpath(f)).parents:
             continue  # read in full to hash it: an 8 GB file out of the folder took 20 s
         if f.is_file() and not f.name.startswith("."):
             fp = _file_fingerprint(f)
