@@ -217,6 +217,16 @@ def test_settings_regimes_and_config_errors(tmp_path):
     ):
         with pytest.raises(KernelAtlasError, match=msg):
             replace(cfg, **bad).validate()
+    for bad, msg in (  # a misspelt name gets the close ones
+        (
+            dict(schemes=("default", "strucutred")),
+            r"\); did you mean structured or structured_njet\?$",
+        ),
+        (dict(datasets=("mnsit5k",)), r"\); did you mean mnist5k\?$"),
+        (dict(archs=("convnxt",)), r"\); did you mean convnext\?$"),
+    ):
+        with pytest.raises(KernelAtlasError, match=msg):
+            replace(cfg, **bad).validate()
     with pytest.raises(KernelAtlasError, match="unknown preset"):
         preset("huge")
     with pytest.raises(KernelAtlasError, match="regime"):
@@ -238,3 +248,13 @@ def test_an_option_prefix_is_refused_not_expanded(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert "did you mean --epochs?" in err and "autoencoder train --help" in err
+
+
+def test_bench_init_refuses_a_scheme_that_is_not_an_initialiser(tmp_path, capsys):
+    """``bench-init --schemes default,structured`` ran a training scheme in a comparison of
+    initial kernels without a word; now it is one line naming bench-train, before any work."""
+    out = tmp_path / "o"
+    assert main(["bench-init", "--schemes", "default,structured", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'structured' changes training beyond the initial kernels" in err
+    assert "bench-train" in err and err.count("\n") == 1 and not out.exists()

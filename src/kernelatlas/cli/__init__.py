@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import errno
 import importlib
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..errors import KernelAtlasError
+from ..errors import KernelAtlasError, did_you_mean
 from ..interrupts import check as check_interrupt
 from ..interrupts import installed, received
 
@@ -41,16 +40,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kernelatlas.cli.autoencoder_cmd",
     "kernelatlas.cli.train_cmd",
 )
-
-
-def did_you_mean(
-    value: str, names: Sequence[str], *, n: int = 2, cutoff: float = 0.6, sep: str = " or "
-) -> str:
-    """``"; did you mean a or b?"`` for the names spelt closest to ``value``
-    (:func:`difflib.get_close_matches`), or ``""``: the hint of a misspelt command, option,
-    choice or scheme pattern (sources: :func:`kernelatlas.harvest.zoo.did_you_mean`)."""
-    close = difflib.get_close_matches(value, list(names), n=n, cutoff=cutoff)
-    return f"; did you mean {sep.join(close)}?" if close else ""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -38,6 +38,13 @@ def _bench(args: argparse.Namespace, *, name: str) -> int:
             if not value:
                 raise KernelAtlasError(f"--{flag} is empty")
             changes[key] = value
+    other = [s for s in changes["schemes"] if s not in INIT_SCHEMES] if name == "bench-init" else []
+    if other:  # bench-init's comparison is of step-0 kernels only
+        raise KernelAtlasError(
+            f"bench-init compares initialisers ({', '.join(INIT_SCHEMES)}); "
+            f"{', '.join(map(repr, other))} changes training beyond the initial kernels: "
+            "run it with bench-train"
+        )
     if args.regimes is not None:
         if not args.regimes:
             raise KernelAtlasError("--regime is empty")
@@ -80,9 +87,8 @@ def _bench(args: argparse.Namespace, *, name: str) -> int:
 
 
 def _schemes(args: argparse.Namespace) -> int:
-    from ..errors import KernelAtlasError
+    from ..errors import KernelAtlasError, did_you_mean
     from ..train.schemes import get_scheme, list_schemes
-    from . import did_you_mean
 
     names = list_schemes(args.pattern)
     if not names:

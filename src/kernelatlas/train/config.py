@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import KernelAtlasError
+from ..errors import KernelAtlasError, did_you_mean
 from .data import DATASETS
 from .loop import LoopConfig
 from .models import ARCHS
@@ -127,16 +127,23 @@ class BenchConfig:
                 )
         for d in self.datasets:
             if d not in DATASETS:
-                raise KernelAtlasError(f"unknown dataset {d!r}: choose from {', '.join(DATASETS)}")
+                raise KernelAtlasError(
+                    f"unknown dataset {d!r} (choose from {', '.join(DATASETS)})"
+                    f"{did_you_mean(d, DATASETS)}"
+                )
         for a in self.archs:
             if a not in ARCHS:
-                raise KernelAtlasError(f"unknown arch {a!r}: choose from {', '.join(ARCHS)}")
+                raise KernelAtlasError(
+                    f"unknown arch {a!r} (choose from {', '.join(ARCHS)}){did_you_mean(a, ARCHS)}"
+                )
             if a not in self.arch_configs:
                 raise KernelAtlasError(f"no ArchConfig for arch {a!r}")
         known = list_schemes()
         for s in self.schemes:
             if s not in known:
-                raise KernelAtlasError(f"unknown scheme {s!r}: choose from {', '.join(known)}")
+                raise KernelAtlasError(
+                    f"unknown scheme {s!r} (choose from {', '.join(known)}){did_you_mean(s, known)}"
+                )
         if "default" not in self.schemes:
             raise KernelAtlasError("schemes must include 'default': it sets the target accuracy")
         if not self.datasets or not self.archs or not self.regimes:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FormatError, KernelAtlasError
+from ..errors import FormatError, KernelAtlasError, did_you_mean
 
 __all__ = [
     "DATASETS",
@@ -322,7 +322,10 @@ def load_dataset(
     elif name == "animals":
         xtr, ytr, xte, yte = _read_animals(_animal_dir(root).resolve())
     else:
-        raise KernelAtlasError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+        raise KernelAtlasError(
+            f"unknown dataset {name!r} (choose one of {', '.join(DATASETS)})"
+            f"{did_you_mean(name, DATASETS)}"
+        )
     # two independent streams: the test subset does not depend on the train subset
     rng, rng_test = (np.random.default_rng(s) for s in (seed, np.random.SeedSequence([seed, 1])))
     for n, what in ((n_train, "n_train"), (n_test, "n_test")):

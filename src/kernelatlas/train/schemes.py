@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import KernelAtlasError
+from ..errors import KernelAtlasError, did_you_mean
 
 __all__ = [
     "LEVERS",
@@ -165,7 +165,10 @@ def get_scheme(name: str) -> SchemeInfo:
     """The :class:`SchemeInfo` of ``name``; the error lists the choices."""
     _load_builtins()
     if name not in _REGISTRY:
-        raise KernelAtlasError(f"unknown scheme {name!r}: choose one of {', '.join(_REGISTRY)}")
+        raise KernelAtlasError(
+            f"unknown scheme {name!r} (choose one of {', '.join(_REGISTRY)})"
+            f"{did_you_mean(name, list(_REGISTRY))}"
+        )
     return _REGISTRY[name]
 
 
