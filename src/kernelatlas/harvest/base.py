@@ -8,7 +8,7 @@ the layers into one Arrow table in the bank schema (one row per single-channel k
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..bank import BANK_COLUMNS, BANK_SCHEMA, FINGERPRINT_KEY, check_column_range
-from ..errors import KernelAtlasError
+from ..errors import FormatError, KernelAtlasError
 
 __all__ = ["LayerKernels", "HarvestResult", "split_kernels"]
 
@@ -219,3 +219,22 @@ class HarvestResult:
 def split_kernels(weights: np.ndarray) -> np.ndarray:
     """``[C, 1, kh, kw]`` (PyTorch/ONNX layout) -> contiguous float32 ``[C, kh, kw]``."""
     return np.ascontiguousarray(weights.reshape(weights.shape[0], *weights.shape[-2:]), np.float32)
+
+
+def read_or_say(path: Any, read: Callable[[Any], Any], what: str, again: str) -> Any:
+    """``read(path)``, every failure one line naming ``path``: a :class:`KernelAtlasError`
+    gets the path in front (when it has none), and anything else a file's contents can
+    raise (a well-formed file whose contents make no sense) is a :class:`FormatError`
+    calling it a corrupt ``what``, ending with ``again`` (what to do)."""
+    try:
+        return read(path)
+    except KernelAtlasError as exc:
+        msg = " ".join(str(exc).split())
+        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except (MemoryError, RecursionError) as exc:
+        raise FormatError(f"{path}: corrupt {what} ({type(exc).__name__})") from None
+    except Exception as exc:
+        raise FormatError(
+            f"{path}: corrupt {what} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:100]}); {again}"
+        ) from None

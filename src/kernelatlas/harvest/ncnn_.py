@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, KernelAtlasError
+from ..errors import FormatError
 from ..limits import TensorTooLargeError, check_tensor
-from .base import LayerKernels
+from .base import LayerKernels, read_or_say
 from .formats import ReadResult, register_format
 
 __all__ = ["read_ncnn", "MAGIC", "MAX_PARAM_BYTES", "MAX_LAYERS", "NOT_CONSTANT", "AFTER_UNKNOWN"]
@@ -445,16 +445,4 @@ def _sniff(head: bytes, ext: str) -> bool:
 )
 def read_ncnn(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of an ncnn model (its ``.param``; the ``.bin`` beside it)."""
-    path = Path(path)
-    try:
-        return _read(path)
-    except KernelAtlasError as exc:
-        msg = " ".join(str(exc).split())
-        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    except (MemoryError, RecursionError) as exc:
-        raise FormatError(f"{path}: corrupt ncnn model ({type(exc).__name__})") from None
-    except Exception as exc:  # a well-formed text whose contents make no sense
-        raise FormatError(
-            f"{path}: corrupt ncnn model ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:100]}); export it again"
-        ) from None
+    return read_or_say(Path(path), _read, "ncnn model", "export it again")

@@ -32,9 +32,9 @@ from xml.parsers import expat
 
 import numpy as np
 
-from ..errors import FormatError, KernelAtlasError, UnsafeFileError
+from ..errors import FormatError, UnsafeFileError
 from ..limits import TensorTooLargeError, charge, check_tensor
-from .base import LayerKernels
+from .base import LayerKernels, read_or_say
 from .formats import ReadResult, register_format
 
 __all__ = ["read_openvino", "MAX_XML_BYTES", "MAX_FOLD_STEPS", "NOT_CONSTANT"]
@@ -440,16 +440,4 @@ def _sniff(head: bytes, ext: str) -> bool:
 )
 def read_openvino(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of an OpenVINO IR model (its ``.xml``; the ``.bin`` beside it)."""
-    path = Path(path)
-    try:
-        return _read(path)
-    except KernelAtlasError as exc:
-        msg = " ".join(str(exc).split())
-        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    except (MemoryError, RecursionError) as exc:
-        raise FormatError(f"{path}: corrupt OpenVINO IR ({type(exc).__name__})") from None
-    except Exception as exc:  # well-formed XML whose contents make no sense
-        raise FormatError(
-            f"{path}: corrupt OpenVINO IR ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:100]}); export it again"
-        ) from None
+    return read_or_say(Path(path), _read, "OpenVINO IR", "export it again")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError, KernelAtlasError
+from ..errors import FormatError
 from ..limits import TensorTooLargeError, charge, check_tensor
-from .base import LayerKernels
+from .base import LayerKernels, read_or_say
 from .formats import ReadResult, register_format
 from .keras_h5 import hwcm_layer
 
@@ -333,16 +333,4 @@ def _sniff(head: bytes, ext: str) -> bool:
 )
 def read_graphdef(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a TensorFlow frozen graph (``.pb``)."""
-    path = Path(path)
-    try:
-        return _read(path)
-    except KernelAtlasError as exc:
-        msg = " ".join(str(exc).split())
-        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    except (MemoryError, RecursionError) as exc:
-        raise FormatError(f"{path}: corrupt TensorFlow graph ({type(exc).__name__})") from None
-    except Exception as exc:  # well-formed protobuf whose contents make no sense
-        raise FormatError(
-            f"{path}: corrupt TensorFlow graph ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:100]}); export it again"
-        ) from None
+    return read_or_say(Path(path), _read, "TensorFlow graph", "export it again")

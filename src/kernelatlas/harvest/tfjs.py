@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, KernelAtlasError, UnsafeFileError
+from ..errors import FormatError, UnsafeFileError
 from ..limits import TensorTooLargeError, charge, check_tensor
-from .base import LayerKernels
+from .base import LayerKernels, read_or_say
 from .formats import ReadResult, register_format
 from .keras_h5 import config_layers, hwcm_layer, is_depthwise, match_weights
 
@@ -391,16 +391,4 @@ def _sniff(head: bytes, ext: str) -> bool:
 )
 def read_tfjs(path: Path, *, fold_bn: bool = False) -> ReadResult:
     """Depthwise layers of a TF.js model (a manifest, or the folder holding model.json)."""
-    path = Path(path)
-    try:
-        return _read(path)
-    except KernelAtlasError as exc:
-        msg = " ".join(str(exc).split())
-        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    except (MemoryError, RecursionError) as exc:
-        raise FormatError(f"{path}: corrupt TF.js model ({type(exc).__name__})") from None
-    except Exception as exc:  # a well-formed JSON whose contents make no sense
-        raise FormatError(
-            f"{path}: corrupt TF.js model ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:100]}); get it again"
-        ) from None
+    return read_or_say(Path(path), _read, "TF.js model", "get it again")
