@@ -151,6 +151,17 @@ def test_interrupted_swap_is_recovered(tmp_path, monkeypatch):
     assert (out / "summary.json").read_text() == "old"
 
 
+def _analyze_small(tmp_path):
+    """``analyze`` of 40 random 3x3 kernels into an empty ``tmp_path/out`` (in this process:
+    a monkeypatched step runs)."""
+    from .cli import run_cli
+
+    np.save(tmp_path / "m.npy", np.random.default_rng(0).standard_normal((40, 3, 3), np.float32))
+    (tmp_path / "out").mkdir()
+    return run_cli(["analyze", tmp_path / "m.npy", "--out", tmp_path / "out", "--no-fit",
+                    "--no-init-baseline", "--quiet"])  # fmt: skip
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux-only")
 def test_publish_swaps_in_one_step_on_linux(tmp_path, monkeypatch):
     """With RENAME_EXCHANGE there is no window: no rename that could leave `out` missing."""
@@ -179,8 +190,6 @@ def test_a_ctrl_c_python_drops_still_stops_the_run(tmp_path, monkeypatch):
     and the command exits 130 with its one line."""
     import kernelatlas.report as report
 
-    from .cli import run_cli
-
     class _DiesInDel:
         def __del__(self):
             os.kill(os.getpid(), signal.SIGINT)
@@ -194,10 +203,7 @@ def test_a_ctrl_c_python_drops_still_stops_the_run(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(report, "write_report", interrupted_write)
-    np.save(tmp_path / "m.npy", np.random.default_rng(0).standard_normal((40, 3, 3), np.float32))
-    (tmp_path / "out").mkdir()
-    run = run_cli(["analyze", tmp_path / "m.npy", "--out", tmp_path / "out", "--no-fit",
-                   "--no-init-baseline", "--quiet"])  # fmt: skip
+    run = _analyze_small(tmp_path)
     assert run.code == 130, run.stderr
     assert run.lines[-1] == "kernelatlas: interrupted" and "Traceback" not in run.stderr
     assert "Exception ignored" not in run.stderr
@@ -211,8 +217,6 @@ def test_a_ctrl_c_a_library_turns_into_its_own_error_still_exits_130(tmp_path, m
     nothing published."""
     import kernelatlas.report as report
 
-    from .cli import run_cli
-
     def interrupted_write(*args, **kwargs):
         try:  # what the C extension does: the handler's KeyboardInterrupt becomes its error
             os.kill(os.getpid(), signal.SIGINT)
@@ -223,10 +227,7 @@ def test_a_ctrl_c_a_library_turns_into_its_own_error_still_exits_130(tmp_path, m
         raise AssertionError("the SIGINT did not arrive")
 
     monkeypatch.setattr(report, "write_report", interrupted_write)
-    np.save(tmp_path / "m.npy", np.random.default_rng(0).standard_normal((40, 3, 3), np.float32))
-    (tmp_path / "out").mkdir()
-    run = run_cli(["analyze", tmp_path / "m.npy", "--out", tmp_path / "out", "--no-fit",
-                   "--no-init-baseline", "--quiet"])  # fmt: skip
+    run = _analyze_small(tmp_path)
     assert run.code == 130, run.stderr
     assert run.lines == ["kernelatlas: interrupted"], run.lines
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # never published
