@@ -493,11 +493,13 @@ class KernelBank:
 
     def parquet_file(self, f: Path | str) -> pq.ParquetFile:
         """A :class:`pyarrow.parquet.ParquetFile` of one of :meth:`files`."""
+        return check_row_groups(self._open(f), f)
+
+    def _open(self, f: Path | str) -> pq.ParquetFile:
         try:
-            pf = pq.ParquetFile(self._inner(f), filesystem=self._afs)
+            return pq.ParquetFile(self._inner(f), filesystem=self._afs)
         except (pa.ArrowInvalid, OSError) as exc:
             raise _unreadable(f, exc) from None
-        return check_row_groups(pf, f)
 
     def sources(self) -> list[str]:
         """Source keys in the bank, read from each file's metadata."""
@@ -621,19 +623,15 @@ class KernelBank:
         ``weights`` alike (a bank written by kernelatlas < 0.2 stores ``list<float>``)."""
         runs: list[tuple[pa.Schema, list[str]]] = []
         for f in self.files():
-            try:
-                schema = self._read_schema(f)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise KernelAtlasError(
-                    f"{f}: unreadable bank file ({exc}); delete it and harvest that source again"
-                ) from None
+            pf = self._open(f)  # one footer read: the columns, then the row groups' sizes
+            schema = pf.schema_arrow
             names = schema.names
             if tuple(names) != BANK_COLUMNS:
                 raise KernelAtlasError(
                     f"{f} is not a kernel bank file (columns {names[:4]}...); move it out of "
                     f"{self.path}"
                 )
-            self.parquet_file(f)  # its row groups' declared sizes (check_row_groups)
+            check_row_groups(pf, f)
             stored = STORAGE_SCHEMA if _is_stored(schema.field("weights").type) else BANK_SCHEMA
             if runs and runs[-1][0] is stored:
                 runs[-1][1].append(self._inner(f))
